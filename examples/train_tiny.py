@@ -1,0 +1,163 @@
+"""A tiny transformer-style language model trained on generated tokens: no downloads.
+
+Run by `shardctl submit examples/quickstart.yaml` through `accelerate launch`. It reads what
+shardctl tells it (README, "What your script sees"): micro-batch and accumulation from its
+arguments, the checkpoint directory and attempt number from SHARDCTL_* variables. It resumes
+from the newest checkpoint with `accelerator.load_state`; after a backend switch only the
+model weights carry over (optimizer state restarts), and it says so.
+
+`--long-seq-from STEP --long-seq-len N` switches to longer sequences at STEP, as curriculum
+training does: memory grows mid-run, which is how the OOM example really runs out of memory
+after checkpoints exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device), 1)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyLM(nn.Module):
+    _no_split_modules = ["Block"]  # what TRANSFORMER_BASED_WRAP wraps when layer_class is unset
+
+    def __init__(self, vocab: int, dim: int, layers: int, heads: int, ckpt: bool) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.ckpt = ckpt
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self.ckpt and self.training else block(x)
+        return self.head(self.norm(x))
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("--micro-batch", type=int, default=int(os.environ.get("SHARDCTL_MICRO_BATCH", 4)))
+    p.add_argument("--grad-accum", type=int, default=int(os.environ.get("SHARDCTL_GRAD_ACCUM", 1)))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--long-seq-from", type=int, default=0, help="step from which --long-seq-len is used (0: never)")
+    p.add_argument("--long-seq-len", type=int, default=0)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--save-every", type=int, default=int(os.environ.get("SHARDCTL_CHECKPOINT_EVERY") or 5))
+    p.add_argument("--checkpoint-dir", default=os.environ.get("SHARDCTL_CHECKPOINT_DIR", "checkpoints"))
+    return p.parse_args()
+
+
+def make_accelerator(grad_accum: int):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    marker = root / "latest.json"
+    if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    path = root / info["dir"]
+    return path if path.exists() else None
+
+
+def main() -> None:
+    args = parse()
+    backend = os.environ.get("SHARDCTL_BACKEND", "fsdp")
+    ckpt_on = os.environ.get("SHARDCTL_ACTIVATION_CHECKPOINTING") == "1"
+    accelerator = make_accelerator(args.grad_accum)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if os.environ.get("SHARDCTL_LOAD_DTYPE") == "bf16" else torch.float32
+    model = TinyLM(args.vocab, args.dim, args.layers, args.heads, ckpt_on).to(dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    root = Path(args.checkpoint_dir)
+    start = 0
+    found = latest_checkpoint(root)
+    if found is not None:
+        info = json.loads((root / "latest.json").read_text())
+        if info.get("backend") == backend:
+            accelerator.load_state(str(found))
+            start = info["step"]
+            accelerator.print(f"resumed from {found} at step {start} (model, optimizer and RNG state)")
+        else:
+            state = torch.load(found / "model_weights.pt", map_location="cpu", weights_only=True)
+            accelerator.unwrap_model(model).load_state_dict(state)
+            start = info["step"]
+            accelerator.print(f"resumed from {found} at step {start}: backend changed {info.get('backend')} -> "
+                              f"{backend}, model weights only, optimizer state restarts")
+    else:
+        accelerator.print("no checkpoint: starting from step 0")
+
+    accelerator.print(f"attempt {os.environ.get('SHARDCTL_ATTEMPT', '?')}: backend={backend} "
+                      f"sharding={os.environ.get('SHARDCTL_SHARDING', '?')} micro_batch={args.micro_batch} "
+                      f"grad_accum={args.grad_accum} activation_checkpointing={ckpt_on} "
+                      f"world_size={accelerator.num_processes} distributed_type={accelerator.distributed_type}")
+    gen = torch.Generator().manual_seed(1234 + accelerator.process_index)
+    model.train()
+    for step in range(start, args.steps):
+        seq = args.long_seq_len if args.long_seq_from and step >= args.long_seq_from else args.seq_len
+        t0 = time.perf_counter()
+        for _ in range(args.grad_accum):
+            tokens = torch.randint(0, args.vocab, (args.micro_batch, seq + 1), generator=gen).to(accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(tokens[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, args.vocab).float(), tokens[:, 1:].reshape(-1))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+        accelerator.print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} seq {seq} "
+                          f"time {time.perf_counter() - t0:.3f}s", flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save(accelerator, model, root, step + 1, backend)
+    accelerator.print("training complete")
+    accelerator.end_training()
+
+
+def save(accelerator, model, root: Path, step: int, backend: str) -> None:
+    target = root / f"step_{step}"
+    accelerator.save_state(str(target))
+    state = accelerator.get_state_dict(model)  # full weights on rank 0: carries over a backend switch
+    if accelerator.is_main_process:
+        torch.save({k: v.float().cpu() for k, v in state.items()}, target / "model_weights.pt")
+        tmp = root / "latest.json.tmp"
+        tmp.write_text(json.dumps({"dir": target.name, "step": step, "backend": backend}))
+        os.replace(tmp, root / "latest.json")  # atomic: a crash never leaves a marker to a half checkpoint
+    accelerator.wait_for_everyone()
+    accelerator.print(f"checkpoint saved: {target}")
+
+
+if __name__ == "__main__":
+    main()

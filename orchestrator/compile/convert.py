@@ -1,0 +1,214 @@
+"""Turn an existing accelerate config into the other backend (`shardctl convert`).
+
+Reads what `accelerate config` writes: FSDP (`fsdp_config`), or DeepSpeed with
+inline keys or a `deepspeed_config_file`. Settings with a twin in the seeds'
+table are carried over; everything else is listed, never silently dropped.
+Pure: the caller reads the files and passes their parsed contents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.compile.rules import FSDP_STRATEGY_TO_LEVEL, PRECISION_WARNING, SHARDING_TABLE, ZERO_STAGE_TO_LEVEL
+
+_MACHINE_KEYS = ("compute_environment", "debug", "machine_rank", "main_process_ip", "main_process_port",
+                 "main_training_function", "num_machines", "num_processes", "rdzv_backend", "same_network",
+                 "use_cpu", "gpu_ids", "enable_cpu_affinity")
+_FSDP_NUMERIC = {1: "FULL_SHARD", 2: "SHARD_GRAD_OP", 3: "NO_SHARD", 4: "HYBRID_SHARD", 5: "HYBRID_SHARD_ZERO2"}
+# FSDP keys with a twin (handled) and without one (reported).
+_FSDP_TWINS = {"fsdp_sharding_strategy", "fsdp_reshard_after_forward", "fsdp_offload_params",
+               "fsdp_cpu_ram_efficient_loading", "fsdp_version", "fsdp_state_dict_type"}
+_DS_TWINS = {"zero_stage", "offload_optimizer_device", "offload_param_device", "zero3_init_flag",
+             "zero3_save_16bit_model", "deepspeed_config_file", "deepspeed_multinode_launcher"}
+
+
+class ConvertError(ValueError):
+    """The input is not an accelerate FSDP/DeepSpeed config we can read."""
+
+
+@dataclass
+class Neutral:
+    """The backend-neutral reading of a config: what both backends can express."""
+
+    sharding: str = "full"
+    offload_optimizer: str = "none"
+    offload_params: str = "none"
+    efficient_loading: bool = False
+    full_weights_on_save: bool = False
+    mixed_precision: str = "no"
+    gpus_per_node: int | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Conversion:
+    config: dict[str, Any]
+    ds_config: dict[str, Any] | None
+    lost: list[str]  # settings with no equivalent, one line each
+    notes: list[str]  # precision and other consequences
+
+
+def _fsdp_level(cfg: dict[str, Any]) -> str:
+    raw = cfg.get("fsdp_sharding_strategy")
+    if raw is None:
+        raw = cfg.get("fsdp_reshard_after_forward", "FULL_SHARD")
+        if isinstance(raw, bool):  # FSDP2
+            return "full" if raw else "grad_op"
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+        raw = _FSDP_NUMERIC.get(int(raw), str(raw))
+    name = str(raw).upper()
+    if name not in FSDP_STRATEGY_TO_LEVEL:
+        raise ConvertError(f"fsdp_sharding_strategy {raw!r} has no DeepSpeed twin")
+    return FSDP_STRATEGY_TO_LEVEL[name]
+
+
+def read_fsdp(config: dict[str, Any]) -> tuple[Neutral, list[str]]:
+    cfg = config.get("fsdp_config") or {}
+    n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
+    n.sharding = _fsdp_level(cfg)
+    offload = bool(cfg.get("fsdp_offload_params", False))
+    n.offload_optimizer = n.offload_params = "cpu" if offload else "none"
+    n.efficient_loading = bool(cfg.get("fsdp_cpu_ram_efficient_loading", False))
+    n.full_weights_on_save = cfg.get("fsdp_state_dict_type") == "FULL_STATE_DICT"
+    n.mixed_precision = str(config.get("mixed_precision") or "no")
+    lost = [f"fsdp_config.{k}: {cfg[k]!r} (FSDP only; DeepSpeed partitions without it)"
+            for k in sorted(cfg) if k not in _FSDP_TWINS]
+    return n, lost
+
+
+def read_deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None) -> tuple[Neutral, list[str]]:
+    inline = config.get("deepspeed_config") or {}
+    n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
+    lost: list[str] = []
+    if ds_json is not None:
+        zero = ds_json.get("zero_optimization") or {}
+        stage = int(zero.get("stage", 0))
+        n.offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
+        n.offload_params = (zero.get("offload_param") or {}).get("device", "none")
+        n.full_weights_on_save = bool(zero.get("stage3_gather_16bit_weights_on_model_save",
+                                               zero.get("stage3_gather_fp16_weights_on_model_save", False)))
+        if stage == 3 and zero.get("zero_hpz_partition_size", 1) not in (1, None):
+            n.sharding = "hybrid"
+            n.gpus_per_node = int(zero["zero_hpz_partition_size"])
+        else:
+            n.sharding = ZERO_STAGE_TO_LEVEL.get(stage, "full")
+        if (ds_json.get("bf16") or {}).get("enabled") in (True, "true", "auto"):
+            n.mixed_precision = "bf16"
+        elif (ds_json.get("fp16") or {}).get("enabled") in (True, "true", "auto"):
+            n.mixed_precision = "fp16"
+        for key in sorted(ds_json):
+            if key not in ("zero_optimization", "bf16", "fp16", "train_micro_batch_size_per_gpu", "train_batch_size"):
+                lost.append(f"{key}: {ds_json[key]!r} (DeepSpeed JSON; set it in the training script for FSDP)")
+        for key in sorted(zero):
+            if key not in ("stage", "offload_optimizer", "offload_param", "zero_hpz_partition_size",
+                           "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save"):
+                lost.append(f"zero_optimization.{key}: {zero[key]!r} (no FSDP equivalent)")
+    else:
+        n.sharding = ZERO_STAGE_TO_LEVEL.get(int(inline.get("zero_stage", 2)), "full")
+        n.offload_optimizer = inline.get("offload_optimizer_device", "none") or "none"
+        n.offload_params = inline.get("offload_param_device", "none") or "none"
+        n.full_weights_on_save = bool(inline.get("zero3_save_16bit_model", False))
+        n.mixed_precision = str(config.get("mixed_precision") or "no")
+    n.efficient_loading = bool(inline.get("zero3_init_flag", False))
+    for key in sorted(inline):
+        if key not in _DS_TWINS:
+            lost.append(f"deepspeed_config.{key}: {inline[key]!r} (no FSDP accelerate-config equivalent)")
+    return n, lost
+
+
+def to_deepspeed(n: Neutral) -> tuple[dict[str, Any], dict[str, Any] | None, list[str], list[str]]:
+    lost: list[str] = []
+    notes: list[str] = [PRECISION_WARNING]
+    stage = SHARDING_TABLE[n.sharding][1]
+    inline: dict[str, Any] = {"zero_stage": stage, "deepspeed_multinode_launcher": "standard"}
+    opt, par = n.offload_optimizer, n.offload_params
+    if opt != "none" and stage == 0:
+        lost.append("offload: ZeRO-0 cannot offload the optimizer; dropped (use sharding grad_op or full)")
+        opt = "none"
+    if par != "none" and stage != 3:
+        lost.append("fsdp_offload_params: DeepSpeed offloads parameters only at ZeRO-3; optimizer offload kept")
+        par = "none"
+    inline["offload_optimizer_device"] = opt
+    inline["offload_param_device"] = par
+    inline["zero3_init_flag"] = bool(n.efficient_loading and stage == 3)
+    if n.efficient_loading and stage != 3:
+        lost.append("fsdp_cpu_ram_efficient_loading: its twin zero3_init_flag exists only at ZeRO-3")
+    if stage == 3:
+        inline["zero3_save_16bit_model"] = n.full_weights_on_save
+    config = {**n.machine, "distributed_type": "DEEPSPEED", "mixed_precision": n.mixed_precision}
+    ds_json = None
+    if n.sharding == "hybrid":
+        # hpZ needs zero_hpz_partition_size, which only a DeepSpeed JSON can carry.
+        gpn = n.gpus_per_node or max(1, int(config.get("num_processes", 1)) // max(1, int(config.get("num_machines", 1))))
+        zero: dict[str, Any] = {"stage": 3, "zero_hpz_partition_size": gpn,
+                                "stage3_gather_16bit_weights_on_model_save": n.full_weights_on_save}
+        if opt != "none":
+            zero["offload_optimizer"] = {"device": opt}
+        if par != "none":
+            zero["offload_param"] = {"device": par}
+        ds_json = {"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+                   "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+                   "bf16": {"enabled": n.mixed_precision == "bf16"}, "fp16": {"enabled": n.mixed_precision == "fp16"}}
+        inline = {"deepspeed_config_file": "ds_config.json", "deepspeed_multinode_launcher": "standard",
+                  "zero3_init_flag": inline["zero3_init_flag"]}
+        config.pop("mixed_precision")
+        notes.append("HYBRID_SHARD became ZeRO++ hpZ (zero_hpz_partition_size = GPUs per node) in ds_config.json")
+    else:
+        inline["gradient_accumulation_steps"] = "auto"
+        inline["gradient_clipping"] = "auto"
+    config["deepspeed_config"] = inline
+    return dict(sorted(config.items())), ds_json, lost, notes
+
+
+def to_fsdp(n: Neutral) -> tuple[dict[str, Any], list[str], list[str]]:
+    lost: list[str] = []
+    notes = [PRECISION_WARNING, "FSDP follows the load dtype: load in fp32 to keep DeepSpeed's fp32 optimizer numerics."]
+    strategy = SHARDING_TABLE[n.sharding][0]
+    if strategy is None:
+        lost.append("zero_stage 1: no FSDP twin; SHARD_GRAD_OP (ZeRO-2) used, which also shards gradients")
+        strategy = "SHARD_GRAD_OP"
+    offload = n.offload_params != "none" or n.offload_optimizer != "none"
+    if "nvme" in (n.offload_params, n.offload_optimizer):
+        lost.append("nvme offload: FSDP offloads to CPU only; CPU offload used")
+    if offload and (n.offload_params == "none") != (n.offload_optimizer == "none"):
+        notes.append("FSDP offload is all or nothing: fsdp_offload_params: true offloads parameters, gradients and "
+                     "optimizer state")
+    fsdp = {
+        "fsdp_version": 1,
+        "fsdp_sharding_strategy": strategy,
+        "fsdp_offload_params": offload,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_backward_prefetch": "BACKWARD_PRE",
+        "fsdp_forward_prefetch": False,
+        "fsdp_state_dict_type": "FULL_STATE_DICT" if n.full_weights_on_save else "SHARDED_STATE_DICT",
+        "fsdp_use_orig_params": True,
+        "fsdp_cpu_ram_efficient_loading": n.efficient_loading,
+        "fsdp_sync_module_states": True,
+    }
+    config = {**n.machine, "distributed_type": "FSDP", "downcast_bf16": "no", "mixed_precision": n.mixed_precision,
+              "fsdp_config": dict(sorted(fsdp.items()))}
+    return dict(sorted(config.items())), lost, notes
+
+
+def convert(config: dict[str, Any], to: str, ds_json: dict[str, Any] | None = None) -> Conversion:
+    if not isinstance(config, dict):
+        raise ConvertError("not an accelerate config: expected a mapping")
+    kind = config.get("distributed_type")
+    if kind == "FSDP":
+        neutral, lost = read_fsdp(config)
+    elif kind == "DEEPSPEED":
+        neutral, lost = read_deepspeed(config, ds_json)
+    else:
+        raise ConvertError(f"distributed_type {kind!r}: only FSDP and DEEPSPEED configs can be converted")
+    if to == "deepspeed":
+        cfg, out_json, more, notes = to_deepspeed(neutral)
+    elif to == "fsdp":
+        cfg, more, notes = to_fsdp(neutral)
+        out_json = None
+    else:
+        raise ConvertError(f"--to {to!r}: use fsdp or deepspeed")
+    if (kind == "FSDP") == (to == "fsdp"):
+        notes.insert(0, f"input is already {to}; rewritten through the neutral settings")
+    return Conversion(cfg, out_json, lost + more, notes)

@@ -1,0 +1,116 @@
+"""The `accelerate launch` command and the environment the script sees.
+
+Multi-node values (machine rank, main process address and port) are left as
+named variables: each target fills them its own way (a literal locally,
+"$SLURM_NODEID" under srun, the pod's completion index on Kubernetes).
+Nothing here touches a shell; `shell_words` quotes every literal.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from orchestrator.compile import rules
+from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME
+from orchestrator.spec.models import TrainingJob
+
+MACHINE_RANK = "MACHINE_RANK"
+MAIN_PROCESS_IP = "MAIN_PROCESS_IP"
+MAIN_PROCESS_PORT = "MAIN_PROCESS_PORT"
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Var:
+    """A value only the target knows (per node, per allocation)."""
+
+    name: str
+
+
+Token = str | Var
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    argv: tuple[Token, ...]
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.name for t in self.argv if isinstance(t, Var)))
+
+    def resolve(self, values: Mapping[str, str]) -> list[str]:
+        """Concrete argv; a missing value is a bug in the target, so it raises."""
+        missing = [v for v in self.variables if v not in values]
+        if missing:
+            raise KeyError(f"launch variables not provided: {', '.join(missing)}")
+        return [values[t.name] if isinstance(t, Var) else t for t in self.argv]
+
+    def shell_words(self, render_var: Callable[[Var], str]) -> str:
+        """One shell line: literals quoted, variables as the target spells them (e.g. '"$SLURM_NODEID"')."""
+        return " ".join(render_var(t) if isinstance(t, Var) else shlex.quote(t) for t in self.argv)
+
+
+_PLACEHOLDER = re.compile(r"\{(micro_batch|grad_accum|checkpoint_dir|attempt|seq_len|world_size)\}")
+
+
+def fill_placeholders(arg: str, values: Mapping[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], arg)
+
+
+def placeholder_values(job: TrainingJob, attempt: int, checkpoint_dir: str) -> dict[str, str]:
+    spec = job.spec
+    return {
+        "micro_batch": str(spec.batch.micro),
+        "grad_accum": str(rules.grad_accum(spec)),
+        "checkpoint_dir": checkpoint_dir,
+        "attempt": str(attempt),
+        "seq_len": str(spec.batch.seq_len or ""),
+        "world_size": str(spec.world_size),
+    }
+
+
+def launch_command(job: TrainingJob, config_dir: str, attempt: int, checkpoint_dir: str) -> LaunchCommand:
+    spec = job.spec
+    argv: list[Token] = [
+        "accelerate", "launch",
+        "--config_file", f"{config_dir.rstrip('/')}/{ACCELERATE_CONFIG_NAME}",
+        "--num_machines", str(spec.resources.nodes),
+        "--num_processes", str(spec.world_size),
+        "--machine_rank", Var(MACHINE_RANK),
+        "--main_process_ip", Var(MAIN_PROCESS_IP),
+        "--main_process_port", Var(MAIN_PROCESS_PORT),
+    ]
+    values = placeholder_values(job, attempt, checkpoint_dir)
+    argv.append(spec.entrypoint.script)
+    argv.extend(fill_placeholders(a, values) for a in spec.entrypoint.args)
+    return LaunchCommand(tuple(argv))
+
+
+def script_environment(job: TrainingJob, attempt: int, checkpoint_dir: str) -> dict[str, str]:
+    """What the training script can read (documented in README 'What your script sees')."""
+    spec = job.spec
+    env = dict(spec.entrypoint.env)
+    env.update({
+        "SHARDCTL_JOB_NAME": job.metadata.name,
+        "SHARDCTL_ATTEMPT": str(attempt),
+        "SHARDCTL_CHECKPOINT_DIR": checkpoint_dir,
+        "SHARDCTL_CHECKPOINT_EVERY": str(spec.checkpoint.every_steps or ""),
+        "SHARDCTL_BACKEND": spec.backend,
+        "SHARDCTL_SHARDING": spec.sharding,
+        "SHARDCTL_ZERO_STAGE": str(rules.zero_stage(spec)),
+        "SHARDCTL_LOAD_DTYPE": spec.precision.params,
+        "SHARDCTL_MIXED_PRECISION": spec.precision.mixed,
+        "SHARDCTL_MICRO_BATCH": str(spec.batch.micro),
+        "SHARDCTL_GRAD_ACCUM": str(rules.grad_accum(spec)),
+        "SHARDCTL_GLOBAL_BATCH": str(rules.global_batch(spec)),
+        "SHARDCTL_SEQ_LEN": str(spec.batch.seq_len or ""),
+        "SHARDCTL_WORLD_SIZE": str(spec.world_size),
+        "SHARDCTL_ACTIVATION_CHECKPOINTING": "1" if spec.activation_checkpointing else "0",
+        "SHARDCTL_OFFLOAD_OPTIMIZER": spec.offload.optimizer,
+        "SHARDCTL_OFFLOAD_PARAMS": spec.offload.params,
+        "SHARDCTL_MODEL": spec.model.name_or_path,
+    })
+    return env

@@ -1,0 +1,359 @@
+"""The TrainingJob spec: the one source of truth.
+
+The JSON Schema (`shardctl schema`), the CRD's openAPIV3Schema and the reference
+docs are generated from these models. Pydantic checks shapes and types here;
+rules that relate fields to each other (the seeds' restrictions) live in
+`orchestrator.compile.rules`, once, so `validate` and `render` agree.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
+
+from orchestrator.spec.quantity import parse_bytes, parse_count
+
+API_VERSION = "shardctl.dev/v1alpha1"
+KIND = "TrainingJob"
+
+Target = Literal["local", "slurm", "kubernetes"]
+Backend = Literal["fsdp", "deepspeed"]
+# Backend-neutral sharding levels. `optimizer` is ZeRO-1, which has no FSDP twin.
+Sharding = Literal["none", "optimizer", "grad_op", "full", "hybrid"]
+Mixed = Literal["no", "fp16", "bf16"]
+LoadDtype = Literal["fp32", "bf16"]
+OffloadDevice = Literal["none", "cpu", "nvme"]
+Rung = Literal[
+    "shard_more",
+    "activation_checkpointing",
+    "halve_micro_batch",
+    "offload_optimizer_cpu",
+    "offload_params_cpu",
+    "offload_nvme",
+    "switch_backend",
+]
+RUNGS: tuple[str, ...] = Rung.__args__  # type: ignore[attr-defined]
+
+PLACEHOLDERS = ("micro_batch", "grad_accum", "checkpoint_dir", "attempt", "seq_len", "world_size")
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+
+# Native spellings users bring from FSDP, DeepSpeed and accelerate configs.
+_SHARDING_ALIASES: dict[str, str] = {
+    "none": "none", "noshard": "none", "zero0": "none", "stage0": "none", "0": "none", "ddp": "none",
+    "optimizer": "optimizer", "zero1": "optimizer", "stage1": "optimizer", "1": "optimizer",
+    "gradop": "grad_op", "shardgradop": "grad_op", "zero2": "grad_op", "stage2": "grad_op", "2": "grad_op",
+    "full": "full", "fullshard": "full", "zero3": "full", "stage3": "full", "3": "full",
+    "hybrid": "hybrid", "hybridshard": "hybrid", "hpz": "hybrid", "zero++": "hybrid", "zeroplusplus": "hybrid",
+}
+SHARDING_SPELLINGS = sorted({k for k in _SHARDING_ALIASES if not k.isdigit()} | {
+    "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_SHARD", "zero-3", "zero_3", "ZeRO-3",
+})
+
+
+def _normalise_sharding(value: Any) -> Any:
+    if value is False:  # YAML 1.1 reads `no` as false
+        return "none"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        value = str(value)
+    if isinstance(value, str):
+        key = re.sub(r"[\s_\-]", "", value.strip().lower())
+        if key == "hybridshardzero2":
+            raise ValueError(
+                "HYBRID_SHARD_ZERO2 has no DeepSpeed twin and is not supported; use hybrid (HYBRID_SHARD = ZeRO++ hpZ)"
+            )
+        if key in _SHARDING_ALIASES:
+            return _SHARDING_ALIASES[key]
+        raise ValueError(
+            f"unknown sharding {value!r}; use none | optimizer | grad_op | full | hybrid "
+            "(or FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD, zero0-zero3, a stage number 0-3)"
+        )
+    return value
+
+
+def _false_is(word: str):
+    """YAML 1.1 turns `no`/`off` into False; read it back as the word the user meant."""
+
+    def convert(value: Any) -> Any:
+        return word if value is False else value
+
+    return convert
+
+
+def _check_bytes(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 80GiB")
+    parse_bytes(value)
+    return value
+
+
+def _check_count(value: Any) -> float:
+    return parse_count(value)
+
+
+def _check_dns_label(value: str) -> str:
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+def _check_env_names(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+    return env
+
+
+def _scalar_to_str(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_placeholders(args: list[str]) -> list[str]:
+    for arg in args:
+        for name in _PLACEHOLDER.findall(arg):
+            if name not in PLACEHOLDERS:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}} in {arg!r}; known: "
+                    + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                )
+    return args
+
+
+def _check_slurm_time(value: str) -> str:
+    if not _SLURM_TIME.match(value):
+        raise ValueError(f"{value!r} is not a Slurm time; use MM, HH:MM:SS or D-HH:MM:SS")
+    return value
+
+
+def _check_directive(value: str) -> str:
+    if "\n" in value or "\r" in value or not value.startswith("--"):
+        raise ValueError(f"{value!r}: an extra directive is one sbatch option on one line, starting with --")
+    return value
+
+
+ByteQuantity = Annotated[
+    str,
+    BeforeValidator(_check_bytes),
+    WithJsonSchema({"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpP]i?)?[bB]?\s*$",
+                    "examples": ["80GiB", "64G", "512Mi"]}),
+]
+ParamCount = Annotated[
+    float,
+    BeforeValidator(_check_count),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?([eE][+-]?\d+)?\s*[kKmMbBtT]?\s*$"}],
+                    "examples": [6.7e9, "7B"]}),
+]
+ShardingField = Annotated[
+    Sharding,
+    BeforeValidator(_normalise_sharding),
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(Sharding.__args__)},  # type: ignore[attr-defined]
+                              {"type": "string"}, {"type": "integer", "minimum": 0, "maximum": 3}],
+                    "description": "none | optimizer | grad_op | full | hybrid; native spellings "
+                                   "(FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD, zero3, a ZeRO stage number) "
+                                   "are accepted and normalised."}),
+]
+OffloadField = Annotated[OffloadDevice, BeforeValidator(_false_is("none"))]
+MixedField = Annotated[Mixed, BeforeValidator(_false_is("no"))]
+EnvMap = Annotated[dict[str, Annotated[str, BeforeValidator(_scalar_to_str)]], AfterValidator(_check_env_names)]
+DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
+
+
+class Metadata(_Strict):
+    name: DnsLabel = Field(description="Job name, a DNS-1123 label (it names pods, Slurm jobs and run directories).")
+    namespace: DnsLabel | None = Field(default=None, description="Kubernetes namespace (target kubernetes).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels, copied to every child object.")
+
+
+class Entrypoint(_Strict):
+    script: str = Field(min_length=1, description="The training script that `accelerate launch` runs.")
+    args: Annotated[list[Annotated[str, BeforeValidator(_scalar_to_str)]], AfterValidator(_check_placeholders)] = Field(
+        default_factory=list,
+        description="Script arguments. Placeholders {micro_batch}, {grad_accum}, {checkpoint_dir}, {attempt}, "
+                    "{seq_len}, {world_size} are filled per attempt (the fallback may change micro_batch/grad_accum).",
+    )
+    env: EnvMap = Field(default_factory=dict, description="Extra environment for the script (no secrets: use references).")
+
+
+class Model(_Strict):
+    name_or_path: str = Field(min_length=1, description="Hub id or local path; shardctl never downloads it.")
+    parameters: ParamCount | None = Field(default=None, description="Parameter count, e.g. 6.7e9 or \"7B\" (used by plan).")
+    layer_class: str | None = Field(
+        default=None,
+        description="FSDP wrap class (fsdp_transformer_layer_cls_to_wrap). Leave unset for recent transformers models, "
+                    "which declare _no_split_modules.",
+    )
+
+
+class Precision(_Strict):
+    mixed: MixedField = Field(default="bf16", description="Mixed precision for compute: no | fp16 | bf16.")
+    params: LoadDtype = Field(
+        default="fp32",
+        description="The dtype the model is loaded in. FSDP keeps it for flat params and optimizer; DeepSpeed always "
+                    "keeps fp32 master weights (see the seeds).",
+    )
+
+
+class Offload(_Strict):
+    optimizer: OffloadField = Field(default="none", description="Optimizer state offload: none | cpu | nvme.")
+    params: OffloadField = Field(default="none", description="Parameter offload: none | cpu | nvme (needs ZeRO-3).")
+    nvme_path: str | None = Field(default=None, description="Directory on a local NVMe for nvme offload (DeepSpeed only).")
+
+
+class Batch(_Strict):
+    micro: int = Field(default=1, ge=1, description="Per-GPU micro-batch.")
+    global_: int | None = Field(
+        default=None, ge=1, alias="global",
+        description="Global batch; gradient accumulation = global / (micro x world size).",
+    )
+    seq_len: int | None = Field(default=None, ge=1, description="Sequence length (used by plan; passed to the script).")
+
+
+class Resources(_Strict):
+    nodes: int = Field(default=1, ge=1, le=4096)
+    gpus_per_node: int = Field(default=1, ge=1, le=64)
+    gpu_memory: ByteQuantity | None = Field(default=None, description="Memory of one GPU, e.g. 80GiB (used by plan).")
+    cpus_per_node: int | None = Field(default=None, ge=1)
+    memory_per_node: ByteQuantity | None = Field(
+        default=None, description="Host memory per node; enforced as a real limit by every target.",
+    )
+
+
+class Checkpoint(_Strict):
+    dir: str | None = Field(default=None, description="Checkpoint directory shared by all attempts (default per target).")
+    every_steps: int | None = Field(default=None, ge=1, description="Save every N optimizer steps (passed to the script).")
+
+
+class Fallback(_Strict):
+    enabled: bool = Field(default=True, description="Fall back to a more frugal config on out-of-memory.")
+    max_attempts: int = Field(default=5, ge=1, le=50, description="Attempts in all, the first included.")
+    ladder: Literal["auto"] | list[Rung] = Field(
+        default="auto",
+        description="`auto` (the default ladder, cheapest slowdown first) or an explicit list of rungs.",
+    )
+
+
+class FsdpOptions(_Strict):
+    """FSDP knobs. Unset means shardctl applies the seeds' recommendation."""
+
+    version: Literal[1, 2] = 1
+    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] = "BACKWARD_PRE"
+    forward_prefetch: bool = False
+    use_orig_params: bool | None = None
+    cpu_ram_efficient_loading: bool | None = None
+    sync_module_states: bool | None = None
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = "SHARDED_STATE_DICT"
+
+
+class DeepSpeedOptions(_Strict):
+    """DeepSpeed knobs. Unset means shardctl applies the seeds' recommendation."""
+
+    zero3_init: bool | None = Field(default=None, description="zero3_init_flag (ZeRO-3 only).")
+    save_16bit_model: bool | None = Field(default=None, description="zero3_save_16bit_model (ZeRO-3 only).")
+    gradient_clipping: float = Field(default=1.0, ge=0)
+    overlap_comm: bool = True
+    reduce_bucket_size: int | None = Field(default=None, ge=1)
+    allgather_bucket_size: int | None = Field(default=None, ge=1)
+    stage3_prefetch_bucket_size: int | None = Field(default=None, ge=1)
+    stage3_max_live_parameters: int | None = Field(default=None, ge=1)
+
+
+class SlurmOptions(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: Annotated[str, AfterValidator(_check_slurm_time)] | None = Field(default=None, description="e.g. 2-00:00:00")
+    extra: list[Annotated[str, AfterValidator(_check_directive)]] = Field(
+        default_factory=list, description="Extra sbatch options passed through verbatim, e.g. --constraint=a100.",
+    )
+
+
+class Toleration(_Strict):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Volume(_Strict):
+    name: DnsLabel
+    mount_path: str = Field(min_length=1)
+    claim_name: str | None = Field(default=None, description="PersistentVolumeClaim to mount.")
+    secret_name: str | None = Field(default=None, description="Secret to mount (by reference).")
+    config_map: str | None = None
+    read_only: bool = False
+
+
+class KubernetesOptions(_Strict):
+    image: str | None = Field(default=None, description="Training image (required for target kubernetes).")
+    namespace: DnsLabel | None = None
+    queue: str | None = Field(default=None, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class: str | None = None
+    service_account: str | None = None
+    volumes: list[Volume] = Field(default_factory=list)
+
+
+class TrainingJobSpec(_Strict):
+    target: Target = "local"
+    entrypoint: Entrypoint
+    model: Model
+    backend: Backend = "fsdp"
+    sharding: ShardingField = "full"
+    precision: Precision = Field(default_factory=Precision)
+    offload: Offload = Field(default_factory=Offload)
+    activation_checkpointing: bool = False
+    torch_compile: bool = Field(default=False, description="The script uses torch.compile (FSDP then needs use_orig_params).")
+    batch: Batch = Field(default_factory=Batch)
+    resources: Resources = Field(default_factory=Resources)
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
+    fallback: Fallback = Field(default_factory=Fallback)
+    fsdp: FsdpOptions = Field(default_factory=FsdpOptions)
+    deepspeed: DeepSpeedOptions = Field(default_factory=DeepSpeedOptions)
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
+    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.resources.gpus_per_node
+
+
+class TrainingJob(_Strict):
+    apiVersion: Literal["shardctl.dev/v1alpha1"] = Field(description="Always shardctl.dev/v1alpha1.")
+    kind: Literal["TrainingJob"]
+    metadata: Metadata
+    spec: TrainingJobSpec
+
+    def with_spec(self, **changes: Any) -> TrainingJob:
+        """A copy with spec fields replaced (nested models by value); used by the fallback."""
+        return self.model_copy(update={"spec": self.spec.model_copy(update=changes)})

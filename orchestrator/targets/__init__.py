@@ -1,0 +1,1 @@
+"""Targets (local, slurm, kubernetes) behind one small interface: render / submit / describe / logs / cancel."""
