@@ -58,6 +58,13 @@ class TinyLM(nn.Module):
         return self.head(self.norm(x))
 
 
+def sequences(batch: int, length: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Arithmetic token sequences (random start and stride): learnable, so the loss visibly falls."""
+    start = torch.randint(0, vocab, (batch, 1), generator=gen)
+    stride = torch.randint(1, 8, (batch, 1), generator=gen)
+    return (start + stride * torch.arange(length)) % vocab
+
+
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--micro-batch", type=int, default=int(os.environ.get("SHARDCTL_MICRO_BATCH", 4)))
@@ -131,7 +138,7 @@ def main() -> None:
         seq = args.long_seq_len if args.long_seq_from and step >= args.long_seq_from else args.seq_len
         t0 = time.perf_counter()
         for _ in range(args.grad_accum):
-            tokens = torch.randint(0, args.vocab, (args.micro_batch, seq + 1), generator=gen).to(accelerator.device)
+            tokens = sequences(args.micro_batch, seq + 1, args.vocab, gen).to(accelerator.device)
             with accelerator.accumulate(model):
                 logits = model(tokens[:, :-1])
                 loss = F.cross_entropy(logits.reshape(-1, args.vocab).float(), tokens[:, 1:].reshape(-1))

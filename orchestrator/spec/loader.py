@@ -115,6 +115,9 @@ def parse_spec_text(text: str, source: str = "<spec>") -> LoadedSpec:
         raise SpecError([Problem("", f"YAML syntax error: {problem}", line=line, source=source)]) from None
     nodes = [n for n in nodes if n is not None]
     documents = [d for d in documents if d is not None]
+    if not documents:
+        raise SpecError([Problem("", "file is empty (only comments); expected a TrainingJob (see `shardctl schema`)",
+                                 source=source)])
     if len(documents) != 1 or len(nodes) != 1:
         raise SpecError([Problem("", f"expected exactly one YAML document, found {len(documents)}", source=source)])
     data, node = documents[0], nodes[0]

@@ -1,0 +1,40 @@
+"""Golden renders of the readable examples: a change to any artifact shows up as a reviewed diff.
+
+Regenerate with SHARDCTL_UPDATE_GOLDEN=1 and read the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import load_spec
+from orchestrator.targets import local
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def rendered(example: Path) -> dict[str, str]:
+    job = load_spec(example).job
+    checkpoint = job.spec.checkpoint.dir or "/ckpt"
+    dry = local.render(job, f"/run/{job.metadata.name}", checkpoint_dir=checkpoint, cpu=False, workdir="/work")
+    return dry.files
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_golden(example: Path) -> None:
+    files = rendered(example)
+    folder = GOLDEN / example.stem
+    if os.environ.get("SHARDCTL_UPDATE_GOLDEN") == "1":
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert text == (folder / name).read_text(), f"{example.stem}/{name} changed"
