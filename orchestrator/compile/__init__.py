@@ -41,10 +41,6 @@ class CompiledJob:
     env: dict[str, str]
     findings: tuple[Finding, ...]
 
-    @property
-    def grad_accum(self) -> int:
-        return rules.grad_accum(self.job.spec)
-
     def files(self) -> dict[str, str]:
         """File name -> exact text, as every target writes them."""
         out = {ACCELERATE_CONFIG_NAME: dump_yaml(self.accelerate_config)}

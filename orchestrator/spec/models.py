@@ -41,7 +41,6 @@ Rung = Literal[
     "offload_nvme",
     "switch_backend",
 ]
-RUNGS: tuple[str, ...] = Rung.__args__  # type: ignore[attr-defined]
 
 PLACEHOLDERS = ("micro_batch", "grad_accum", "checkpoint_dir", "attempt", "seq_len", "world_size")
 
@@ -59,9 +58,6 @@ _SHARDING_ALIASES: dict[str, str] = {
     "full": "full", "fullshard": "full", "zero3": "full", "stage3": "full", "3": "full",
     "hybrid": "hybrid", "hybridshard": "hybrid", "hpz": "hybrid", "zero++": "hybrid", "zeroplusplus": "hybrid",
 }
-SHARDING_SPELLINGS = sorted({k for k in _SHARDING_ALIASES if not k.isdigit()} | {
-    "NO_SHARD", "SHARD_GRAD_OP", "FULL_SHARD", "HYBRID_SHARD", "zero-3", "zero_3", "ZeRO-3",
-})
 
 
 def _normalise_sharding(value: Any) -> Any:

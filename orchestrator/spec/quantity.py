@@ -34,14 +34,6 @@ def parse_bytes(value: str | int) -> int:
     return result
 
 
-def format_bytes(n: float) -> str:
-    """Short binary rendering for tables: 15.2 GiB."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
 def parse_count(value: str | int | float) -> float:
     """A parameter count from 6.7e9, "6.7e9" (YAML 1.1 reads that as a string) or "7B"."""
     if isinstance(value, bool):
