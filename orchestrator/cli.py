@@ -84,16 +84,6 @@ def validate(job_file: str) -> None:
     click.echo(summary(loaded))
 
 
-def _write_atomically(out: Path, files: dict[str, str], executable: tuple[str, ...] = ()) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        if name in executable:
-            tmp.chmod(0o755)
-        os.replace(tmp, out / name)
-
-
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--target", type=click.Choice(["local", "slurm", "kubernetes"]), help="Override spec.target.")
@@ -105,25 +95,208 @@ def render(job_file: str, target: str | None, out_dir: str) -> None:
     dry = render_dryrun(loaded, str(out))
     for w in dry.warnings:
         _err(f"warning: {w}")
-    _write_atomically(out, dry.files, executable=("launch.sh",))
+    from orchestrator.procfiles import write_files
+
+    write_files(out, dry.files, executable=("launch.sh",))
     for name in dry.files:
         click.echo(str(out / name))
 
 
 def render_dryrun(loaded: LoadedSpec, run_dir: str):
     from orchestrator.compile import CompileError
+    from orchestrator.jobs import dry_run
 
     job = loaded.job
-    target = job.spec.target
-    checkpoint_dir = job.spec.checkpoint.dir or f"{run_dir}/checkpoints"
+    if job.spec.target != "local":
+        _fail([f"{loaded.source}: spec.target: target {job.spec.target!r} cannot render yet (local is available)"])
+    checkpoint = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
-        if target == "local":
-            from orchestrator.targets import local
-
-            return local.render(job, run_dir, checkpoint_dir=checkpoint_dir, workdir=os.getcwd())
+        return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=checkpoint)
     except CompileError as exc:
         _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
-    _fail([f"{loaded.source}: spec.target: target {target!r} cannot render yet (local is available)"])
+
+
+def _store():
+    from orchestrator.store import Store, StoreError
+
+    try:
+        return Store()
+    except (StoreError, OSError) as exc:
+        _fail([f"cannot open the job store: {exc}"], EXIT_FAILED)
+
+
+def _job(store, ref: str):
+    from orchestrator.store import StoreError
+
+    try:
+        return store.resolve(ref)
+    except StoreError as exc:
+        _fail([str(exc)])
+
+
+def _view(store, job, revive: bool = True) -> dict:
+    """The job as JSON-ready data; an unfinished job without a supervisor gets one again."""
+    from orchestrator.report import job_json
+    from orchestrator.supervise.supervisor import ensure_supervised, is_supervised
+
+    if revive and ensure_supervised(store, job):
+        _err(f"note: job {job.id} had no supervisor (killed, or the machine restarted); started a new one")
+        job = store.get_job(job.id)
+    return job_json(job, store.attempts(job.id), supervised=None if job.terminal else is_supervised(job))
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _final_exit(state: str) -> NoReturn:
+    sys.exit(0 if state == "succeeded" else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["local", "slurm", "kubernetes"]), help="Override spec.target.")
+@click.option("--wait", is_flag=True, help="Follow the job until it ends; exit 0 only if it succeeded.")
+@click.option("--dry-run", is_flag=True, help="Print what would be submitted (as `render`) and submit nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
+@click.option("--all-lines", is_flag=True, help="With --wait off a terminal: every log line, not just progress.")
+def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool) -> None:
+    """Run a job: detach a supervisor that watches it, classifies failures and falls back on OOM."""
+    from orchestrator.compile import CompileError
+    from orchestrator.jobs import submit as do_submit
+
+    loaded, _ = _load_checked(job_file, target)
+    if dry_run:
+        dry = render_dryrun(loaded, str(Path("runs") / loaded.job.metadata.name / "attempt-1"))
+        for w in dry.warnings:
+            _err(f"warning: {w}")
+        click.echo(str(dry))
+        return
+    if loaded.job.spec.target != "local":
+        _fail([f"{loaded.source}: spec.target: target {loaded.job.spec.target!r} cannot run jobs yet "
+               "(local is available)"])
+    store = _store()
+    try:
+        record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()))
+    except CompileError as exc:
+        _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
+    for attempt in store.attempts(record.id)[:1]:
+        for w in json.loads(attempt.warnings):
+            _err(f"warning: {w}")
+    if not wait:
+        if as_json:
+            _print_json(_view(store, store.get_job(record.id), revive=False))
+        else:
+            click.echo(record.id)
+        return
+    _err(f"submitted job {record.id} ({record.name}); Ctrl-C stops watching, not the job "
+         f"(`shardctl cancel {record.id}` stops it)")
+    state = _follow(store, record.id, all_lines)
+    if as_json:
+        _print_json(_view(store, store.get_job(record.id), revive=False))
+    _final_exit(state)
+
+
+def _follow(store, job_id: str, all_lines: bool = False) -> str:
+    from orchestrator.follow import follow_live, follow_plain
+
+    try:
+        if sys.stdout.isatty() and not all_lines:
+            return follow_live(store, job_id)
+        return follow_plain(store, job_id, click.echo, everything=all_lines)
+    except KeyboardInterrupt:
+        _err(f"stopped watching; job {job_id} goes on (`shardctl status {job_id}`)")
+        sys.exit(130)
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON array (docs/cli-json.md).")
+@click.option("--limit", type=int, default=50, show_default=True)
+def list_jobs(as_json: bool, limit: int) -> None:
+    """Jobs in the store, newest first."""
+    from orchestrator.report import describe_config
+
+    store = _store()
+    views = [_view(store, j) for j in store.list_jobs(limit)]
+    if as_json:
+        _print_json(views)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("ID", "NAME", "TARGET", "STATE", "ATTEMPTS", "CONFIG", "CREATED"):
+        table.add_column(col)
+    for v in views:
+        last = v["attempts"][-1] if v["attempts"] else None
+        table.add_row(v["id"], v["name"], v["target"], v["state"], str(len(v["attempts"])),
+                      describe_config(last) if last else "-", v["created_at"] or "")
+    Console().print(table)
+
+
+def _show(job: str, as_json: bool, text: str) -> None:
+    from orchestrator import report
+
+    store = _store()
+    view = _view(store, _job(store, job))
+    click.echo(json.dumps(view, indent=2) if as_json else getattr(report, text)(view))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
+def status(job: str, as_json: bool) -> None:
+    """A job's state, its current attempt and progress (JOB: id, id prefix or name)."""
+    _show(job, as_json, "status_text")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the job with every attempt as JSON.")
+def history(job: str, as_json: bool) -> None:
+    """Every attempt of a job: its config, why it was started, how it ended."""
+    _show(job, as_json, "history_text")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--attempt", "number", type=int, help="Attempt number (default: the latest).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing, across attempts, until the job ends.")
+def logs(job: str, number: int | None, follow: bool) -> None:
+    """An attempt's output (stdout and stderr of every process)."""
+    store = _store()
+    record = _job(store, job)
+    attempts = store.attempts(record.id)
+    if follow:
+        _view(store, record)
+        from orchestrator.follow import follow_plain
+
+        state = follow_plain(store, record.id, click.echo, everything=True)
+        _final_exit(state)
+    if not attempts:
+        _fail([f"job {record.id} has no attempt yet"], EXIT_FAILED)
+    chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
+    if chosen is None:
+        _fail([f"job {record.id} has no attempt {number} (it has {len(attempts)})"])
+    try:
+        with open(chosen.log_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 16), b""):
+                sys.stdout.buffer.write(chunk)
+    except FileNotFoundError:
+        _err(f"attempt {chosen.number} has no log yet ({chosen.log_path})")
+
+
+@main.command()
+@click.argument("job")
+def cancel(job: str) -> None:
+    """Stop a job: its running attempt and every process it started; no further attempt starts."""
+    from orchestrator.jobs import cancel as do_cancel
+
+    store = _store()
+    record = do_cancel(store, _job(store, job))
+    click.echo(f"{record.id} {record.state}" + (f": {record.reason}" if record.reason else ""))
+    if record.state != "cancelled" and not record.terminal:
+        sys.exit(EXIT_FAILED)
 
 
 @main.command()
@@ -162,7 +335,9 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
         files = {Path(out_file).name: text_out}
         if result.ds_config is not None:
             files["ds_config.json"] = json.dumps(result.ds_config, indent=2) + "\n"
-        _write_atomically(Path(out_file).resolve().parent, files)
+        from orchestrator.procfiles import write_files
+
+        write_files(Path(out_file).resolve().parent, files)
         click.echo(out_file)
     else:
         click.echo(text_out, nl=False)

@@ -64,7 +64,10 @@ def test_ten_megabyte_file(tmp_path: Path) -> None:
 def test_render_local_writes_the_dry_run(tmp_path: Path) -> None:
     r = shardctl("render", str(ROOT / "examples/quickstart.yaml"), "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["accelerate_config.yaml", "ds_config.json", "launch.sh"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["accelerate_config.yaml", "attempt.json", "ds_config.json",
+                                                          "launch.sh"]
+    request = json.loads((tmp_path / "attempt.json").read_text())  # what the attempt wrapper is asked to run
+    assert request["command"] == ["bash", f"{tmp_path}/launch.sh"] and request["memory_limit_bytes"] is None
     script = (tmp_path / "launch.sh").read_text()
     assert f"--config_file {tmp_path}/accelerate_config.yaml" in script and "DS_ACCELERATOR=cpu" in script
     assert os.access(tmp_path / "launch.sh", os.X_OK)
@@ -117,3 +120,13 @@ def test_convert_cli(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("distributed_type: MULTI_GPU\n")
     assert shardctl("convert", str(bad), "--to", "fsdp").returncode == 2
+
+
+def test_the_supervision_path_never_imports_the_training_stack() -> None:
+    """The supervisor, the local target and the job commands run on login nodes and in controllers."""
+    code = ("import sys, orchestrator.jobs, orchestrator.follow, orchestrator.report, orchestrator.supervise.daemon, "
+            "orchestrator.targets.local, orchestrator.targets.local_wrapper; "
+            "print([m for m in ('torch', 'accelerate', 'deepspeed', 'transformers') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

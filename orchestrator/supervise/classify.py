@@ -35,7 +35,8 @@ PATTERNS: tuple[tuple[Kind, re.Pattern[str], str], ...] = tuple(
         ("host_oom", r"^(?:\[rank\d+\]: )?MemoryError\b", "host memory exhausted (MemoryError)"),
         ("host_oom", r"Cannot allocate memory", "host memory exhausted (ENOMEM)"),
         ("timeout", r"DUE TO TIME LIMIT", "time limit reached"),
-        ("preempted", r"DUE TO PREEMPTION|Signal 15 \(SIGTERM\) received", "terminated (preemption or shutdown)"),
+        # Not "Signal 15 (SIGTERM) received": torchrun sends SIGTERM to every rank once one fails.
+        ("preempted", r"DUE TO PREEMPTION", "preempted by the scheduler"),
         ("user_error", r"^(?:\[rank\d+\]: )?(?:ModuleNotFoundError|ImportError|SyntaxError|IndentationError)\b",
          "the script cannot be imported"),
         ("user_error", r"error: (?:unrecognized arguments|argument |the following arguments are required)",
@@ -43,6 +44,11 @@ PATTERNS: tuple[tuple[Kind, re.Pattern[str], str], ...] = tuple(
         ("user_error", r"can't open file .*No such file or directory", "the script does not exist"),
     )
 )
+
+
+# torchrun's "Root Cause (first observed failure)" block: the worker that died first, by a signal.
+_ROOT_CAUSE_SIGNAL = re.compile(r"Root Cause \(first observed failure\):[\s\S]*?exitcode\s*:\s*-\d+ \(pid: \d+\)\s*"
+                                r"\((SIG[A-Z]+)\)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,10 @@ def classify(outcome: Outcome) -> Failure:
         return Failure(matched[0], matched[1], matched[2])
     if outcome.signal is not None:
         return Failure("unknown", f"killed by signal {outcome.signal} with no out-of-memory evidence")
+    root = _ROOT_CAUSE_SIGNAL.search(tail)
+    if root:
+        return Failure("unknown", f"a worker was killed by {root.group(1)} with no out-of-memory evidence",
+                       root.group(0).strip())
     return Failure("unknown", f"exited {outcome.exit_code} with no recognised cause", _last_error_line(tail))
 
 

@@ -9,14 +9,24 @@ See ../shared/reference/accelerate-launch-facts.md, "Launching on CPU".
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from orchestrator.compile import CompiledJob, compile_job
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, DEFAULT_PORT
+from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
+from orchestrator.spec.quantity import parse_bytes
 from orchestrator.spec.models import FsdpOptions, Precision, TrainingJob
-from orchestrator.targets.base import DryRun
+from orchestrator.supervise.classify import TAIL_BYTES, Outcome
+from orchestrator.targets import local_wrapper
+from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
 
 LAUNCH_SCRIPT = "launch.sh"
 
@@ -64,10 +74,10 @@ def compile_for_local(job: TrainingJob, run_dir: str, checkpoint_dir: str, attem
 
 
 def launch_script(compiled: CompiledJob, *, workdir: str, cpu: bool, port: int = DEFAULT_PORT,
-                  bin_dir: str | None = None) -> str:
+                  bin_dir: str | None = None, extra_env: dict[str, str] | None = None) -> str:
     """bash that starts one launcher per node on localhost; every value is shell-quoted."""
     job = compiled.job
-    env = dict(compiled.env)
+    env = {**compiled.env, **(extra_env or {})}
     if cpu:
         env.update(cpu_environment(job))
     lines = [
@@ -95,13 +105,124 @@ def launch_script(compiled: CompiledJob, *, workdir: str, cpu: bool, port: int =
 
 
 def render(job: TrainingJob, run_dir: str, *, checkpoint_dir: str, attempt: int = 1, cpu: bool | None = None,
-           port: int = DEFAULT_PORT, workdir: str | None = None, bin_dir: str | None = None) -> DryRun:
+           port: int = DEFAULT_PORT, workdir: str | None = None, bin_dir: str | None = None,
+           extra_env: dict[str, str] | None = None) -> DryRun:
     cpu = (not has_gpu()) if cpu is None else cpu
     compiled, warnings = compile_for_local(job, run_dir, checkpoint_dir, attempt, cpu)
     files = compiled.files()
     files[LAUNCH_SCRIPT] = launch_script(compiled, workdir=workdir or os.getcwd(), cpu=cpu, port=port,
-                                         bin_dir=bin_dir)
+                                         bin_dir=bin_dir, extra_env=extra_env)
     return DryRun("local", compiled, files, ["bash", f"{run_dir.rstrip('/')}/{LAUNCH_SCRIPT}"], tuple(warnings))
 
 
-__all__ = ["LAUNCH_SCRIPT", "adapt_for_cpu", "has_gpu", "launch_script", "render"]
+def free_port() -> int:
+    """A port nobody listens on now: two attempts (or two jobs) never share a rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_limit(job: TrainingJob) -> int | None:
+    """All 'nodes' of a local run share this machine: the run gets nodes x memory_per_node."""
+    per_node = job.spec.resources.memory_per_node
+    return parse_bytes(per_node) * job.spec.resources.nodes if per_node else None
+
+
+class LocalTarget:
+    """Runs each attempt under local_wrapper, in its own session, leaving exit.json behind."""
+
+    name = "local"
+
+    def __init__(self, *, cpu: bool | None = None, bin_dir: str | None = None, port: int | None = None,
+                 memory_mode: str | None = None) -> None:
+        self.cpu = (not has_gpu()) if cpu is None else cpu
+        self.bin_dir = bin_dir or str(Path(sys.executable).parent)
+        self.port = port
+        self.memory_mode = memory_mode or os.environ.get("SHARDCTL_MEMORY_LIMIT", "auto")
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
+        dry = render(job, ref.run_dir, checkpoint_dir=ref.checkpoint_dir, attempt=ref.number, cpu=self.cpu,
+                     port=self.port or free_port(), workdir=ref.workdir, bin_dir=self.bin_dir,
+                     extra_env={"SHARDCTL_JOB_ID": ref.job_id, "SHARDCTL_RUN_DIR": ref.run_dir})
+        limit = memory_limit(job)
+        request = {
+            "command": dry.command,
+            "cwd": ref.workdir,
+            "log": Path(ref.log_path).name,
+            "memory_limit_bytes": limit,
+            "memory_mode": self.memory_mode,
+            "cgroup_name": f"shardctl-{ref.job_id}-{ref.number}",
+        }
+        warnings = list(dry.warnings)
+        if limit is None:
+            warnings.append("resources.memory_per_node is unset: the run has no memory limit")
+        files = {**dry.files, local_wrapper.ATTEMPT_FILE: json.dumps(request, indent=1) + "\n"}
+        return DryRun(self.name, dry.compiled, files, dry.command, tuple(warnings))
+
+    def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
+        run_dir = Path(ref.run_dir)
+        write_files(run_dir, dryrun.files)
+        proc = spawn_detached("orchestrator.targets.local_wrapper", [str(run_dir)], cwd=ref.workdir,
+                              log_path=run_dir / "wrapper.log")
+        self._children[proc.pid] = proc
+        external_id = f"{proc.pid}:{local_wrapper.start_ticks(proc.pid)}"
+        # "running" must mean launched: wait until the wrapper has joined its memory limit and started the
+        # command (or already ended), so callers never see a running attempt without its wrapper.json
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            info = read_json(run_dir / local_wrapper.WRAPPER_FILE)
+            if (info and "launched_at" in info) or (run_dir / local_wrapper.EXIT_FILE).exists():
+                break
+            time.sleep(0.02)
+        return external_id
+
+    def recover(self, ref: AttemptRef) -> str | None:
+        run_dir = Path(ref.run_dir)
+        if not (run_dir / local_wrapper.ATTEMPT_FILE).exists():
+            return None  # never got as far as writing the request
+        deadline = time.monotonic() + 5.0  # a wrapper that was just started writes wrapper.json at once
+        while time.monotonic() < deadline:
+            info = read_json(run_dir / local_wrapper.WRAPPER_FILE)
+            if info:
+                return f"{info['pid']}:{info['start_ticks']}"
+            time.sleep(0.1)
+        return None
+
+    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+        pid, ticks = _parse_id(external_id)
+        if pid in self._children:
+            if self._children[pid].poll() is not None:  # reap our own child
+                del self._children[pid]
+        run_dir = Path(ref.run_dir)
+        result = read_json(run_dir / local_wrapper.EXIT_FILE)
+        if result is None and local_wrapper.is_alive(pid, ticks):
+            return AttemptState("running")
+        result = result or read_json(run_dir / local_wrapper.EXIT_FILE)  # it may just have ended
+        tail = read_tail(ref.log_path, TAIL_BYTES)
+        if result is None:
+            return AttemptState("ended", Outcome(exit_code=None, log_tail=tail, preempted=True),
+                                detail="the attempt's wrapper is gone without an exit status (machine restart or "
+                                       "killed from outside)")
+        return AttemptState(
+            "ended",
+            Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
+                    oom_killed=result.get("oom_kills", 0) > 0, preempted=result.get("terminated_by") is not None),
+            peak_memory_bytes=result.get("peak_bytes"),
+        )
+
+    def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        pid, ticks = _parse_id(external_id)
+        if local_wrapper.is_alive(pid, ticks):
+            try:
+                os.kill(pid, signal.SIGTERM)  # the wrapper stops the whole tree, then writes exit.json
+            except ProcessLookupError:
+                pass
+
+
+def _parse_id(external_id: str) -> tuple[int, int | None]:
+    pid, _, ticks = external_id.partition(":")
+    return int(pid), (int(ticks) if ticks and ticks != "None" else None)
+
+
+__all__ = ["LAUNCH_SCRIPT", "LocalTarget", "adapt_for_cpu", "free_port", "has_gpu", "launch_script", "render"]

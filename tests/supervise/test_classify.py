@@ -62,3 +62,15 @@ def test_flags_and_success() -> None:
     assert classify(Outcome(exit_code=1, timed_out=True)).kind == "timeout"
     assert classify(Outcome(exit_code=1, preempted=True)).kind == "preempted"
     assert classify(Outcome(exit_code=3, log_tail="ValueError: bad\n")).kind == "unknown"
+
+
+def test_cgroup_oom_kill_of_a_deepspeed_worker_captured_here() -> None:
+    """examples/oom-fallback.yaml under a 2 GiB cgroup: the kernel killed rank 0, torchrun then
+    sent SIGTERM to rank 1. The cgroup's oom_kill counter is what makes it an OOM."""
+    tail = read("host_oom_cgroup_kill.txt")
+    assert "Signal 15 (SIGTERM) received" in tail  # the peer rank torn down by torchrun
+    with_evidence = classify(Outcome(exit_code=1, log_tail=tail, oom_killed=True))
+    assert with_evidence.kind == "host_oom"
+    without = classify(Outcome(exit_code=1, log_tail=tail))
+    assert without.kind == "unknown" and "killed by SIGKILL" in without.reason  # not a preemption
+    assert "exitcode  : -9" in without.evidence

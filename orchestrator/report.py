@@ -1,0 +1,155 @@
+"""What `status`, `history`, `list` and `--json` show: one view of a job and its attempts.
+
+The JSON shape is documented in docs/cli-json.md and is stable within `format` 1: fields may be
+added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from orchestrator.compile import rules
+from orchestrator.procfiles import read_tail
+from orchestrator.spec.models import TrainingJob
+from orchestrator.store import AttemptRecord, JobRecord
+
+FORMAT = 1
+STEP_RE = re.compile(r"\bstep\s+(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+@lru_cache(maxsize=256)
+def _config(spec_json: str) -> dict[str, Any]:
+    spec = TrainingJob.model_validate_json(spec_json).spec
+    return {
+        "backend": spec.backend,
+        "sharding": spec.sharding,
+        "zero_stage": rules.zero_stage(spec) if spec.backend == "deepspeed" else None,
+        "fsdp_strategy": rules.fsdp_strategy(spec) if spec.backend == "fsdp" else None,
+        "offload": {"optimizer": spec.offload.optimizer, "params": spec.offload.params},
+        "micro_batch": spec.batch.micro,
+        "grad_accum": rules.grad_accum(spec),
+        "global_batch": rules.global_batch(spec),
+        "activation_checkpointing": spec.activation_checkpointing,
+    }
+
+
+def attempt_config(spec_json: str) -> dict[str, Any]:
+    """The knobs the fallback turns, from an attempt's spec (JSON text). An attempt's spec never
+    changes, so it is parsed once: `--wait` and `logs -f` rebuild the view several times a second."""
+    return copy.deepcopy(_config(spec_json))
+
+
+def attempt_json(a: AttemptRecord) -> dict[str, Any]:
+    end = a.ended_at or (None if a.ended else time.time())
+    return {
+        "number": a.number,
+        "state": a.state,
+        "reason": a.reason,
+        "rung": a.rung,
+        **attempt_config(a.spec),
+        "resume_from": a.resume_from,
+        "started_at": iso(a.started_at),
+        "ended_at": iso(a.ended_at),
+        "duration_s": round(end - a.started_at, 1) if a.started_at and end else None,
+        "exit_code": a.exit_code,
+        "signal": a.signal,
+        "failure": None if a.failure_kind in (None, "succeeded") else
+        {"kind": a.failure_kind, "reason": a.failure_reason, "evidence": a.failure_evidence},
+        "peak_memory_bytes": a.peak_memory_bytes,
+        "warnings": json.loads(a.warnings),
+        "run_dir": a.run_dir,
+        "log": a.log_path,
+    }
+
+
+def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | None = None) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "id": job.id,
+        "name": job.name,
+        "target": job.target,
+        "state": job.state,
+        "reason": job.reason,
+        "source": job.source,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+        "checkpoint_dir": job.checkpoint_dir,
+        "max_attempts": job.spec_data["spec"].get("fallback", {}).get("max_attempts"),
+        "supervised": supervised,
+        "attempts": [attempt_json(a) for a in attempts],
+    }
+
+
+def describe_config(c: dict[str, Any]) -> str:
+    level = f"ZeRO-{c['zero_stage']}" if c["backend"] == "deepspeed" else c["fsdp_strategy"]
+    parts = [f"{c['backend']} {level}", f"micro {c['micro_batch']} x accum {c['grad_accum']}"]
+    if c["activation_checkpointing"]:
+        parts.append("activation checkpointing")
+    if c["offload"] != {"optimizer": "none", "params": "none"}:
+        parts.append(f"offload optimizer={c['offload']['optimizer']} params={c['offload']['params']}")
+    return ", ".join(parts)
+
+
+def fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def last_progress(log_path: str, limit: int = 64 * 1024) -> str | None:
+    """The last line of the log that names a step (what `status` shows as progress)."""
+    for line in reversed(read_tail(log_path, limit).splitlines()):
+        if STEP_RE.search(line):
+            return line.strip()[:200]
+    return None
+
+
+def history_text(view: dict[str, Any]) -> str:
+    out = [f"job {view['id']} ({view['name']}, target {view['target']}): {view['state']}"
+           + (f" - {view['reason']}" if view["reason"] else "")]
+    for a in view["attempts"]:
+        took = f" after {a['duration_s']:.1f} s" if a["duration_s"] is not None else ""
+        out.append(f"  attempt {a['number']}: {a['state']}{took}: {describe_config(a)}")
+        out.append(f"    why: {a['reason']}")
+        out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
+        if a["failure"]:
+            f = a["failure"]
+            exit_txt = f"exit {a['exit_code']}" if a["signal"] is None else f"signal {a['signal']}"
+            out.append(f"    ended: {f['kind']}: {f['reason']} ({exit_txt}"
+                       + (f", peak memory {fmt_bytes(a['peak_memory_bytes'])}" if a["peak_memory_bytes"] else "")
+                       + ")")
+            if f["evidence"]:
+                out.append(f"    evidence: {f['evidence']}")
+        elif a["state"] == "succeeded" and a["peak_memory_bytes"]:
+            out.append(f"    peak memory {fmt_bytes(a['peak_memory_bytes'])}")
+        out.append(f"    log: {a['log']}")
+    return "\n".join(out)
+
+
+def status_text(view: dict[str, Any]) -> str:
+    out = [f"{view['id']}  {view['name']}  target {view['target']}  {view['state']}"
+           + (f": {view['reason']}" if view["reason"] else "")]
+    if view["attempts"]:
+        a = view["attempts"][-1]
+        out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
+        progress = last_progress(a["log"])
+        if progress:
+            out.append(f"progress: {progress}")
+        if a["failure"]:
+            out.append(f"failure: {a['failure']['kind']}: {a['failure']['reason']}")
+        out.append(f"log: {a['log']}")
+    if view["supervised"] is False and view["state"] not in ("succeeded", "failed", "cancelled"):
+        out.append("supervisor: not running")
+    return "\n".join(out)
+
+

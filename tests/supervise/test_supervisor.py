@@ -1,0 +1,199 @@
+"""The supervisor's state machine, driven step by step against a target that runs nothing.
+
+The target here is an in-memory stand-in whose attempts outlive the Supervisor object, as real
+attempts outlive a killed supervisor process. A crash is an exception thrown at a chosen point;
+a fresh Supervisor on the same store then takes over. What must hold: no attempt is lost, none
+is submitted twice, and the decisions match the fallback policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.compile import compile_job
+from orchestrator.store import Store
+from orchestrator.supervise.classify import Outcome
+from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
+from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
+from tests.helpers import job
+
+DATA = Path(__file__).parent / "data"
+OOM_TAIL = (DATA / "host_oom_cpu_allocator.txt").read_text()
+
+
+class Crash(Exception):
+    """The supervisor process dies here."""
+
+
+class FakeTarget:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.submits: dict[int, int] = {}
+        self.running: dict[int, str] = {}  # attempt -> external id
+        self.results: dict[int, Outcome] = {}  # set by the test: the attempt has ended so
+        self.cancelled: list[int] = []
+        self.crash_after_submit: int | None = None
+
+    def render(self, spec, ref: AttemptRef) -> DryRun:
+        compiled = compile_job(spec, config_dir=ref.run_dir, checkpoint_dir=ref.checkpoint_dir, attempt=ref.number)
+        return DryRun(self.name, compiled, compiled.files(), ["true"])
+
+    def submit(self, dry: DryRun, ref: AttemptRef) -> str:
+        self.submits[ref.number] = self.submits.get(ref.number, 0) + 1
+        self.running[ref.number] = f"fake-{ref.number}"
+        if self.crash_after_submit == ref.number:
+            self.crash_after_submit = None
+            raise Crash
+        return self.running[ref.number]
+
+    def recover(self, ref: AttemptRef) -> str | None:
+        return self.running.get(ref.number)
+
+    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+        outcome = self.results.get(ref.number)
+        if outcome is None:
+            return AttemptState("running")
+        return AttemptState("ended", outcome, peak_memory_bytes=123)
+
+    def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        self.cancelled.append(ref.number)
+        self.results[ref.number] = Outcome(exit_code=None, signal=15)
+
+
+def new_job(store: Store, tmp: Path, **spec):
+    j = job(backend="deepspeed", sharding="grad_op", batch={"micro": 8, "global": 16},
+            resources={"gpus_per_node": 2}, **spec)
+    return store.create_job(name="t", target="fake", spec=job_to_json(j), source=None, workdir=str(tmp),
+                            checkpoint_dir=str(tmp / "ckpt"))
+
+
+def drive(sup: Supervisor, steps: int = 10) -> None:
+    for _ in range(steps):
+        record = sup.store.get_job(sup.job_id)
+        if record.terminal or not sup.step(record):
+            return
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "state")
+
+
+def test_oom_falls_back_then_succeeds_with_reasons_recorded(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    sup = Supervisor(store, record.id, target)
+    drive(sup)
+    assert [a.state for a in store.attempts(record.id)] == ["running"]
+    target.results[1] = Outcome(exit_code=1, log_tail=OOM_TAIL)
+    drive(sup)
+    attempts = store.attempts(record.id)
+    assert [a.state for a in attempts] == ["failed", "running"]
+    assert attempts[0].failure_kind == "host_oom" and attempts[0].peak_memory_bytes == 123
+    assert attempts[1].rung == "shard_more" and attempts[1].spec_data["spec"]["sharding"] == "full"
+    assert "grad_op -> full" in attempts[1].reason and "host_oom" in attempts[1].reason
+    target.results[2] = Outcome(exit_code=0)
+    drive(sup)
+    final = store.get_job(record.id)
+    assert final.state == "succeeded" and final.reason == "attempt 2 succeeded"
+    assert target.submits == {1: 1, 2: 1}
+
+
+def test_crash_right_after_submit_is_adopted_not_resubmitted(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    target.crash_after_submit = 1
+    with pytest.raises(Crash):
+        drive(Supervisor(store, record.id, target))
+    assert store.attempts(record.id)[0].state == "starting"  # recorded, but not yet marked running
+    drive(Supervisor(store, record.id, target))  # the next supervisor
+    attempt = store.attempts(record.id)[0]
+    assert attempt.state == "running" and attempt.external_id == "fake-1"
+    assert target.submits == {1: 1}
+
+
+def test_attempt_recorded_but_never_submitted_is_started_once(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+
+    class DiesBeforeSubmit(FakeTarget):
+        def submit(self, dry, ref):
+            raise Crash
+
+    with pytest.raises(Crash):
+        drive(Supervisor(store, record.id, DiesBeforeSubmit()))
+    drive(Supervisor(store, record.id, target))
+    assert target.submits == {1: 1}
+    assert [a.state for a in store.attempts(record.id)] == ["running"]
+
+
+def test_attempt_that_ended_while_no_supervisor_ran_is_classified_once(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    drive(Supervisor(store, record.id, target))
+    target.results[1] = Outcome(exit_code=1, log_tail=OOM_TAIL)  # ends while nobody watches
+    drive(Supervisor(store, record.id, target))
+    attempts = store.attempts(record.id)
+    assert [(a.number, a.state) for a in attempts] == [(1, "failed"), (2, "running")]
+    assert target.submits == {1: 1, 2: 1}
+
+
+def test_user_error_stops_without_retry(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    sup = Supervisor(store, record.id, target)
+    drive(sup)
+    target.results[1] = Outcome(exit_code=1, log_tail=(DATA / "user_error_import.txt").read_text())
+    drive(sup)
+    final = store.get_job(record.id)
+    assert final.state == "failed" and "never retried" in final.reason
+    assert target.submits == {1: 1}
+
+
+def test_cancel_stops_the_running_attempt_and_starts_nothing(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    sup = Supervisor(store, record.id, target)
+    drive(sup)
+    store.request_cancel(record.id)
+    drive(sup)  # sends the cancel, then waits for the attempt to end
+    drive(sup)
+    assert target.cancelled == [1]
+    final = store.get_job(record.id)
+    assert final.state == "cancelled"
+    assert [a.state for a in store.attempts(record.id)] == ["cancelled"]
+
+
+def test_max_attempts_bounds_the_ladder(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path, fallback={"max_attempts": 2})
+    target = FakeTarget()
+    sup = Supervisor(store, record.id, target)
+    for n in (1, 2):
+        drive(sup)
+        target.results[n] = Outcome(exit_code=1, log_tail=OOM_TAIL)
+    drive(sup)
+    final = store.get_job(record.id)
+    assert final.state == "failed" and "stopped after 2 attempts" in final.reason
+    assert len(store.attempts(record.id)) == 2
+
+
+def test_only_one_supervisor_holds_a_job(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    holder = JobLock(record.job_dir)
+    assert holder.acquire()
+    try:
+        assert Supervisor(store, record.id, FakeTarget()).run() == ""  # refuses: another one holds it
+    finally:
+        holder.release()
+    assert store.attempts(record.id) == []
+
+
+def test_checkpoint_summary_reads_the_marker(tmp_path: Path) -> None:
+    assert checkpoint_summary(str(tmp_path / "missing")) is None
+    (tmp_path / "step_4").mkdir()
+    assert checkpoint_summary(str(tmp_path)) == "step_4"
+    (tmp_path / "latest.json").write_text('{"dir": "step_4", "step": 4, "backend": "fsdp"}')
+    assert checkpoint_summary(str(tmp_path)) == "step_4 (step 4, saved by fsdp)"

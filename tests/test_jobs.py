@@ -1,0 +1,154 @@
+"""`shardctl submit` end to end on this machine: real accelerate launch, real OOM, real fallback.
+
+These run the CLI as a user does (a subprocess with its own state directory), kill supervisors
+with SIGKILL, and read the store to check that nothing was lost or started twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.store import Store
+from orchestrator.procfiles import read_json
+from orchestrator.targets.local_wrapper import is_alive
+from orchestrator.targets.memlimit import cgroup_available
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDCTL = [sys.executable, "-m", "orchestrator"]
+
+pytest.importorskip("accelerate")
+pytest.importorskip("deepspeed")
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    return tmp_path / "state"
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*SHARDCTL, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def spec_file(tmp: Path, steps: int = 10, extra: str = "") -> Path:
+    text = (ROOT / "examples/quickstart.yaml").read_text().replace('"--steps", "20"', f'"--steps", "{steps}"')
+    path = tmp / "job.yaml"
+    path.write_text(text + extra)
+    return path
+
+
+def test_dry_run_prints_the_request_and_records_nothing(home: Path) -> None:
+    r = cli("submit", "examples/oom-fallback.yaml", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "--- launch.sh" in r.stdout and "--- attempt.json" in r.stdout
+    assert '"memory_limit_bytes": 2415919104' in r.stdout  # 2304MiB, enforced for the whole run
+    assert not (home / "shardctl.db").exists() or Store(home).list_jobs() == []
+
+
+def test_bad_spec_is_refused_before_anything_is_recorded(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "examples/quickstart.yaml").read_text().replace("micro: 8", "micro: 7"))
+    r = cli("submit", str(bad))
+    assert r.returncode == 2 and "spec.batch" in r.stderr
+    assert not (home / "shardctl.db").exists() or Store(home).list_jobs() == []
+
+
+def test_unknown_job_is_a_clear_error(home: Path) -> None:
+    r = cli("status", "deadbeef")
+    assert r.returncode == 2 and "no job with id or name 'deadbeef'" in r.stderr
+
+
+@pytest.mark.slow
+def test_user_error_through_real_accelerate_is_not_retried(home: Path, tmp_path: Path) -> None:
+    path = spec_file(tmp_path)
+    path.write_text(path.read_text().replace("script: examples/train_tiny.py", "script: examples/no_such_script.py"))
+    r = cli("submit", str(path), "--wait", "--json")
+    assert r.returncode == 1
+    view = json.loads(r.stdout[r.stdout.index("{\n"):])
+    assert view["state"] == "failed" and len(view["attempts"]) == 1
+    assert view["attempts"][0]["failure"]["kind"] == "user_error"
+    assert "never retried" in view["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cgroup_available(), reason="the example's OOM evidence is a memory cgroup's oom_kill count")
+def test_oom_fallback_survives_a_killed_supervisor(home: Path) -> None:
+    """The acceptance: real OOM, fallback, resume; the supervisor is SIGKILLed mid-run and
+    `shardctl status` later shows the truth, with no attempt lost or started twice."""
+    r = cli("submit", "examples/oom-fallback.yaml", "--json")
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["id"]
+    store = Store(home)
+    first = store.attempts(job_id)[0]
+    assert first.state == "running"  # submit returns once attempt 1 is started and recorded
+    supervisor = store.get_job(job_id).supervisor_pid
+    os.kill(supervisor, signal.SIGKILL)
+    wrapper = read_json(Path(first.run_dir) / "wrapper.json")
+    assert wrapper is not None and "launched_at" in wrapper  # running means the command was started
+    assert first.external_id == f"{wrapper['pid']}:{wrapper['start_ticks']}"
+    assert is_alive(wrapper["pid"], wrapper["start_ticks"])  # the run goes on without its supervisor
+
+    # attempt 1 runs out of memory while nobody watches; nothing is recorded yet
+    wait_for(lambda: (Path(first.run_dir) / "exit.json").exists(), 240, "attempt 1 to end")
+    assert [a.state for a in store.attempts(job_id)] == ["running"]
+
+    status = cli("status", job_id, "--json")
+    assert status.returncode == 0 and "had no supervisor" in status.stderr
+    view = json.loads(status.stdout)
+    assert view["attempts"][0]["state"] == "failed"
+    assert view["attempts"][0]["failure"]["kind"] == "host_oom"
+    assert view["attempts"][0]["failure"]["evidence"] == "oom_kill event"
+    assert len(view["attempts"]) == 2 and view["attempts"][1]["state"] == "running"
+
+    wait_for(lambda: store.get_job(job_id).terminal, 240, "the job to end")
+    final = json.loads(cli("history", job_id, "--json").stdout)
+    assert final["state"] == "succeeded", final
+    a1, a2 = final["attempts"]
+    assert (a1["number"], a2["number"]) == (1, 2)
+    assert a2["rung"] == "activation_checkpointing" and a2["activation_checkpointing"] is True
+    assert a2["resume_from"].startswith("step_8")
+    assert a2["backend"] == a1["backend"] == "deepspeed" and a2["zero_stage"] == 3
+    log = Path(a2["log"]).read_text()
+    assert "at step 8 (model, optimizer and RNG state)" in log and "step 1/10" not in log
+    assert "training complete" in log
+    text = cli("history", job_id).stdout
+    assert "host_oom" in text and "activation checkpointing on" in text and "resumed from: step_8" in text
+
+
+@pytest.mark.slow
+def test_cancel_stops_every_process_and_no_attempt_follows(home: Path, tmp_path: Path) -> None:
+    r = cli("submit", str(spec_file(tmp_path, steps=100000)), "--json")
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["id"]
+    store = Store(home)
+    attempt = store.attempts(job_id)[0]
+    wait_for(lambda: "step 2/" in Path(attempt.log_path).read_text(errors="replace"), 180, "training to start")
+    wrapper = read_json(Path(attempt.run_dir) / "wrapper.json")
+    r = cli("cancel", job_id[:5])
+    assert r.returncode == 0 and "cancelled" in r.stdout, r.stdout + r.stderr
+    assert not is_alive(wrapper["pid"], wrapper["start_ticks"])
+    assert not is_alive(wrapper["child_pid"], None)
+    left = subprocess.run(["pgrep", "-f", str(Path(attempt.run_dir).parent)], capture_output=True, text=True).stdout.split()
+    assert left == []  # no launcher or worker of this attempt survives
+    assert [a.state for a in store.attempts(job_id)] == ["cancelled"]
+    listed = json.loads(cli("list", "--json").stdout)
+    assert [(j["id"], j["state"]) for j in listed] == [(job_id, "cancelled")]
