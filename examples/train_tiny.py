@@ -88,6 +88,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to idle per step (time-limit demos)")
     p.add_argument("--save-every", type=int, default=int(os.environ.get("SHARDCTL_CHECKPOINT_EVERY") or 5))
     p.add_argument("--checkpoint-dir", default=os.environ.get("SHARDCTL_CHECKPOINT_DIR", "checkpoints"))
     return p.parse_args()
@@ -143,6 +144,8 @@ def main() -> None:
                       f"sharding={os.environ.get('SHARDCTL_SHARDING', '?')} micro_batch={args.micro_batch} "
                       f"grad_accum={args.grad_accum} activation_checkpointing={ckpt_on} "
                       f"world_size={accelerator.num_processes} distributed_type={accelerator.distributed_type}")
+    print(f"rank {accelerator.process_index}/{accelerator.num_processes} is process "
+          f"{accelerator.local_process_index} on machine {os.environ.get('SLURM_NODEID', '-')}", flush=True)
     gen = torch.Generator().manual_seed(1234 + accelerator.process_index)
     model.train()
     for step in range(start, args.steps):
@@ -158,10 +161,26 @@ def main() -> None:
                 optimizer.zero_grad()
         accelerator.print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} seq {seq} "
                           f"time {time.perf_counter() - t0:.3f}s", flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or checkpoint_requested(accelerator):
             save(accelerator, model, root, step + 1, backend)
     accelerator.print("training complete")
     accelerator.end_training()
+
+
+def checkpoint_requested(accelerator) -> bool:
+    """shardctl's Slurm script creates SHARDCTL_CHECKPOINT_REQUEST shortly before the time limit.
+    Every rank must decide alike (saving is collective), so the ranks agree on it first."""
+    path = os.environ.get("SHARDCTL_CHECKPOINT_REQUEST")
+    seen = torch.tensor([1.0 if path and os.path.exists(path) else 0.0], device=accelerator.device)
+    if accelerator.reduce(seen, reduction="sum").item() == 0:
+        return False
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.remove(path)
+        print("checkpoint requested before the time limit: saving now", flush=True)
+    return True
 
 
 def save(accelerator, model, root: Path, step: int, backend: str) -> None:

@@ -97,7 +97,7 @@ def render(job_file: str, target: str | None, out_dir: str) -> None:
         _err(f"warning: {w}")
     from orchestrator.procfiles import write_files
 
-    write_files(out, dry.files, executable=("launch.sh",))
+    write_files(out, dry.files, executable=("launch.sh", "job.sbatch", "judge.sbatch"))
     for name in dry.files:
         click.echo(str(out / name))
 
@@ -107,8 +107,9 @@ def render_dryrun(loaded: LoadedSpec, run_dir: str):
     from orchestrator.jobs import dry_run
 
     job = loaded.job
-    if job.spec.target != "local":
-        _fail([f"{loaded.source}: spec.target: target {job.spec.target!r} cannot render yet (local is available)"])
+    if job.spec.target not in ("local", "slurm"):
+        _fail([f"{loaded.source}: spec.target: target {job.spec.target!r} cannot render yet "
+               "(local and slurm are available)"])
     checkpoint = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
         return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=checkpoint)
@@ -135,14 +136,30 @@ def _job(store, ref: str):
 
 
 def _view(store, job, revive: bool = True) -> dict:
-    """The job as JSON-ready data; an unfinished job without a supervisor gets one again."""
+    """The job as JSON-ready data; an unfinished job that had stalled is moved on first (jobs.revive)."""
+    from orchestrator.jobs import INLINE_TARGETS
+    from orchestrator.jobs import revive as do_revive
     from orchestrator.report import job_json
-    from orchestrator.supervise.supervisor import ensure_supervised, is_supervised
+    from orchestrator.supervise.supervisor import is_supervised
 
-    if revive and ensure_supervised(store, job):
-        _err(f"note: job {job.id} had no supervisor (killed, or the machine restarted); started a new one")
+    if revive:
+        note = _guarded(do_revive, store, job)
+        if note:
+            _err(note)
         job = store.get_job(job.id)
-    return job_json(job, store.attempts(job.id), supervised=None if job.terminal else is_supervised(job))
+    supervised = None if job.terminal or job.target in INLINE_TARGETS else is_supervised(job)
+    return job_json(job, store.attempts(job.id), supervised=supervised)
+
+
+def _guarded(fn, *args):
+    """A target command that fails (Slurm controller down) must not hide what the store knows."""
+    from orchestrator.targets.base import SubmitError
+
+    try:
+        return fn(*args)
+    except SubmitError as exc:
+        _err(f"warning: could not ask the target: {exc}")
+        return None
 
 
 def _print_json(data) -> None:
@@ -172,14 +189,21 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
             _err(f"warning: {w}")
         click.echo(str(dry))
         return
-    if loaded.job.spec.target != "local":
+    if loaded.job.spec.target not in ("local", "slurm"):
         _fail([f"{loaded.source}: spec.target: target {loaded.job.spec.target!r} cannot run jobs yet "
-               "(local is available)"])
+               "(local and slurm are available)"])
+    from orchestrator.targets.base import SubmitError
+
     store = _store()
     try:
         record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()))
     except CompileError as exc:
         _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
+    except SubmitError as exc:
+        _fail([f"{loaded.source}: {loaded.job.spec.target} refused the job, nothing was submitted:"]
+              + [f"  {line}" for line in str(exc).splitlines()])
+    if record.state == "failed":
+        _fail([f"job {record.id}: {record.reason}"], EXIT_FAILED)
     for attempt in store.attempts(record.id)[:1]:
         for w in json.loads(attempt.warnings):
             _err(f"warning: {w}")
@@ -216,8 +240,13 @@ def list_jobs(as_json: bool, limit: int) -> None:
     """Jobs in the store, newest first."""
     from orchestrator.report import describe_config
 
+    from orchestrator.jobs import revive_all
+
     store = _store()
-    views = [_view(store, j) for j in store.list_jobs(limit)]
+    records = store.list_jobs(limit)
+    for note in _guarded(revive_all, store, records) or []:  # Slurm: one sacct call for all of them
+        _err(note)
+    views = [_view(store, j, revive=False) for j in records]
     if as_json:
         _print_json(views)
         return

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from orchestrator.report import STEP_RE, describe_config, job_json
 from orchestrator.store import Store
+from orchestrator.jobs import INLINE_TARGETS, revive
 from orchestrator.supervise.supervisor import ensure_supervised, is_supervised
+from orchestrator.targets.base import SubmitError
 
 PROGRESS_RE = STEP_RE.pattern + r"|checkpoint|resum|training complete|Error|out of memory|Killed|\[shardctl\]"
 
@@ -98,7 +100,12 @@ def events(store: Store, job_id: str, poll_s: float = 0.2) -> Iterator[tuple[str
             return
         if time.monotonic() - last_check > 5.0:  # a supervisor killed while we watch is replaced
             last_check = time.monotonic()
-            if not is_supervised(job) and ensure_supervised(store, job):
+            if job.target in INLINE_TARGETS:
+                try:
+                    revive(store, job)  # Slurm: record an end its judge has not (yet) recorded
+                except SubmitError as exc:
+                    yield "event", f"could not ask {job.target}: {exc}"
+            elif not is_supervised(job) and ensure_supervised(store, job):
                 yield "event", "supervisor was not running: started a new one, which adopts the running attempt"
         time.sleep(poll_s)
 

@@ -48,6 +48,7 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 _SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 
 # Native spellings users bring from FSDP, DeepSpeed and accelerate configs.
@@ -143,12 +144,19 @@ def _check_slurm_time(value: str) -> str:
     return value
 
 
+def _check_slurm_name(value: str) -> str:
+    if not _SLURM_NAME.match(value):
+        raise ValueError(f"{value!r}: Slurm names here are letters, digits, '_', '-' and '.' (at most 64)")
+    return value
+
+
 def _check_directive(value: str) -> str:
     if "\n" in value or "\r" in value or not value.startswith("--"):
         raise ValueError(f"{value!r}: an extra directive is one sbatch option on one line, starting with --")
     return value
 
 
+SlurmName = Annotated[str, AfterValidator(_check_slurm_name)]
 ByteQuantity = Annotated[
     str,
     BeforeValidator(_check_bytes),
@@ -283,10 +291,24 @@ class DeepSpeedOptions(_Strict):
 
 
 class SlurmOptions(_Strict):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: SlurmName | None = Field(default=None, description="Partition (sbatch --partition).")
+    account: SlurmName | None = Field(default=None, description="Account to charge (sbatch --account).")
+    qos: SlurmName | None = Field(default=None, description="Quality of service (sbatch --qos).")
     time: Annotated[str, AfterValidator(_check_slurm_time)] | None = Field(default=None, description="e.g. 2-00:00:00")
+    signal_seconds: int = Field(
+        default=120, ge=10, le=3600,
+        description="With a time limit: this many seconds before it, the batch script gets SIGUSR1 and asks the "
+                    "training script for a checkpoint (SHARDCTL_CHECKPOINT_REQUEST).",
+    )
+    requeue: bool | None = Field(
+        default=None,
+        description="sbatch --requeue (preemption or node failure restarts the attempt, which resumes from its "
+                    "checkpoint). Unset: yes when checkpoint.every_steps is set.",
+    )
+    supervisor_partition: SlurmName | None = Field(
+        default=None,
+        description="Partition of the small CPU job that judges each attempt when it ends (default: partition).",
+    )
     extra: list[Annotated[str, AfterValidator(_check_directive)]] = Field(
         default_factory=list, description="Extra sbatch options passed through verbatim, e.g. --constraint=a100.",
     )

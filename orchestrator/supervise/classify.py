@@ -89,7 +89,8 @@ def classify(outcome: Outcome) -> Failure:
     tail = outcome.log_tail[-TAIL_BYTES:]
     if outcome.cancelled:
         return Failure("cancelled", "cancelled by the user")
-    if outcome.exit_code == 0 and outcome.signal is None:
+    ended_by_cluster = outcome.oom_killed or outcome.timed_out or outcome.preempted  # Slurm: TIMEOUT is "0:0"
+    if outcome.exit_code == 0 and outcome.signal is None and not ended_by_cluster:
         return Failure("succeeded", "exited 0")
     if outcome.oom_killed:
         return Failure("host_oom", "killed by the out-of-memory killer (memory limit reached)", "oom_kill event")

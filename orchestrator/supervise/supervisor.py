@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,14 +22,15 @@ from orchestrator.spec.models import TrainingJob
 from orchestrator.store import AttemptRecord, JobRecord, Store, StoreError
 from orchestrator.supervise.classify import Failure, classify
 from orchestrator.supervise.fallback import Next, next_step
-from orchestrator.targets.base import AttemptRef, Target
+from orchestrator.targets.base import AttemptRef, SubmitError, Target
 
 POLL_S = 0.1
 LOCK_NAME = "supervisor.lock"
 
 
 def _log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", flush=True)
+    """stderr: the daemon's and the judge's log; for the CLI (inline moves) it stays off --json output."""
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def job_from_json(text: str) -> TrainingJob:
@@ -117,6 +119,21 @@ class Supervisor:
         finally:
             lock.release()
 
+    def advance(self) -> str:
+        """Every move that needs no waiting, then return: how the Slurm judge and the CLI drive a job
+        whose target starts the next look itself. Returns the job's state ('' when another holds it)."""
+        job = self.store.get_job(self.job_id)
+        lock = JobLock(job.job_dir)
+        if not lock.acquire():
+            return ""
+        try:
+            while True:
+                job = self.store.get_job(self.job_id)
+                if job.terminal or not self.step(job):
+                    return job.state
+        finally:
+            lock.release()
+
     def step(self, job: JobRecord) -> bool:
         """One move of the state machine; False when there was nothing to do but wait."""
         attempts = self.store.attempts(job.id)
@@ -145,9 +162,20 @@ class Supervisor:
         self.launch(job, number, dry, ref)
 
     def launch(self, job: JobRecord, number: int, dry, ref: AttemptRef) -> None:
-        external_id = self.target.submit(dry, ref)
+        try:
+            external_id = self.target.submit(dry, ref)
+        except SubmitError as exc:  # nothing runs: record why, and stop (a retry could submit twice)
+            reason = f"{self.target.name} refused attempt {number}: {exc}"
+            _log(f"job {job.id}: {reason}")
+            self.store.update_attempt(job.id, number, state="failed", ended_at=time.time(), failure_kind="unknown",
+                                      failure_reason=reason)
+            self.store.finish_job(job.id, "failed", reason)
+            return
         self.store.update_attempt(job.id, number, state="running", external_id=external_id, started_at=time.time())
         _log(f"job {job.id}: attempt {number} started ({self.target.name} id {external_id})")
+        if self.store.get_job(job.id).cancel_requested:  # a cancel that came while this was being submitted
+            self.target.cancel(external_id, ref)
+            self.cancel_sent = True
 
     def adopt(self, job: JobRecord, attempt: AttemptRecord) -> bool:
         """An attempt recorded but not marked running: its supervisor died around submit."""
@@ -178,7 +206,7 @@ class Supervisor:
         outcome = replace(state.outcome, cancelled=bool(job.cancel_requested))
         failure = classify(outcome)
         if state.detail and failure.kind != "cancelled":
-            failure = Failure(failure.kind, state.detail, failure.evidence)
+            failure = Failure(failure.kind, f"{failure.reason} ({state.detail})", failure.evidence)
         self.end(job, attempt, failure, outcome, state.peak_memory_bytes)
         return True
 

@@ -12,4 +12,8 @@ def get_target(name: str, options: dict[str, Any] | None = None):
         from orchestrator.targets.local import LocalTarget
 
         return LocalTarget(cpu=options.get("cpu"), memory_mode=options.get("memory_mode"), port=options.get("port"))
-    raise ValueError(f"target {name!r} cannot run jobs yet (local is available)")
+    if name == "slurm":
+        from orchestrator.targets.slurm import SlurmTarget
+
+        return SlurmTarget(cpu=bool(options.get("cpu")), state_dir=options.get("state_dir"))
+    raise ValueError(f"target {name!r} cannot run jobs yet (local and slurm are available)")

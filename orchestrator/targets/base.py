@@ -16,6 +16,10 @@ from orchestrator.spec.models import TrainingJob
 from orchestrator.supervise.classify import Outcome
 
 
+class SubmitError(RuntimeError):
+    """The target refused the request (a bad partition, an impossible GPU count); its own words."""
+
+
 @dataclass(frozen=True)
 class DryRun:
     """The exact request: file name -> content, plus the command that starts it."""

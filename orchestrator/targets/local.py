@@ -19,58 +19,17 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.compile import CompiledJob, compile_job
+from orchestrator.compile import CompiledJob
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, DEFAULT_PORT
 from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
 from orchestrator.spec.quantity import parse_bytes
-from orchestrator.spec.models import FsdpOptions, Precision, TrainingJob
+from orchestrator.spec.models import TrainingJob
+from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
 from orchestrator.supervise.classify import TAIL_BYTES, Outcome
 from orchestrator.targets import local_wrapper
 from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
 
 LAUNCH_SCRIPT = "launch.sh"
-
-
-def has_gpu() -> bool:
-    """Cheap and torch-free: the NVIDIA driver exposes one directory per GPU."""
-    if os.environ.get("SHARDCTL_FORCE_CPU") == "1":
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return gpus.is_dir() and any(gpus.iterdir())
-
-
-def adapt_for_cpu(job: TrainingJob) -> tuple[TrainingJob, list[str]]:
-    """The same spec made runnable on CPU processes; every change is reported."""
-    spec = job.spec
-    n = spec.world_size
-    notes = []
-    changes: dict = {}
-    if spec.backend == "deepspeed":
-        notes.append(f"no GPU: DeepSpeed ZeRO runs on {n} CPU processes over gloo (DS_ACCELERATOR=cpu)")
-    else:
-        notes.append(f"no GPU: FSDP does not shard on CPU through accelerate; this runs as DDP on {n} CPU processes "
-                     "over gloo (use backend: deepspeed for real sharding on CPU)")
-        # cpu_ram_efficient_loading/sync_module_states need a GPU ("no available devices found").
-        changes["fsdp"] = FsdpOptions(**{**spec.fsdp.model_dump(), "cpu_ram_efficient_loading": False,
-                                         "sync_module_states": False})
-    if spec.precision.mixed == "fp16":
-        notes.append("no GPU: fp16 mixed precision is GPU-only; using bf16 on CPU")
-        changes["precision"] = Precision(mixed="bf16", params=spec.precision.params)
-    return (job.with_spec(**changes) if changes else job), notes
-
-
-def cpu_environment(job: TrainingJob) -> dict[str, str]:
-    if job.spec.backend == "deepspeed":
-        return {"DS_ACCELERATOR": "cpu"}
-    return {"ACCELERATE_USE_CPU": "true"}
-
-
-def compile_for_local(job: TrainingJob, run_dir: str, checkpoint_dir: str, attempt: int,
-                      cpu: bool) -> tuple[CompiledJob, list[str]]:
-    warnings: list[str] = []
-    if cpu:
-        job, warnings = adapt_for_cpu(job)
-    return compile_job(job, config_dir=run_dir, checkpoint_dir=checkpoint_dir, attempt=attempt), warnings
 
 
 def launch_script(compiled: CompiledJob, *, workdir: str, cpu: bool, port: int = DEFAULT_PORT,
@@ -108,7 +67,7 @@ def render(job: TrainingJob, run_dir: str, *, checkpoint_dir: str, attempt: int 
            port: int = DEFAULT_PORT, workdir: str | None = None, bin_dir: str | None = None,
            extra_env: dict[str, str] | None = None) -> DryRun:
     cpu = (not has_gpu()) if cpu is None else cpu
-    compiled, warnings = compile_for_local(job, run_dir, checkpoint_dir, attempt, cpu)
+    compiled, warnings = compile_maybe_on_cpu(job, run_dir, checkpoint_dir, attempt, cpu)
     files = compiled.files()
     files[LAUNCH_SCRIPT] = launch_script(compiled, workdir=workdir or os.getcwd(), cpu=cpu, port=port,
                                          bin_dir=bin_dir, extra_env=extra_env)
@@ -225,4 +184,4 @@ def _parse_id(external_id: str) -> tuple[int, int | None]:
     return int(pid), (int(ticks) if ticks and ticks != "None" else None)
 
 
-__all__ = ["LAUNCH_SCRIPT", "LocalTarget", "adapt_for_cpu", "free_port", "has_gpu", "launch_script", "render"]
+__all__ = ["LAUNCH_SCRIPT", "LocalTarget", "free_port", "has_gpu", "launch_script", "render"]

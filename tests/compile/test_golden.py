@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.spec import load_spec
-from orchestrator.targets import local
+from orchestrator.targets import local, slurm_render
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -22,7 +22,15 @@ def rendered(example: Path) -> dict[str, str]:
     job = load_spec(example).job
     checkpoint = job.spec.checkpoint.dir or "/ckpt"
     dry = local.render(job, f"/run/{job.metadata.name}", checkpoint_dir=checkpoint, cpu=False, workdir="/work")
-    return dry.files
+    files = dict(dry.files)
+    if job.spec.target == "slurm":  # the sbatch scripts too: what a Slurm admin reviews
+        req = slurm_render.SlurmRequest(
+            job_id="0123abcd", attempt=1, run_dir=f"/run/{job.metadata.name}", checkpoint_dir=checkpoint,
+            workdir="/work", log_path=f"/run/{job.metadata.name}/output.log", state_dir="/state",
+            python="/venv/bin/python", package_root="/opt/shardctl", bin_dir="/venv/bin")
+        slurm_files = slurm_render.render(job, req).files
+        files.update({name: slurm_files[name] for name in (slurm_render.JOB_SCRIPT, slurm_render.JUDGE_SCRIPT)})
+    return files
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)

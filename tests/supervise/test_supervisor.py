@@ -197,3 +197,34 @@ def test_checkpoint_summary_reads_the_marker(tmp_path: Path) -> None:
     assert checkpoint_summary(str(tmp_path)) == "step_4"
     (tmp_path / "latest.json").write_text('{"dir": "step_4", "step": 4, "backend": "fsdp"}')
     assert checkpoint_summary(str(tmp_path)) == "step_4 (step 4, saved by fsdp)"
+
+
+def test_advance_makes_every_move_that_needs_no_waiting(store: Store, tmp_path: Path) -> None:
+    """How the Slurm judge drives a job: one call records the end, decides and starts the next
+    attempt, then returns at once because that attempt is still running."""
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    assert Supervisor(store, record.id, target).advance() == "running"
+    assert [a.state for a in store.attempts(record.id)] == ["running"]
+    target.results[1] = Outcome(exit_code=1, log_tail=OOM_TAIL)
+    assert Supervisor(store, record.id, target).advance() == "running"  # a fresh process, as a judge is
+    attempts = store.attempts(record.id)
+    assert [a.state for a in attempts] == ["failed", "running"] and attempts[1].rung is not None
+    target.results[2] = Outcome(exit_code=0)
+    assert Supervisor(store, record.id, target).advance() == "succeeded"
+    assert target.submits == {1: 1, 2: 1}
+
+
+def test_a_cancel_that_lands_during_a_submit_is_not_lost(store: Store, tmp_path: Path) -> None:
+    """The cancel flag is read again right after each submit: an attempt submitted while the user
+    cancelled is cancelled at once instead of running unwatched."""
+    record = new_job(store, tmp_path)
+
+    class CancelledWhileSubmitting(FakeTarget):
+        def submit(self, dry: DryRun, ref: AttemptRef) -> str:
+            store.request_cancel(record.id)  # the user's `shardctl cancel` lands here
+            return super().submit(dry, ref)
+
+    target = CancelledWhileSubmitting()
+    assert Supervisor(store, record.id, target).advance() == "cancelled"
+    assert target.cancelled == [1] and store.attempts(record.id)[0].state == "cancelled"

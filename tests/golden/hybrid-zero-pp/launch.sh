@@ -23,10 +23,8 @@ export SHARDCTL_WORLD_SIZE=16
 export SHARDCTL_ZERO_STAGE=3
 # one launcher per 'machine', all on localhost (static rendezvous on 127.0.0.1)
 pids=()
-accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 4 --num_processes 16 --machine_rank 0 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
-accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 4 --num_processes 16 --machine_rank 1 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
-accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 4 --num_processes 16 --machine_rank 2 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
-accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 4 --num_processes 16 --machine_rank 3 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
+accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 2 --num_processes 16 --machine_rank 0 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
+accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 2 --num_processes 16 --machine_rank 1 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=$?; done
 exit "$rc"

@@ -1,0 +1,138 @@
+"""The Slurm target: `sbatch --parsable` for each attempt, plus a judge job that runs when it ends.
+
+Submitted with plain sbatch rather than submitit: the request must be a readable script that
+`shardctl render` shows and `sbatch --test-only` checks, and the job is `accelerate launch`,
+not a pickled Python callable. Watching goes through one batched `sacct` (slurm_accounting).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orchestrator
+from orchestrator.procfiles import read_json, read_tail, write_files, write_json
+from orchestrator.spec.models import TrainingJob
+from orchestrator.supervise.classify import TAIL_BYTES, Outcome
+from orchestrator.targets import slurm_render
+from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
+from orchestrator.targets.slurm_accounting import LOST_STATES, POLLER, Poller, SlurmError, run_slurm
+
+SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id}, written once sbatch has answered
+
+
+def sbatch(argv: list[str], cwd: str | None = None) -> str:
+    """sbatch, never retried (a retry after a lost answer could submit twice); returns the job id."""
+    try:
+        proc = subprocess.run(["sbatch", "--parsable", *argv], capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL, cwd=cwd)
+    except FileNotFoundError as exc:
+        raise SlurmError("sbatch not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
+    if proc.returncode != 0:
+        raise SlurmError(proc.stderr.strip() or f"sbatch exited {proc.returncode}")
+    return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+
+
+def test_only(script: str) -> str:
+    """`sbatch --test-only`: the controller checks the request (partition, GPUs, limits) and starts nothing."""
+    proc = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    message = "\n".join(line for line in proc.stderr.splitlines() if line.strip())
+    if proc.returncode != 0:
+        raise SlurmError(message or f"sbatch --test-only exited {proc.returncode}")
+    return message
+
+
+class SlurmTarget:
+    name = "slurm"
+
+    def __init__(self, *, cpu: bool = False, state_dir: str | None = None, python: str | None = None,
+                 poller: Poller | None = None) -> None:
+        from orchestrator.store import state_dir as default_state_dir
+
+        self.cpu = cpu
+        self.state_dir = state_dir or str(default_state_dir())
+        self.python = python or sys.executable
+        self.poller = poller or POLLER
+
+    def request(self, ref: AttemptRef) -> slurm_render.SlurmRequest:
+        return slurm_render.SlurmRequest(
+            job_id=ref.job_id, attempt=ref.number, run_dir=ref.run_dir, checkpoint_dir=ref.checkpoint_dir,
+            workdir=ref.workdir, log_path=ref.log_path, state_dir=self.state_dir, python=self.python,
+            package_root=str(Path(orchestrator.__file__).resolve().parent.parent),
+            bin_dir=str(Path(self.python).parent), cpu=self.cpu)
+
+    def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
+        return slurm_render.render(job, self.request(ref))
+
+    def check(self, dry: DryRun, scratch_dir: str) -> str:
+        """Ask the controller whether it would accept this attempt, before anything is recorded."""
+        path = Path(scratch_dir) / slurm_render.JOB_SCRIPT
+        write_files(path.parent, {path.name: dry.files[slurm_render.JOB_SCRIPT]})
+        return test_only(str(path))
+
+    def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
+        run_dir = Path(ref.run_dir)
+        write_files(run_dir, dryrun.files)
+        job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
+        write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": None})
+        try:
+            judge = sbatch([f"--dependency=afterany:{job_id}", str(run_dir / slurm_render.JUDGE_SCRIPT)],
+                           cwd=ref.workdir)
+        except SlurmError as exc:  # the attempt runs; any shardctl command that reads the job judges it later
+            print(f"shardctl: attempt {ref.number}: the judge job was refused ({exc}); "
+                  "`shardctl status` will judge the attempt when it ends", file=sys.stderr)
+            judge = None
+        write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": judge})
+        self.poller.watch([job_id])
+        return job_id
+
+    def recover(self, ref: AttemptRef) -> str | None:
+        run_dir = Path(ref.run_dir)
+        submitted = read_json(run_dir / SUBMITTED_FILE)
+        if submitted:
+            return str(submitted["job"])
+        script = run_dir / slurm_render.JOB_SCRIPT
+        if not script.exists():
+            return None  # never got as far as writing the request
+        name = _job_name(script.read_text())
+        # slurmctld knows a job the moment sbatch returns; accounting may lag behind, so ask both
+        for argv in (["squeue", "-h", "--name", name, "-o", "%i"],
+                     ["sacct", "-n", "-X", "-P", "--name", name, "-S", "now-30days", "-o", "JobID"]):
+            ids = [line.strip() for line in run_slurm(argv).splitlines() if line.strip()]
+            if ids:
+                return ids[-1]
+        return None
+
+    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+        info = self.poller.get(external_id)
+        if info is None or info.phase == "unknown":
+            return AttemptState("pending", detail=f"Slurm does not report job {external_id} yet")
+        if info.phase != "ended":
+            return AttemptState(info.phase, detail=f"Slurm {info.state} {info.reason}".strip())
+        tail = read_tail(ref.log_path, TAIL_BYTES)
+        outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
+                          oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
+                          cancelled=info.state == "CANCELLED", preempted=info.state in LOST_STATES)
+        self.poller.forget([external_id])
+        detail = f"Slurm job {external_id}: {info.summary()}"
+        if info.state == "CANCELLED":
+            detail = f"Slurm job {external_id} was cancelled (scancel, or an administrator)"
+        return AttemptState("ended", outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail)
+
+    def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        """The attempt and its judge: the caller records the end itself, nothing is left to resubmit."""
+        submitted = read_json(Path(ref.run_dir) / SUBMITTED_FILE) or {}
+        ids = [external_id] + ([str(submitted["judge"])] if submitted.get("judge") else [])
+        run_slurm(["scancel", *ids])
+
+
+def _job_name(script: str) -> str:
+    for line in script.splitlines():
+        if line.startswith("#SBATCH --job-name="):
+            return line.split("=", 1)[1].strip()
+    raise ValueError("job.sbatch has no --job-name")
+
+
+__all__ = ["SlurmError", "SlurmTarget", "sbatch", "test_only"]

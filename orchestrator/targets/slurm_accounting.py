@@ -1,0 +1,192 @@
+"""What Slurm says about jobs: one `sacct` call for every watched job, parsed into a small record.
+
+Parsing is pure (tested on captured output). The poller batches: however many jobs are watched,
+one refresh is one `sacct -j ID,ID,...` (plus one `squeue` only for ids that accounting does not
+know yet: slurmctld hands a new job to slurmdbd a moment after `sbatch` returns). Like submitit,
+it never asks more often than its interval. Steps are read too: when only a step (`srun`) runs
+out of memory the job is FAILED and the step is OUT_OF_MEMORY.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.targets.base import SubmitError
+
+Phase = Literal["pending", "running", "ended", "unknown"]
+
+# Slurm job states (sacct/squeue long names) -> where the attempt is.
+PENDING_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING",
+                  "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT", "SPECIAL_EXIT"}
+RUNNING_STATES = {"RUNNING", "COMPLETING"}
+ENDED_STATES = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", "PREEMPTED", "NODE_FAIL",
+                "BOOT_FAIL", "DEADLINE", "REVOKED"}
+LOST_STATES = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}  # the cluster ended it, not the script: resume as is
+
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "MaxRSS", "Reason")
+SQUEUE_FORMAT = "%i|%T|%r"
+
+
+class SlurmError(SubmitError):
+    """A Slurm command failed; the message is Slurm's own."""
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    state: str  # the first word: "CANCELLED by 0" -> CANCELLED
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    steps: tuple[tuple[str, str], ...] = ()  # (step id, state), e.g. ("0", "OUT_OF_MEMORY")
+    max_rss_bytes: int | None = None
+    source: str = "sacct"
+
+    @property
+    def phase(self) -> Phase:
+        if self.state in ENDED_STATES:
+            return "ended"
+        if self.state in RUNNING_STATES:
+            return "running"
+        if self.state in PENDING_STATES:
+            return "pending"
+        return "unknown"
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.state == "OUT_OF_MEMORY" or any(state == "OUT_OF_MEMORY" for _, state in self.steps)
+
+    def summary(self) -> str:
+        code = f" {self.exit_code}:{self.signal or 0}" if self.exit_code is not None else ""
+        odd = [f"step {step} {state}" for step, state in self.steps if state not in (self.state, "CANCELLED")]
+        return ", ".join([f"{self.state}{code}", *odd])
+
+
+def parse_exit_code(text: str) -> tuple[int | None, int | None]:
+    """sacct's ExitCode is "code:signal"."""
+    code, _, sig = text.partition(":")
+    try:
+        return int(code), (int(sig) or None) if sig else None
+    except ValueError:
+        return None, None
+
+
+def parse_rss(text: str) -> int | None:
+    """MaxRSS such as 1234K, 2.5G (sacct's binary units), or '' when not sampled."""
+    text = text.strip()
+    if not text:
+        return None
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(float(text))
+    except ValueError:
+        return None
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """`sacct -n -P -o JobID,State,ExitCode,MaxRSS,Reason` output -> one JobInfo per job (steps folded in)."""
+    jobs: dict[str, dict] = {}
+    steps: dict[str, list[tuple[str, str]]] = {}
+    rss: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 3:
+            continue
+        job_id, state_text, exit_text = parts[0], parts[1], parts[2]
+        state = state_text.split()[0] if state_text.strip() else "UNKNOWN"
+        parent, _, step = job_id.partition(".")
+        if len(parts) > 3 and (value := parse_rss(parts[3])) is not None:
+            rss[parent] = max(rss.get(parent, 0), value)
+        if step:
+            steps.setdefault(parent, []).append((step, state))
+            continue
+        code, sig = parse_exit_code(exit_text)
+        jobs[parent] = {"state": state, "exit_code": code, "signal": sig,
+                        "reason": parts[4] if len(parts) > 4 and parts[4] != "None" else ""}
+    return {job_id: JobInfo(job_id, steps=tuple(steps.get(job_id, ())), max_rss_bytes=rss.get(job_id), **fields)
+            for job_id, fields in jobs.items()}
+
+
+def parse_squeue(text: str) -> dict[str, JobInfo]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0]:
+            out[parts[0]] = JobInfo(parts[0], parts[1], reason=parts[2] if len(parts) > 2 else "", source="squeue")
+    return out
+
+
+def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> str:
+    """A read-only Slurm command, retried on a transient failure (controller busy, socket timeout)."""
+    for attempt in range(retries + 1):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise SlurmError(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
+        except subprocess.TimeoutExpired:
+            proc = None
+        if proc is not None and proc.returncode == 0:
+            return proc.stdout
+        if attempt == retries:
+            message = proc.stderr.strip() if proc is not None else f"timed out after {timeout:.0f} s"
+            raise SlurmError(f"{' '.join(argv[:2])}: {message}")
+        time.sleep(1.0 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Poller:
+    """The watched Slurm jobs and what Slurm last said of them, refreshed all at once."""
+
+    interval_s: float = 2.0
+    watched: set[str] = field(default_factory=set)
+    known: dict[str, JobInfo] = field(default_factory=dict)
+    refreshed_at: float = float("-inf")
+    calls: dict[str, int] = field(default_factory=lambda: {"sacct": 0, "squeue": 0})
+
+    def watch(self, job_ids: Iterable[str]) -> None:
+        self.watched.update(job_ids)
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            self.watched.discard(job_id)
+            self.known.pop(job_id, None)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        """What Slurm says of one job; refreshes every watched job when the last look is too old."""
+        self.watch([job_id])
+        if job_id not in self.known or time.monotonic() - self.refreshed_at >= self.interval_s:
+            self.refresh()
+        return self.known.get(job_id)
+
+    def refresh(self) -> dict[str, JobInfo]:
+        ids = sorted(self.watched, key=_numeric)
+        if not ids:
+            return {}
+        self.calls["sacct"] += 1
+        found = parse_sacct(run_slurm(["sacct", "-n", "-P", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)]))
+        missing = [i for i in ids if i not in found]
+        if missing:  # too new for accounting: slurmctld knows it
+            self.calls["squeue"] += 1
+            try:
+                found.update(parse_squeue(run_slurm(["squeue", "-h", "-j", ",".join(missing), "-o", SQUEUE_FORMAT],
+                                                    retries=0)))
+            except SlurmError:
+                pass  # squeue refuses ids it has forgotten: they stay unknown
+        self.known.update(found)
+        self.refreshed_at = time.monotonic()
+        return found
+
+
+def _numeric(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_")[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+POLLER = Poller()  # one per process: every describe() in it shares the batched refresh
