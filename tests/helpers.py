@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 from hypothesis import strategies as st
@@ -71,3 +72,14 @@ def valid_specs(draw) -> TrainingJob:
         spec["deepspeed"] = {"zero3_init": draw(st.sampled_from([None, False, True])),
                              "save_16bit_model": draw(st.booleans())}
     return job(**spec)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll until predicate() is truthy (returns it), or fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

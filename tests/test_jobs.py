@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from orchestrator.store import Store
 from orchestrator.procfiles import read_json
 from orchestrator.targets.local_wrapper import is_alive
 from orchestrator.targets.memlimit import cgroup_available
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARDCTL = [sys.executable, "-m", "orchestrator"]
@@ -37,16 +37,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*SHARDCTL, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def spec_file(tmp: Path, steps: int = 10, extra: str = "") -> Path:

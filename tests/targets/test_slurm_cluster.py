@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.store import Store
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -34,16 +35,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm_cluster: str) ->
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def spec_file(tmp: Path, example: str, **changes) -> Path:
