@@ -107,9 +107,15 @@ def render_dryrun(loaded: LoadedSpec, run_dir: str):
     from orchestrator.jobs import dry_run
 
     job = loaded.job
-    if job.spec.target not in ("local", "slurm"):
-        _fail([f"{loaded.source}: spec.target: target {job.spec.target!r} cannot render yet "
-               "(local and slurm are available)"])
+    if job.spec.target == "kubernetes":
+        from orchestrator.targets import k8s_render
+
+        try:
+            return k8s_render.render(job)
+        except CompileError as exc:
+            _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
+        except k8s_render.RenderError as exc:
+            _fail([f"{loaded.source}: {exc}"])
     checkpoint = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
         return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=checkpoint)

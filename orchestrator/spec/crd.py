@@ -1,0 +1,158 @@
+"""The TrainingJob CustomResourceDefinition, generated from the pydantic models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema (apiextensions.k8s.io/v1): no $ref, no
+`const`, no `additionalProperties: false`, a `type` on every node (or an x-kubernetes-*
+escape), `nullable` instead of a null type, OpenAPI 3.0's boolean `exclusiveMinimum`, and
+nothing but value checks inside anyOf. This turns the pydantic JSON Schema into that.
+Unions of different types (a parameter count as 6.7e9 or "7B", a ladder as "auto" or a list)
+become `x-kubernetes-int-or-string` or `x-kubernetes-preserve-unknown-fields`; the controller
+validates every resource with the pydantic model anyway, with the same error messages as
+`shardctl validate`.
+
+    python -m orchestrator.spec.crd      # rewrites manifests/crd.yaml and the chart's copy
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.spec.models import API_VERSION, KIND, TrainingJobSpec
+from orchestrator.spec.status import TrainingJobStatus
+
+GROUP, VERSION = API_VERSION.split("/")
+PLURAL = "trainingjobs"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILES = (ROOT / "manifests" / "crd.yaml", ROOT / "charts" / "shardctl" / "crds" / "trainingjobs.yaml")
+
+_DROP = {"title", "examples", "default", "$schema", "$id", "$defs"}
+_TYPES_OF = {"integer", "number", "string", "boolean", "array", "object"}
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        return _union(node, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "additionalProperties":
+            if isinstance(value, dict):
+                out[key] = _structural(value, defs)
+            # `false` is not allowed in a CRD; unknown fields are pruned (and kubectl warns)
+        elif key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _structural(value, defs)
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string" if all(isinstance(v, str) for v in out["enum"]) else "integer"
+    return out
+
+
+def _union(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    options = [o for o in node["anyOf"] if o.get("type") != "null"]
+    nullable = len(options) < len(node["anyOf"])
+    outer = {k: v for k, v in node.items() if k not in _DROP and k != "anyOf"}
+    flat: list[dict[str, Any]] = []
+    for option in options:  # nested unions (a nullable alias of a union) flatten
+        option = _structural(option, defs)
+        flat.extend(option.pop("x-union", [option]))
+    if len(flat) == 1:
+        out = {**flat[0], **outer}
+    else:
+        types = {o.get("type") for o in flat}
+        if types <= {"string"}:
+            enums = [v for o in flat for v in o.get("enum", [])]
+            out = {"type": "string", **outer}
+            if all("enum" in o for o in flat):
+                out["enum"] = enums
+        elif types <= {"string", "integer"}:
+            out = {"x-kubernetes-int-or-string": True, **outer}
+        else:
+            out = {"x-kubernetes-preserve-unknown-fields": True, **outer}
+        out["x-union"] = flat  # for a union nested in this one; removed before output
+    if nullable:
+        out["nullable"] = True
+    return out
+
+
+def _clean(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _clean(v) for k, v in node.items() if k != "x-union"}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def openapi_schema(model: type) -> dict[str, Any]:
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    return _clean(_structural(schema, schema.get("$defs", {})))
+
+
+def crd() -> dict[str, Any]:
+    spec = openapi_schema(TrainingJobSpec)
+    spec["description"] = "The training request: the same fields as a shardctl job file's spec."
+    status = openapi_schema(TrainingJobStatus)
+    status["description"] = "Written by the shardctl controller."
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/name": "shardctl",
+                                                  "app.kubernetes.io/component": "crd"}},
+        "spec": {
+            "group": GROUP,
+            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": KIND.lower(),
+                      "shortNames": ["tj"], "categories": ["shardctl"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Backend", "type": "string", "jsonPath": ".spec.backend"},
+                    {"name": "Sharding", "type": "string", "jsonPath": ".spec.sharding"},
+                    {"name": "Attempt", "type": "integer", "jsonPath": ".status.currentAttempt"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A training job for accelerate launch (FSDP or DeepSpeed), with OOM fallback.",
+                    "required": ["spec"],
+                    "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                   "metadata": {"type": "object"}, "spec": spec, "status": status},
+                }},
+            }],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated from the pydantic spec by `python -m orchestrator.spec.crd`; do not edit.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+
+
+def main() -> None:
+    text = crd_yaml()
+    for path in CRD_FILES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path.relative_to(ROOT))
+
+
+if __name__ == "__main__":
+    main()

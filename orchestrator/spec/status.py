@@ -1,0 +1,56 @@
+"""The TrainingJob status as the Kubernetes controller writes it (the status subresource).
+
+Kubernetes-style camelCase; the CRD's status schema is generated from these models, like the
+spec's. On Kubernetes this is the job's record (there is no SQLite store there).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FailureStatus(_Status):
+    kind: str = Field(description="succeeded, cuda_oom, host_oom, preempted, timeout, cancelled, user_error, unknown.")
+    reason: str = Field(default="", description="One line: why the attempt ended so.")
+    evidence: str = Field(default="", description="The log line or fact that decided it.")
+
+
+class AttemptStatus(_Status):
+    number: int = Field(ge=1)
+    state: Literal["starting", "running", "succeeded", "failed", "cancelled"]
+    config: str = Field(description="The attempt's config in one line, e.g. 'deepspeed ZeRO-3, micro 4 x accum 2'.")
+    rung: str | None = Field(default=None, description="The fallback rung that produced this attempt.")
+    reason: str = Field(default="", description="Why this attempt was started.")
+    job_name: str = Field(alias="jobName", description="The batch/v1 Job of this attempt.")
+    spec_hash: str | None = Field(default=None, alias="specHash", description="Hash of the attempt's full spec.")
+    started_at: str | None = Field(default=None, alias="startedAt")
+    ended_at: str | None = Field(default=None, alias="endedAt")
+    failure: FailureStatus | None = None
+
+
+class Condition(_Status):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    last_transition_time: str = Field(alias="lastTransitionTime")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+
+
+class TrainingJobStatus(_Status):
+    phase: Phase | None = None
+    current_attempt: int | None = Field(default=None, alias="currentAttempt")
+    attempts: list[AttemptStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    message: str | None = Field(default=None, description="Why the job is in its phase.")

@@ -1,0 +1,198 @@
+"""The Kubernetes dry run (pure): one attempt as a ConfigMap, a headless Service and an Indexed Job.
+
+The shape is the one Kubeflow's trainer and JobSet converge on (../shared/reference/peer-facts.md):
+completions = parallelism = nodes, the completion index is the machine rank, and pod 0's stable
+DNS name (`<job>-0.<service>`, the Service being headless with publishNotReadyAddresses so rank 0
+resolves before it is Ready) is the rendezvous. accelerate ignores torchrun's PET_* variables,
+so every launch value is passed as a flag. `backoffLimit: 0`: retries are the controller's, with
+a classified failure and the fallback policy. Names are deterministic per attempt (`NAME-aN`),
+so a restarted controller finds what it created instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.compile import CompiledJob, compile_job, dump_yaml
+from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME, DS_CONFIG_NAME
+from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.quantity import parse_bytes
+from orchestrator.targets.base import DryRun
+
+CONFIG_DIR = "/etc/shardctl"
+DEFAULT_CHECKPOINT_DIR = "/checkpoints"
+PORT = 29500
+MANIFESTS = "manifests.yaml"
+GROUP_LABEL = "shardctl.dev"
+_SHELL_VARS = {MACHINE_RANK: '"$JOB_COMPLETION_INDEX"', MAIN_PROCESS_IP: '"$MAIN_PROCESS_IP"',
+               MAIN_PROCESS_PORT: '"$MAIN_PROCESS_PORT"'}
+
+
+class RenderError(ValueError):
+    """The spec cannot become valid Kubernetes objects (a name too long, say)."""
+
+
+@dataclass(frozen=True)
+class KubeRequest:
+    """What is not in the spec: which attempt, and who owns the objects."""
+
+    attempt: int = 1
+    namespace: str | None = None
+    owner: dict[str, Any] | None = None  # an ownerReference to the TrainingJob (the controller sets it)
+
+
+def attempt_name(name: str, attempt: int) -> str:
+    return f"{name}-a{attempt}"
+
+
+def namespace_of(job: TrainingJob, request: KubeRequest) -> str:
+    return request.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or "default"
+
+
+def checkpoint_dir(job: TrainingJob) -> str:
+    return job.spec.checkpoint.dir or DEFAULT_CHECKPOINT_DIR
+
+
+def labels(job: TrainingJob, attempt: int) -> dict[str, str]:
+    return {
+        **job.metadata.labels,
+        "app.kubernetes.io/name": "shardctl-training",
+        "app.kubernetes.io/instance": job.metadata.name,
+        "app.kubernetes.io/managed-by": "shardctl",
+        "app.kubernetes.io/component": "trainer",
+        f"{GROUP_LABEL}/job": job.metadata.name,
+        f"{GROUP_LABEL}/attempt": str(attempt),
+    }
+
+
+def _meta(job: TrainingJob, request: KubeRequest, name: str, extra_labels: dict[str, str] | None = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace_of(job, request),
+                            "labels": {**labels(job, request.attempt), **(extra_labels or {})}}
+    if request.owner:
+        meta["ownerReferences"] = [request.owner]
+    return meta
+
+
+def _launch_line(compiled: CompiledJob) -> str:
+    words = [_SHELL_VARS[t.name] if isinstance(t, Var) else shlex.quote(t) for t in compiled.launch.argv]
+    return "exec " + " ".join(words)
+
+
+def _volumes(job: TrainingJob, config_map: str) -> tuple[list[dict], list[dict], list[str]]:
+    k8s = job.spec.kubernetes
+    volumes: list[dict] = [
+        {"name": "shardctl-config", "configMap": {"name": config_map}},
+        # NCCL and dataloader workers need far more shared memory than the container default 64 MiB
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict] = [{"name": "shardctl-config", "mountPath": CONFIG_DIR, "readOnly": True},
+                          {"name": "dshm", "mountPath": "/dev/shm"}]
+    for v in k8s.volumes:
+        if v.claim_name:
+            source: dict = {"persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
+        elif v.secret_name:
+            source = {"secret": {"secretName": v.secret_name}}
+        elif v.config_map:
+            source = {"configMap": {"name": v.config_map}}
+        else:
+            source = {"emptyDir": {}}
+        volumes.append({"name": v.name, **source})
+        mounts.append({"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only})
+    warnings = []
+    ckpt = checkpoint_dir(job)
+    persistent = [v.mount_path.rstrip("/") for v in k8s.volumes if v.claim_name and not v.read_only]
+    if not any(ckpt == p or ckpt.startswith(p + "/") for p in persistent):
+        warnings.append(f"the checkpoint directory {ckpt} is not on a writable PersistentVolumeClaim "
+                        "(spec.kubernetes.volumes): a new attempt cannot resume from it")
+    return volumes, mounts, warnings
+
+
+def _resources(job: TrainingJob) -> dict:
+    res = job.spec.resources
+    limits: dict[str, str] = {"nvidia.com/gpu": str(res.gpus_per_node)}
+    requests: dict[str, str] = {}
+    if res.memory_per_node:
+        limits["memory"] = str(parse_bytes(res.memory_per_node))
+        requests["memory"] = limits["memory"]
+    if res.cpus_per_node:
+        requests["cpu"] = str(res.cpus_per_node)
+    return {"limits": limits, **({"requests": requests} if requests else {})}
+
+
+def manifests(job: TrainingJob, request: KubeRequest = KubeRequest()) -> tuple[list[dict], list[str]]:
+    """The objects of one attempt, in creation order, and warnings."""
+    _, objects, warnings = _build(job, request)
+    return objects, warnings
+
+
+def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[dict], list[str]]:
+    compiled = compile_job(job, config_dir=CONFIG_DIR, checkpoint_dir=checkpoint_dir(job), attempt=request.attempt)
+    spec, k8s = job.spec, job.spec.kubernetes
+    name = attempt_name(job.metadata.name, request.attempt)
+    nodes = spec.resources.nodes
+    if len(f"{name}-{nodes - 1}") > 63:
+        raise RenderError(f"metadata.name: {job.metadata.name!r} is too long for pod host names "
+                          f"({name}-{nodes - 1} exceeds 63 characters)")
+    files = {ACCELERATE_CONFIG_NAME: dump_yaml(compiled.accelerate_config)}
+    if compiled.ds_config is not None:
+        files[DS_CONFIG_NAME] = json.dumps(compiled.ds_config, indent=2) + "\n"
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(job, request, f"{name}-config"),
+                  "data": files}
+    service = {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(job, request, name),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {f"{GROUP_LABEL}/job": job.metadata.name, f"{GROUP_LABEL}/attempt": str(request.attempt)},
+                 "ports": [{"name": "rendezvous", "port": PORT, "targetPort": PORT}]},
+    }
+    volumes, mounts, warnings = _volumes(job, f"{name}-config")
+    env = [{"name": k, "value": v} for k, v in sorted(compiled.env.items())]
+    env += [{"name": "MAIN_PROCESS_IP", "value": f"{name}-0.{name}"},  # pod 0 through the headless Service
+            {"name": "MAIN_PROCESS_PORT", "value": str(PORT)},
+            {"name": "SHARDCTL_RUN_DIR", "value": CONFIG_DIR}]
+    container = {
+        "name": "trainer",
+        "image": k8s.image,
+        "command": ["bash", "-c", _launch_line(compiled)],
+        "env": env,
+        "resources": _resources(job),
+        "volumeMounts": mounts,
+        "ports": [{"name": "rendezvous", "containerPort": PORT}],
+        # the last lines of the log reach the pod status when the container fails without a message:
+        # that is where a CUDA OOM's text is read from
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {"subdomain": name, "restartPolicy": "Never", "containers": [container],
+                                "volumes": volumes}
+    if k8s.node_selector:
+        pod_spec["nodeSelector"] = dict(k8s.node_selector)
+    if k8s.tolerations:
+        pod_spec["tolerations"] = [
+            {key: value for key, value in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
+                                           "tolerationSeconds": t.toleration_seconds}.items() if value is not None}
+            for t in k8s.tolerations]
+    if k8s.priority_class:
+        pod_spec["priorityClassName"] = k8s.priority_class
+    if k8s.service_account:
+        pod_spec["serviceAccountName"] = k8s.service_account
+    job_labels = {"kueue.x-k8s.io/queue-name": k8s.queue} if k8s.queue else {}
+    batch_job = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(job, request, name, job_labels),
+        "spec": {
+            "completionMode": "Indexed", "completions": nodes, "parallelism": nodes,
+            "backoffLimit": 0,  # retries are the controller's: classified, and down the fallback ladder
+            "template": {"metadata": {"labels": labels(job, request.attempt)}, "spec": pod_spec},
+        },
+    }
+    if k8s.queue:
+        batch_job["spec"]["suspend"] = True  # Kueue admits (unsuspends) it when quota allows
+    return compiled, [config_map, service, batch_job], warnings
+
+
+def render(job: TrainingJob, request: KubeRequest = KubeRequest()) -> DryRun:
+    compiled, objects, warnings = _build(job, request)
+    text = "".join("---\n" + dump_yaml(o) for o in objects)
+    return DryRun("kubernetes", compiled, {MANIFESTS: text}, ["kubectl", "apply", "-f", MANIFESTS], tuple(warnings))
