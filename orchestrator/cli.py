@@ -382,6 +382,28 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
 
 
 @main.command()
+@click.option("--namespace", help="Watch one namespace (default: all, which needs cluster-wide RBAC).")
+@click.option("--server", help="API server URL without authentication (tests, kubectl proxy).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Default: in-cluster, else ~/.kube/config.")
+@click.option("--context", help="kubeconfig context.")
+@click.option("--leader-election-namespace", help="Hold a Lease here before acting (replicas > 1).")
+@click.option("--resync-seconds", type=float, default=60.0, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True)
+@click.option("--watch-timeout-seconds", type=int, default=60, show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def controller(namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
+               leader_election_namespace: str | None, resync_seconds: float, workers: int,
+               watch_timeout_seconds: int, log_level: str) -> None:
+    """Run the Kubernetes controller: TrainingJobs in, one Indexed Job per attempt, OOM fallback."""
+    from orchestrator.controller.main import run
+
+    sys.exit(run(namespace=namespace, server=server, kubeconfig=kubeconfig, context=context,
+                 leader_election_namespace=leader_election_namespace, resync_s=resync_seconds, workers=workers,
+                 log_level=log_level, watch_timeout_s=watch_timeout_seconds))
+
+
+@main.command()
 def schema() -> None:
     """Print the JSON Schema of the job spec (for editors: # yaml-language-server: $schema=...)."""
     from orchestrator.spec.schema import json_schema

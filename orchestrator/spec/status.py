@@ -6,7 +6,7 @@ spec's. On Kubernetes this is the job's record (there is no SQLite store there).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,9 @@ class AttemptStatus(_Status):
     started_at: str | None = Field(default=None, alias="startedAt")
     ended_at: str | None = Field(default=None, alias="endedAt")
     failure: FailureStatus | None = None
+    spec: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="The attempt's full TrainingJob (the fallback policy reads every earlier attempt's).")
 
 
 class Condition(_Status):

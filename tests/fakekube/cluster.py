@@ -139,10 +139,13 @@ class SimulatedCluster:
 
     def _kubelet(self, ns: str, pod: dict, job: dict) -> None:
         name, status = pod["metadata"]["name"], pod["status"]
-        container = pod["spec"]["containers"][0]["name"]
+        spec = pod["spec"]["containers"][0]
+        container = spec["name"]
+        image = {"image": spec.get("image", "unknown"), "imageID": f"{spec.get('image', 'unknown')}@sha256:{'0' * 64}"}
         if status["phase"] == "Pending":
             status.update(phase="Running", startTime=now(), containerStatuses=[
-                {"name": container, "ready": True, "restartCount": 0, "state": {"running": {"startedAt": now()}}}])
+                {"name": container, **image, "ready": True, "restartCount": 0, "started": True,
+                 "state": {"running": {"startedAt": now()}}}])
             self.started[name] = time.monotonic()
             self.store._bump(self.pods, "MODIFIED", pod)
         elif status["phase"] == "Running" and time.monotonic() - self.started.get(name, 0) >= self.run_s:
@@ -153,7 +156,8 @@ class SimulatedCluster:
             if end.message:
                 terminated["message"] = end.message
             status.update(phase=end.phase, containerStatuses=[
-                {"name": container, "ready": False, "restartCount": 0, "state": {"terminated": terminated}}])
+                {"name": container, **image, "ready": False, "restartCount": 0, "started": False,
+                 "state": {"terminated": terminated}}])
             if end.evicted:
                 status.update(reason="Evicted", message="The node was low on resource: memory.")
                 status["conditions"] = status.get("conditions", []) + [

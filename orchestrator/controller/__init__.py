@@ -1,0 +1,1 @@
+"""The Kubernetes controller: reconciles TrainingJobs into one Indexed Job per attempt, with OOM fallback."""

@@ -1,0 +1,208 @@
+"""The controller's machinery: watches feed a de-duplicating work queue; workers reconcile keys.
+
+Built on the official client's list + watch rather than kopf: the controller needs exactly three
+watches (TrainingJobs, and the Jobs and Pods it labelled), explicit handling of 410 Gone
+(relist), bookmarks, and per-key backoff; kopf would add its own finalizers, annotations and
+peering objects, each one more thing the fake API server must model. The loop is
+level-triggered: an event only says which TrainingJob to look at; the reconcile reads the
+current state, and a periodic resync re-reads every job even if an event was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import watch
+from kubernetes.client.rest import ApiException
+
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.reconcile import Reconciler
+from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("shardctl.controller")
+MANAGED = "app.kubernetes.io/managed-by=shardctl"
+JOB_LABEL = "shardctl.dev/job"
+
+
+class WorkQueue:
+    """Keys to reconcile. A key is never handed to two workers at once; one added while it is being
+    processed is handed out again afterwards. `add(key, delay)` schedules a retry."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.ready: dict[str, float] = {}  # key -> when it may be handed out
+        self.active: set[str] = set()
+        self.dirty: set[str] = set()
+
+    def add(self, key: str, delay: float = 0.0) -> None:
+        with self.cond:
+            if key in self.active:
+                self.dirty.add(key)
+                return
+            when = time.monotonic() + delay
+            self.ready[key] = min(self.ready.get(key, when), when)
+            self.cond.notify()
+
+    def get(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                due = [k for k, t in self.ready.items() if t <= now]
+                if due:
+                    key = min(due, key=self.ready.__getitem__)
+                    del self.ready[key]
+                    self.active.add(key)
+                    return key
+                if now >= deadline:
+                    return None
+                soonest = min(self.ready.values(), default=deadline)
+                self.cond.wait(max(0.0, min(soonest, deadline) - now))
+
+    def done(self, key: str) -> None:
+        with self.cond:
+            self.active.discard(key)
+            if key in self.dirty:
+                self.dirty.discard(key)
+                self.ready[key] = time.monotonic()
+                self.cond.notify()
+
+    def __len__(self) -> int:
+        with self.cond:
+            return len(self.ready) + len(self.active)
+
+
+class Controller:
+    def __init__(self, api: KubeApi, *, namespace: str | None = None, workers: int = 4, resync_s: float = 60.0,
+                 watch_timeout_s: int = 60, max_backoff_s: float = 60.0) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.reconciler = Reconciler(api)
+        self.queue = WorkQueue()
+        self.workers = workers
+        self.resync_s = resync_s
+        self.watch_timeout_s = watch_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.failures: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.reconciles = 0
+
+    # -- watches --------------------------------------------------------------------------
+    def _sources(self) -> list[tuple[str, Callable[..., Any], tuple, dict, Callable[[dict], str | None]]]:
+        ns = self.namespace
+        custom, batch, core = self.api.custom, self.api.batch, self.api.core
+
+        def tj_key(o: dict) -> str | None:
+            return f"{o['metadata'].get('namespace')}/{o['metadata']['name']}"
+
+        def child_key(o: dict) -> str | None:
+            owner = (o["metadata"].get("labels") or {}).get(JOB_LABEL)
+            return f"{o['metadata'].get('namespace')}/{owner}" if owner else None
+
+        if ns:
+            return [("trainingjobs", custom.list_namespaced_custom_object, (GROUP, VERSION, ns, PLURAL), {}, tj_key),
+                    ("jobs", batch.list_namespaced_job, (ns,), {"label_selector": MANAGED}, child_key),
+                    ("pods", core.list_namespaced_pod, (ns,), {"label_selector": MANAGED}, child_key)]
+        return [("trainingjobs", custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL), {}, tj_key),
+                ("jobs", batch.list_job_for_all_namespaces, (), {"label_selector": MANAGED}, child_key),
+                ("pods", core.list_pod_for_all_namespaces, (), {"label_selector": MANAGED}, child_key)]
+
+    def _watch(self, name: str, list_fn: Callable[..., Any], args: tuple, kwargs: dict,
+               key_of: Callable[[dict], str | None]) -> None:
+        rv: str | None = None
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                if rv is None:  # (re)list: everything now, then watch from there
+                    listing = self.api.plain(list_fn(*args, **kwargs))
+                    for item in listing.get("items") or []:
+                        if (key := key_of(item)) is not None:
+                            self.queue.add(key)
+                    rv = listing["metadata"]["resourceVersion"]
+                stream = watch.Watch().stream(list_fn, *args, **kwargs, resource_version=rv,
+                                              allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s)
+                for event in stream:
+                    raw = event["raw_object"]
+                    rv = raw["metadata"]["resourceVersion"]
+                    if event["type"] != "BOOKMARK" and (key := key_of(raw)) is not None:
+                        self.queue.add(key)
+                    if self.stop.is_set():
+                        return
+                backoff = 0.5
+            except ApiException as exc:
+                if exc.status == 410:  # our resourceVersion is too old: relist (nothing is lost, it is a level)
+                    log.info("watch %s: 410 Gone, relisting", name)
+                    rv = None
+                    continue
+                log.warning("watch %s: %s %s; retrying in %.1f s", name, exc.status, exc.reason, backoff)
+                rv = None
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            except Exception as exc:  # noqa: BLE001: a watch thread must never die (a bad object, a dropped socket)
+                log.warning("watch %s: %s: %s; retrying in %.1f s", name, type(exc).__name__, exc, backoff)
+                rv = None
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    # -- workers --------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            namespace, name = key.split("/", 1)
+            try:
+                result = self.reconciler.reconcile(namespace, name)
+                self.reconciles += 1
+                self.failures.pop(key, None)
+                log.debug("reconciled %s: %s", key, result)
+                if result not in ("gone", "done", "running"):
+                    self.queue.done(key)
+                    self.queue.add(key)  # it moved: look again at once (the next step may need no event)
+                    continue
+            except ApiException as exc:
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = 0.05 if exc.status == 409 else min(0.5 * 2 ** (n - 1), self.max_backoff_s)
+                if exc.status != 409:
+                    log.warning("reconcile %s: %s %s; retry in %.1f s", key, exc.status, exc.reason, delay)
+                self.queue.done(key)
+                self.queue.add(key, delay)
+                continue
+            except Exception as exc:  # noqa: BLE001: a worker must never die; the key is retried with backoff
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(0.5 * 2 ** (n - 1), self.max_backoff_s)
+                log.warning("reconcile %s: %s: %s; retry in %.1f s", key, type(exc).__name__, exc, delay)
+                self.queue.done(key)
+                self.queue.add(key, delay)
+                continue
+            self.queue.done(key)
+
+    def _resync(self) -> None:
+        while not self.stop.wait(self.resync_s):
+            try:
+                for item in self.api.list_training_jobs(self.namespace).get("items") or []:
+                    self.queue.add(f"{item['metadata']['namespace']}/{item['metadata']['name']}")
+            except Exception as exc:  # noqa: BLE001
+                log.warning("resync: %s", exc)
+
+    def start(self) -> Controller:
+        for source in self._sources():
+            self.threads.append(threading.Thread(target=self._watch, args=source, name=f"watch-{source[0]}",
+                                                 daemon=True))
+        self.threads += [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+                         for i in range(self.workers)]
+        self.threads.append(threading.Thread(target=self._resync, name="resync", daemon=True))
+        for t in self.threads:
+            t.start()
+        return self
+
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + wait_s
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
