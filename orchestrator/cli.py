@@ -148,6 +148,13 @@ def _view(store, job, revive: bool = True) -> dict:
     from orchestrator.report import job_json
     from orchestrator.supervise.supervisor import is_supervised
 
+    if job.target == "kubernetes":  # the cluster holds the record
+        from orchestrator import kube_jobs
+
+        view = _guarded(kube_jobs.view, store, job)
+        if view is None:
+            _fail([f"job {job.id}: cannot read it from the cluster"], EXIT_FAILED)
+        return view
     if revive:
         note = _guarded(do_revive, store, job)
         if note:
@@ -195,16 +202,16 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
             _err(f"warning: {w}")
         click.echo(str(dry))
         return
-    if loaded.job.spec.target not in ("local", "slurm"):
-        _fail([f"{loaded.source}: spec.target: target {loaded.job.spec.target!r} cannot run jobs yet "
-               "(local and slurm are available)"])
     from orchestrator.targets.base import SubmitError
+    from orchestrator.targets.k8s_render import RenderError
 
     store = _store()
     try:
         record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()))
     except CompileError as exc:
         _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
+    except RenderError as exc:
+        _fail([f"{loaded.source}: {exc}"])
     except SubmitError as exc:
         _fail([f"{loaded.source}: {loaded.job.spec.target} refused the job, nothing was submitted:"]
               + [f"  {line}" for line in str(exc).splitlines()])
@@ -301,6 +308,15 @@ def logs(job: str, number: int | None, follow: bool) -> None:
     """An attempt's output (stdout and stderr of every process)."""
     store = _store()
     record = _job(store, job)
+    if record.target == "kubernetes":
+        from orchestrator import kube_jobs
+
+        if follow:
+            _fail([f"job {record.id}: -f is not supported for Kubernetes jobs yet; use kubectl logs -f"])
+        for pod, text in _guarded(kube_jobs.logs, record, number) or []:
+            click.echo(f"==> pod {pod} <==")
+            click.echo(text, nl=not text.endswith("\n"))
+        return
     attempts = store.attempts(record.id)
     if follow:
         _view(store, record)

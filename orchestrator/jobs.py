@@ -63,6 +63,10 @@ def preflight(job: TrainingJob, workdir: str) -> str:
 
 def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None) -> JobRecord:
     workdir = workdir or os.getcwd()
+    if job.spec.target == "kubernetes":  # the cluster keeps the record; the controller moves the job
+        from orchestrator import kube_jobs
+
+        return kube_jobs.submit(store, job, source=source, workdir=workdir)
     dry_run(job, workdir)  # compiles for this target, or raises before anything is recorded
     preflight(job, workdir)
     record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
@@ -83,7 +87,7 @@ def advance(store: Store, job: JobRecord) -> str:
 
 def revive(store: Store, job: JobRecord) -> str | None:
     """Make sure an unfinished job keeps moving; returns a note for the user when something had stalled."""
-    if job.terminal:
+    if job.terminal or job.target == "kubernetes":  # the controller in the cluster moves those
         return None
     if job.target in INLINE_TARGETS:
         before = [a.state for a in store.attempts(job.id)]
@@ -118,6 +122,10 @@ def cancel(store: Store, job: JobRecord, wait_s: float = 60.0) -> JobRecord:
     """Stop the job (its attempt, and on Slurm its judge) and wait until the end is recorded."""
     if job.terminal:
         return job
+    if job.target == "kubernetes":
+        from orchestrator import kube_jobs
+
+        return kube_jobs.cancel(store, job)
     store.request_cancel(job.id)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

@@ -126,7 +126,8 @@ def history_text(view: dict[str, Any]) -> str:
         took = f" after {a['duration_s']:.1f} s" if a["duration_s"] is not None else ""
         out.append(f"  attempt {a['number']}: {a['state']}{took}: {describe_config(a)}")
         out.append(f"    why: {a['reason']}")
-        out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
+        if view["target"] != "kubernetes":  # there the script finds its checkpoint on the volume itself
+            out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
         if a["failure"]:
             f = a["failure"]
             exit_txt = f"exit {a['exit_code']}" if a["signal"] is None else f"signal {a['signal']}"
@@ -137,7 +138,8 @@ def history_text(view: dict[str, Any]) -> str:
                 out.append(f"    evidence: {f['evidence']}")
         elif a["state"] == "succeeded" and a["peak_memory_bytes"]:
             out.append(f"    peak memory {fmt_bytes(a['peak_memory_bytes'])}")
-        out.append(f"    log: {a['log']}")
+        if a["log"]:
+            out.append(f"    log: {a['log']}")
     return "\n".join(out)
 
 
@@ -147,12 +149,12 @@ def status_text(view: dict[str, Any]) -> str:
     if view["attempts"]:
         a = view["attempts"][-1]
         out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
-        progress = last_progress(a["log"])
+        progress = last_progress(a["log"]) if a["log"] else None
         if progress:
             out.append(f"progress: {progress}")
         if a["failure"]:
             out.append(f"failure: {a['failure']['kind']}: {a['failure']['reason']}")
-        out.append(f"log: {a['log']}")
+        out.append(f"log: {a['log']}" if a["log"] else f"log: shardctl logs {view['id']}")
     if view["supervised"] is False and view["state"] not in ("succeeded", "failed", "cancelled"):
         out.append("supervisor: not running")
     return "\n".join(out)

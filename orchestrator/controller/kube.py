@@ -78,10 +78,10 @@ class KubeApi:
         pods = self.core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={job_name}")
         return [self.plain(p) for p in pods.items]
 
-    def delete_attempt(self, ns: str, name: str) -> None:
-        """The attempt's Job (its pods with it: Background, since Jobs default to orphaning), Service, ConfigMap."""
-        calls = ((self.batch.delete_namespaced_job, name), (self.core.delete_namespaced_service, name),
-                 (self.core.delete_namespaced_config_map, f"{name}-config"))
+    def retire_attempt(self, ns: str, name: str) -> None:
+        """An ended attempt's Service and ConfigMap. Its Job stays (it runs nothing once ended) so that its
+        pods' logs stay readable (`shardctl logs --attempt N`); deleting the TrainingJob removes it."""
+        calls = ((self.core.delete_namespaced_service, name), (self.core.delete_namespaced_config_map, f"{name}-config"))
         for call, obj_name in calls:
             try:
                 call(obj_name, ns, propagation_policy="Background")

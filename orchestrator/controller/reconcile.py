@@ -129,8 +129,8 @@ class Reconciler:
     def _create_children(self, obj: dict, status: TrainingJobStatus, attempt: AttemptStatus) -> str:
         ns = obj["metadata"]["namespace"]
         spec = TrainingJob.model_validate(attempt.spec)
-        if attempt.number > 1:  # the previous attempt's objects, if a crash left them behind
-            self.api.delete_attempt(ns, attempt_name(spec.metadata.name, attempt.number - 1))
+        if attempt.number > 1:  # the previous attempt's Service and ConfigMap (its Job stays, for its logs)
+            self.api.retire_attempt(ns, attempt_name(spec.metadata.name, attempt.number - 1))
         objects, _ = manifests(spec, KubeRequest(attempt=attempt.number, namespace=ns, owner=owner_reference(obj)))
         created = [o["kind"] for o in objects if self.api.create(o)]
         attempt.state = "running"

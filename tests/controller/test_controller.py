@@ -86,7 +86,9 @@ def test_a_two_node_oom_falls_back_to_the_next_rung_and_succeeds(api: FakeApiSer
     assert {c["type"]: c["status"] for c in st["conditions"]} == {"Running": "False", "Complete": "True"}
     created = api.store.created
     assert created[("jobs", NS, "llm-a1")] == 1 and created[("jobs", NS, "llm-a2")] == 1
-    assert [name for (_, name) in api.store.objects[api.resource("jobs", "batch")]] == ["llm-a2"]  # a1 replaced
+    jobs = api.store.objects[api.resource("jobs", "batch")]
+    assert sorted(name for (_, name) in jobs) == ["llm-a1", "llm-a2"]  # a1 stays, ended, for its pods' logs
+    assert [name for (_, name) in api.store.objects[api.resource("services")]] == ["llm-a2"]  # a1's retired
     reasons = [e["reason"] for e in api.store.objects[api.resource("events")].values()]
     assert {"AttemptStarted", "AttemptFailed", "FallingBack", "Succeeded"} <= set(reasons)
     if kind == "cuda_oom":
@@ -120,8 +122,8 @@ class CrashingApi(KubeApi):
         self._after_write()
         return out
 
-    def delete_attempt(self, ns: str, name: str) -> None:
-        super().delete_attempt(ns, name)
+    def retire_attempt(self, ns: str, name: str) -> None:
+        super().retire_attempt(ns, name)
         self._after_write()
 
 
@@ -143,8 +145,8 @@ def drive(server: FakeApiServer, crash_at: int, timeout: float = 30) -> int:
 
 
 def test_a_controller_killed_between_any_two_steps_creates_exactly_one_job_per_attempt() -> None:
-    """The whole fallback run makes about 14 writes (status, 3 children per attempt, the old attempt's
-    deletion); the controller dies after each one in turn and a fresh one carries on."""
+    """The whole fallback run makes about 14 writes (status, 3 children per attempt, retiring the old
+    attempt); the controller dies after each one in turn and a fresh one carries on."""
     total_writes = None
     crash_at = 1
     while total_writes is None or crash_at <= total_writes:

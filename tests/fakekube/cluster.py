@@ -158,6 +158,8 @@ class SimulatedCluster:
             status.update(phase=end.phase, containerStatuses=[
                 {"name": container, **image, "ready": False, "restartCount": 0, "started": False,
                  "state": {"terminated": terminated}}])
+            self.store.pod_logs[(ns, name)] = (f"rank {index}: step 1/3\nrank {index}: step 2/3\n"
+                                               + (end.message or f"rank {index}: training complete\n"))
             if end.evicted:
                 status.update(reason="Evicted", message="The node was low on resource: memory.")
                 status["conditions"] = status.get("conditions", []) + [

@@ -160,6 +160,7 @@ class Store:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.created: Counter[tuple[str, str, str]] = Counter()  # (plural, namespace, name) -> successful creates
         self.watch_generation = 0
+        self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> what the kubelet would return
 
     # -- writes ---------------------------------------------------------------------------
     def _bump(self, res: Resource, kind: str, obj: dict) -> None:
@@ -363,6 +364,15 @@ class _Handler(BaseHTTPRequestHandler):
                 if query.get("watch", ["false"])[0] in ("1", "true"):
                     return self._watch(res, ns or None, query)
                 return self._send(200, store.list(res, ns or None, query.get("labelSelector", [None])[0]))
+            if method == "GET" and res.plural == "pods" and sub == "log":
+                store.get(res, ns, name)  # 404 for an unknown pod
+                raw = store.pod_logs.get((ns, name), "").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                return None
             if method == "GET":
                 return self._send(200, store.get(res, ns, name))
             if method == "POST":
