@@ -12,8 +12,8 @@ def job(condition: str | None, reason: str = "BackoffLimitExceeded") -> dict:
     return {"metadata": {"name": "j"}, "status": {"conditions": conditions}}
 
 
-def pod(name: str, finished: str, reason: str, code: int, message: str = "", **status) -> dict:
-    terminated = {"reason": reason, "exitCode": code, "finishedAt": finished, **({"message": message} if message else {})}
+def pod(name: str, finished: str, why: str, code: int, message: str = "", **status) -> dict:
+    terminated = {"reason": why, "exitCode": code, "finishedAt": finished, **({"message": message} if message else {})}
     return {"metadata": {"name": name},
             "status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": terminated}}], **status}}
 
