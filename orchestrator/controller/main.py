@@ -9,16 +9,21 @@ import socket
 import threading
 
 
-def api_client(server: str | None, kubeconfig: str | None, context: str | None):
-    """In-cluster config inside a pod, else a kubeconfig; --server for a bare URL (no auth)."""
+def api_client(server: str | None, kubeconfig: str | None, context: str | None, connections: int = 16):
+    """In-cluster config inside a pod, else a kubeconfig; --server for a bare URL (no auth).
+    The connection pool fits the workers plus the three open watches (urllib3's default is 10)."""
     from kubernetes import client, config
 
     if server:
-        return client.ApiClient(client.Configuration(host=server))
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig:
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig, context=context)
+        configuration = client.Configuration(host=server)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST") and not kubeconfig:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
@@ -30,7 +35,7 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
 
     logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("shardctl.controller")
-    api = KubeApi(api_client(server, kubeconfig, context))
+    api = KubeApi(api_client(server, kubeconfig, context, connections=workers + 6))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -173,6 +173,17 @@ class Store:
             del self.log[:drop]
         self.lock.notify_all()
 
+    def events_after(self, since: int) -> list[tuple[int, Resource, str, dict]]:
+        """The history after a revision (the log is in revision order: a binary search, not a scan)."""
+        lo, hi = 0, len(self.log)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.log[mid][0] <= since:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self.log[lo:]
+
     def create(self, res: Resource, ns: str, body: dict) -> dict:
         with self.lock:
             meta = body.setdefault("metadata", {})
@@ -459,10 +470,10 @@ class _Handler(BaseHTTPRequestHandler):
                     if store.watch_generation != generation:
                         pending = [gone]
                         continue
-                    fresh = [(rv, kind, obj) for rv, r, kind, obj in store.log if r == res and rv > since]
+                    fresh = [(rv, kind, obj) for rv, r, kind, obj in store.events_after(since) if r == res]
                     if not fresh:
                         store.lock.wait(timeout=0.2)
-                        fresh = [(rv, kind, obj) for rv, r, kind, obj in store.log if r == res and rv > since]
+                        fresh = [(rv, kind, obj) for rv, r, kind, obj in store.events_after(since) if r == res]
                     for rv, kind, obj in fresh:
                         since = rv
                         o_ns = obj["metadata"].get("namespace", "")
