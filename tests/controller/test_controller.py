@@ -93,6 +93,19 @@ def test_a_two_node_oom_falls_back_to_the_next_rung_and_succeeds(api: FakeApiSer
     assert {"AttemptStarted", "AttemptFailed", "FallingBack", "Succeeded"} <= set(reasons)
     if kind == "cuda_oom":
         assert "CUDA out of memory" in a1["failure"]["evidence"]
+    # what the controller wrote is what a real API server would accept
+    import jsonschema
+    import kubernetes_validate
+
+    from orchestrator.spec.crd import crd
+
+    status_schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    jsonschema.Draft4Validator(status_schema).validate(st)
+    for event in api.store.objects[api.resource("events")].values():
+        kubernetes_validate.validate(event, "1.35.0", strict=True)
+    for obj in (api.store.objects[api.resource("jobs", "batch")][(NS, "llm-a2")],
+                api.store.objects[api.resource("services")][(NS, "llm-a2")]):
+        kubernetes_validate.validate({k: v for k, v in obj.items() if k != "status"}, "1.35.0", strict=True)
 
 
 class Crash(Exception):
@@ -172,6 +185,7 @@ def test_conflicts_and_expired_watches_are_survived(api: FakeApiServer) -> None:
         controller = run_controller(api)
         try:
             api.fail_next("PUT", "trainingjobs", 409, sub="status")  # the first status write loses a race
+            api.fail_next("POST", "jobs", 500)  # and the API server fails the first Job creation
             submit(api)
             wait_for(lambda: status(api).get("attempts"), 10, "attempt 1 to be recorded")
             lists_before = api.store.requests[("GET", "trainingjobs")]
