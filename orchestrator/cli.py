@@ -398,6 +398,29 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
 
 
 @main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--gpu-memory", help="Memory of one GPU, e.g. 80GiB (default: spec.resources.gpu_memory).")
+@click.option("--json", "as_json", is_flag=True, help="The plan as JSON (docs/plan-json.md).")
+def plan(job_file: str, gpu_memory: str | None, as_json: bool) -> None:
+    """What fits on the GPUs, and why: every candidate config with its memory estimate, term by term."""
+    from orchestrator.plan.planner import plan as make_plan
+
+    loaded, _ = _load_checked(job_file)
+    try:
+        result = make_plan(loaded.job, gpu_memory)
+    except ValueError as exc:
+        _fail([f"{loaded.source}: {exc}"])
+    if as_json:
+        _print_json(result.as_json())
+        return
+    from orchestrator.plan.report import plan_text
+
+    click.echo(plan_text(result))
+    if result.chosen is None:
+        sys.exit(EXIT_FAILED)
+
+
+@main.command()
 @click.option("--namespace", help="Watch one namespace (default: all, which needs cluster-wide RBAC).")
 @click.option("--server", help="API server URL without authentication (tests, kubectl proxy).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Default: in-cluster, else ~/.kube/config.")

@@ -1,0 +1,146 @@
+"""Which config to start from: the spec as written, the fallback ladder walked from it, and their
+neighbours, each estimated (plan/memory.py), judged against the GPU with a safety margin, and
+ranked by expected slowdown. The cheapest config predicted to fit is chosen. Pure and torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.compile import rules
+from orchestrator.plan.memory import Estimate, estimate
+from orchestrator.plan.size import ModelShape, model_shape
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.quantity import parse_bytes
+from orchestrator.supervise.classify import Failure
+from orchestrator.supervise.fallback import AUTO_LADDER, RUNG_FUNCTIONS, config_key
+
+MARGIN = 0.08  # keep this share of the GPU free: the estimate is a model, not a measurement
+DEFAULT_SEQ_LEN = 2048
+FORMAT = 1
+# Relative step time against the plain config (provisional, to be fitted with the step times measured
+# alongside memory): recomputation costs about one more forward; offload is bound by PCIe.
+COST = {"activation_checkpointing": 1.33, "offload_optimizer": 1.6, "offload_params": 2.5, "nvme": 4.0,
+        "full": 1.1, "hybrid": 1.05, "grad_op": 1.03, "optimizer": 1.0, "none": 1.0, "halved_micro_batch": 1.1}
+_PROBE = Failure("cuda_oom", "planning", "")
+
+
+@dataclass
+class Candidate:
+    job: TrainingJob
+    origin: str  # "spec", or the rung that produced it
+    estimate: Estimate
+    fits: bool
+    cost: float
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.job.spec
+        return {
+            "origin": self.origin, "backend": s.backend, "sharding": s.sharding,
+            "zero_stage": rules.zero_stage(s) if s.backend == "deepspeed" else None,
+            "offload": {"optimizer": s.offload.optimizer, "params": s.offload.params},
+            "micro_batch": s.batch.micro, "grad_accum": rules.grad_accum(s),
+            "activation_checkpointing": s.activation_checkpointing,
+            "estimated_peak_bytes_per_gpu": self.estimate.total, "breakdown": dict(self.estimate.terms),
+            "host_bytes_per_node": self.estimate.host_bytes_per_node,
+            "verdict": "fits" if self.fits else "does not fit", "relative_cost": round(self.cost, 2),
+        }
+
+
+@dataclass
+class Plan:
+    shape: ModelShape
+    gpu_memory: int
+    seq_len: int
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chosen_job(self) -> TrainingJob | None:
+        return self.candidates[self.chosen].job if self.chosen is not None else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model": {"parameters": self.shape.params, "method": self.shape.method,
+                                            "layers": self.shape.layers, "hidden": self.shape.hidden},
+                "gpu_memory_bytes": self.gpu_memory, "margin": MARGIN, "seq_len": self.seq_len,
+                "candidates": [c.as_json() for c in self.candidates], "chosen": self.chosen, "notes": self.notes}
+
+
+def relative_cost(job: TrainingJob, original_micro: int) -> float:
+    s = job.spec
+    cost = COST[s.sharding]
+    if s.activation_checkpointing:
+        cost *= COST["activation_checkpointing"]
+    if s.offload.optimizer == "cpu":
+        cost *= COST["offload_optimizer"]
+    if s.offload.params == "cpu":
+        cost *= COST["offload_params"]
+    if "nvme" in (s.offload.optimizer, s.offload.params):
+        cost *= COST["nvme"]
+    micro = s.batch.micro
+    while micro < original_micro:
+        cost *= COST["halved_micro_batch"]
+        micro *= 2
+    return cost
+
+
+def candidates(job: TrainingJob, limit: int = 16) -> list[tuple[TrainingJob, str]]:
+    """The spec, then each step of its ladder as the fallback would take it after a CUDA OOM, and the
+    neighbours one rung away from every step (a rung skipped, not only taken in order)."""
+    ladder = AUTO_LADDER if job.spec.fallback.ladder == "auto" else tuple(job.spec.fallback.ladder)
+    out: list[tuple[TrainingJob, str]] = [(job, "spec")]
+    seen = {config_key(job)}
+    frontier = [(job, "spec")]
+    while frontier and len(out) < limit:
+        current, _ = frontier.pop(0)
+        for rung in ladder:
+            proposal = RUNG_FUNCTIONS[rung](current, _PROBE)
+            if proposal is None:
+                continue
+            nxt = proposal[0]
+            if config_key(nxt) in seen or rules.errors(rules.check(nxt)):
+                continue
+            seen.add(config_key(nxt))
+            out.append((nxt, rung))
+            frontier.append((nxt, rung))
+            if len(out) >= limit:
+                break
+    return out
+
+
+def gpu_memory_of(job: TrainingJob, override: str | None = None) -> int:
+    text = override or job.spec.resources.gpu_memory
+    if not text:
+        raise ValueError("the planner needs the GPU memory: spec.resources.gpu_memory or --gpu-memory")
+    return parse_bytes(text)
+
+
+def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | None = None) -> Plan:
+    spec = job.spec
+    shape = shape or model_shape(spec.model.name_or_path, spec.model.parameters)
+    seq = spec.batch.seq_len or DEFAULT_SEQ_LEN
+    result = Plan(shape, gpu_memory_of(job, gpu_memory), seq)
+    if not spec.batch.seq_len:
+        result.notes.append(f"batch.seq_len is unset: activations estimated at {DEFAULT_SEQ_LEN} tokens")
+    if spec.model.parameters and abs(shape.params - spec.model.parameters) > 0.05 * shape.params:
+        result.notes.append(f"spec.model.parameters says {spec.model.parameters:.3g}; {shape.method} counts "
+                            f"{shape.params:.4g} (used)")
+    budget = result.gpu_memory * (1 - MARGIN)
+    for cand, origin in candidates(job):
+        est = estimate(shape, cand, seq)
+        result.candidates.append(Candidate(cand, origin, est, est.total <= budget,
+                                           relative_cost(cand, spec.batch.micro)))
+    fitting = [i for i, c in enumerate(result.candidates) if c.fits]
+    if fitting:
+        result.chosen = min(fitting, key=lambda i: (result.candidates[i].cost, i))
+    else:
+        result.notes.append("no candidate is predicted to fit: more GPUs, a smaller micro-batch or a shorter "
+                            "sequence are the remaining levers")
+    return result
+
+
+def predicts_fit(job: TrainingJob, shape: ModelShape, gpu_memory: int, seq_len: int) -> bool:
+    """For the fallback: False only when the estimate is over the GPU, margin included."""
+    return estimate(shape, job, seq_len).total <= gpu_memory * (1 - MARGIN)

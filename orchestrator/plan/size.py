@@ -1,0 +1,169 @@
+"""How big is the model, without loading weights: from a Hugging Face config.json (analytic
+counts per family), else from spec.model.parameters (the shape then guessed). Pure and torch-free.
+
+Families: Llama-style decoders (llama, mistral, mixtral-free qwen2/qwen3, gemma: grouped-query
+attention, gated MLP, RMSNorm), GPT-2, GPT-NeoX, BERT, T5 and BART-style encoder-decoders
+(bart, blenderbot, marian...). Embeddings tied to the LM head are counted once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    layers: int  # transformer blocks (encoder + decoder)
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+    largest_layer_params: int  # the biggest unit FSDP/ZeRO-3 gathers at once (a block, or the embedding)
+    method: str  # how the numbers were found, for the user
+    encoder_layers: int = 0  # encoder-decoder models: how many of `layers` read the source sequence
+
+    @property
+    def block_params(self) -> int:
+        return max(1, (self.params - self.vocab * self.hidden) // max(1, self.layers))
+
+
+def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if cfg.get(name) is not None:
+            return cfg[name]
+    return default
+
+
+def _decoder(cfg: dict[str, Any], family: str) -> ModelShape:
+    h = _get(cfg, "hidden_size", "n_embd", "d_model")
+    layers = _get(cfg, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _get(cfg, "num_attention_heads", "n_head")
+    kv = _get(cfg, "num_key_value_heads", default=heads)
+    head_dim = _get(cfg, "head_dim", default=h // heads)
+    vocab = _get(cfg, "vocab_size")
+    tied = bool(_get(cfg, "tie_word_embeddings", default=family in ("gpt2",)))
+    if family == "llama":  # q, k, v, o (GQA) + gate/up/down + 2 RMSNorm
+        ffn = _get(cfg, "intermediate_size")
+        attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
+        if cfg.get("attention_bias"):
+            attn += heads * head_dim + 2 * kv * head_dim
+        block = attn + 3 * h * ffn + 2 * h
+        final_norm = h
+        positions = 0
+    elif family == "gpt2":  # c_attn (3h x h + bias), c_proj, 4h MLP, 2 LayerNorm (w + b)
+        ffn = _get(cfg, "n_inner", default=None) or 4 * h
+        block = (3 * h * h + 3 * h) + (h * h + h) + (2 * h * ffn + ffn + h) + 4 * h
+        final_norm = 2 * h
+        positions = _get(cfg, "n_positions", "max_position_embeddings") * h
+    else:  # gpt_neox: fused qkv with bias, dense, 4h MLP with bias, 2 LayerNorm; untied embed_out
+        ffn = _get(cfg, "intermediate_size", default=4 * h)
+        block = (3 * h * h + 3 * h) + (h * h + h) + (2 * h * ffn + ffn + h) + 4 * h
+        final_norm = 2 * h
+        positions = 0
+    embed = vocab * h
+    params = embed * (1 if tied else 2) + layers * block + final_norm + positions
+    return ModelShape(params, layers, h, heads, kv, ffn, vocab, max(block, embed), f"config.json ({family})")
+
+
+def _bert(cfg: dict[str, Any]) -> ModelShape:
+    h, layers, heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    ffn, vocab = cfg["intermediate_size"], cfg["vocab_size"]
+    block = 4 * (h * h + h) + (2 * h * ffn + ffn + h) + 4 * h
+    embed = (vocab + cfg.get("max_position_embeddings", 512) + cfg.get("type_vocab_size", 2)) * h + 2 * h
+    pooler = h * h + h
+    return ModelShape(embed + layers * block + pooler, layers, h, heads, heads, ffn, vocab, max(block, vocab * h),
+                      "config.json (bert)")
+
+
+def _t5(cfg: dict[str, Any]) -> ModelShape:
+    h, ffn, heads = cfg["d_model"], cfg["d_ff"], cfg["num_heads"]
+    inner = heads * cfg.get("d_kv", h // heads)
+    enc, dec = cfg["num_layers"], cfg.get("num_decoder_layers") or cfg["num_layers"]
+    gated = str(cfg.get("feed_forward_proj", "relu")).startswith("gated")
+    mlp = (3 if gated else 2) * h * ffn
+    enc_block = 4 * h * inner + mlp + 2 * h
+    dec_block = 8 * h * inner + mlp + 3 * h
+    vocab = cfg["vocab_size"]
+    tied = cfg.get("tie_word_embeddings", True)
+    relative_bias = 2 * cfg.get("relative_attention_num_buckets", 32) * heads  # first block of each stack
+    params = vocab * h * (1 if tied else 2) + enc * enc_block + dec * dec_block + 2 * h + relative_bias
+    return ModelShape(params, enc + dec, h, heads, heads, ffn, vocab, max(dec_block, vocab * h), "config.json (t5)",
+                      encoder_layers=enc)
+
+
+def _bart(cfg: dict[str, Any], family: str) -> ModelShape:
+    h, ffn = cfg["d_model"], cfg.get("decoder_ffn_dim") or cfg["encoder_ffn_dim"]
+    heads = cfg["decoder_attention_heads"]
+    enc, dec = cfg["encoder_layers"], cfg["decoder_layers"]
+    vocab = cfg["vocab_size"]
+    attn = 4 * (h * h + h)
+    mlp = 2 * h * ffn + ffn + h
+    enc_block = attn + mlp + 4 * h
+    dec_block = 2 * attn + mlp + 6 * h
+    offset = 2 if family in ("bart", "mbart") else 0  # BART's learned positions start at 2
+    positions = 2 * (cfg.get("max_position_embeddings", 1024) + offset) * h
+    norms = 4 * h  # layernorm_embedding / final layer norms, encoder and decoder
+    params = vocab * h + enc * enc_block + dec * dec_block + positions + norms  # shared, tied embeddings
+    return ModelShape(params, enc + dec, h, heads, heads, ffn, vocab, max(dec_block, vocab * h),
+                      f"config.json ({family})", encoder_layers=enc)
+
+
+LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "phi3", "internlm2", "yi"}
+BART_LIKE = {"bart", "blenderbot", "blenderbot-small", "marian", "mbart", "pegasus"}
+
+
+def from_config(cfg: dict[str, Any]) -> ModelShape:
+    kind = str(cfg.get("model_type", "")).lower()
+    if kind in LLAMA_LIKE:
+        return _decoder(cfg, "llama")
+    if kind == "gpt2":
+        return _decoder(cfg, "gpt2")
+    if kind == "gpt_neox":
+        return _decoder(cfg, "gpt_neox")
+    if kind in ("bert", "roberta"):
+        return _bert(cfg)
+    if kind in ("t5", "mt5", "umt5"):
+        return _t5(cfg)
+    if kind in BART_LIKE:
+        return _bart(cfg, kind)
+    raise ValueError(f"no analytic parameter count for model_type {kind!r}; set spec.model.parameters")
+
+
+def from_parameters(params: float, note: str = "spec.model.parameters") -> ModelShape:
+    """Only a count: guess a Llama-like shape with that count (hidden / layers = 128, as in Llama-2 7B)."""
+    p = int(params)
+    hidden = max(64, int(round((p * 128 / 12) ** (1 / 3) / 64)) * 64)
+    layers = max(1, round(hidden / 128))
+    ffn = int(hidden * 8 / 3 / 64 + 1) * 64
+    vocab = 32000
+    heads = max(1, hidden // 128)
+    block = max(1, (p - 2 * vocab * hidden) // layers)
+    return ModelShape(p, layers, hidden, heads, heads, ffn, vocab, max(block, vocab * hidden),
+                      f"{note}; shape guessed (hidden {hidden}, {layers} layers)")
+
+
+def load_config(name_or_path: str) -> dict[str, Any] | None:
+    path = Path(name_or_path)
+    candidate = path / "config.json" if path.is_dir() else path
+    if candidate.name.endswith(".json") and candidate.is_file():
+        return json.loads(candidate.read_text())
+    return None
+
+
+def model_shape(name_or_path: str, parameters: float | None, seq_len_hint: int | None = None) -> ModelShape:
+    """config.json when the model is a local path (exact shape), else the spec's count."""
+    cfg = load_config(name_or_path)
+    if cfg is not None:
+        shape = from_config(cfg)
+        if parameters and not math.isclose(shape.params, parameters, rel_tol=0.05):
+            return shape  # the config is the truth; plan reports both
+        return shape
+    if parameters:
+        return from_parameters(parameters)
+    raise ValueError("the planner needs spec.model.parameters or a local config.json at spec.model.name_or_path")
