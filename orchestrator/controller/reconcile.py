@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from orchestrator.compile import CompileError
 from orchestrator.controller.kube import KubeApi
 from orchestrator.controller.observe import observe
+from orchestrator.plan.choose import fit_predicate, starting_point
 from orchestrator.report import config_summary
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
@@ -87,7 +88,8 @@ class Reconciler:
             errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             return self._finish(obj, status, "Failed", "InvalidSpec", f"invalid spec: {errors}", warning=True)
         if not status.attempts:
-            return self._start(obj, status, job, 1, job, None, "first attempt: the spec as submitted")
+            first, origin, why = starting_point(job, on_gpu=True)
+            return self._start(obj, status, job, 1, first, origin, why)
         last = status.attempts[-1]
         if last.state == "starting":
             return self._create_children(obj, status, last)
@@ -172,7 +174,7 @@ class Reconciler:
         failure = Failure(last.failure.kind if last.failure else "unknown",  # type: ignore[arg-type]
                           last.failure.reason if last.failure else "", last.failure.evidence if last.failure else "")
         history = [TrainingJob.model_validate(a.spec) for a in status.attempts]
-        decision = next_step(job, history, failure)
+        decision = next_step(job, history, failure, fits=fit_predicate(job, on_gpu=True))
         if not isinstance(decision, Next):
             if failure.kind == "succeeded":
                 return self._finish(obj, status, "Succeeded", "Succeeded", f"attempt {last.number} succeeded")

@@ -263,6 +263,12 @@ class Fallback(_Strict):
         default="auto",
         description="`auto` (the default ladder, cheapest slowdown first) or an explicit list of rungs.",
     )
+    plan: Annotated[Literal["auto", "off"], BeforeValidator(_false_is("off"))] = Field(
+        default="auto",
+        description="`auto`: on GPUs with resources.gpu_memory known, the first attempt starts from the cheapest "
+                    "config the memory planner predicts to fit, and the fallback skips rungs predicted not to fit. "
+                    "`off`: start from the spec as written.",
+    )
 
 
 class FsdpOptions(_Strict):

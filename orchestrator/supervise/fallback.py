@@ -145,8 +145,10 @@ RUNG_FUNCTIONS: dict[str, Callable[[TrainingJob, Failure], tuple[TrainingJob, st
 }
 
 
-def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Failure) -> Next | Stop:
-    """Decide what follows a failed attempt. `tried` holds every attempt's job so far, the last one last."""
+def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Failure,
+              fits: Callable[[TrainingJob], bool] | None = None) -> Next | Stop:
+    """Decide what follows a failed attempt. `tried` holds every attempt's job so far, the last one last.
+    `fits` (the memory planner's prediction, when it applies) skips rungs predicted not to fit."""
     current = tried[-1] if tried else original
     spec = original.spec
     if failure.kind == "succeeded":
@@ -165,6 +167,7 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
     ladder = AUTO_LADDER if spec.fallback.ladder == "auto" else tuple(spec.fallback.ladder)
     seen = {config_key(j) for j in tried}
+    skipped: list[str] = []
     for rung in ladder:
         proposal = RUNG_FUNCTIONS[rung](current, failure)
         if proposal is None:
@@ -172,5 +175,13 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         candidate, why = proposal
         if config_key(candidate) in seen or rules.errors(rules.check(candidate)):
             continue
-        return Next(candidate, rung, f"{failure.kind} ({failure.reason}) on {describe(current)} -> {rung}: {why}")
+        if fits is not None and not fits(candidate):
+            skipped.append(rung)
+            continue
+        note = f" (skipped, predicted not to fit: {', '.join(skipped)})" if skipped else ""
+        return Next(candidate, rung,
+                    f"{failure.kind} ({failure.reason}) on {describe(current)} -> {rung}: {why}{note}")
+    if skipped:
+        return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted not to fit "
+                    f"({', '.join(skipped)})")
     return Stop(f"{failure.kind} on {describe(current)} and no rung of the ladder can go further")

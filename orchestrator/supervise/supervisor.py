@@ -17,6 +17,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from orchestrator.plan.choose import fit_predicate, starting_point
 from orchestrator.procfiles import spawn_detached
 from orchestrator.spec.models import TrainingJob
 from orchestrator.store import AttemptRecord, JobRecord, Store, StoreError
@@ -94,6 +95,7 @@ class Supervisor:
         self.job_id = job_id
         self.target = target
         self.cancel_sent = False
+        self.on_gpu = not getattr(target, "cpu", False)  # the planner applies to GPU runs only
 
     def ref(self, job: JobRecord, number: int) -> AttemptRef:
         run_dir = str(Path(job.job_dir) / f"attempt-{number}")
@@ -142,7 +144,8 @@ class Supervisor:
             if job.cancel_requested:
                 self.store.finish_job(job.id, "cancelled", "cancelled before the first attempt started")
                 return True
-            self.start(job, 1, job_from_json(job.spec), None, "first attempt: the spec as submitted")
+            first, origin, why = starting_point(job_from_json(job.spec), self.on_gpu)
+            self.start(job, 1, first, origin, why)
             return True
         if last.state == "starting":
             return self.adopt(job, last)
@@ -222,7 +225,9 @@ class Supervisor:
     def decide(self, job: JobRecord, attempts: list[AttemptRecord]) -> bool:
         last = attempts[-1]
         failure = Failure(last.failure_kind or "unknown", last.failure_reason or "", last.failure_evidence or "")
-        decision = next_step(job_from_json(job.spec), [job_from_json(a.spec) for a in attempts], failure)
+        original = job_from_json(job.spec)
+        decision = next_step(original, [job_from_json(a.spec) for a in attempts], failure,
+                             fits=fit_predicate(original, self.on_gpu))
         if not isinstance(decision, Next):
             state = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(failure.kind, "failed")
             reason = f"attempt {last.number} succeeded" if state == "succeeded" else decision.reason

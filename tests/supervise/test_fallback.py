@@ -92,3 +92,18 @@ def test_explicit_ladder_replaces_auto() -> None:
 def test_pure() -> None:
     start = job(backend="deepspeed", sharding="grad_op")
     assert next_step(start, [start], CUDA_OOM) == next_step(start, [start], CUDA_OOM)
+
+
+def test_rungs_predicted_not_to_fit_are_skipped_and_named() -> None:
+    from orchestrator.supervise.classify import Failure
+    from orchestrator.supervise.fallback import Next, Stop, next_step
+    from tests.helpers import job as make
+
+    j = make(backend="deepspeed", sharding="grad_op", batch={"micro": 8, "global": 16},
+             resources={"gpus_per_node": 2})
+    oom = Failure("cuda_oom", "CUDA out of memory", "")
+    decision = next_step(j, [j], oom, fits=lambda c: c.spec.sharding != "full")  # ZeRO-3 predicted too big
+    assert isinstance(decision, Next) and decision.rung == "activation_checkpointing"
+    assert "skipped, predicted not to fit: shard_more" in decision.reason
+    stop = next_step(j, [j], oom, fits=lambda c: False)
+    assert isinstance(stop, Stop) and "predicted not to fit" in stop.reason

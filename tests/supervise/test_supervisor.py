@@ -228,3 +228,23 @@ def test_a_cancel_that_lands_during_a_submit_is_not_lost(store: Store, tmp_path:
     target = CancelledWhileSubmitting()
     assert Supervisor(store, record.id, target).advance() == "cancelled"
     assert target.cancelled == [1] and store.attempts(record.id)[0].state == "cancelled"
+
+
+def test_on_gpus_the_first_attempt_starts_where_the_planner_says(store: Store, tmp_path: Path) -> None:
+    """spec.fallback.plan: auto with the GPU's memory known: GPT-2 XL as plain data parallel on 24 GB is
+    predicted not to fit, so attempt 1 is the cheapest config predicted to fit, and says why."""
+    gpt2_xl = str(Path(__file__).resolve().parents[1] / "plan" / "data" / "gpt2-xl")
+    j = job(model={"name_or_path": gpt2_xl}, backend="deepspeed", sharding="none",
+            precision={"mixed": "fp16", "params": "fp32"}, batch={"micro": 1, "seq_len": 128},
+            resources={"gpus_per_node": 1, "gpu_memory": "24GB"})
+    record = store.create_job(name="t", target="fake", spec=job_to_json(j), source=None, workdir=str(tmp_path),
+                              checkpoint_dir=str(tmp_path / "ckpt"))
+    Supervisor(store, record.id, FakeTarget()).advance()
+    first = store.attempts(record.id)[0]
+    assert first.reason.startswith("planned:") and first.rung.startswith("plan:")
+    assert first.spec_data["spec"]["offload"]["optimizer"] == "cpu"
+    off = j.with_spec(fallback=j.spec.fallback.model_copy(update={"plan": "off"}))
+    record = store.create_job(name="u", target="fake", spec=job_to_json(off), source=None, workdir=str(tmp_path),
+                              checkpoint_dir=str(tmp_path / "ckpt2"))
+    Supervisor(store, record.id, FakeTarget()).advance()
+    assert store.attempts(record.id)[0].reason == "first attempt: the spec as submitted"
