@@ -9,7 +9,6 @@ attention, gated MLP, RMSNorm), GPT-2, GPT-NeoX, BERT, T5 and BART-style encoder
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,14 +155,46 @@ def load_config(name_or_path: str) -> dict[str, Any] | None:
     return None
 
 
-def model_shape(name_or_path: str, parameters: float | None, seq_len_hint: int | None = None) -> ModelShape:
-    """config.json when the model is a local path (exact shape), else the spec's count."""
+def model_shape(name_or_path: str, parameters: float | None) -> ModelShape:
+    """config.json when the model is a local path (analytic, torch-free; the meta device for other
+    families where the training extra is installed), else the spec's count."""
     cfg = load_config(name_or_path)
     if cfg is not None:
-        shape = from_config(cfg)
-        if parameters and not math.isclose(shape.params, parameters, rel_tol=0.05):
-            return shape  # the config is the truth; plan reports both
-        return shape
+        try:
+            return from_config(cfg)  # the config is the truth; the plan notes a spec count that disagrees
+        except ValueError:
+            meta = from_meta(name_or_path)  # a family without a formula: transformers knows it, if installed
+            if meta is not None:
+                return meta
     if parameters:
         return from_parameters(parameters)
     raise ValueError("the planner needs spec.model.parameters or a local config.json at spec.model.name_or_path")
+
+
+def from_meta(name_or_path: str) -> ModelShape | None:
+    """Instantiate the model on torch's meta device (no memory, no weights) and count: exact for any
+    architecture transformers knows. Only where the training extra is installed; None otherwise."""
+    cfg = load_config(name_or_path)
+    if cfg is None:
+        return None
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return None
+    config = transformers.AutoConfig.for_model(**cfg)
+    auto = (transformers.AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False)
+            else transformers.AutoModel if cfg.get("model_type") in ("bert", "roberta")
+            else transformers.AutoModelForCausalLM)
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        analytic = from_config(cfg)
+    except ValueError:
+        h = getattr(config, "hidden_size", 0) or getattr(config, "d_model", 0)
+        layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "num_layers", 0)
+        return ModelShape(params, layers, h, getattr(config, "num_attention_heads", 1),
+                          getattr(config, "num_key_value_heads", 1) or 1, getattr(config, "intermediate_size", 4 * h),
+                          getattr(config, "vocab_size", 0), params // max(1, layers), "meta device (transformers)")
+    return ModelShape(**{**analytic.__dict__, "params": params, "method": "meta device (transformers)"})
