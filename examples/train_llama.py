@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from train_tiny import latest_checkpoint, make_accelerator, save  # same directory
+from train_tiny import exit_cleanly, latest_checkpoint, make_accelerator, save  # same directory
 
 PRESETS = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -93,23 +93,6 @@ def main() -> None:
             save(accelerator, model, root, step + 1, backend)
     accelerator.print("training complete")
     accelerator.end_training()
-
-
-def exit_cleanly() -> None:
-    """Leave without running C++ static destructors. On CPU (DS_ACCELERATOR=cpu) a rank sometimes
-    aborts at interpreter exit after training completed ("terminate called without an active
-    exception", SIGABRT), which fails the whole run: seen in about 1 of 10 fresh-venv test runs here.
-    Destroying the process group and then _exit after flushing makes the ending deterministic."""
-    import sys
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 if __name__ == "__main__":
