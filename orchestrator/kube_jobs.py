@@ -8,7 +8,9 @@ The local store keeps only a pointer (id, name, namespace, kubeconfig context) s
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from orchestrator.report import FORMAT, attempt_config
@@ -21,7 +23,9 @@ PHASE_STATE = {None: "queued", "Pending": "queued", "Running": "running", "Succe
                "Failed": "failed", "Cancelled": "cancelled"}
 
 
+@lru_cache(maxsize=8)
 def _client(context: str | None = None):
+    """One client per kubeconfig context and process: `list` reads many jobs."""
     from kubernetes import config
 
     try:
@@ -75,8 +79,6 @@ def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str) 
 
 
 def _message(exc: Any) -> str:
-    import json
-
     try:
         return json.loads(exc.body).get("message", "")
     except (TypeError, ValueError):
@@ -123,8 +125,6 @@ def view(store: Store, record: JobRecord) -> dict[str, Any]:
         attempts_status = status.get("attempts") or []
         if state in ("succeeded", "failed") and not record.terminal:
             store.finish_job(record.id, state, reason or "")
-    import json
-
     attempts = []
     for a in attempts_status:
         failure = a.get("failure") or {}

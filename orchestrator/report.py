@@ -100,11 +100,6 @@ def describe_config(c: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def config_summary(job: dict[str, Any]) -> str:
-    """One line for an attempt's TrainingJob given as a dict (the Kubernetes status uses it)."""
-    return describe_config(attempt_config(json.dumps(job, sort_keys=True)))
-
-
 def fmt_bytes(n: int | None) -> str:
     if not n:
         return "?"

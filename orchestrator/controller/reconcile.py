@@ -11,7 +11,6 @@ as the local and Slurm targets decide what happens after a failure.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,11 +20,10 @@ from orchestrator.compile import CompileError
 from orchestrator.controller.kube import KubeApi
 from orchestrator.controller.observe import observe
 from orchestrator.plan.choose import fit_predicate, starting_point
-from orchestrator.report import config_summary
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
 from orchestrator.supervise.classify import Failure, classify
-from orchestrator.supervise.fallback import Next, next_step
+from orchestrator.supervise.fallback import Next, describe, next_step
 from orchestrator.targets.k8s_render import KubeRequest, RenderError, attempt_name, manifests
 
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
@@ -81,7 +79,6 @@ class Reconciler:
         status = TrainingJobStatus.model_validate(obj.get("status") or {})
         if status.phase in TERMINAL:
             return "done"
-        generation = obj["metadata"].get("generation")
         try:
             job = training_job(obj)
         except ValidationError as exc:
@@ -94,7 +91,7 @@ class Reconciler:
         if last.state == "starting":
             return self._create_children(obj, status, last)
         if last.state == "running":
-            return self._watch(obj, status, job, last, generation)
+            return self._watch(obj, status, job, last)
         return self._decide(obj, status, job)
 
     # -- steps, each ending in one status write ------------------------------------------
@@ -122,7 +119,7 @@ class Reconciler:
             return self._finish(obj, status, "Failed", "CannotRender", f"attempt {number} cannot run: {exc}",
                                 warning=True)
         status.attempts.append(AttemptStatus(
-            number=number, state="starting", config=config_summary(_job_to_dict(spec)), rung=rung, reason=reason,
+            number=number, state="starting", config=describe(spec), rung=rung, reason=reason,
             jobName=attempt_name(job.metadata.name, number), spec=_job_to_dict(spec)))
         status.phase = "Pending" if number == 1 else "Running"
         self._write(obj, status)
@@ -145,23 +142,20 @@ class Reconciler:
                        + ("" if "Job" in created else " (adopted: it already existed)"))
         return f"started attempt {attempt.number}"
 
-    def _watch(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, attempt: AttemptStatus,
-               generation: int | None) -> str:
+    def _watch(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, attempt: AttemptStatus) -> str:
         ns = obj["metadata"]["namespace"]
         k8s_job = self.api.get_job(ns, attempt.job_name)
         if k8s_job is None:
-            seen = (Failure("preempted", "the attempt's Job was deleted from outside; resuming"), None)
+            failure = Failure("preempted", "the attempt's Job was deleted from outside; resuming")
         else:
             ended = observe(k8s_job, self.api.job_pods(ns, attempt.job_name))
             if ended is None:
                 return "running"
             outcome, detail = ended
             failure = classify(outcome)
-            if failure.kind not in ("succeeded",):
+            if failure.kind != "succeeded":
                 failure = Failure(failure.kind, f"{failure.reason} ({detail})", failure.evidence)
-            seen = (failure, outcome)
-        failure = seen[0]
-        attempt.state = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(failure.kind, "failed")  # type: ignore
+        attempt.state = failure.end_state
         attempt.ended_at = _now()
         attempt.failure = FailureStatus(kind=failure.kind, reason=failure.reason, evidence=failure.evidence)
         if failure.kind != "succeeded":
@@ -182,17 +176,3 @@ class Reconciler:
         self.api.event(obj, "FallingBack", decision.reason)
         result = self._start(obj, status, job, last.number + 1, decision.job, decision.rung, decision.reason)
         return result
-
-
-def reconcile_with_retry(reconciler: Reconciler, namespace: str, name: str, attempts: int = 5) -> str:
-    """For callers without a queue (tests, one-shot use): a 409 means read again and redo."""
-    from kubernetes.client.rest import ApiException
-
-    for i in range(attempts):
-        try:
-            return reconciler.reconcile(namespace, name)
-        except ApiException as exc:
-            if exc.status != 409 or i == attempts - 1:
-                raise
-            time.sleep(0.05 * (i + 1))
-    raise AssertionError("unreachable")

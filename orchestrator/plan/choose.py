@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchestrator.plan.planner import plan, predicts_fit
+from orchestrator.plan.planner import DEFAULT_SEQ_LEN, plan, predicts_fit
 from orchestrator.plan.report import gib
 from orchestrator.plan.size import model_shape
-from orchestrator.report import config_summary
+from orchestrator.supervise.fallback import describe
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 
@@ -38,7 +38,7 @@ def starting_point(job: TrainingJob, on_gpu: bool) -> tuple[TrainingJob, str | N
     if chosen.origin == "spec":
         return job, None, f"{AS_SUBMITTED} ({predicted})"
     spec_total = gib(result.candidates[0].estimate.total)
-    summary = config_summary(chosen.job.model_dump(mode="json", by_alias=True))
+    summary = describe(chosen.job)
     return (chosen.job, f"plan:{chosen.origin}",
             f"planned: the spec as written is predicted at {spec_total} per GPU, over the limit; starting from "
             f"{summary} ({predicted}); spec.fallback.plan: off starts from the spec instead")
@@ -53,5 +53,5 @@ def fit_predicate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], boo
     except ValueError:
         return None
     gpu = parse_bytes(job.spec.resources.gpu_memory)
-    seq = job.spec.batch.seq_len or 2048
+    seq = job.spec.batch.seq_len or DEFAULT_SEQ_LEN
     return lambda candidate: predicts_fit(candidate, shape, gpu, seq)

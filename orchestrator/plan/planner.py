@@ -127,10 +127,9 @@ def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | No
     if spec.model.parameters and abs(shape.params - spec.model.parameters) > 0.05 * shape.params:
         result.notes.append(f"spec.model.parameters says {spec.model.parameters:.3g}; {shape.method} counts "
                             f"{shape.params:.4g} (used)")
-    budget = result.gpu_memory * (1 - MARGIN)
     for cand, origin in candidates(job):
         est = estimate(shape, cand, seq)
-        result.candidates.append(Candidate(cand, origin, est, est.total <= budget,
+        result.candidates.append(Candidate(cand, origin, est, within(est.total, result.gpu_memory),
                                            relative_cost(cand, spec.batch.micro)))
     fitting = [i for i, c in enumerate(result.candidates) if c.fits]
     if fitting:
@@ -141,6 +140,11 @@ def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | No
     return result
 
 
+def within(total: int, gpu_memory: int) -> bool:
+    """The verdict: the estimate leaves MARGIN of the GPU free."""
+    return total <= gpu_memory * (1 - MARGIN)
+
+
 def predicts_fit(job: TrainingJob, shape: ModelShape, gpu_memory: int, seq_len: int) -> bool:
     """For the fallback: False only when the estimate is over the GPU, margin included."""
-    return estimate(shape, job, seq_len).total <= gpu_memory * (1 - MARGIN)
+    return within(estimate(shape, job, seq_len).total, gpu_memory)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.plan.planner import MARGIN, Plan
-from orchestrator.report import config_summary
+from orchestrator.supervise.fallback import describe
 
 
 def gib(n: int) -> str:
@@ -16,7 +16,7 @@ def plan_text(result: Plan) -> str:
     out.append(f"{'':2}{'config':80} {'per GPU':>10} {'verdict':>13} {'cost':>6}  from")
     for i, c in enumerate(result.candidates):
         mark = "->" if i == result.chosen else "  "
-        config = config_summary(c.job.model_dump(mode="json", by_alias=True))
+        config = describe(c.job)
         out.append(f"{mark}{config[:80]:80} {gib(c.estimate.total):>10} "
                    f"{'fits' if c.fits else 'does not fit':>13} {c.cost:>5.2f}x  {c.origin}")
     if result.chosen is not None:

@@ -74,6 +74,11 @@ class Failure:
     def is_oom(self) -> bool:
         return self.kind in OOM_KINDS
 
+    @property
+    def end_state(self) -> Literal["succeeded", "cancelled", "failed"]:
+        """The state an attempt (or a job) ends in after this."""
+        return self.kind if self.kind in ("succeeded", "cancelled") else "failed"  # type: ignore[return-value]
+
 
 def _first_match(text: str) -> tuple[Kind, str, str] | None:
     for kind, pattern, meaning in PATTERNS:

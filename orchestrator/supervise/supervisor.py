@@ -214,7 +214,7 @@ class Supervisor:
         return True
 
     def end(self, job: JobRecord, attempt: AttemptRecord, failure: Failure, outcome, peak: int | None) -> None:
-        state = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(failure.kind, "failed")
+        state = failure.end_state
         _log(f"job {job.id}: attempt {attempt.number} {state}: {failure.kind}: {failure.reason}")
         self.store.update_attempt(
             job.id, attempt.number, state=state, ended_at=time.time(),
@@ -229,7 +229,7 @@ class Supervisor:
         decision = next_step(original, [job_from_json(a.spec) for a in attempts], failure,
                              fits=fit_predicate(original, self.on_gpu))
         if not isinstance(decision, Next):
-            state = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(failure.kind, "failed")
+            state = failure.end_state
             reason = f"attempt {last.number} succeeded" if state == "succeeded" else decision.reason
             _log(f"job {job.id}: {state}: {reason}")
             self.store.finish_job(job.id, state, reason)

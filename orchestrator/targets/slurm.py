@@ -7,7 +7,6 @@ not a pickled Python callable. Watching goes through one batched `sacct` (slurm_
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,18 +16,14 @@ from orchestrator.spec.models import TrainingJob
 from orchestrator.supervise.classify import TAIL_BYTES, Outcome
 from orchestrator.targets import slurm_render
 from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
-from orchestrator.targets.slurm_accounting import LOST_STATES, POLLER, Poller, SlurmError, run_slurm
+from orchestrator.targets.slurm_accounting import LOST_STATES, POLLER, Poller, SlurmError, run_once, run_slurm
 
 SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id}, written once sbatch has answered
 
 
 def sbatch(argv: list[str], cwd: str | None = None) -> str:
     """sbatch, never retried (a retry after a lost answer could submit twice); returns the job id."""
-    try:
-        proc = subprocess.run(["sbatch", "--parsable", *argv], capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL, cwd=cwd)
-    except FileNotFoundError as exc:
-        raise SlurmError("sbatch not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
+    proc = run_once(["sbatch", "--parsable", *argv], timeout=120, cwd=cwd)
     if proc.returncode != 0:
         raise SlurmError(proc.stderr.strip() or f"sbatch exited {proc.returncode}")
     return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
@@ -36,8 +31,7 @@ def sbatch(argv: list[str], cwd: str | None = None) -> str:
 
 def test_only(script: str) -> str:
     """`sbatch --test-only`: the controller checks the request (partition, GPUs, limits) and starts nothing."""
-    proc = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    proc = run_once(["sbatch", "--test-only", script])
     message = "\n".join(line for line in proc.stderr.splitlines() if line.strip())
     if proc.returncode != 0:
         raise SlurmError(message or f"sbatch --test-only exited {proc.returncode}")

@@ -122,20 +122,30 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
     return out
 
 
+def run_once(argv: list[str], *, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """One Slurm command; a missing binary or a hang is a SlurmError, a non-zero exit is the caller's to read."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              cwd=cwd)
+    except FileNotFoundError as exc:
+        raise SlurmError(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError(f"{' '.join(argv[:2])}: timed out after {timeout:.0f} s") from exc
+
+
 def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> str:
     """A read-only Slurm command, retried on a transient failure (controller busy, socket timeout)."""
     for attempt in range(retries + 1):
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except FileNotFoundError as exc:
-            raise SlurmError(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
-        except subprocess.TimeoutExpired:
-            proc = None
-        if proc is not None and proc.returncode == 0:
-            return proc.stdout
-        if attempt == retries:
-            message = proc.stderr.strip() if proc is not None else f"timed out after {timeout:.0f} s"
-            raise SlurmError(f"{' '.join(argv[:2])}: {message}")
+            proc = run_once(argv, timeout=timeout)
+        except SlurmError:
+            if attempt == retries:
+                raise
+        else:
+            if proc.returncode == 0:
+                return proc.stdout
+            if attempt == retries:
+                raise SlurmError(f"{' '.join(argv[:2])}: {proc.stderr.strip()}")
         time.sleep(1.0 * (attempt + 1))
     raise AssertionError("unreachable")
 
