@@ -54,4 +54,4 @@ def fit_predicate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], boo
         return None
     gpu = parse_bytes(job.spec.resources.gpu_memory)
     seq = job.spec.batch.seq_len or DEFAULT_SEQ_LEN
-    return lambda candidate: predicts_fit(candidate, shape, gpu, seq)
+    return lambda candidate: predicts_fit(candidate, shape, gpu, seq, job.spec.batch.target_len)

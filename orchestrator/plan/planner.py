@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.compile import rules
-from orchestrator.plan.memory import Estimate, estimate
+from orchestrator.plan.memory import CUDA, Estimate, estimate
 from orchestrator.plan.size import ModelShape, model_shape
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
@@ -18,6 +18,7 @@ from orchestrator.supervise.fallback import AUTO_LADDER, RUNG_FUNCTIONS, config_
 
 MARGIN = 0.08  # keep this share of the GPU free: the estimate is a model, not a measurement
 DEFAULT_SEQ_LEN = 2048
+MAX_MICRO_BATCH = 1 << 16  # the search for the largest micro-batch that fits stops here
 FORMAT = 1
 # Relative step time against the plain config (provisional, to be fitted with the step times measured
 # alongside memory): recomputation costs about one more forward; offload is bound by PCIe.
@@ -33,6 +34,7 @@ class Candidate:
     estimate: Estimate
     fits: bool
     cost: float
+    max_micro_batch: int = 0  # the largest micro-batch this config is predicted to fit (0: none)
 
     def as_json(self) -> dict[str, Any]:
         s = self.job.spec
@@ -43,7 +45,8 @@ class Candidate:
             "micro_batch": s.batch.micro, "grad_accum": rules.grad_accum(s),
             "activation_checkpointing": s.activation_checkpointing,
             "estimated_peak_bytes_per_gpu": self.estimate.total, "breakdown": dict(self.estimate.terms),
-            "host_bytes_per_node": self.estimate.host_bytes_per_node,
+            "host_bytes_per_node": self.estimate.host_bytes_per_node, "peak_phase": self.estimate.peak_phase,
+            "max_micro_batch": self.max_micro_batch,
             "verdict": "fits" if self.fits else "does not fit", "relative_cost": round(self.cost, 2),
         }
 
@@ -53,6 +56,7 @@ class Plan:
     shape: ModelShape
     gpu_memory: int
     seq_len: int
+    target_len: int | None = None
     candidates: list[Candidate] = field(default_factory=list)
     chosen: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -65,6 +69,7 @@ class Plan:
         return {"format": FORMAT, "model": {"parameters": self.shape.params, "method": self.shape.method,
                                             "layers": self.shape.layers, "hidden": self.shape.hidden},
                 "gpu_memory_bytes": self.gpu_memory, "margin": MARGIN, "seq_len": self.seq_len,
+                "target_len": self.target_len, "profile": {"name": CUDA.name, "source": CUDA.source},
                 "candidates": [c.as_json() for c in self.candidates], "chosen": self.chosen, "notes": self.notes}
 
 
@@ -121,16 +126,20 @@ def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | No
     spec = job.spec
     shape = shape or model_shape(spec.model.name_or_path, spec.model.parameters)
     seq = spec.batch.seq_len or DEFAULT_SEQ_LEN
-    result = Plan(shape, gpu_memory_of(job, gpu_memory), seq)
+    target = spec.batch.target_len
+    result = Plan(shape, gpu_memory_of(job, gpu_memory), seq, target)
     if not spec.batch.seq_len:
         result.notes.append(f"batch.seq_len is unset: activations estimated at {DEFAULT_SEQ_LEN} tokens")
     if spec.model.parameters and abs(shape.params - spec.model.parameters) > 0.05 * shape.params:
         result.notes.append(f"spec.model.parameters says {spec.model.parameters:.3g}; {shape.method} counts "
                             f"{shape.params:.4g} (used)")
+    if shape.encoder_layers and not target:
+        result.notes.append("batch.target_len is unset: the decoder is estimated at seq_len tokens")
     for cand, origin in candidates(job):
-        est = estimate(shape, cand, seq)
+        est = estimate(shape, cand, seq, target_len=target)
         result.candidates.append(Candidate(cand, origin, est, within(est.total, result.gpu_memory),
-                                           relative_cost(cand, spec.batch.micro)))
+                                           relative_cost(cand, spec.batch.micro),
+                                           max_micro_batch(cand, shape, result.gpu_memory, seq, target)))
     fitting = [i for i, c in enumerate(result.candidates) if c.fits]
     if fitting:
         result.chosen = min(fitting, key=lambda i: (result.candidates[i].cost, i))
@@ -145,6 +154,27 @@ def within(total: int, gpu_memory: int) -> bool:
     return total <= gpu_memory * (1 - MARGIN)
 
 
-def predicts_fit(job: TrainingJob, shape: ModelShape, gpu_memory: int, seq_len: int) -> bool:
+def predicts_fit(job: TrainingJob, shape: ModelShape, gpu_memory: int, seq_len: int,
+                 target_len: int | None = None) -> bool:
     """For the fallback: False only when the estimate is over the GPU, margin included."""
-    return within(estimate(shape, job, seq_len).total, gpu_memory)
+    return within(estimate(shape, job, seq_len, target_len=target_len).total, gpu_memory)
+
+
+def max_micro_batch(job: TrainingJob, shape: ModelShape, gpu_memory: int, seq_len: int,
+                    target_len: int | None = None) -> int:
+    """The largest micro-batch predicted to fit with everything else as in `job` (0: not even 1).
+    Memory grows with the micro-batch, so a binary search is exact."""
+    def fits(micro: int) -> bool:
+        batch = job.spec.batch.model_copy(update={"micro": micro, "global_": None})
+        return predicts_fit(job.with_spec(batch=batch), shape, gpu_memory, seq_len, target_len)
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= MAX_MICRO_BATCH and fits(high):
+        low, high = high, high * 2
+    high = min(high, MAX_MICRO_BATCH + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low

@@ -26,10 +26,17 @@ class ModelShape:
     largest_layer_params: int  # the biggest unit FSDP/ZeRO-3 gathers at once (a block, or the embedding)
     method: str  # how the numbers were found, for the user
     encoder_layers: int = 0  # encoder-decoder models: how many of `layers` read the source sequence
+    gated_mlp: bool = False  # SwiGLU/GeGLU: three projections, three ffn-wide tensors kept for backward
+    eager_attention: bool = False  # the config asks for eager attention: the s x s scores are kept
 
     @property
     def block_params(self) -> int:
         return max(1, (self.params - self.vocab * self.hidden) // max(1, self.layers))
+
+
+def _eager(cfg: dict[str, Any]) -> bool:
+    """transformers uses SDPA (no s x s scores kept) unless the config pins eager attention."""
+    return _get(cfg, "attn_implementation", "_attn_implementation") == "eager"
 
 
 def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
@@ -67,7 +74,8 @@ def _decoder(cfg: dict[str, Any], family: str) -> ModelShape:
         positions = 0
     embed = vocab * h
     params = embed * (1 if tied else 2) + layers * block + final_norm + positions
-    return ModelShape(params, layers, h, heads, kv, ffn, vocab, max(block, embed), f"config.json ({family})")
+    return ModelShape(params, layers, h, heads, kv, ffn, vocab, max(block, embed), f"config.json ({family})",
+                      gated_mlp=family == "llama", eager_attention=_eager(cfg))
 
 
 def _bert(cfg: dict[str, Any]) -> ModelShape:
@@ -93,7 +101,7 @@ def _t5(cfg: dict[str, Any]) -> ModelShape:
     relative_bias = 2 * cfg.get("relative_attention_num_buckets", 32) * heads  # first block of each stack
     params = vocab * h * (1 if tied else 2) + enc * enc_block + dec * dec_block + 2 * h + relative_bias
     return ModelShape(params, enc + dec, h, heads, heads, ffn, vocab, max(dec_block, vocab * h), "config.json (t5)",
-                      encoder_layers=enc)
+                      encoder_layers=enc, gated_mlp=gated, eager_attention=_eager(cfg))
 
 
 def _bart(cfg: dict[str, Any], family: str) -> ModelShape:
@@ -110,7 +118,7 @@ def _bart(cfg: dict[str, Any], family: str) -> ModelShape:
     norms = 4 * h  # layernorm_embedding / final layer norms, encoder and decoder
     params = vocab * h + enc * enc_block + dec * dec_block + positions + norms  # shared, tied embeddings
     return ModelShape(params, enc + dec, h, heads, heads, ffn, vocab, max(dec_block, vocab * h),
-                      f"config.json ({family})", encoder_layers=enc)
+                      f"config.json ({family})", encoder_layers=enc, eager_attention=_eager(cfg))
 
 
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "phi3", "internlm2", "yi"}
@@ -144,7 +152,7 @@ def from_parameters(params: float, note: str = "spec.model.parameters") -> Model
     heads = max(1, hidden // 128)
     block = max(1, (p - 2 * vocab * hidden) // layers)
     return ModelShape(p, layers, hidden, heads, heads, ffn, vocab, max(block, vocab * hidden),
-                      f"{note}; shape guessed (hidden {hidden}, {layers} layers)")
+                      f"{note}; shape guessed (hidden {hidden}, {layers} layers)", gated_mlp=True)
 
 
 def load_config(name_or_path: str) -> dict[str, Any] | None:

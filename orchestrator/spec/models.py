@@ -239,6 +239,10 @@ class Batch(_Strict):
         description="Global batch; gradient accumulation = global / (micro x world size).",
     )
     seq_len: int | None = Field(default=None, ge=1, description="Sequence length (used by plan; passed to the script).")
+    target_len: int | None = Field(
+        default=None, ge=1,
+        description="Encoder-decoder models: the decoder (target) length; seq_len is then the source length (used by plan).",
+    )
 
 
 class Resources(_Strict):

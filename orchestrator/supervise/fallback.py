@@ -81,7 +81,7 @@ def _halve_micro_batch(job: TrainingJob, failure: Failure) -> tuple[TrainingJob,
     micro = s.batch.micro // 2
     if global_batch % (micro * s.world_size):
         return None
-    batch = Batch(micro=micro, **{"global": global_batch}, seq_len=s.batch.seq_len)
+    batch = Batch(micro=micro, **{"global": global_batch}, seq_len=s.batch.seq_len, target_len=s.batch.target_len)
     return (_with(job, batch=batch),
             f"micro-batch {s.batch.micro} -> {micro}, accumulation {rules.grad_accum(s)} -> "
             f"{global_batch // (micro * s.world_size)} (global batch {global_batch} kept)")
