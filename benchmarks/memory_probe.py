@@ -25,7 +25,13 @@ import statistics
 import time
 from pathlib import Path
 
+import sys
+
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from train_llama import make_optimizer  # noqa: E402  (DeepSpeedCPUAdam under optimizer offload)
+from train_tiny import exit_cleanly  # noqa: E402
 
 
 def status_bytes(field: str) -> int:
@@ -45,14 +51,6 @@ def settle() -> None:
 
 def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: VmHWM := VmRSS
-
-
-def make_optimizer(params, backend: str):
-    if backend == "deepspeed" and os.environ.get("SHARDCTL_OFFLOAD_OPTIMIZER") == "cpu":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(params, lr=1e-5)
-    return torch.optim.AdamW(params, lr=1e-5)
 
 
 def main() -> None:
@@ -127,11 +125,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{accelerator.process_index}.json").write_text(json.dumps(record) + "\n")
-    accelerator.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    os._exit(0)  # see examples/train_tiny.py exit_cleanly: CPU ranks sometimes abort in static destructors
 
 
 if __name__ == "__main__":
     main()
+    exit_cleanly()

@@ -44,14 +44,20 @@ def profile_of(record: dict[str, Any]) -> memory.DeviceProfile:
     return memory.CPU if record["device"] == "cpu" else memory.CUDA
 
 
-def planned(record: dict[str, Any], profile: memory.DeviceProfile | None = None) -> int:
+def estimated(record: dict[str, Any], profile: memory.DeviceProfile | None = None):
+    """(job, shape, estimate, host share): on CPU processes the host is the device, so each
+    process's share of the offloaded state counts towards its peak."""
     c = record["case"]
     job = job_for(c, Path("/unused"))
     shape = model_shape(job.spec.model.name_or_path, None)
     profile = profile or profile_of(record)
     est = memory.estimate(shape, job, c["seq_len"], profile)
-    host_share = est.host_bytes_per_node // c["gpus"] if profile.touched_only else 0  # host is the device
-    return est.total + host_share
+    return job, shape, est, est.host_bytes_per_node // c["gpus"] if profile.touched_only else 0
+
+
+def planned(record: dict[str, Any]) -> int:
+    _, _, est, host = estimated(record)
+    return est.total + host
 
 
 def deepspeed_estimate(record: dict[str, Any]) -> int | None:
@@ -129,13 +135,8 @@ def fit(records: list[dict[str, Any]]) -> None:
     cases = [r for r in records if not r["held_out"]]
     parts = []
     for r in cases:
-        c = r["case"]
-        job = job_for(c, Path("/unused"))
-        shape = model_shape(job.spec.model.name_or_path, None)
-        profile = profile_of(r)
-        profile = memory.DeviceProfile(**{**profile.__dict__, "unattributed_per_param": {}})
-        est = memory.estimate(shape, job, c["seq_len"], profile)
-        host = est.host_bytes_per_node // c["gpus"] if profile.touched_only else 0
+        bare = memory.DeviceProfile(**{**profile_of(r).__dict__, "unattributed_per_param": {}})
+        job, shape, est, host = estimated(r, bare)
         back, step = est.phases["backward"], est.phases["optimizer_step"]
         fixed = back.get("context", 0) + back.get("communicators", 0)
         act, logits = back["activations"], back["logits"]

@@ -146,17 +146,16 @@ def _deepspeed(shape: ModelShape, job: TrainingJob, profile: DeviceProfile, est:
     if stage == 0 and mixed:
         step["flattened_gradients"] = w * p  # stage 0 flattens the 16-bit gradients before the upcast
     ds = spec.deepspeed
+    bucket = ds.reduce_bucket_size or DS_DEFAULT_REDUCE_BUCKET
+    if profile.touched_only:
+        bucket = min(bucket, p)  # allocated whole, but only what gradients fill is ever written
     if stage in (1, 2):
-        bucket = ds.reduce_bucket_size or DS_DEFAULT_REDUCE_BUCKET
-        if profile.touched_only:
-            bucket = min(bucket, p)
         backward["communication_buckets"] = bucket * w * (2 if ds.overlap_comm else 1)
     if stage == 3:
         live = min(ds.stage3_max_live_parameters or DS_DEFAULT_MAX_LIVE, 2 * shape.largest_layer_params)
         prefetch = min(ds.stage3_prefetch_bucket_size or DS_DEFAULT_PREFETCH_BUCKET, p)
         backward["gathered_parameters"] = (live + prefetch) * w
-        bucket = ds.reduce_bucket_size or DS_DEFAULT_REDUCE_BUCKET
-        backward["communication_buckets"] = min(bucket, p) * w if profile.touched_only else bucket * w
+        backward["communication_buckets"] = bucket * w
 
 
 def _fsdp(shape: ModelShape, job: TrainingJob, est: Estimate, resident: dict[str, int],

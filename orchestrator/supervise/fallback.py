@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.compile import rules
-from orchestrator.spec.models import Batch, Offload, TrainingJob
+from orchestrator.spec.models import Offload, TrainingJob
 from orchestrator.supervise.classify import Failure
 
 AUTO_LADDER = ("shard_more", "activation_checkpointing", "halve_micro_batch", "switch_backend",
@@ -81,7 +81,7 @@ def _halve_micro_batch(job: TrainingJob, failure: Failure) -> tuple[TrainingJob,
     micro = s.batch.micro // 2
     if global_batch % (micro * s.world_size):
         return None
-    batch = Batch(micro=micro, **{"global": global_batch}, seq_len=s.batch.seq_len, target_len=s.batch.target_len)
+    batch = s.batch.model_copy(update={"micro": micro, "global_": global_batch})
     return (_with(job, batch=batch),
             f"micro-batch {s.batch.micro} -> {micro}, accumulation {rules.grad_accum(s)} -> "
             f"{global_batch // (micro * s.world_size)} (global batch {global_batch} kept)")
