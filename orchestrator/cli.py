@@ -1,8 +1,10 @@
 """The `shardctl` command line.
 
 Start-up stays light: every command imports what it needs when it runs, and
-nothing here imports torch, accelerate, deepspeed or kubernetes.
-Exit codes: 0 success, 1 the job or an operation failed, 2 bad input.
+nothing here imports torch, accelerate, deepspeed or kubernetes. Nothing here asks which target
+a job is for: targets/ and jobs.py answer that.
+Exit codes: 0 success, 1 the job or an operation failed, 2 bad input (or an environment to fix
+first: no kubeconfig, an unreachable cluster, a refused request); errors are lines, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, ShardctlError, located
+from orchestrator.targets import NAMES as TARGET_NAMES
+
 if TYPE_CHECKING:
     from orchestrator.spec import LoadedSpec
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 def _err(message: str) -> None:
@@ -47,12 +49,16 @@ def _load_checked(path: str, target: str | None = None) -> tuple[LoadedSpec, lis
         loaded = type(loaded)(job=job, source=loaded.source, lines=loaded.lines)
     findings = rules.check(job)
     errors = rules.errors(findings)
-    located = [f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in errors]
     if errors:
-        _fail(located)
+        _fail(_locate(loaded, errors))
     for f in findings:
-        _err(f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.level}: {f.field}: {f.message}")
+        _err(located(loaded.source, loaded.line_of(f.field), f.field, f"{f.level}: {f.message}"))
     return loaded, findings
+
+
+def _locate(loaded: LoadedSpec, findings) -> list[str]:
+    """Rule findings (from validate or from the compiler) as `FILE:LINE: field: message` lines."""
+    return [located(loaded.source, loaded.line_of(f.field), f.field, f.message) for f in findings]
 
 
 def summary(loaded: LoadedSpec) -> str:
@@ -70,7 +76,30 @@ def summary(loaded: LoadedSpec) -> str:
             f"{', activation checkpointing' if spec.activation_checkpointing else ''}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """Every ShardctlError that reaches here is printed as its lines with its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ShardctlError as exc:
+            for line in exc.lines():
+                _err(line)
+            ctx.exit(exc.exit_code)
+
+
+def _cluster_options(fn):
+    """--kubeconfig/--context: where a job's cluster is reached (ignored by targets without one)."""
+    fn = click.option("--context", help="kubeconfig context (default: the current one).")(fn)
+    return click.option("--kubeconfig", type=click.Path(dir_okay=False),
+                        help="kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")(fn)
+
+
+def _overrides(kubeconfig: str | None, context: str | None) -> dict:
+    return {k: v for k, v in (("kubeconfig", kubeconfig), ("context", context)) if v}
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="shardctl")
 def main() -> None:
     """Declarative large-model training with Accelerate (FSDP or DeepSpeed ZeRO), with automatic OOM fallback."""
@@ -86,7 +115,7 @@ def validate(job_file: str) -> None:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--target", type=click.Choice(["local", "slurm", "kubernetes"]), help="Override spec.target.")
+@click.option("--target", type=click.Choice(TARGET_NAMES), help="Override spec.target.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 def render(job_file: str, target: str | None, out_dir: str) -> None:
     """Write exactly what submit would submit (the dry run). Invalid input writes nothing."""
@@ -107,29 +136,23 @@ def render_dryrun(loaded: LoadedSpec, run_dir: str):
     from orchestrator.jobs import dry_run
 
     job = loaded.job
-    if job.spec.target == "kubernetes":
-        from orchestrator.targets import k8s_render
-
-        try:
-            return k8s_render.render(job)
-        except CompileError as exc:
-            _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
-        except k8s_render.RenderError as exc:
-            _fail([f"{loaded.source}: {exc}"])
     checkpoint = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
         return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=checkpoint)
     except CompileError as exc:
-        _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
+        _fail(_locate(loaded, exc.findings))
+    except ShardctlError as exc:  # the spec cannot become the target's objects (a name too long, say)
+        _fail([f"{loaded.source}: {line}" for line in exc.lines()])
 
 
 def _store():
-    from orchestrator.store import Store, StoreError
+    from orchestrator.store import Store, StoreError, state_dir
 
     try:
         return Store()
     except (StoreError, OSError) as exc:
-        _fail([f"cannot open the job store: {exc}"], EXIT_FAILED)
+        _fail([f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable directory)"],
+              EXIT_FAILED)
 
 
 def _job(store, ref: str):
@@ -141,36 +164,27 @@ def _job(store, ref: str):
         _fail([str(exc)])
 
 
-def _view(store, job, revive: bool = True) -> dict:
-    """The job as JSON-ready data; an unfinished job that had stalled is moved on first (jobs.revive)."""
-    from orchestrator.jobs import INLINE_TARGETS
-    from orchestrator.jobs import revive as do_revive
+def _view(store, job, revive: bool = True, overrides: dict | None = None) -> dict:
+    """The job as JSON-ready data; an unfinished job is moved on (or its record read back) first."""
+    from orchestrator.jobs import refresh, supervised
     from orchestrator.report import job_json
-    from orchestrator.supervise.supervisor import is_supervised
 
-    if job.target == "kubernetes":  # the cluster holds the record
-        from orchestrator import kube_jobs
-
-        view = _guarded(kube_jobs.view, store, job)
-        if view is None:
-            _fail([f"job {job.id}: cannot read it from the cluster"], EXIT_FAILED)
-        return view
     if revive:
-        note = _guarded(do_revive, store, job)
+        note = _guarded(refresh, store, job, overrides)
         if note:
             _err(note)
         job = store.get_job(job.id)
-    supervised = None if job.terminal or job.target in INLINE_TARGETS else is_supervised(job)
-    return job_json(job, store.attempts(job.id), supervised=supervised)
+    return job_json(job, store.attempts(job.id), supervised=supervised(job))
 
 
 def _guarded(fn, *args):
-    """A target command that fails (Slurm controller down) must not hide what the store knows."""
-    from orchestrator.targets.base import SubmitError
+    """A target that cannot be asked (Slurm's controller down, the cluster unreachable) must not hide
+    what the store knows: a warning, then the stored record."""
+    from orchestrator.errors import TargetError
 
     try:
         return fn(*args)
-    except SubmitError as exc:
+    except TargetError as exc:
         _err(f"warning: could not ask the target: {exc}")
         return None
 
@@ -185,14 +199,17 @@ def _final_exit(state: str) -> NoReturn:
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--target", type=click.Choice(["local", "slurm", "kubernetes"]), help="Override spec.target.")
+@click.option("--target", type=click.Choice(TARGET_NAMES), help="Override spec.target.")
 @click.option("--wait", is_flag=True, help="Follow the job until it ends; exit 0 only if it succeeded.")
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted (as `render`) and submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
 @click.option("--all-lines", is_flag=True, help="With --wait off a terminal: every log line, not just progress.")
-def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool) -> None:
-    """Run a job: detach a supervisor that watches it, classifies failures and falls back on OOM."""
+@_cluster_options
+def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool,
+           kubeconfig: str | None, context: str | None) -> None:
+    """Run a job: its driver watches it, classifies failures and falls back on OOM."""
     from orchestrator.compile import CompileError
+    from orchestrator.errors import TargetError
     from orchestrator.jobs import submit as do_submit
 
     loaded, _ = _load_checked(job_file, target)
@@ -202,19 +219,17 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
             _err(f"warning: {w}")
         click.echo(str(dry))
         return
-    from orchestrator.targets.base import SubmitError
-    from orchestrator.targets.k8s_render import RenderError
-
+    overrides = _overrides(kubeconfig, context)
     store = _store()
     try:
-        record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()))
+        record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()), overrides=overrides)
     except CompileError as exc:
-        _fail([f"{loaded.source}:{loaded.line_of(f.field) or '?'}: {f.field}: {f.message}" for f in exc.findings])
-    except RenderError as exc:
-        _fail([f"{loaded.source}: {exc}"])
-    except SubmitError as exc:
+        _fail(_locate(loaded, exc.findings))
+    except TargetError as exc:
         _fail([f"{loaded.source}: {loaded.job.spec.target} refused the job, nothing was submitted:"]
-              + [f"  {line}" for line in str(exc).splitlines()])
+              + [f"  {line}" for line in exc.lines()])
+    except ShardctlError as exc:
+        _fail([f"{loaded.source}: {line}" for line in exc.lines()])
     if record.state == "failed":
         _fail([f"job {record.id}: {record.reason}"], EXIT_FAILED)
     for attempt in store.attempts(record.id)[:1]:
@@ -228,19 +243,19 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
         return
     _err(f"submitted job {record.id} ({record.name}); Ctrl-C stops watching, not the job "
          f"(`shardctl cancel {record.id}` stops it)")
-    state = _follow(store, record.id, all_lines)
+    state = _follow(store, record.id, all_lines, overrides)
     if as_json:
         _print_json(_view(store, store.get_job(record.id), revive=False))
     _final_exit(state)
 
 
-def _follow(store, job_id: str, all_lines: bool = False) -> str:
+def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None = None) -> str:
     from orchestrator.follow import follow_live, follow_plain
 
     try:
         if sys.stdout.isatty() and not all_lines:
-            return follow_live(store, job_id)
-        return follow_plain(store, job_id, click.echo, everything=all_lines)
+            return follow_live(store, job_id, overrides)
+        return follow_plain(store, job_id, click.echo, everything=all_lines, overrides=overrides)
     except KeyboardInterrupt:
         _err(f"stopped watching; job {job_id} goes on (`shardctl status {job_id}`)")
         sys.exit(130)
@@ -248,18 +263,18 @@ def _follow(store, job_id: str, all_lines: bool = False) -> str:
 
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON array (docs/cli-json.md).")
-@click.option("--limit", type=int, default=50, show_default=True)
-def list_jobs(as_json: bool, limit: int) -> None:
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@_cluster_options
+def list_jobs(as_json: bool, limit: int, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
+    from orchestrator.jobs import refresh_all
     from orchestrator.report import describe_config
-
-    from orchestrator.jobs import revive_all
 
     store = _store()
     records = store.list_jobs(limit)
-    for note in _guarded(revive_all, store, records) or []:  # Slurm: one sacct call for all of them
+    for note in refresh_all(store, records, _overrides(kubeconfig, context)):  # one batched query per target
         _err(note)
-    views = [_view(store, j, revive=False) for j in records]
+    views = [_view(store, store.get_job(j.id), revive=False) for j in records]
     if as_json:
         _print_json(views)
         return
@@ -276,75 +291,71 @@ def list_jobs(as_json: bool, limit: int) -> None:
     Console().print(table)
 
 
-def _show(job: str, as_json: bool, text: str) -> None:
+def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
     from orchestrator import report
 
     store = _store()
-    view = _view(store, _job(store, job))
+    view = _view(store, _job(store, job), overrides=overrides)
     click.echo(json.dumps(view, indent=2) if as_json else getattr(report, text)(view))
 
 
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
-def status(job: str, as_json: bool) -> None:
+@_cluster_options
+def status(job: str, as_json: bool, kubeconfig: str | None, context: str | None) -> None:
     """A job's state, its current attempt and progress (JOB: id, id prefix or name)."""
-    _show(job, as_json, "status_text")
+    _show(job, as_json, "status_text", _overrides(kubeconfig, context))
 
 
 @main.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Print the job with every attempt as JSON.")
-def history(job: str, as_json: bool) -> None:
+@_cluster_options
+def history(job: str, as_json: bool, kubeconfig: str | None, context: str | None) -> None:
     """Every attempt of a job: its config, why it was started, how it ended."""
-    _show(job, as_json, "history_text")
+    _show(job, as_json, "history_text", _overrides(kubeconfig, context))
 
 
 @main.command()
 @click.argument("job")
 @click.option("--attempt", "number", type=int, help="Attempt number (default: the latest).")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing, across attempts, until the job ends.")
-def logs(job: str, number: int | None, follow: bool) -> None:
+@_cluster_options
+def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, context: str | None) -> None:
     """An attempt's output (stdout and stderr of every process)."""
+    from orchestrator.jobs import ref_of, target_of
+
+    overrides = _overrides(kubeconfig, context)
     store = _store()
     record = _job(store, job)
-    if record.target == "kubernetes":
-        from orchestrator import kube_jobs
-
-        if follow:
-            _fail([f"job {record.id}: -f is not supported for Kubernetes jobs yet; use kubectl logs -f"])
-        for pod, text in _guarded(kube_jobs.logs, record, number) or []:
-            click.echo(f"==> pod {pod} <==")
-            click.echo(text, nl=not text.endswith("\n"))
-        return
-    attempts = store.attempts(record.id)
     if follow:
-        _view(store, record)
         from orchestrator.follow import follow_plain
 
-        state = follow_plain(store, record.id, click.echo, everything=True)
-        _final_exit(state)
+        _final_exit(follow_plain(store, record.id, click.echo, everything=True, overrides=overrides))
+    _view(store, record, overrides=overrides)  # brings the record up to date first
+    attempts = store.attempts(record.id)
     if not attempts:
         _fail([f"job {record.id} has no attempt yet"], EXIT_FAILED)
     chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
     if chosen is None:
         _fail([f"job {record.id} has no attempt {number} (it has {len(attempts)})"])
-    try:
-        with open(chosen.log_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 16), b""):
-                sys.stdout.buffer.write(chunk)
-    except FileNotFoundError:
-        _err(f"attempt {chosen.number} has no log yet ({chosen.log_path})")
+    lines = target_of(record, overrides).log_source(ref_of(record, chosen), chosen.external_id).rest()
+    if not lines:
+        _err(f"attempt {chosen.number} has no output yet" + (f" ({chosen.log_path})" if chosen.log_path else ""))
+    for line in lines:
+        click.echo(line)
 
 
 @main.command()
 @click.argument("job")
-def cancel(job: str) -> None:
+@_cluster_options
+def cancel(job: str, kubeconfig: str | None, context: str | None) -> None:
     """Stop a job: its running attempt and every process it started; no further attempt starts."""
     from orchestrator.jobs import cancel as do_cancel
 
     store = _store()
-    record = do_cancel(store, _job(store, job))
+    record = do_cancel(store, _job(store, job), overrides=_overrides(kubeconfig, context))
     click.echo(f"{record.id} {record.state}" + (f": {record.reason}" if record.reason else ""))
     if record.state != "cancelled" and not record.terminal:
         sys.exit(EXIT_FAILED)
@@ -429,17 +440,23 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool) -> None:
 @click.option("--resync-seconds", type=float, default=60.0, show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True)
 @click.option("--watch-timeout-seconds", type=int, default=60, show_default=True)
+@click.option("--lease-seconds", type=click.IntRange(2), default=15, show_default=True,
+              help="Leader Lease duration; the leader steps down after 2/3 of it without a renewal.")
+@click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True,
+              help="/healthz, /readyz and /metrics on this port; 0: none.")
+@click.option("--cache/--no-cache", default=True, hidden=True, help="Read from the watch-fed cache (benchmarks).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def controller(namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
                leader_election_namespace: str | None, resync_seconds: float, workers: int,
-               watch_timeout_seconds: int, log_level: str) -> None:
+               watch_timeout_seconds: int, lease_seconds: int, health_port: int, cache: bool, log_level: str) -> None:
     """Run the Kubernetes controller: TrainingJobs in, one Indexed Job per attempt, OOM fallback."""
     from orchestrator.controller.main import run
 
     sys.exit(run(namespace=namespace, server=server, kubeconfig=kubeconfig, context=context,
                  leader_election_namespace=leader_election_namespace, resync_s=resync_seconds, workers=workers,
-                 log_level=log_level, watch_timeout_s=watch_timeout_seconds))
+                 log_level=log_level, watch_timeout_s=watch_timeout_seconds, lease_s=lease_seconds,
+                 health_port=health_port or None, cache=cache))
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """Following a job as it runs: `submit --wait` and `logs -f`.
 
-The follower only reads (the store and the attempt logs); the detached supervisor does the
-work, so closing the terminal or pressing Ctrl-C here never stops the job. On a terminal the
+The follower reads the store and the attempts' output (through each target's log source); the
+job's driver does the work (a detached supervisor, judge jobs, a controller in the cluster), so
+closing the terminal or pressing Ctrl-C here never stops the job. On a terminal the
 view is live (rich: state, attempt, step rate, the last log lines); elsewhere it prints events
 and progress lines, one per line, which is what logs and CI want.
 """
@@ -13,41 +14,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from typing import Any
+
+from orchestrator.errors import TargetError
+from orchestrator.jobs import driving, ref_of, target_of
 from orchestrator.report import STEP_RE, describe_config, job_json
+from orchestrator.spec.states import AttemptState
 from orchestrator.store import Store
-from orchestrator.jobs import INLINE_TARGETS, revive
-from orchestrator.supervise.supervisor import ensure_supervised, is_supervised
-from orchestrator.targets.base import SubmitError
+from orchestrator.targets.base import LogSource
 
 PROGRESS_RE = STEP_RE.pattern + r"|checkpoint|resum|training complete|Error|out of memory|Killed|\[shardctl\]"
-
-
-class LogReader:
-    """Yields complete new lines of a growing file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = b""
-
-    def lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return []
-        self.offset += len(data)
-        data = self.partial + data
-        *complete, self.partial = data.split(b"\n")
-        return [c.decode("utf-8", "replace") for c in complete]
-
-    def rest(self) -> list[str]:
-        out = self.lines()
-        if self.partial:
-            out.append(self.partial.decode("utf-8", "replace"))
-            self.partial = b""
-        return out
 
 
 @dataclass
@@ -68,26 +44,39 @@ class StepRate:
         return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
 
-def events(store: Store, job_id: str, poll_s: float = 0.2) -> Iterator[tuple[str, object]]:
-    """('event', text) for attempt starts and ends, ('line', (attempt, text)) for log lines, until the job ends."""
+def events(store: Store, job_id: str, poll_s: float = 0.2,
+           overrides: dict[str, Any] | None = None) -> Iterator[tuple[str, object]]:
+    """('event', text) for attempt starts and ends, ('line', (attempt, text)) for log lines, until the job ends.
+    The job's driver refreshes the record now and then: a supervisor killed meanwhile is replaced, a judge
+    that did not run is stood in for, a controller's record is read back from the cluster."""
     announced_start: set[int] = set()
     announced_end: set[int] = set()
-    readers: dict[int, LogReader] = {}
-    last_check = time.monotonic()
+    readers: dict[int, LogSource] = {}
+    record = store.get_job(job_id)
+    target = target_of(record, overrides)
+    drive = driving(target)
+    last_refresh = float("-inf")
     while True:
+        if time.monotonic() - last_refresh >= drive.refresh_every_s:
+            last_refresh = time.monotonic()
+            try:
+                note = drive.refresh(store, target, store.get_job(job_id))
+            except TargetError as exc:
+                note = f"could not ask {target.name}: {exc}"
+            if note:
+                yield "event", note
         job = store.get_job(job_id)
         attempts = store.attempts(job_id)
         view = job_json(job, attempts)
         for rec, a in zip(attempts, view["attempts"]):
-            if a["number"] not in announced_start and rec.state != "starting":
+            if a["number"] not in announced_start and rec.state is not AttemptState.STARTING:
                 announced_start.add(a["number"])
-                yield "event", (f"attempt {a['number']} started: {describe_config(a)}\n"
-                                f"  why: {a['reason']}\n  resumes from: {a['resume_from'] or 'nothing (no checkpoint)'}")
-                readers[a["number"]] = LogReader(rec.log_path)
+                resumes = f"\n  resumes from: {a['resume_from'] or 'nothing (no checkpoint)'}" if a["run_dir"] else ""
+                yield "event", f"attempt {a['number']} started: {describe_config(a)}\n  why: {a['reason']}{resumes}"
+                readers[a["number"]] = target.log_source(ref_of(job, rec), rec.external_id)
             reader = readers.get(a["number"])
             if reader is not None:
-                new = reader.rest() if rec.ended else reader.lines()
-                for line in new:
+                for line in (reader.rest() if rec.ended else reader.lines()):
                     yield "line", (a["number"], line)
             if rec.ended and a["number"] not in announced_end:
                 announced_end.add(a["number"])
@@ -98,24 +87,16 @@ def events(store: Store, job_id: str, poll_s: float = 0.2) -> Iterator[tuple[str
         if job.terminal:
             yield "event", f"job {job.id} {job.state}: {job.reason}"
             return
-        if time.monotonic() - last_check > 5.0:  # a supervisor killed while we watch is replaced
-            last_check = time.monotonic()
-            if job.target in INLINE_TARGETS:
-                try:
-                    revive(store, job)  # Slurm: record an end its judge has not (yet) recorded
-                except SubmitError as exc:
-                    yield "event", f"could not ask {job.target}: {exc}"
-            elif not is_supervised(job) and ensure_supervised(store, job):
-                yield "event", "supervisor was not running: started a new one, which adopts the running attempt"
         time.sleep(poll_s)
 
 
-def follow_plain(store: Store, job_id: str, echo: Callable[[str], None], everything: bool = False) -> str:
+def follow_plain(store: Store, job_id: str, echo: Callable[[str], None], everything: bool = False,
+                 overrides: dict[str, Any] | None = None) -> str:
     """Events and progress lines (all lines with everything=True); returns the final state."""
     import re
 
     progress = re.compile(PROGRESS_RE)
-    for kind, payload in events(store, job_id):
+    for kind, payload in events(store, job_id, overrides=overrides):
         if kind == "event":
             echo(f"[shardctl] {payload}")
         else:
@@ -125,7 +106,7 @@ def follow_plain(store: Store, job_id: str, echo: Callable[[str], None], everyth
     return store.get_job(job_id).state
 
 
-def follow_live(store: Store, job_id: str) -> str:
+def follow_live(store: Store, job_id: str, overrides: dict[str, Any] | None = None) -> str:
     """The rich view on a terminal: events scroll above a panel that refreshes."""
     from rich.console import Console, Group
     from rich.live import Live
@@ -152,7 +133,7 @@ def follow_live(store: Store, job_id: str) -> str:
         return Panel(Group(*rows), title="shardctl", subtitle="Ctrl-C stops watching, not the job")
 
     with Live(panel(), console=console, refresh_per_second=4) as live:
-        for kind, payload in events(store, job_id):
+        for kind, payload in events(store, job_id, overrides=overrides):
             if kind == "event":
                 live.console.print(f"[bold cyan][shardctl][/] {payload}")
             else:

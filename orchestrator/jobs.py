@@ -1,39 +1,31 @@
 """Submitting, cancelling and keeping jobs moving: what the CLI does, without the printing.
 
-A job is checked and its first attempt rendered (pure) before anything is recorded, so bad
-input never leaves a half-submitted job behind; on Slurm the controller also checks the
-request (`sbatch --test-only`) first.
+A job is checked and its first attempt rendered (pure) before anything is recorded, and the
+target's preflight runs next (Slurm's `sbatch --test-only`, the cluster's reachability, CRD and
+RBAC), so bad input never leaves a half-submitted job behind.
 
-Who moves a job forward depends on the target. Local: one detached supervisor per job.
-Slurm: nobody stays logged in; each attempt's judge job (see targets/slurm_render.py) records
-its end and submits the next attempt, and any shardctl command that reads the job makes the
-same moves inline, which covers a judge that never ran.
+Who moves a job forward is the target's `driver`, and each driver has one small class here:
+a resident supervisor (one detached process per job), judge steps (the cluster runs one after
+each attempt; any command that reads the job makes the same moves inline, which covers a judge
+that never ran), or a controller in the cluster (the job is handed over, and the local store
+mirrors the record the controller keeps there). Nothing here asks which target a job is for.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
+from orchestrator.errors import StoreError, SubmitError, TargetError
 from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.states import AttemptState, JobState
 from orchestrator.store import JobRecord, Store
-from orchestrator.supervise.supervisor import Supervisor, ensure_supervised, job_to_json, spawn, wait_caught_up
+from orchestrator.supervise.supervisor import (Supervisor, ensure_supervised, is_supervised, job_to_json, spawn,
+                                               wait_caught_up)
 from orchestrator.targets import get_target
-from orchestrator.targets.base import AttemptRef, DryRun, SubmitError
-
-INLINE_TARGETS = ("slurm",)  # targets whose jobs are moved by short-lived steps, not a resident supervisor
-
-
-def target_options(job: TrainingJob) -> dict:
-    if job.spec.target == "local":
-        from orchestrator.targets.local import has_gpu
-
-        return {"cpu": not has_gpu(), "memory_mode": os.environ.get("SHARDCTL_MEMORY_LIMIT", "auto")}
-    if job.spec.target == "slurm":  # the login node's GPUs say nothing about the compute nodes'
-        return {"cpu": os.environ.get("SHARDCTL_FORCE_CPU") == "1"}
-    return {}
+from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
 
 
 def checkpoint_dir(job: TrainingJob, workdir: str) -> str | None:
@@ -41,104 +33,214 @@ def checkpoint_dir(job: TrainingJob, workdir: str) -> str | None:
     return str((Path(workdir) / d).resolve()) if d else None
 
 
+def target_for(job: TrainingJob, overrides: dict[str, Any] | None = None) -> Target:
+    return get_target(job.spec.target, overrides)
+
+
+def target_of(record: JobRecord, overrides: dict[str, Any] | None = None) -> Target:
+    """The target a recorded job runs on, rebuilt from what was recorded (plus --kubeconfig/--context)."""
+    return get_target(record.target, {**record.option_data, **(overrides or {})})
+
+
 def dry_run(job: TrainingJob, workdir: str, run_dir: str = "<run-dir>/attempt-1",
-            checkpoint: str | None = None, job_id: str = "<id>") -> DryRun:
+            checkpoint: str | None = None, job_id: str = "<id>", target: Target | None = None) -> DryRun:
     """Exactly what attempt 1 would submit (raises CompileError)."""
     from orchestrator.compile.launch import DEFAULT_PORT
 
-    target = get_target(job.spec.target, {**target_options(job), "port": DEFAULT_PORT})  # a real run draws a free port
+    target = target or get_target(job.spec.target, {"port": DEFAULT_PORT})  # a real run draws a free port
     ckpt = checkpoint or checkpoint_dir(job, workdir) or "<state-dir>/jobs/<id>/checkpoints"
     ref = AttemptRef(job_id, 1, run_dir, ckpt, workdir, f"{run_dir}/output.log")
     return target.render(job, ref)
 
 
-def preflight(job: TrainingJob, workdir: str) -> str:
-    """Slurm: would the controller accept attempt 1 (partition, GPU count, memory, time)? Raises SubmitError."""
-    if job.spec.target != "slurm":
-        return ""
-    with tempfile.TemporaryDirectory(prefix="shardctl-check-") as scratch:
-        dry = dry_run(job, workdir, run_dir=f"{scratch}/attempt-1", job_id="check")
-        return get_target("slurm", target_options(job)).check(dry, scratch)
+def ref_of(record: JobRecord, attempt) -> AttemptRef:
+    return AttemptRef(record.id, attempt.number, attempt.run_dir, record.checkpoint_dir, record.workdir,
+                      attempt.log_path)
 
 
-def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None) -> JobRecord:
-    workdir = workdir or os.getcwd()
-    if job.spec.target == "kubernetes":  # the cluster keeps the record; the controller moves the job
-        from orchestrator import kube_jobs
+class Driving(Protocol):
+    refresh_every_s: float  # how often a follower (submit --wait, logs -f) refreshes the record
 
-        return kube_jobs.submit(store, job, source=source, workdir=workdir)
-    dry_run(job, workdir)  # compiles for this target, or raises before anything is recorded
-    preflight(job, workdir)
-    record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
-                              workdir=workdir, checkpoint_dir=checkpoint_dir(job, workdir),
-                              options=target_options(job))
-    if record.target in INLINE_TARGETS:
-        advance(store, record)  # attempt 1 and its judge are submitted when this returns
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord: ...
+    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None: ...
+    def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None: ...
+    def supervised(self, record: JobRecord) -> bool | None: ...
+
+
+class BySupervisor:
+    """One detached supervisor per job; any command that finds an unfinished job without one starts one."""
+
+    refresh_every_s = 5.0
+
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
+        proc = spawn(store, record)
+        wait_caught_up(store, record.id, proc, 10.0)  # attempt 1 is started and recorded when this returns
         return store.get_job(record.id)
-    proc = spawn(store, record)
-    wait_caught_up(store, record.id, proc, 10.0)  # attempt 1 is started and recorded when this returns
+
+    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        if ensure_supervised(store, record):
+            return f"note: job {record.id} had no supervisor (killed, or the machine restarted); started a new one"
+        return None
+
+    def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        store.request_cancel(record.id)
+        ensure_supervised(store, record)  # a supervisor killed meanwhile is replaced; it sends the cancel
+
+    def supervised(self, record: JobRecord) -> bool | None:
+        return None if record.terminal else is_supervised(record)
+
+
+class ByJudge:
+    """Short-lived steps: the target's judge jobs, and the same moves inline whenever the job is read."""
+
+    refresh_every_s = 5.0
+
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
+        Supervisor(store, record.id, target).advance()  # attempt 1 and its judge are submitted when this returns
+        return store.get_job(record.id)
+
+    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        before = [a.state for a in store.attempts(record.id)]
+        Supervisor(store, record.id, target).advance()
+        after = [a.state for a in store.attempts(record.id)]
+        if after != before:
+            moved = [f"attempt {i + 1} {s}" for i, s in enumerate(after) if i >= len(before) or before[i] != s]
+            return f"job {record.id}: recorded what {target.name} reports ({' -> '.join(moved)})"
+        return None
+
+    def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        store.request_cancel(record.id)
+        Supervisor(store, record.id, target).advance()  # sends the cancel; the end is recorded once reported
+
+    def supervised(self, record: JobRecord) -> bool | None:
+        return None
+
+
+class ByController:
+    """A controller in the cluster moves the job; the store mirrors the record it keeps there."""
+
+    refresh_every_s = 1.0
+
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
+        return record  # handed over before the record was made (see submit)
+
+    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        assert isinstance(target, ControlledTarget)
+        if record.terminal:
+            return None
+        snap = target.fetch(record.option_data, record.name)
+        if snap is None:
+            store.finish_job(record.id, JobState.FAILED, f"the {target.name} job is gone "
+                             f"({record.option_data.get('namespace') or 'its namespace'}) and nobody recorded why")
+            return None
+        for a in snap.attempts:
+            known = {r.number: r for r in store.attempts(record.id)}
+            if a.number not in known:
+                try:
+                    store.add_attempt(record.id, a.number, spec=a.spec, rung=a.rung, reason=a.reason, run_dir="",
+                                      log_path="", artifacts={}, warnings=[], resume_from=None)
+                except StoreError:
+                    pass  # another reader mirrored it first
+            kind, why, evidence = a.failure or (None, None, None)
+            store.update_attempt(record.id, a.number, state=a.state, external_id=a.external_id,
+                                 started_at=a.started_at, ended_at=a.ended_at, failure_kind=kind,
+                                 failure_reason=why, failure_evidence=evidence or None)
+        if snap.state.terminal:
+            store.finish_job(record.id, snap.state, snap.reason or "")
+        elif snap.state is JobState.RUNNING:
+            store.update_job(record.id, state=JobState.RUNNING)
+        return "; ".join(f"job {record.id} waits: {c}" for c in snap.conditions) or None
+
+    def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        assert isinstance(target, ControlledTarget)
+        target.withdraw(record.option_data, record.name)
+        store.request_cancel(record.id)
+        for a in store.attempts(record.id):
+            if not a.ended:
+                store.update_attempt(record.id, a.number, state=AttemptState.CANCELLED, ended_at=time.time(),
+                                     failure_kind="cancelled", failure_reason="cancelled by the user")
+        store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job was deleted")
+
+    def supervised(self, record: JobRecord) -> bool | None:
+        return None
+
+
+DRIVERS: dict[Driver, Driving] = {Driver.SUPERVISOR: BySupervisor(), Driver.JUDGE: ByJudge(),
+                                  Driver.CONTROLLER: ByController()}
+
+
+def driving(target: Target) -> Driving:
+    return DRIVERS[target.driver]
+
+
+def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
+           overrides: dict[str, Any] | None = None) -> JobRecord:
+    """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept."""
+    workdir = workdir or os.getcwd()
+    target = target_for(job, overrides)
+    dry_run(job, workdir, target=target)  # compiles for this target, or raises before anything is recorded
+    target.preflight(job, workdir)
+    if isinstance(target, ControlledTarget):
+        options = target.hand_over(job)
+    else:
+        options = target.options()
+    record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
+                              workdir=workdir, checkpoint_dir=checkpoint_dir(job, workdir), options=options)
+    return driving(target).start(store, target, job, record)
+
+
+def refresh(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
+    """Make sure an unfinished job keeps moving (or mirror its record); a note when something had stalled."""
+    if record.terminal:
+        return None
+    target = target_of(record, overrides)
+    return driving(target).refresh(store, target, record)
+
+
+def refresh_all(store: Store, records: list[JobRecord], overrides: dict[str, Any] | None = None) -> list[str]:
+    """As refresh, for many jobs; a target that batches its queries (one sacct for all Slurm jobs) is
+    asked once for all of them first."""
+    watch: dict[str, list[str]] = {}
+    for r in records:
+        if not r.terminal:
+            for a in store.attempts(r.id)[-1:]:
+                if a.state is AttemptState.RUNNING and a.external_id:
+                    watch.setdefault(r.target, []).append(a.external_id)
+    for name, ids in watch.items():
+        poller = getattr(get_target(name, {}), "poller", None)
+        if poller is not None:
+            poller.watch(ids)
+            poller.refresh()
+    notes = []
+    for r in records:
+        try:
+            if note := refresh(store, r, overrides):
+                notes.append(note)
+        except TargetError as exc:
+            notes.append(f"job {r.id}: could not ask its target: {exc}")
+    return notes
+
+
+def supervised(record: JobRecord) -> bool | None:
+    return driving(target_of(record)).supervised(record)
+
+
+def cancel(store: Store, record: JobRecord, wait_s: float = 60.0,
+           overrides: dict[str, Any] | None = None) -> JobRecord:
+    """Stop the job (its attempt, and every helper job the target runs) and wait until the end is recorded."""
+    if record.terminal:
+        return record
+    target = target_of(record, overrides)
+    drive = driving(target)
+    drive.request_cancel(store, target, record)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        record = store.get_job(record.id)
+        if record.terminal:
+            return record
+        drive.refresh(store, target, record)
+        time.sleep(0.1 if drive.refresh_every_s < 5 else 0.3)
     return store.get_job(record.id)
 
 
-def advance(store: Store, job: JobRecord) -> str:
-    """Every move the job can make now without waiting (inline targets)."""
-    return Supervisor(store, job.id, get_target(job.target, job.option_data)).advance()
-
-
-def revive(store: Store, job: JobRecord) -> str | None:
-    """Make sure an unfinished job keeps moving; returns a note for the user when something had stalled."""
-    if job.terminal or job.target == "kubernetes":  # the controller in the cluster moves those
-        return None
-    if job.target in INLINE_TARGETS:
-        before = [a.state for a in store.attempts(job.id)]
-        advance(store, job)
-        after = [a.state for a in store.attempts(job.id)]
-        if after != before:
-            return f"job {job.id}: recorded what Slurm reports ({' -> '.join(_summary(before, after))})"
-        return None
-    if ensure_supervised(store, job):
-        return f"note: job {job.id} had no supervisor (killed, or the machine restarted); started a new one"
-    return None
-
-
-def revive_all(store: Store, jobs: list[JobRecord]) -> list[str]:
-    """As revive, for many jobs; Slurm jobs are looked up with one batched sacct call."""
-    running = [a.external_id for j in jobs if j.target == "slurm" and not j.terminal
-               for a in store.attempts(j.id)[-1:] if a.state == "running" and a.external_id]
-    if running:
-        from orchestrator.targets.slurm_accounting import POLLER
-
-        POLLER.watch(running)
-        POLLER.refresh()
-    return [note for j in jobs if (note := revive(store, j))]
-
-
-def _summary(before: list[str], after: list[str]) -> list[str]:
-    return [f"attempt {i + 1} {state}" for i, state in enumerate(after)
-            if i >= len(before) or before[i] != state]
-
-
-def cancel(store: Store, job: JobRecord, wait_s: float = 60.0) -> JobRecord:
-    """Stop the job (its attempt, and on Slurm its judge) and wait until the end is recorded."""
-    if job.terminal:
-        return job
-    if job.target == "kubernetes":
-        from orchestrator import kube_jobs
-
-        return kube_jobs.cancel(store, job)
-    store.request_cancel(job.id)
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        job = store.get_job(job.id)
-        if job.terminal:
-            return job
-        if job.target in INLINE_TARGETS:
-            advance(store, job)  # sends the cancel, then records the end once Slurm reports it
-            time.sleep(0.5)
-        else:
-            ensure_supervised(store, job)  # a supervisor killed meanwhile is replaced
-            time.sleep(0.1)
-    return store.get_job(job.id)
-
-
-__all__ = ["SubmitError", "advance", "cancel", "dry_run", "preflight", "revive", "revive_all", "submit"]
+__all__ = ["SubmitError", "cancel", "dry_run", "refresh", "refresh_all", "submit", "supervised", "target_of"]

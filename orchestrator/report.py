@@ -67,8 +67,9 @@ def attempt_json(a: AttemptRecord) -> dict[str, Any]:
         {"kind": a.failure_kind, "reason": a.failure_reason, "evidence": a.failure_evidence},
         "peak_memory_bytes": a.peak_memory_bytes,
         "warnings": json.loads(a.warnings),
-        "run_dir": a.run_dir,
-        "log": a.log_path,
+        "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
+        "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
+        "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
     }
 
 
@@ -86,6 +87,7 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "checkpoint_dir": job.checkpoint_dir,
         "max_attempts": job.spec_data["spec"].get("fallback", {}).get("max_attempts"),
         "supervised": supervised,
+        "namespace": job.option_data.get("namespace"),
         "attempts": [attempt_json(a) for a in attempts],
     }
 
@@ -121,7 +123,7 @@ def history_text(view: dict[str, Any]) -> str:
         took = f" after {a['duration_s']:.1f} s" if a["duration_s"] is not None else ""
         out.append(f"  attempt {a['number']}: {a['state']}{took}: {describe_config(a)}")
         out.append(f"    why: {a['reason']}")
-        if view["target"] != "kubernetes":  # there the script finds its checkpoint on the volume itself
+        if a["run_dir"]:  # in a cluster the script finds its checkpoint on the volume itself
             out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
         if a["failure"]:
             f = a["failure"]

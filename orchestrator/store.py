@@ -10,7 +10,6 @@ is the record instead.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import time
@@ -20,9 +19,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import StoreError
+from orchestrator.paths import state_dir
+from orchestrator.spec.states import AttemptState, JobState
+
+__all__ = ["AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
+
 SCHEMA_VERSION = 1
-JOB_TERMINAL = ("succeeded", "failed", "cancelled")
-ATTEMPT_ENDED = ("succeeded", "failed", "cancelled")
+JOB_TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,16 +75,6 @@ CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs(name, created_at);
 """
 
 
-def state_dir() -> Path:
-    """$SHARDCTL_HOME, else $XDG_STATE_HOME/shardctl, else ~/.local/state/shardctl."""
-    if os.environ.get("SHARDCTL_HOME"):
-        return Path(os.environ["SHARDCTL_HOME"]).expanduser().resolve()
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base).expanduser().resolve() / "shardctl"
-
-
-class StoreError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -88,7 +82,7 @@ class JobRecord:
     id: str
     name: str
     target: str
-    state: str
+    state: JobState
     spec: str
     source: str | None
     workdir: str
@@ -102,9 +96,12 @@ class JobRecord:
     cancel_requested: int
     supervisor_pid: int | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", JobState(self.state))
+
     @property
     def terminal(self) -> bool:
-        return self.state in JOB_TERMINAL
+        return self.state.terminal
 
     @property
     def spec_data(self) -> dict[str, Any]:
@@ -119,7 +116,7 @@ class JobRecord:
 class AttemptRecord:
     job_id: str
     number: int
-    state: str
+    state: AttemptState
     spec: str
     rung: str | None
     reason: str
@@ -139,9 +136,12 @@ class AttemptRecord:
     failure_evidence: str | None
     peak_memory_bytes: int | None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", AttemptState(self.state))
+
     @property
     def ended(self) -> bool:
-        return self.state in ATTEMPT_ENDED
+        return self.state.ended
 
     @property
     def spec_data(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from orchestrator.compile import rules
+from orchestrator.errors import ShardctlError
 from orchestrator.compile.configs import (
     ACCELERATE_CONFIG_NAME,
     DS_CONFIG_NAME,
@@ -24,7 +25,7 @@ from orchestrator.spec.models import TrainingJob
 
 
 @dataclass
-class CompileError(Exception):
+class CompileError(ShardctlError):
     findings: list[Finding] = field(default_factory=list)
 
     def __str__(self) -> str:

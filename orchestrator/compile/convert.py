@@ -8,6 +8,8 @@ Pure: the caller reads the files and passes their parsed contents.
 
 from __future__ import annotations
 
+from orchestrator.errors import ShardctlError
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,7 @@ _DS_TWINS = {"zero_stage", "offload_optimizer_device", "offload_param_device", "
              "zero3_save_16bit_model", "deepspeed_config_file", "deepspeed_multinode_launcher"}
 
 
-class ConvertError(ValueError):
+class ConvertError(ShardctlError, ValueError):
     """The input is not an accelerate FSDP/DeepSpeed config we can read."""
 
 

@@ -6,19 +6,29 @@ controller is handed an ApiClient (in-cluster config, a kubeconfig, or a URL).
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import socket
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
 
+if TYPE_CHECKING:
+    from orchestrator.controller.cache import Cache
+
 FIELD_MANAGER = "shardctl-controller"
 
 
 class KubeApi:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    """With a `cache` (the controller's watch-fed one), get_training_job, get_job and job_pods read from it and
+    ask the API only for what it does not know; without one (the CLI) every read is a request."""
+
+    def __init__(self, api_client: client.ApiClient, cache: Cache | None = None) -> None:
         self.client = api_client
+        self.cache = cache
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -29,23 +39,42 @@ class KubeApi:
 
     # TrainingJobs
     def get_training_job(self, ns: str, name: str) -> dict | None:
+        if self.cache is not None:
+            known, obj = self.cache.lookup("trainingjobs", ns, name)
+            if known:
+                return obj
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+        if self.cache is not None:
+            self.cache.put("trainingjobs", obj)
+        return obj
 
     def list_training_jobs(self, ns: str | None) -> dict:
+        if self.cache is not None and self.cache.synced("trainingjobs"):
+            return {"items": self.cache.items("trainingjobs", ns)}
         if ns:
             return self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
         return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
 
     def write_status(self, tj: dict) -> dict:
-        """Replace the status, conditional on the resourceVersion read (409 if someone wrote since)."""
+        """Replace the status, conditional on the resourceVersion read (409 if someone wrote since). The
+        response goes into the cache, so the next reconcile reads what was just written; a 409 marks the
+        cached copy stale, so the retry reads the object from the API instead of conflicting again."""
         meta = tj["metadata"]
-        return self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
-                                                                   meta["name"], tj)
+        try:
+            out = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
+                                                                      meta["name"], tj)
+        except ApiException as exc:
+            if exc.status == 409 and self.cache is not None:
+                self.cache.invalidate("trainingjobs", meta["namespace"], meta["name"])
+            raise
+        if self.cache is not None:
+            self.cache.put("trainingjobs", out)
+        return out
 
     # children
     def create(self, obj: dict) -> bool:
@@ -67,16 +96,35 @@ class KubeApi:
         return True
 
     def get_job(self, ns: str, name: str) -> dict | None:
+        """From the cache when it holds the Job. Otherwise read it: a Job we just created may not have reached
+        the cache yet, and a tombstone of an earlier Job of that name does not prove this one absent (an
+        absent Job reads as a preempted attempt, so it is confirmed with the API)."""
+        if self.cache is not None:
+            _, job = self.cache.lookup("jobs", ns, name)
+            if job is not None:
+                return job
         try:
-            return self.plain(self.batch.read_namespaced_job(name, ns))
+            job = self.plain(self.batch.read_namespaced_job(name, ns))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+        if self.cache is not None:
+            self.cache.put("jobs", job)
+        return job
 
     def job_pods(self, ns: str, job_name: str) -> list[dict]:
-        pods = self.core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={job_name}")
-        return [self.plain(p) for p in pods.items]
+        """From the cache, except for a Job that failed: its pods say why (the first to fail is the root
+        cause), and the pod watch may lag the Job watch, so those are listed from the API once."""
+        if self.cache is not None:
+            known, job = self.cache.lookup("jobs", ns, job_name)
+            failed = any(c.get("type") == "Failed" and c.get("status") == "True"
+                         for c in ((job or {}).get("status") or {}).get("conditions") or [])
+            pods = self.cache.pods_of(ns, job_name)
+            if known and job is not None and not failed and pods is not None:
+                return pods
+        listing = self.core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+        return [self.plain(p) for p in listing.items]
 
     def retire_attempt(self, ns: str, name: str) -> None:
         """An ended attempt's Service and ConfigMap. Its Job stays (it runs nothing once ended) so that its
@@ -90,15 +138,28 @@ class KubeApi:
                     raise
 
     def event(self, tj: dict, reason: str, message: str, warning: bool = False) -> None:
+        """A core/v1 Event on the TrainingJob. firstTimestamp/lastTimestamp/count are what `kubectl get events`
+        and `kubectl describe` read for LAST SEEN and AGE: without them both show <unknown>."""
         meta = tj["metadata"]
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        instance = os.environ.get("POD_NAME") or socket.gethostname()
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": tj["apiVersion"], "kind": tj["kind"], "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid")},
             "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
             "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": instance[:128], "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException:
             pass  # an event is best effort: never the reason a reconcile fails
+
+    def job_events(self, ns: str, job_name: str) -> list[dict]:
+        """The core/v1 Events about one Job (in no particular order): the Job controller says there why it made no pods
+        (FailedCreate: a PodSecurity violation, an exceeded quota), which nothing else in the API records.
+        Events outlive a deleted Job of the same name: compare involvedObject.uid with the Job's."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
+        listing = self.core.list_namespaced_event(ns, field_selector=selector)
+        return [self.plain(e) for e in listing.items]

@@ -6,20 +6,29 @@ watches (TrainingJobs, and the Jobs and Pods it labelled), explicit handling of 
 peering objects, each one more thing the fake API server must model. The loop is
 level-triggered: an event only says which TrainingJob to look at; the reconcile reads the
 current state, and a periodic resync re-reads every job even if an event was lost.
+
+The watches also fill a cache (controller/cache.py) that the reconcile reads instead of the API
+(workers start only once every watch has listed); the resync re-queues the cached keys instead of
+listing again. Each watch is our own request rather than kubernetes.watch.Watch, so that
+shutdown can close the open streams at once instead of waiting for their timeout.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kubernetes import watch
 from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
+from orchestrator.controller.cache import Cache
+from orchestrator.controller.health import Contact
 from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.metrics import Metrics
 from orchestrator.controller.reconcile import Reconciler
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
 
@@ -77,12 +86,27 @@ class WorkQueue:
 
 
 class Controller:
+    """The watches, the work queue and its workers. `cache=False` reads everything from the API (for the
+    benchmark's before/after); `metrics` and `contact` are shared with the health server."""
+
     def __init__(self, api: KubeApi, *, namespace: str | None = None, workers: int = 4, resync_s: float = 60.0,
-                 watch_timeout_s: int = 60, max_backoff_s: float = 60.0) -> None:
+                 watch_timeout_s: int = 60, max_backoff_s: float = 60.0, metrics: Metrics | None = None,
+                 contact: Contact | None = None, cache: bool = True) -> None:
         self.api = api
         self.namespace = namespace
-        self.reconciler = Reconciler(api)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.contact = contact if contact is not None else Contact()
+        self.cache: Cache | None = None
+        if cache:
+            self.cache = api.cache if api.cache is not None else Cache()
+            api.cache = self.cache
+        try:
+            self.reconciler = Reconciler(api, metrics=self.metrics)  # type: ignore[call-arg]
+        except TypeError:  # a Reconciler without the keyword reads the attribute
+            self.reconciler = Reconciler(api)
+            self.reconciler.metrics = self.metrics  # type: ignore[attr-defined]
         self.queue = WorkQueue()
+        self.metrics.track_queue(lambda: len(self.queue))
         self.workers = workers
         self.resync_s = resync_s
         self.watch_timeout_s = watch_timeout_s
@@ -91,6 +115,8 @@ class Controller:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.reconciles = 0
+        self._streams: dict[str, Any] = {}  # watch name -> its open response (closed by shutdown)
+        self._streams_lock = threading.Lock()
 
     # -- watches --------------------------------------------------------------------------
     def _sources(self) -> list[tuple[str, Callable[..., Any], tuple, dict, Callable[[dict], str | None]]]:
@@ -112,6 +138,38 @@ class Controller:
                 ("jobs", batch.list_job_for_all_namespaces, (), {"label_selector": MANAGED}, child_key),
                 ("pods", core.list_pod_for_all_namespaces, (), {"label_selector": MANAGED}, child_key)]
 
+    def _list(self, list_fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict:
+        resp = list_fn(*args, **kwargs, _preload_content=False, _request_timeout=(10, 120))
+        try:
+            return json.loads(resp.data)
+        finally:
+            resp.release_conn()
+
+    def _stream(self, name: str, list_fn: Callable[..., Any], args: tuple, kwargs: dict, rv: str) -> Iterator[dict]:
+        """One watch request's events, as raw dicts; an ERROR event (410 Gone above all) raises ApiException."""
+        resp = list_fn(*args, **kwargs, watch=True, resource_version=rv, allow_watch_bookmarks=True,
+                       timeout_seconds=self.watch_timeout_s, _preload_content=False,
+                       _request_timeout=(10, self.watch_timeout_s + 30))  # a silently dead connection ends too
+        with self._streams_lock:
+            self._streams[name] = resp
+        try:
+            if self.stop.is_set():
+                return
+            for line in iter_resp_lines(resp):
+                if not line:
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiException(status=status.get("code"), reason=f"{status.get('reason')}: "
+                                                                          f"{status.get('message')}")
+                yield event
+        finally:
+            with self._streams_lock:
+                self._streams.pop(name, None)
+            resp.close()
+            resp.release_conn()
+
     def _watch(self, name: str, list_fn: Callable[..., Any], args: tuple, kwargs: dict,
                key_of: Callable[[dict], str | None]) -> None:
         rv: str | None = None
@@ -119,22 +177,31 @@ class Controller:
         while not self.stop.is_set():
             try:
                 if rv is None:  # (re)list: everything now, then watch from there
-                    listing = self.api.plain(list_fn(*args, **kwargs))
-                    for item in listing.get("items") or []:
+                    listing = self._list(list_fn, args, kwargs)
+                    self.contact.touch()
+                    items = listing.get("items") or []
+                    rv = listing["metadata"]["resourceVersion"]
+                    if self.cache is not None:
+                        self.cache.replace(name, items, rv)
+                    for item in items:
                         if (key := key_of(item)) is not None:
                             self.queue.add(key)
-                    rv = listing["metadata"]["resourceVersion"]
-                stream = watch.Watch().stream(list_fn, *args, **kwargs, resource_version=rv,
-                                              allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s)
-                for event in stream:
-                    raw = event["raw_object"]
-                    rv = raw["metadata"]["resourceVersion"]
-                    if event["type"] != "BOOKMARK" and (key := key_of(raw)) is not None:
+                for event in self._stream(name, list_fn, args, kwargs, rv):
+                    obj = event["object"]
+                    rv = obj["metadata"]["resourceVersion"]
+                    self.contact.touch()
+                    self.metrics.watch_event(name)
+                    if self.cache is not None:
+                        self.cache.apply(name, event["type"], obj)
+                    if event["type"] != "BOOKMARK" and (key := key_of(obj)) is not None:
                         self.queue.add(key)
                     if self.stop.is_set():
                         return
+                self.contact.touch()  # the watch ended at its timeout: the server answered
                 backoff = 0.5
             except ApiException as exc:
+                if self.stop.is_set():
+                    return
                 if exc.status == 410:  # our resourceVersion is too old: relist (nothing is lost, it is a level)
                     log.info("watch %s: 410 Gone, relisting", name)
                     rv = None
@@ -144,6 +211,8 @@ class Controller:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
             except Exception as exc:  # noqa: BLE001: a watch thread must never die (a bad object, a dropped socket)
+                if self.stop.is_set():
+                    return
                 log.warning("watch %s: %s: %s; retrying in %.1f s", name, type(exc).__name__, exc, backoff)
                 rv = None
                 self.stop.wait(backoff)
@@ -151,13 +220,16 @@ class Controller:
 
     # -- workers --------------------------------------------------------------------------
     def _work(self) -> None:
+        while self.cache is not None and not self.stop.is_set() and not self.cache.wait_synced(0.2):
+            pass  # reconciling before every watch has listed would read "no Job" for a running attempt
         while not self.stop.is_set():
             key = self.queue.get(timeout=0.5)
             if key is None:
                 continue
             namespace, name = key.split("/", 1)
             try:
-                result = self.reconciler.reconcile(namespace, name)
+                with self.metrics.reconcile():
+                    result = self.reconciler.reconcile(namespace, name)
                 self.reconciles += 1
                 self.failures.pop(key, None)
                 log.debug("reconciled %s: %s", key, result)
@@ -183,10 +255,16 @@ class Controller:
             self.queue.done(key)
 
     def _resync(self) -> None:
+        """Re-queue every TrainingJob: the cached keys (no request), or a list when there is no cache."""
         while not self.stop.wait(self.resync_s):
             try:
-                for item in self.api.list_training_jobs(self.namespace).get("items") or []:
-                    self.queue.add(f"{item['metadata']['namespace']}/{item['metadata']['name']}")
+                if self.cache is not None:
+                    keys = [f"{ns}/{name}" for ns, name in self.cache.keys("trainingjobs", self.namespace)]
+                else:
+                    keys = [f"{item['metadata']['namespace']}/{item['metadata']['name']}"
+                            for item in self.api.list_training_jobs(self.namespace).get("items") or []]
+                for key in keys:
+                    self.queue.add(key)
             except Exception as exc:  # noqa: BLE001
                 log.warning("resync: %s", exc)
 
@@ -201,8 +279,24 @@ class Controller:
             t.start()
         return self
 
-    def shutdown(self, wait_s: float = 10.0) -> None:
+    def dead_threads(self) -> list[str]:
+        """Threads that ended although nobody asked them to (what the liveness probe reports)."""
+        if self.stop.is_set():
+            return []
+        return [t.name for t in self.threads if not t.is_alive()]
+
+    def shutdown(self, wait_s: float = 2.0) -> bool:
+        """Stops the watches at once (their open streams are closed) and the workers after the reconcile they
+        are in; True when every worker has stopped within `wait_s`."""
         self.stop.set()
+        with self._streams_lock:
+            streams = list(self._streams.values())
+        for resp in streams:
+            try:
+                resp.shutdown()  # unblocks the thread reading it
+            except Exception:  # noqa: BLE001: already closed or released: nothing to unblock
+                pass
         deadline = time.monotonic() + wait_s
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads if t.name.startswith("worker-"))

@@ -1,4 +1,9 @@
-"""`shardctl controller`: load the cluster config, optionally win the leader Lease, run the loop."""
+"""`shardctl controller`: load the cluster config, serve health and metrics, optionally win the leader
+Lease, run the loop; on SIGTERM stop promptly and hand the Lease over.
+
+Exit status: 0 after SIGTERM/SIGINT; 1 when the leader could not renew its Lease (Kubernetes restarts
+the container, which then waits for the Lease like any candidate) or a thread it needs died.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 
 def api_client(server: str | None, kubeconfig: str | None, context: str | None, connections: int = 16):
@@ -28,34 +34,60 @@ def api_client(server: str | None, kubeconfig: str | None, context: str | None, 
 
 def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
         leader_election_namespace: str | None, resync_s: float, workers: int, log_level: str,
-        watch_timeout_s: int = 60) -> int:
+        watch_timeout_s: int = 60, health_port: int | None = 8081, cache: bool = True,
+        lease_s: int = 15, shutdown_s: float = 1.5) -> int:
+    from orchestrator.controller.health import Contact, Health, HealthServer, probe_api
     from orchestrator.controller.kube import KubeApi
     from orchestrator.controller.leader import LeaderElector
     from orchestrator.controller.loop import Controller
+    from orchestrator.controller.metrics import Metrics
 
     logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("shardctl.controller")
-    api = KubeApi(api_client(server, kubeconfig, context, connections=workers + 6))
+    client = api_client(server, kubeconfig, context, connections=workers + 6)
+    api = KubeApi(client)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    elector = None
+    contact, metrics = Contact(), Metrics()
+    health = Health(contact, lambda: probe_api(client), metrics=metrics)
+    server_ = HealthServer(health, metrics, health_port).start() if health_port is not None else None
+
+    elector, election_stop, election = None, threading.Event(), None
     if leader_election_namespace:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(api, leader_election_namespace, identity)
-        threading.Thread(target=elector.run, args=(stop,), name="leader-election", daemon=True).start()
+        elector = LeaderElector(api, leader_election_namespace, identity, lease_s=lease_s, on_contact=contact.touch,
+                               release_on_stop=True)
+        election = threading.Thread(target=elector.run, args=(election_stop,), name="leader-election", daemon=True)
+        election.start()
+        health.watch_threads(lambda: [] if election.is_alive() or election_stop.is_set() else ["leader-election"])
         log.info("waiting for the leader lease as %s", identity)
-        while not stop.is_set() and not elector.leading.wait(0.5):
+        while not stop.is_set() and not elector.leading.wait(0.2):
             pass
-    if stop.is_set():
-        return 0
-    controller = Controller(api, namespace=namespace, workers=workers, resync_s=resync_s,
-                            watch_timeout_s=watch_timeout_s).start()
-    log.info("controller running (namespace %s)", namespace or "all")
-    while not stop.wait(0.5):
-        if elector is not None and not elector.leading.is_set():
-            log.error("lost the leader lease: exiting so that only the leader acts")
-            controller.shutdown(5)
-            return 1
-    controller.shutdown()
-    return 0
+    metrics.set_leading(not stop.is_set())
+
+    controller = None
+    code = 0
+    if not stop.is_set():
+        controller = Controller(api, namespace=namespace, workers=workers, resync_s=resync_s,
+                                watch_timeout_s=watch_timeout_s, metrics=metrics, contact=contact, cache=cache).start()
+        health.watch_threads(controller.dead_threads)
+        log.info("controller running (namespace %s)", namespace or "all")
+        while not stop.wait(0.2):
+            if elector is not None and not elector.leading.is_set():
+                log.error("lost the leader lease: exiting so that only the leader acts")
+                code = 1
+                break
+    metrics.set_leading(False)
+    started = time.monotonic()
+    workers_stopped = controller.shutdown(shutdown_s) if controller is not None else True
+    if elector is not None and election is not None:
+        if not workers_stopped:  # a reconcile still runs: let the Lease expire rather than hand it over now
+            elector.release_on_stop = False
+            log.warning("a reconcile outlived the shutdown: the lease is left to expire")
+        election_stop.set()
+        election.join(1.0)
+    if server_ is not None:
+        server_.stop()
+    log.info("controller stopped in %.2f s", time.monotonic() - started)
+    return code

@@ -1,32 +1,46 @@
-"""One reconcile of one TrainingJob: level-triggered, idempotent, safe to kill at any point.
+"""The executor of Kubernetes jobs: one reconcile of one TrainingJob, level-triggered and idempotent.
 
-The TrainingJob's status is the record (there is no other store on Kubernetes). Every decision
-is written to the status first, conditional on the resourceVersion that was read (a 409 means
-someone else moved first: read again), and acted on after: an attempt is `starting` in the
-status before its Job exists, and `running` only after. Children have deterministic names
-(`NAME-aN`), so a controller that dies after creating them and before recording it finds them
-again (AlreadyExists) instead of creating a second Job. The same classifier and fallback policy
-as the local and Slurm targets decide what happens after a failure.
+The TrainingJob's status is the record. A reconcile reads it, observes the open attempt through
+the Kubernetes target, asks the shared lifecycle core (lifecycle.moves.next_move) for the next
+move, applies the move to the status, writes it conditional on the resourceVersion that was read
+(a 409 means someone else moved first: read again), and only then acts. Moves that need no
+action (an attempt ended, the next one decided) are applied together and written once. An attempt
+is `starting` in the status before its children exist and `running` only after; children have
+deterministic names (`NAME-aN`), so a controller that dies after creating them and before
+recording it adopts them (AlreadyExists) instead of creating a second Job.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
 
 from orchestrator.compile import CompileError
+from orchestrator.compile.rungs import describe
 from orchestrator.controller.kube import KubeApi
-from orchestrator.controller.observe import observe
-from orchestrator.plan.choose import fit_predicate, starting_point
+from orchestrator.errors import SubmitError
+from orchestrator.lifecycle.classify import Failure
+from orchestrator.lifecycle.fallback import RETRY_RUNG
+from orchestrator.lifecycle.moves import (Adopt, AttemptView, EndAttempt, Finish, JobView, Move, Observation, Seen,
+                                          Start, Submit, Wait, cannot_render, next_move, refused)
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
+from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
-from orchestrator.supervise.classify import Failure, classify
-from orchestrator.supervise.fallback import Next, describe, next_step
-from orchestrator.targets.k8s_render import KubeRequest, RenderError, attempt_name, manifests
+from orchestrator.targets.base import AttemptRef
+from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
+from orchestrator.targets.kubernetes import KubernetesTarget
 
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+class Reconciled(StrEnum):
+    """What one reconcile did (the loop requeues at once after MOVED)."""
+
+    GONE = "gone"  # deleted, or being deleted
+    DONE = "done"  # already ended
+    WAITING = "running"  # an attempt runs (or waits): the next event or resync looks again
+    MOVED = "moved"
 
 
 def _now() -> str:
@@ -50,129 +64,162 @@ def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_condition(status: TrainingJobStatus, kind: str, value: str, reason: str, message: str,
-                  generation: int | None) -> None:
-    """metav1.Condition semantics: lastTransitionTime moves only when the status value changes."""
+                  generation: int | None) -> bool:
+    """metav1.Condition semantics: lastTransitionTime moves only when the status value changes.
+    Returns True when anything changed."""
     for i, c in enumerate(status.conditions):
         if c.type == kind:
-            moved = c.status != value
+            if (c.status, c.reason, c.message) == (value, reason, message):
+                return False
             status.conditions[i] = Condition(type=kind, status=value, reason=reason, message=message,
-                                             lastTransitionTime=_now() if moved else c.last_transition_time,
+                                             lastTransitionTime=_now() if c.status != value else c.last_transition_time,
                                              observedGeneration=generation)
-            return
+            return True
     status.conditions.append(Condition(type=kind, status=value, reason=reason, message=message,
                                        lastTransitionTime=_now(), observedGeneration=generation))
+    return True
 
 
-def _job_to_dict(job: TrainingJob) -> dict[str, Any]:
-    return job.model_dump(mode="json", by_alias=True)
+def _view(job: TrainingJob, status: TrainingJobStatus) -> JobView:
+    return JobView(spec=job, on_gpu=True, attempts=[
+        AttemptView(a.number, AttemptState(a.state), TrainingJob.model_validate(a.spec), _failure(a))
+        for a in status.attempts])
+
+
+def _failure(a: AttemptStatus) -> Failure | None:
+    if a.state != AttemptState.FAILED and a.state != AttemptState.CANCELLED:
+        return None
+    f = a.failure
+    return Failure(FailureKind(f.kind) if f else FailureKind.UNKNOWN, f.reason if f else "", f.evidence if f else "")
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi) -> None:
+    def __init__(self, api: KubeApi, metrics: Any = None) -> None:
         self.api = api
+        self.metrics = metrics  # controller.metrics.Metrics, when the loop runs one
 
-    def reconcile(self, namespace: str, name: str) -> str:
-        """Moves the job as far as it can go now; returns what it did (for logs and tests)."""
+    def reconcile(self, namespace: str, name: str) -> Reconciled:
+        """Moves the job as far as it can go now; returns what it did (for the loop, logs and tests)."""
         obj = self.api.get_training_job(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return "gone"
+            return Reconciled.GONE
         status = TrainingJobStatus.model_validate(obj.get("status") or {})
-        if status.phase in TERMINAL:
-            return "done"
+        if status.phase is not None and Phase(status.phase).job_state.terminal:
+            return Reconciled.DONE
         try:
             job = training_job(obj)
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            return self._finish(obj, status, "Failed", "InvalidSpec", f"invalid spec: {errors}", warning=True)
-        if not status.attempts:
-            first, origin, why = starting_point(job, on_gpu=True)
-            return self._start(obj, status, job, 1, first, origin, why)
-        last = status.attempts[-1]
-        if last.state == "starting":
-            return self._create_children(obj, status, last)
-        if last.state == "running":
-            return self._watch(obj, status, job, last)
-        return self._decide(obj, status, job)
+            self._finish(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), "InvalidSpec")
+            return Reconciled.MOVED
+        target = KubernetesTarget(api=self.api, namespace=namespace, owner=owner_reference(obj))
+        moved = False
+        while True:
+            last = status.attempts[-1] if status.attempts else None
+            observed = self._observe(target, job, last) if last is not None and not AttemptState(last.state).ended \
+                else None
+            move = next_move(_view(job, status), observed)
+            if isinstance(move, Wait):
+                if self._waiting(obj, status, move):
+                    self._write(obj, status)
+                    moved = True
+                return Reconciled.MOVED if moved else Reconciled.WAITING
+            obj, status, stop = self._apply(obj, status, job, target, move)
+            moved = True
+            if stop:
+                return Reconciled.MOVED
 
-    # -- steps, each ending in one status write ------------------------------------------
+    def _observe(self, target: KubernetesTarget, job: TrainingJob, attempt: AttemptStatus) -> Observation:
+        if attempt.state == AttemptState.STARTING:
+            return Observation(Seen.NOT_SUBMITTED)  # submitting is idempotent: the Submit move adopts what exists
+        return target.describe(attempt.job_name, self._ref(job, attempt.number))
+
+    @staticmethod
+    def _ref(job: TrainingJob, number: int) -> AttemptRef:
+        return AttemptRef(job.metadata.name, number, "", checkpoint_dir(job), "", "")
+
+    # -- moves: each returns (obj, status, stop) ------------------------------------------------
+    def _apply(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget,
+               move: Move) -> tuple[dict, TrainingJobStatus, bool]:
+        gen = obj["metadata"].get("generation")
+        if isinstance(move, Start):
+            try:  # a fallback config that cannot render ends the job here, with the reason
+                target.render(move.job, self._ref(job, move.number))
+            except (CompileError, RenderError) as exc:
+                self._finish(obj, status, cannot_render(move.number, exc), "CannotRender")
+                return obj, status, True
+            if move.number > 1:
+                self.api.event(obj, "FallingBack", move.reason)
+                if self.metrics is not None:
+                    self.metrics.fell_back(move.rung or RETRY_RUNG)
+            status.attempts.append(AttemptStatus(
+                number=move.number, state=AttemptState.STARTING, config=describe(move.job), rung=move.rung,
+                reason=move.reason, jobName=attempt_name(job.metadata.name, move.number),
+                spec=move.job.model_dump(mode="json", by_alias=True)))
+            status.phase = Phase.PENDING if move.number == 1 else Phase.RUNNING
+            obj = self._write(obj, status)
+            return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
+        if isinstance(move, Submit):
+            attempt = status.attempts[move.number - 1]
+            spec = TrainingJob.model_validate(attempt.spec)
+            ref = self._ref(job, move.number)
+            try:
+                target.submit(target.render(spec, ref), ref)
+            except SubmitError as exc:
+                return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"))
+            attempt.state = AttemptState.RUNNING
+            attempt.started_at = _now()
+            status.phase = Phase.RUNNING
+            set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
+                          gen)
+            obj = self._write(obj, status)
+            self.api.event(obj, "AttemptStarted", f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}")
+            return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
+        if isinstance(move, Adopt):  # not reached on Kubernetes (Submit adopts), kept for completeness of moves
+            status.attempts[move.number - 1].state = AttemptState.RUNNING
+            return obj, status, False
+        if isinstance(move, EndAttempt):
+            attempt = status.attempts[move.number - 1]
+            attempt.state = move.state
+            attempt.ended_at = _now()
+            f = move.failure
+            attempt.failure = FailureStatus(kind=f.kind, reason=f.reason, evidence=f.evidence) if f else \
+                FailureStatus(kind="succeeded", reason="exited 0")
+            if self.metrics is not None:
+                self.metrics.attempt_ended(f.kind if f else "succeeded")
+            if f is not None:
+                self.api.event(obj, "AttemptFailed", f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True)
+            return obj, status, False  # decided next, written together
+        assert isinstance(move, Finish)
+        self._finish(obj, status, move)
+        return obj, status, True
+
+    def _waiting(self, obj: dict, status: TrainingJobStatus, move: Wait) -> bool:
+        """A stalled attempt says so in a condition (and an Event when it starts to); True when that changed."""
+        gen = obj["metadata"].get("generation")
+        if move.stalled:
+            reason, _, message = move.detail.partition(": ")
+            changed = set_condition(status, "Stalled", "True", reason or "Stalled", message or move.detail, gen)
+            if changed:
+                self.api.event(obj, reason or "Stalled", message or move.detail, warning=True)
+            return changed
+        return set_condition(status, "Stalled", "False", "Progressing", "", gen) if any(
+            c.type == "Stalled" and c.status == "True" for c in status.conditions) else False
+
     def _write(self, obj: dict, status: TrainingJobStatus) -> dict:
         status.observed_generation = obj["metadata"].get("generation")
         status.current_attempt = status.attempts[-1].number if status.attempts else None
         body = {**obj, "status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
         return self.api.write_status(body)
 
-    def _finish(self, obj: dict, status: TrainingJobStatus, phase: str, reason: str, message: str,
-                warning: bool = False) -> str:
-        status.phase, status.message = phase, message  # type: ignore[assignment]
-        set_condition(status, "Running", "False", reason, message, obj["metadata"].get("generation"))
-        set_condition(status, "Complete" if phase == "Succeeded" else "Failed", "True", reason, message,
-                      obj["metadata"].get("generation"))
+    def _finish(self, obj: dict, status: TrainingJobStatus, move: Finish, reason: str | None = None) -> None:
+        phase = Phase.of(move.state)
+        reason = reason or ("Succeeded" if move.state is JobState.SUCCEEDED else
+                            "Cancelled" if move.state is JobState.CANCELLED else "FallbackStopped")
+        gen = obj["metadata"].get("generation")
+        status.phase, status.message = phase, move.reason
+        set_condition(status, "Running", "False", reason, move.reason, gen)
+        set_condition(status, "Complete" if move.state is JobState.SUCCEEDED else "Failed", "True", reason,
+                      move.reason, gen)
         self._write(obj, status)
-        self.api.event(obj, reason, message, warning=warning)
-        return f"finished {phase}"
-
-    def _start(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, number: int, spec: TrainingJob,
-               rung: str | None, reason: str) -> str:
-        try:  # a fallback config that cannot render ends the job here, with the reason
-            manifests(spec, KubeRequest(attempt=number, namespace=obj["metadata"]["namespace"]))
-        except (CompileError, RenderError) as exc:
-            return self._finish(obj, status, "Failed", "CannotRender", f"attempt {number} cannot run: {exc}",
-                                warning=True)
-        status.attempts.append(AttemptStatus(
-            number=number, state="starting", config=describe(spec), rung=rung, reason=reason,
-            jobName=attempt_name(job.metadata.name, number), spec=_job_to_dict(spec)))
-        status.phase = "Pending" if number == 1 else "Running"
-        self._write(obj, status)
-        return f"recorded attempt {number}"
-
-    def _create_children(self, obj: dict, status: TrainingJobStatus, attempt: AttemptStatus) -> str:
-        ns = obj["metadata"]["namespace"]
-        spec = TrainingJob.model_validate(attempt.spec)
-        if attempt.number > 1:  # the previous attempt's Service and ConfigMap (its Job stays, for its logs)
-            self.api.retire_attempt(ns, attempt_name(spec.metadata.name, attempt.number - 1))
-        objects, _ = manifests(spec, KubeRequest(attempt=attempt.number, namespace=ns, owner=owner_reference(obj)))
-        created = [o["kind"] for o in objects if self.api.create(o)]
-        attempt.state = "running"
-        attempt.started_at = _now()
-        status.phase = "Running"
-        set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
-                      obj["metadata"].get("generation"))
-        self._write(obj, status)
-        self.api.event(obj, "AttemptStarted", f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"
-                       + ("" if "Job" in created else " (adopted: it already existed)"))
-        return f"started attempt {attempt.number}"
-
-    def _watch(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, attempt: AttemptStatus) -> str:
-        ns = obj["metadata"]["namespace"]
-        k8s_job = self.api.get_job(ns, attempt.job_name)
-        if k8s_job is None:
-            failure = Failure("preempted", "the attempt's Job was deleted from outside; resuming")
-        else:
-            ended = observe(k8s_job, self.api.job_pods(ns, attempt.job_name))
-            if ended is None:
-                return "running"
-            outcome, detail = ended
-            failure = classify(outcome)
-            if failure.kind != "succeeded":
-                failure = Failure(failure.kind, f"{failure.reason} ({detail})", failure.evidence)
-        attempt.state = failure.end_state
-        attempt.ended_at = _now()
-        attempt.failure = FailureStatus(kind=failure.kind, reason=failure.reason, evidence=failure.evidence)
-        if failure.kind != "succeeded":
-            self.api.event(obj, "AttemptFailed", f"attempt {attempt.number}: {failure.kind}: {failure.reason}",
-                           warning=True)
-        return self._decide(obj, status, job)
-
-    def _decide(self, obj: dict, status: TrainingJobStatus, job: TrainingJob) -> str:
-        last = status.attempts[-1]
-        failure = Failure(last.failure.kind if last.failure else "unknown",  # type: ignore[arg-type]
-                          last.failure.reason if last.failure else "", last.failure.evidence if last.failure else "")
-        history = [TrainingJob.model_validate(a.spec) for a in status.attempts]
-        decision = next_step(job, history, failure, fits=fit_predicate(job, on_gpu=True))
-        if not isinstance(decision, Next):
-            if failure.kind == "succeeded":
-                return self._finish(obj, status, "Succeeded", "Succeeded", f"attempt {last.number} succeeded")
-            return self._finish(obj, status, "Failed", "FallbackStopped", decision.reason, warning=True)
-        self.api.event(obj, "FallingBack", decision.reason)
-        result = self._start(obj, status, job, last.number + 1, decision.job, decision.rung, decision.reason)
-        return result
+        self.api.event(obj, reason, move.reason, warning=move.state is not JobState.SUCCEEDED)

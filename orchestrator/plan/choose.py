@@ -12,7 +12,7 @@ from collections.abc import Callable
 from orchestrator.plan.planner import DEFAULT_SEQ_LEN, plan, predicts_fit
 from orchestrator.plan.report import gib
 from orchestrator.plan.size import model_shape
-from orchestrator.supervise.fallback import describe
+from orchestrator.compile.rungs import describe
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 

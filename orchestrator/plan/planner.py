@@ -13,8 +13,8 @@ from orchestrator.plan.memory import CUDA, Estimate, estimate
 from orchestrator.plan.size import ModelShape, model_shape
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
-from orchestrator.supervise.classify import Failure
-from orchestrator.supervise.fallback import AUTO_LADDER, RUNG_FUNCTIONS, config_key
+from orchestrator.spec.states import FailureKind
+from orchestrator.compile.rungs import RUNG_FUNCTIONS, config_key, ladder as ladder_of
 
 MARGIN = 0.08  # keep this share of the GPU free: the estimate is a model, not a measurement
 DEFAULT_SEQ_LEN = 2048
@@ -24,7 +24,7 @@ FORMAT = 1
 # alongside memory): recomputation costs about one more forward; offload is bound by PCIe.
 COST = {"activation_checkpointing": 1.33, "offload_optimizer": 1.6, "offload_params": 2.5, "nvme": 4.0,
         "full": 1.1, "hybrid": 1.05, "grad_op": 1.03, "optimizer": 1.0, "none": 1.0, "halved_micro_batch": 1.1}
-_PROBE = Failure("cuda_oom", "planning", "")
+_PROBE = FailureKind.CUDA_OOM  # plan as the fallback would move after a CUDA OOM
 
 
 @dataclass
@@ -94,7 +94,7 @@ def relative_cost(job: TrainingJob, original_micro: int) -> float:
 def candidates(job: TrainingJob, limit: int = 16) -> list[tuple[TrainingJob, str]]:
     """The spec, then each step of its ladder as the fallback would take it after a CUDA OOM, and the
     neighbours one rung away from every step (a rung skipped, not only taken in order)."""
-    ladder = AUTO_LADDER if job.spec.fallback.ladder == "auto" else tuple(job.spec.fallback.ladder)
+    ladder = ladder_of(job)
     out: list[tuple[TrainingJob, str]] = [(job, "spec")]
     seen = {config_key(job)}
     frontier = [(job, "spec")]

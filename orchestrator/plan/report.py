@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
-from orchestrator.supervise.fallback import describe
+from orchestrator.compile.rungs import describe
 
 
 def gib(n: int) -> str:

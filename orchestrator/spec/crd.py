@@ -9,6 +9,14 @@ become `x-kubernetes-int-or-string` or `x-kubernetes-preserve-unknown-fields`; t
 validates every resource with the pydantic model anyway, with the same error messages as
 `shardctl validate`.
 
+What can be refused at admission is refused there, so that `kubectl apply` answers at once
+instead of a TrainingJob that fails a second later: every property carries its pydantic
+description (`kubectl explain trainingjob.spec.batch`), `metadata.name` must be a DNS-1123 label
+(it names pods and host names), and CEL rules (`x-kubernetes-validations`) state the cross-field
+rules of orchestrator.compile.rules that CEL can state exactly (RULES below). The rules that
+depend on `sharding` are left to the controller: the model accepts native spellings (FULL_SHARD,
+zero3, 3, with any case, spaces, `_` or `-`), and CEL cannot normalise them exactly.
+
     python -m orchestrator.spec.crd      # rewrites manifests/crd.yaml and the chart's copy
 """
 
@@ -19,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.spec.models import API_VERSION, KIND, TrainingJobSpec
+from orchestrator.spec.models import _DNS1123_LABEL, API_VERSION, KIND, TrainingJobSpec
 from orchestrator.spec.status import TrainingJobStatus
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -29,6 +37,51 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = (ROOT / "manifests" / "crd.yaml", ROOT / "charts" / "shardctl" / "crds" / "trainingjobs.yaml")
 
 _DROP = {"title", "examples", "default", "$schema", "$id", "$defs"}
+
+# CEL rules, by the path of the object they sit on inside spec ("" = spec itself). The CRD has no
+# defaults (the pydantic model owns them), so an absent field is the model's default and every rule
+# spells it out: backend fsdp, micro 1, one node of one GPU, offload none. A null is absent in CEL
+# (has() is false), as None is unset in the model. Only scalar fields are read: each rule's cost is
+# a constant, far below the API server's budget, whatever the size of the resource.
+_NVME = "has(self.offload) && has(self.offload.{0}) && self.offload.{0} == 'nvme'"
+_DEEPSPEED = "has(self.backend) && self.backend == 'deepspeed'"
+_OR_ONE = "(has(self.{0}) && has(self.{0}.{1}) ? self.{0}.{1} : 1)"
+RULES: dict[str, list[dict[str, str]]] = {
+    "": [
+        {"rule": "has(self.kubernetes) && has(self.kubernetes.image) && self.kubernetes.image != ''",
+         # the controller runs every TrainingJob as Indexed Jobs, whatever spec.target says (target is
+         # the CLI's choice): without an image the API refuses each attempt's Job (422)
+         "message": "an image is required: the controller runs every TrainingJob on Kubernetes",
+         "fieldPath": ".kubernetes.image", "reason": "FieldValueRequired"},
+        {"rule": "!has(self.batch) || !has(self.batch.global) || self.batch.global % ("
+                 + " * ".join((_OR_ONE.format("batch", "micro"), _OR_ONE.format("resources", "nodes"),
+                               _OR_ONE.format("resources", "gpus_per_node"))) + ") == 0",
+         "message": "must be a multiple of micro x world size (resources.nodes x resources.gpus_per_node): "
+                    "gradient accumulation = global / (micro x world size)",
+         "fieldPath": ".batch.global"},
+        *({"rule": f"!({_NVME.format(which)}) || ({_DEEPSPEED})",
+           "message": "NVMe offload exists only in DeepSpeed (ZeRO-Infinity); set backend: deepspeed, "
+                      "or offload to cpu",
+           "fieldPath": f".offload.{which}"} for which in ("optimizer", "params")),
+    ],
+    "offload": [
+        {"rule": "!((has(self.optimizer) && self.optimizer == 'nvme') || (has(self.params) && self.params == 'nvme'))"
+                 " || (has(self.nvme_path) && self.nvme_path != '')",
+         "message": "nvme offload needs nvme_path, a directory on a local NVMe drive",
+         "fieldPath": ".nvme_path", "reason": "FieldValueRequired"},
+    ],
+}
+_ROOT_DESCRIPTIONS = {
+    "apiVersion": "APIVersion defines the versioned schema of this representation of an object: "
+                  f"{API_VERSION}.",
+    "kind": f"Kind is a string value representing the REST resource this object represents: {KIND}.",
+}
+_METADATA = {
+    "type": "object",
+    "description": "Standard object metadata. The name must be a DNS-1123 label (at most 63 characters): it names "
+                   "the attempts' Jobs, pods and host names.",
+    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern}},
+}
 _TYPES_OF = {"integer", "number", "string", "boolean", "array", "object"}
 
 
@@ -102,8 +155,17 @@ def openapi_schema(model: type) -> dict[str, Any]:
     return _clean(_structural(schema, schema.get("$defs", {})))
 
 
+def _with_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    for path, rules in RULES.items():
+        node = spec
+        for name in filter(None, path.split(".")):
+            node = node["properties"][name]  # a KeyError here: the model lost a field a rule reads
+        node["x-kubernetes-validations"] = [dict(r) for r in rules]
+    return spec
+
+
 def crd() -> dict[str, Any]:
-    spec = openapi_schema(TrainingJobSpec)
+    spec = _with_rules(openapi_schema(TrainingJobSpec))
     spec["description"] = "The training request: the same fields as a shardctl job file's spec."
     status = openapi_schema(TrainingJobStatus)
     status["description"] = "Written by the shardctl controller."
@@ -133,8 +195,9 @@ def crd() -> dict[str, Any]:
                     "type": "object",
                     "description": "A training job for accelerate launch (FSDP or DeepSpeed), with OOM fallback.",
                     "required": ["spec"],
-                    "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                   "metadata": {"type": "object"}, "spec": spec, "status": status},
+                    "properties": {"apiVersion": {"type": "string", "description": _ROOT_DESCRIPTIONS["apiVersion"]},
+                                   "kind": {"type": "string", "description": _ROOT_DESCRIPTIONS["kind"]},
+                                   "metadata": _METADATA, "spec": spec, "status": status},
                 }},
             }],
         },

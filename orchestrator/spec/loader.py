@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from orchestrator.errors import ShardctlError, located
 from orchestrator.spec.models import TrainingJob
 
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; 1 MiB is generous and bounds the parser
@@ -28,12 +29,11 @@ class Problem:
     source: str = "<spec>"
 
     def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return located(self.source, self.line, self.field, self.message)
 
 
 @dataclass
-class SpecError(Exception):
+class SpecError(ShardctlError):
     problems: list[Problem] = field(default_factory=list)
 
     def __str__(self) -> str:

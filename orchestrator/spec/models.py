@@ -246,10 +246,13 @@ class Batch(_Strict):
 
 
 class Resources(_Strict):
-    nodes: int = Field(default=1, ge=1, le=4096)
-    gpus_per_node: int = Field(default=1, ge=1, le=64)
+    nodes: int = Field(default=1, ge=1, le=4096,
+                       description="Machines; one launcher each (on Kubernetes, one pod of the Indexed Job per node).")
+    gpus_per_node: int = Field(default=1, ge=1, le=64,
+                               description="GPUs per node: one training process each (nvidia.com/gpu on Kubernetes).")
     gpu_memory: ByteQuantity | None = Field(default=None, description="Memory of one GPU, e.g. 80GiB (used by plan).")
-    cpus_per_node: int | None = Field(default=None, ge=1)
+    cpus_per_node: int | None = Field(default=None, ge=1,
+                                      description="CPUs per node (sbatch --cpus-per-task; a Kubernetes CPU request).")
     memory_per_node: ByteQuantity | None = Field(
         default=None, description="Host memory per node; enforced as a real limit by every target.",
     )
@@ -278,13 +281,20 @@ class Fallback(_Strict):
 class FsdpOptions(_Strict):
     """FSDP knobs. Unset means shardctl applies the seeds' recommendation."""
 
-    version: Literal[1, 2] = 1
-    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] = "BACKWARD_PRE"
-    forward_prefetch: bool = False
-    use_orig_params: bool | None = None
-    cpu_ram_efficient_loading: bool | None = None
-    sync_module_states: bool | None = None
-    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = "SHARDED_STATE_DICT"
+    version: Literal[1, 2] = Field(default=1, description="FSDP version (fsdp_version); FSDP2 supports full and "
+                                                          "grad_op sharding only.")
+    backward_prefetch: Literal["BACKWARD_PRE", "BACKWARD_POST", "NO_PREFETCH"] = Field(
+        default="BACKWARD_PRE", description="fsdp_backward_prefetch (FSDP1): when the next parameters are gathered.")
+    forward_prefetch: bool = Field(default=False, description="fsdp_forward_prefetch (FSDP1).")
+    use_orig_params: bool | None = Field(
+        default=None, description="fsdp_use_orig_params (FSDP1). Unset: true; forced true with torch_compile.")
+    cpu_ram_efficient_loading: bool | None = Field(
+        default=None, description="fsdp_cpu_ram_efficient_loading: only rank 0 loads the weights. Unset: true.")
+    sync_module_states: bool | None = Field(
+        default=None, description="fsdp_sync_module_states (FSDP1): broadcast rank 0's weights. Unset: true; forced "
+                                  "true with cpu_ram_efficient_loading.")
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = Field(
+        default="SHARDED_STATE_DICT", description="fsdp_state_dict_type: how checkpoints are saved.")
 
 
 class DeepSpeedOptions(_Strict):
@@ -292,12 +302,16 @@ class DeepSpeedOptions(_Strict):
 
     zero3_init: bool | None = Field(default=None, description="zero3_init_flag (ZeRO-3 only).")
     save_16bit_model: bool | None = Field(default=None, description="zero3_save_16bit_model (ZeRO-3 only).")
-    gradient_clipping: float = Field(default=1.0, ge=0)
-    overlap_comm: bool = True
-    reduce_bucket_size: int | None = Field(default=None, ge=1)
-    allgather_bucket_size: int | None = Field(default=None, ge=1)
-    stage3_prefetch_bucket_size: int | None = Field(default=None, ge=1)
-    stage3_max_live_parameters: int | None = Field(default=None, ge=1)
+    gradient_clipping: float = Field(default=1.0, ge=0, description="gradient_clipping: the gradient norm cap.")
+    overlap_comm: bool = Field(default=True, description="zero_optimization.overlap_comm (ZeRO stages 1-3).")
+    reduce_bucket_size: int | None = Field(
+        default=None, ge=1, description="zero_optimization.reduce_bucket_size, in elements (ZeRO stages 1-3).")
+    allgather_bucket_size: int | None = Field(
+        default=None, ge=1, description="zero_optimization.allgather_bucket_size, in elements (ZeRO stages 1-3).")
+    stage3_prefetch_bucket_size: int | None = Field(
+        default=None, ge=1, description="zero_optimization.stage3_prefetch_bucket_size, in elements (ZeRO-3).")
+    stage3_max_live_parameters: int | None = Field(
+        default=None, ge=1, description="zero_optimization.stage3_max_live_parameters (ZeRO-3).")
 
 
 class SlurmOptions(_Strict):
@@ -325,51 +339,71 @@ class SlurmOptions(_Strict):
 
 
 class Toleration(_Strict):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] = "Equal"
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A pod toleration (core/v1 Toleration), in snake_case."""
+
+    key: str | None = Field(default=None, description="The taint key; unset with operator Exists: every taint.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Equal (key and value) or Exists.")
+    value: str | None = Field(default=None, description="The taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="The taint effect to tolerate; unset: every effect.")
+    toleration_seconds: int | None = Field(
+        default=None, description="NoExecute: how long the pod stays bound after the taint appears.")
 
 
 class Volume(_Strict):
-    name: DnsLabel
-    mount_path: str = Field(min_length=1)
+    """A volume mounted into the training container: a PVC, a Secret, a ConfigMap, or else an emptyDir."""
+
+    name: DnsLabel = Field(description="Volume name, a DNS-1123 label.")
+    mount_path: str = Field(min_length=1, description="Where the container sees it.")
     claim_name: str | None = Field(default=None, description="PersistentVolumeClaim to mount.")
     secret_name: str | None = Field(default=None, description="Secret to mount (by reference).")
-    config_map: str | None = None
-    read_only: bool = False
+    config_map: str | None = Field(default=None, description="ConfigMap to mount.")
+    read_only: bool = Field(default=False, description="Mount read-only (a read-only PVC cannot hold checkpoints).")
 
 
 class KubernetesOptions(_Strict):
-    image: str | None = Field(default=None, description="Training image (required for target kubernetes).")
-    namespace: DnsLabel | None = None
+    image: str | None = Field(default=None, description="Training image (required for target kubernetes, and so "
+                                                        "for every TrainingJob resource).")
+    namespace: DnsLabel | None = Field(default=None, description="Namespace of the attempt's objects (shardctl "
+                                                                 "submit); a resource's own namespace must match it.")
     queue: str | None = Field(default=None, description="Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class: str | None = None
-    service_account: str | None = None
-    volumes: list[Volume] = Field(default_factory=list)
+    node_selector: dict[str, str] = Field(default_factory=dict, description="The pods' nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="The pods' tolerations.")
+    priority_class: str | None = Field(default=None, description="The pods' priorityClassName.")
+    service_account: str | None = Field(default=None, description="The pods' serviceAccountName.")
+    volumes: list[Volume] = Field(
+        default_factory=list, description="Volumes for the training container; put checkpoint.dir on a writable PVC "
+                                          "so that a new attempt can resume.")
 
 
 class TrainingJobSpec(_Strict):
-    target: Target = "local"
-    entrypoint: Entrypoint
-    model: Model
-    backend: Backend = "fsdp"
-    sharding: ShardingField = "full"
-    precision: Precision = Field(default_factory=Precision)
-    offload: Offload = Field(default_factory=Offload)
-    activation_checkpointing: bool = False
+    target: Target = Field(default="local", description="local | slurm | kubernetes: where `shardctl submit` runs "
+                                                        "it. The controller runs every TrainingJob on Kubernetes.")
+    entrypoint: Entrypoint = Field(description="The training script, its arguments and environment.")
+    model: Model = Field(description="The model: where it is, its size (for plan), its FSDP wrap class.")
+    backend: Backend = Field(default="fsdp", description="fsdp | deepspeed: the same request compiles to either.")
+    sharding: ShardingField = Field(
+        default="full", description="none | optimizer | grad_op | full | hybrid; native spellings (FULL_SHARD, "
+                                    "SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD, zero3, a ZeRO stage number) are accepted "
+                                    "and normalised.")
+    precision: Precision = Field(default_factory=Precision,
+                                 description="Mixed precision for compute and the dtype the model is loaded in.")
+    offload: Offload = Field(default_factory=Offload, description="Optimizer and parameter offload to CPU or NVMe.")
+    activation_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass to save memory (FSDP: accelerate "
+                                   "does it; DeepSpeed: the script does, told by SHARDCTL_ACTIVATION_CHECKPOINTING).")
     torch_compile: bool = Field(default=False, description="The script uses torch.compile (FSDP then needs use_orig_params).")
-    batch: Batch = Field(default_factory=Batch)
-    resources: Resources = Field(default_factory=Resources)
-    checkpoint: Checkpoint = Field(default_factory=Checkpoint)
-    fallback: Fallback = Field(default_factory=Fallback)
+    batch: Batch = Field(default_factory=Batch, description="Micro-batch per GPU, global batch, sequence lengths.")
+    resources: Resources = Field(default_factory=Resources, description="Nodes, GPUs, CPUs and memory.")
+    checkpoint: Checkpoint = Field(default_factory=Checkpoint,
+                                   description="Where the script checkpoints; every attempt resumes from there.")
+    fallback: Fallback = Field(default_factory=Fallback,
+                               description="After an out-of-memory failure: the next, more frugal config.")
     fsdp: FsdpOptions = Field(default_factory=FsdpOptions)
     deepspeed: DeepSpeedOptions = Field(default_factory=DeepSpeedOptions)
-    slurm: SlurmOptions = Field(default_factory=SlurmOptions)
-    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
+    slurm: SlurmOptions = Field(default_factory=SlurmOptions, description="Options for target slurm (sbatch).")
+    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions,
+                                          description="Options for target kubernetes: image, queue, pod placement.")
 
     @property
     def world_size(self) -> int:
@@ -378,9 +412,9 @@ class TrainingJobSpec(_Strict):
 
 class TrainingJob(_Strict):
     apiVersion: Literal["shardctl.dev/v1alpha1"] = Field(description="Always shardctl.dev/v1alpha1.")
-    kind: Literal["TrainingJob"]
-    metadata: Metadata
-    spec: TrainingJobSpec
+    kind: Literal["TrainingJob"] = Field(description="Always TrainingJob.")
+    metadata: Metadata = Field(description="Name, namespace and labels.")
+    spec: TrainingJobSpec = Field(description="The training request.")
 
     def with_spec(self, **changes: Any) -> TrainingJob:
         """A copy with spec fields replaced (nested models by value); used by the fallback."""

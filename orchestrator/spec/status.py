@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from orchestrator.spec.states import AttemptState, Phase
+
 from pydantic import BaseModel, ConfigDict, Field
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
 
 
 class _Status(BaseModel):
@@ -24,16 +25,17 @@ class FailureStatus(_Status):
 
 
 class AttemptStatus(_Status):
-    number: int = Field(ge=1)
-    state: Literal["starting", "running", "succeeded", "failed", "cancelled"]
+    number: int = Field(ge=1, description="1 for the first attempt; each fallback adds one.")
+    state: AttemptState = Field(description="starting (recorded, its Job not yet known to exist), running, "
+                                            "succeeded, failed or cancelled.")
     config: str = Field(description="The attempt's config in one line, e.g. 'deepspeed ZeRO-3, micro 4 x accum 2'.")
     rung: str | None = Field(default=None, description="The fallback rung that produced this attempt.")
     reason: str = Field(default="", description="Why this attempt was started.")
     job_name: str = Field(alias="jobName", description="The batch/v1 Job of this attempt.")
     spec_hash: str | None = Field(default=None, alias="specHash", description="Hash of the attempt's full spec.")
-    started_at: str | None = Field(default=None, alias="startedAt")
-    ended_at: str | None = Field(default=None, alias="endedAt")
-    failure: FailureStatus | None = None
+    started_at: str | None = Field(default=None, alias="startedAt", description="When its Job was created (RFC 3339).")
+    ended_at: str | None = Field(default=None, alias="endedAt", description="When it was seen to end (RFC 3339).")
+    failure: FailureStatus | None = Field(default=None, description="How it ended, once it has.")
     spec: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
         description="The attempt's full TrainingJob (the fallback policy reads every earlier attempt's).")
@@ -42,18 +44,24 @@ class AttemptStatus(_Status):
 class Condition(_Status):
     """metav1.Condition."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    last_transition_time: str = Field(alias="lastTransitionTime")
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    type: str = Field(description="What the condition is about, e.g. Running, Complete, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                        description="One CamelCase word for machines, e.g. AttemptRunning, PodsRefused.")
+    message: str = Field(default="", description="For people: what happened, in the API's own words where it "
+                                                 "has some.")
+    last_transition_time: str = Field(alias="lastTransitionTime",
+                                      description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration",
+                                            description="The metadata.generation the condition was set from.")
 
 
 class TrainingJobStatus(_Status):
     phase: Phase | None = None
-    current_attempt: int | None = Field(default=None, alias="currentAttempt")
-    attempts: list[AttemptStatus] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    current_attempt: int | None = Field(default=None, alias="currentAttempt",
+                                        description="The newest attempt's number.")
+    attempts: list[AttemptStatus] = Field(default_factory=list, description="Every attempt, oldest first.")
+    conditions: list[Condition] = Field(default_factory=list, description="The job's conditions (metav1.Condition).")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration",
+                                            description="The metadata.generation this status was written for.")
     message: str | None = Field(default=None, description="Why the job is in its phase.")

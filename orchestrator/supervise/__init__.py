@@ -1,1 +1,1 @@
-"""How a run ended (classify), what to try next (fallback, pure), and the loop that applies them."""
+"""The executor of store-backed jobs (local and Slurm): the supervisor loop, its daemon and the judge step."""

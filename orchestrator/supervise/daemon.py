@@ -28,7 +28,7 @@ def main() -> None:
           flush=True)
     supervisor = Supervisor(store, job.id, target)
     final = supervisor.advance() if once else supervisor.run()  # --once: the Slurm judge
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {job.id}: {final or 'already supervised elsewhere'}",
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {job.id}: {final or 'supervised elsewhere'}",
           flush=True)
 
 

@@ -1,9 +1,9 @@
-"""The loop that watches one job: start an attempt, wait for its end, classify, fall back, repeat.
+"""The executor of store-backed jobs (local and Slurm): the lifecycle core decides, this applies.
 
-Every decision is written to the store before it is acted on, and every step starts by reading
-the store, so a supervisor killed at any point is replaced by the next one without losing or
-repeating an attempt: a per-job file lock makes sure there is only ever one, and `recover`
-finds an attempt that was submitted but not yet recorded. Works with any target.
+Every move is written to the store before it is acted on, and every step starts by reading the
+store, so a supervisor killed at any point is replaced by the next one without losing or
+repeating an attempt: a per-job file lock makes sure there is only ever one, and the target's
+`recover` finds an attempt that was submitted but not yet recorded. Works with any target.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.plan.choose import fit_predicate, starting_point
+from orchestrator.errors import StoreError, SubmitError
+from orchestrator.lifecycle.classify import Failure
+from orchestrator.lifecycle.moves import (Adopt, AttemptView, EndAttempt, Finish, JobView, Move, Observation, Seen,
+                                          Start, Submit, Wait, cannot_render, next_move, refused)
 from orchestrator.procfiles import spawn_detached
 from orchestrator.spec.models import TrainingJob
-from orchestrator.store import AttemptRecord, JobRecord, Store, StoreError
-from orchestrator.supervise.classify import Failure, classify
-from orchestrator.supervise.fallback import Next, next_step
-from orchestrator.targets.base import AttemptRef, SubmitError, Target
+from orchestrator.spec.states import AttemptState, FailureKind, JobState
+from orchestrator.store import AttemptRecord, JobRecord, Store
+from orchestrator.targets.base import AttemptRef, DryRun, Target
 
 POLL_S = 0.1
 LOCK_NAME = "supervisor.lock"
@@ -90,23 +91,25 @@ def checkpoint_summary(checkpoint_dir: str) -> str | None:
 
 
 class Supervisor:
+    """The executor for store-backed jobs: read the record, observe the open attempt, ask the lifecycle
+    core for the next move, write it, then act on it through the target."""
+
     def __init__(self, store: Store, job_id: str, target: Target) -> None:
         self.store = store
         self.job_id = job_id
         self.target = target
         self.cancel_sent = False
-        self.on_gpu = not getattr(target, "cpu", False)  # the planner applies to GPU runs only
 
     def ref(self, job: JobRecord, number: int) -> AttemptRef:
         run_dir = str(Path(job.job_dir) / f"attempt-{number}")
         return AttemptRef(job.id, number, run_dir, job.checkpoint_dir, job.workdir, f"{run_dir}/output.log")
 
-    def run(self) -> str:
-        """Until the job ends; returns its final state ('' when another supervisor holds the job)."""
+    def run(self) -> JobState | None:
+        """Until the job ends; returns its final state (None when another supervisor holds the job)."""
         job = self.store.get_job(self.job_id)
         lock = JobLock(job.job_dir)
         if not lock.acquire():
-            return ""
+            return None
         try:
             caught_up = False
             while True:
@@ -121,13 +124,13 @@ class Supervisor:
         finally:
             lock.release()
 
-    def advance(self) -> str:
+    def advance(self) -> JobState | None:
         """Every move that needs no waiting, then return: how the Slurm judge and the CLI drive a job
-        whose target starts the next look itself. Returns the job's state ('' when another holds it)."""
+        whose target starts the next look itself. Returns the job's state (None when another holds it)."""
         job = self.store.get_job(self.job_id)
         lock = JobLock(job.job_dir)
         if not lock.acquire():
-            return ""
+            return None
         try:
             while True:
                 job = self.store.get_job(self.job_id)
@@ -137,114 +140,102 @@ class Supervisor:
             lock.release()
 
     def step(self, job: JobRecord) -> bool:
-        """One move of the state machine; False when there was nothing to do but wait."""
+        """One move of the lifecycle; False when there was nothing to do but wait."""
         attempts = self.store.attempts(job.id)
         last = attempts[-1] if attempts else None
-        if last is None:
-            if job.cancel_requested:
-                self.store.finish_job(job.id, "cancelled", "cancelled before the first attempt started")
-                return True
-            first, origin, why = starting_point(job_from_json(job.spec), self.on_gpu)
-            self.start(job, 1, first, origin, why)
-            return True
-        if last.state == "starting":
-            return self.adopt(job, last)
-        if last.state == "running":
-            return self.watch(job, last)
-        return self.decide(job, attempts)
+        observed = self.observe(job, last) if last is not None and not last.ended else None
+        move = next_move(job_view(job, attempts, self.target.on_gpu), observed)
+        return self.apply(job, move)
 
-    def start(self, job: JobRecord, number: int, spec: TrainingJob, rung: str | None, reason: str) -> None:
-        ref = self.ref(job, number)
-        dry = self.target.render(spec, ref)  # may raise CompileError: recorded by the caller
+    def observe(self, job: JobRecord, attempt: AttemptRecord) -> Observation:
+        ref = self.ref(job, attempt.number)
+        if attempt.state is AttemptState.STARTING:
+            external_id = self.target.recover(ref)
+            _log(f"job {job.id}: attempt {attempt.number} was recorded but not marked running; "
+                 f"{'found it running as ' + external_id if external_id else 'it was never submitted'}")
+            return Observation(Seen.RUNNING, external_id=external_id) if external_id else \
+                Observation(Seen.NOT_SUBMITTED)
+        assert attempt.external_id is not None
+        return self.target.describe(attempt.external_id, ref)
+
+    def apply(self, job: JobRecord, move: Move) -> bool:
+        if isinstance(move, Wait):
+            if move.stop_attempt and not self.cancel_sent:
+                last = self.store.attempts(job.id)[-1]
+                assert last.external_id is not None
+                self.target.cancel(last.external_id, self.ref(job, last.number))
+                self.cancel_sent = True
+            return False
+        if isinstance(move, Start):
+            self.start(job, move)
+        elif isinstance(move, Submit):
+            attempt = self.store.attempts(job.id)[move.number - 1]
+            ref = self.ref(job, move.number)
+            self.launch(job, move.number, self.target.render(job_from_json(attempt.spec), ref), ref)
+        elif isinstance(move, Adopt):
+            self.store.update_attempt(job.id, move.number, state=AttemptState.RUNNING,
+                                      external_id=move.external_id, started_at=time.time())
+        elif isinstance(move, EndAttempt):
+            self.end(job, move)
+        elif isinstance(move, Finish):
+            _log(f"job {job.id}: {move.state}: {move.reason}")
+            self.store.finish_job(job.id, move.state, move.reason)
+        return True
+
+    def start(self, job: JobRecord, move: Start) -> None:
+        from orchestrator.compile import CompileError
+
+        ref = self.ref(job, move.number)
+        if move.number > 1:
+            _log(f"job {job.id}: {move.reason}")
         try:
-            self.store.add_attempt(job.id, number, spec=job_to_json(spec), rung=rung, reason=reason,
-                                   run_dir=ref.run_dir, log_path=ref.log_path, artifacts=dry.files,
-                                   warnings=list(dry.warnings), resume_from=checkpoint_summary(job.checkpoint_dir))
+            dry = self.target.render(move.job, ref)
+        except CompileError as exc:
+            self.apply(job, cannot_render(move.number, exc))
+            return
+        try:
+            self.store.add_attempt(job.id, move.number, spec=job_to_json(move.job), rung=move.rung,
+                                   reason=move.reason, run_dir=ref.run_dir, log_path=ref.log_path,
+                                   artifacts=dry.files, warnings=list(dry.warnings),
+                                   resume_from=checkpoint_summary(job.checkpoint_dir))
         except StoreError:
             return  # someone recorded it first: the next step reads it
-        self.launch(job, number, dry, ref)
+        self.launch(job, move.number, dry, ref)
 
-    def launch(self, job: JobRecord, number: int, dry, ref: AttemptRef) -> None:
+    def launch(self, job: JobRecord, number: int, dry: DryRun, ref: AttemptRef) -> None:
         try:
             external_id = self.target.submit(dry, ref)
-        except SubmitError as exc:  # nothing runs: record why, and stop (a retry could submit twice)
-            reason = f"{self.target.name} refused attempt {number}: {exc}"
-            _log(f"job {job.id}: {reason}")
-            self.store.update_attempt(job.id, number, state="failed", ended_at=time.time(), failure_kind="unknown",
-                                      failure_reason=reason)
-            self.store.finish_job(job.id, "failed", reason)
+        except SubmitError as exc:  # nothing runs: record why (a retry could submit twice); the job stops
+            self.end(job, refused(number, f"{self.target.name} refused attempt {number}: {exc}"))
             return
-        self.store.update_attempt(job.id, number, state="running", external_id=external_id, started_at=time.time())
+        self.store.update_attempt(job.id, number, state=AttemptState.RUNNING, external_id=external_id,
+                                  started_at=time.time())
         _log(f"job {job.id}: attempt {number} started ({self.target.name} id {external_id})")
         if self.store.get_job(job.id).cancel_requested:  # a cancel that came while this was being submitted
             self.target.cancel(external_id, ref)
             self.cancel_sent = True
 
-    def adopt(self, job: JobRecord, attempt: AttemptRecord) -> bool:
-        """An attempt recorded but not marked running: its supervisor died around submit."""
-        ref = self.ref(job, attempt.number)
-        external_id = self.target.recover(ref)
-        _log(f"job {job.id}: attempt {attempt.number} was recorded but not marked running; "
-             f"{'found it running as ' + external_id if external_id else 'it never started'}")
-        if external_id is not None:
-            self.store.update_attempt(job.id, attempt.number, state="running", external_id=external_id,
-                                      started_at=time.time())
-            return True
-        if job.cancel_requested:
-            self.end(job, attempt, Failure("cancelled", "cancelled before the attempt started"), None, None)
-            return True
-        spec = job_from_json(attempt.spec)
-        self.launch(job, attempt.number, self.target.render(spec, ref), ref)  # it never started: start it now
-        return True
-
-    def watch(self, job: JobRecord, attempt: AttemptRecord) -> bool:
-        ref = self.ref(job, attempt.number)
-        assert attempt.external_id is not None
-        state = self.target.describe(attempt.external_id, ref)
-        if state.state != "ended":
-            if job.cancel_requested and not self.cancel_sent:
-                self.target.cancel(attempt.external_id, ref)
-                self.cancel_sent = True
-            return False
-        outcome = replace(state.outcome, cancelled=bool(job.cancel_requested))
-        failure = classify(outcome)
-        if state.detail and failure.kind != "cancelled":
-            failure = Failure(failure.kind, f"{failure.reason} ({state.detail})", failure.evidence)
-        self.end(job, attempt, failure, outcome, state.peak_memory_bytes)
-        return True
-
-    def end(self, job: JobRecord, attempt: AttemptRecord, failure: Failure, outcome, peak: int | None) -> None:
-        state = failure.end_state
-        _log(f"job {job.id}: attempt {attempt.number} {state}: {failure.kind}: {failure.reason}")
+    def end(self, job: JobRecord, move: EndAttempt) -> None:
+        f, outcome = move.failure, move.outcome
+        _log(f"job {job.id}: attempt {move.number} {move.state}" + (f": {f.kind}: {f.reason}" if f else ""))
         self.store.update_attempt(
-            job.id, attempt.number, state=state, ended_at=time.time(),
+            job.id, move.number, state=move.state, ended_at=time.time(),
             exit_code=outcome.exit_code if outcome else None, signal=outcome.signal if outcome else None,
-            failure_kind=failure.kind, failure_reason=failure.reason, failure_evidence=failure.evidence or None,
-            peak_memory_bytes=peak)
+            failure_kind=f.kind if f else None, failure_reason=f.reason if f else None,
+            failure_evidence=(f.evidence or None) if f else None, peak_memory_bytes=move.peak_memory_bytes)
 
-    def decide(self, job: JobRecord, attempts: list[AttemptRecord]) -> bool:
-        last = attempts[-1]
-        failure = Failure(last.failure_kind or "unknown", last.failure_reason or "", last.failure_evidence or "")
-        original = job_from_json(job.spec)
-        decision = next_step(original, [job_from_json(a.spec) for a in attempts], failure,
-                             fits=fit_predicate(original, self.on_gpu))
-        if not isinstance(decision, Next):
-            state = failure.end_state
-            reason = f"attempt {last.number} succeeded" if state == "succeeded" else decision.reason
-            _log(f"job {job.id}: {state}: {reason}")
-            self.store.finish_job(job.id, state, reason)
-            return True
-        if job.cancel_requested:
-            self.store.finish_job(job.id, "cancelled", "cancelled by the user")
-            return True
-        from orchestrator.compile import CompileError
 
-        _log(f"job {job.id}: {decision.reason}")
-        try:
-            self.start(job, last.number + 1, decision.job, decision.rung, decision.reason)
-        except CompileError as exc:
-            self.store.finish_job(job.id, "failed", f"the fallback config does not compile: {exc}")
-        return True
+def job_view(job: JobRecord, attempts: list[AttemptRecord], on_gpu: bool) -> JobView:
+    """What the lifecycle core needs of a stored job."""
+    return JobView(spec=job_from_json(job.spec), cancel_requested=bool(job.cancel_requested), on_gpu=on_gpu,
+                   attempts=[AttemptView(a.number, a.state, job_from_json(a.spec), _failure(a)) for a in attempts])
+
+
+def _failure(a: AttemptRecord) -> Failure | None:
+    if not a.ended or a.state is AttemptState.SUCCEEDED:
+        return None
+    return Failure(FailureKind(a.failure_kind or FailureKind.UNKNOWN), a.failure_reason or "",
+                   a.failure_evidence or "")
 
 
 def spawn(store: Store, job: JobRecord) -> subprocess.Popen:

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.errors import ShardctlError
 from orchestrator.compile import CompiledJob, compile_job, dump_yaml
 from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME, DS_CONFIG_NAME
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
@@ -32,7 +33,7 @@ _SHELL_VARS = {MACHINE_RANK: '"$JOB_COMPLETION_INDEX"', MAIN_PROCESS_IP: '"$MAIN
                MAIN_PROCESS_PORT: '"$MAIN_PROCESS_PORT"'}
 
 
-class RenderError(ValueError):
+class RenderError(ShardctlError, ValueError):
     """The spec cannot become valid Kubernetes objects (a name too long, say)."""
 
 

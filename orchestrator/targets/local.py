@@ -25,9 +25,11 @@ from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_f
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.spec.models import TrainingJob
 from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
-from orchestrator.supervise.classify import TAIL_BYTES, Outcome
+from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
+from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.targets import local_wrapper
-from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
+from orchestrator.targets.base import AttemptRef, Driver, DryRun
+from orchestrator.targets.filelog import FileLog
 
 LAUNCH_SCRIPT = "launch.sh"
 
@@ -91,6 +93,7 @@ class LocalTarget:
     """Runs each attempt under local_wrapper, in its own session, leaving exit.json behind."""
 
     name = "local"
+    driver = Driver.SUPERVISOR
 
     def __init__(self, *, cpu: bool | None = None, bin_dir: str | None = None, port: int | None = None,
                  memory_mode: str | None = None) -> None:
@@ -99,6 +102,23 @@ class LocalTarget:
         self.port = port
         self.memory_mode = memory_mode or os.environ.get("SHARDCTL_MEMORY_LIMIT", "auto")
         self._children: dict[int, subprocess.Popen] = {}
+
+    @classmethod
+    def from_options(cls, options: dict) -> LocalTarget:
+        return cls(cpu=options.get("cpu"), memory_mode=options.get("memory_mode"), port=options.get("port"))
+
+    @property
+    def on_gpu(self) -> bool:
+        return not self.cpu
+
+    def options(self) -> dict:
+        return {"cpu": self.cpu, "memory_mode": self.memory_mode}
+
+    def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
+        return []  # render has checked all there is to check on this machine
+
+    def log_source(self, ref: AttemptRef, external_id: str | None) -> FileLog:
+        return FileLog(ref.log_path)
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         dry = render(job, ref.run_dir, checkpoint_dir=ref.checkpoint_dir, attempt=ref.number, cpu=self.cpu,
@@ -148,7 +168,7 @@ class LocalTarget:
             time.sleep(0.1)
         return None
 
-    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         pid, ticks = _parse_id(external_id)
         if pid in self._children:
             if self._children[pid].poll() is not None:  # reap our own child
@@ -156,16 +176,16 @@ class LocalTarget:
         run_dir = Path(ref.run_dir)
         result = read_json(run_dir / local_wrapper.EXIT_FILE)
         if result is None and local_wrapper.is_alive(pid, ticks):
-            return AttemptState("running")
+            return Observation(Seen.RUNNING)
         result = result or read_json(run_dir / local_wrapper.EXIT_FILE)  # it may just have ended
         tail = read_tail(ref.log_path, TAIL_BYTES)
         if result is None:
-            return AttemptState("ended", Outcome(exit_code=None, log_tail=tail, preempted=True),
-                                detail="the attempt's wrapper is gone without an exit status (machine restart or "
+            return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, log_tail=tail, preempted=True),
+                               detail="the attempt's wrapper is gone without an exit status (machine restart or "
                                        "killed from outside)")
-        return AttemptState(
-            "ended",
-            Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
+        return Observation(
+            Seen.ENDED,
+            outcome=Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
                     oom_killed=result.get("oom_kills", 0) > 0, preempted=result.get("terminated_by") is not None),
             peak_memory_bytes=result.get("peak_bytes"),
         )

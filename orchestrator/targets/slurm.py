@@ -7,15 +7,20 @@ not a pickled Python callable. Watching goes through one batched `sacct` (slurm_
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import orchestrator
+from orchestrator.paths import state_dir as default_state_dir
 from orchestrator.procfiles import read_json, read_tail, write_files, write_json
 from orchestrator.spec.models import TrainingJob
-from orchestrator.supervise.classify import TAIL_BYTES, Outcome
+from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
+from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.targets import slurm_render
-from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
+from orchestrator.targets.base import AttemptRef, Driver, DryRun
+from orchestrator.targets.filelog import FileLog
 from orchestrator.targets.slurm_accounting import LOST_STATES, POLLER, Poller, SlurmError, run_once, run_slurm
 
 SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id}, written once sbatch has answered
@@ -40,15 +45,38 @@ def test_only(script: str) -> str:
 
 class SlurmTarget:
     name = "slurm"
+    driver = Driver.JUDGE
 
     def __init__(self, *, cpu: bool = False, state_dir: str | None = None, python: str | None = None,
                  poller: Poller | None = None) -> None:
-        from orchestrator.store import state_dir as default_state_dir
-
         self.cpu = cpu
         self.state_dir = state_dir or str(default_state_dir())
         self.python = python or sys.executable
         self.poller = poller or POLLER
+
+    @classmethod
+    def from_options(cls, options: dict) -> SlurmTarget:
+        """The login node's GPUs say nothing about the compute nodes': CPU runs only when forced."""
+        cpu = options["cpu"] if "cpu" in options else os.environ.get("SHARDCTL_FORCE_CPU") == "1"
+        return cls(cpu=bool(cpu), state_dir=options.get("state_dir"))
+
+    @property
+    def on_gpu(self) -> bool:
+        return not self.cpu
+
+    def options(self) -> dict:
+        return {"cpu": self.cpu}
+
+    def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
+        """`sbatch --test-only` of attempt 1: partition, GPU count, memory and time checked by slurmctld."""
+        with tempfile.TemporaryDirectory(prefix="shardctl-check-") as scratch:
+            run_dir = f"{scratch}/attempt-1"
+            ref = AttemptRef("check", 1, run_dir, f"{scratch}/checkpoints", workdir, f"{run_dir}/output.log")
+            message = self.check(self.render(job, ref), scratch)
+        return [message] if message else []
+
+    def log_source(self, ref: AttemptRef, external_id: str | None) -> FileLog:
+        return FileLog(ref.log_path)
 
     def request(self, ref: AttemptRef) -> slurm_render.SlurmRequest:
         return slurm_render.SlurmRequest(
@@ -99,12 +127,12 @@ class SlurmTarget:
                 return ids[-1]
         return None
 
-    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         info = self.poller.get(external_id)
         if info is None or info.phase == "unknown":
-            return AttemptState("pending", detail=f"Slurm does not report job {external_id} yet")
+            return Observation(Seen.PENDING, detail=f"Slurm does not report job {external_id} yet")
         if info.phase != "ended":
-            return AttemptState(info.phase, detail=f"Slurm {info.state} {info.reason}".strip())
+            return Observation(Seen(info.phase), detail=f"Slurm {info.state} {info.reason}".strip())
         tail = read_tail(ref.log_path, TAIL_BYTES)
         outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
@@ -113,7 +141,7 @@ class SlurmTarget:
         detail = f"Slurm job {external_id}: {info.summary()}"
         if info.state == "CANCELLED":
             detail = f"Slurm job {external_id} was cancelled (scancel, or an administrator)"
-        return AttemptState("ended", outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail)
+        return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail)
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """The attempt and its judge: the caller records the end itself, nothing is left to resubmit."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.targets.base import SubmitError
+from orchestrator.errors import SubmitError
 
 Phase = Literal["pending", "running", "ended", "unknown"]
 

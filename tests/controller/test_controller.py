@@ -203,7 +203,7 @@ def test_an_invalid_spec_fails_with_the_validators_message(api: FakeApiServer) -
     body = training_job()
     body["spec"]["backend"] = "horovod"
     submit(api, body)
-    assert Reconciler(kube(api)).reconcile(NS, "llm") == "finished Failed"
+    assert Reconciler(kube(api)).reconcile(NS, "llm") == "moved"
     st = status(api)
     assert st["phase"] == "Failed" and "backend" in st["message"]
     assert not api.store.objects[api.resource("jobs", "batch")]

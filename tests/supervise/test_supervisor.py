@@ -14,12 +14,13 @@ import pytest
 
 from orchestrator.compile import compile_job
 from orchestrator.store import Store
-from orchestrator.supervise.classify import Outcome
+from orchestrator.lifecycle.classify import Outcome
 from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
-from orchestrator.targets.base import AttemptRef, AttemptState, DryRun
+from orchestrator.lifecycle.moves import Observation, Seen
+from orchestrator.targets.base import AttemptRef, DryRun
 from tests.helpers import job
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "lifecycle" / "data"
 OOM_TAIL = (DATA / "host_oom_cpu_allocator.txt").read_text()
 
 
@@ -29,6 +30,7 @@ class Crash(Exception):
 
 class FakeTarget:
     name = "fake"
+    on_gpu = True
 
     def __init__(self) -> None:
         self.submits: dict[int, int] = {}
@@ -52,11 +54,11 @@ class FakeTarget:
     def recover(self, ref: AttemptRef) -> str | None:
         return self.running.get(ref.number)
 
-    def describe(self, external_id: str, ref: AttemptRef) -> AttemptState:
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         outcome = self.results.get(ref.number)
         if outcome is None:
-            return AttemptState("running")
-        return AttemptState("ended", outcome, peak_memory_bytes=123)
+            return Observation(Seen.RUNNING)
+        return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=123)
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         self.cancelled.append(ref.number)
@@ -185,7 +187,7 @@ def test_only_one_supervisor_holds_a_job(store: Store, tmp_path: Path) -> None:
     holder = JobLock(record.job_dir)
     assert holder.acquire()
     try:
-        assert Supervisor(store, record.id, FakeTarget()).run() == ""  # refuses: another one holds it
+        assert Supervisor(store, record.id, FakeTarget()).run() is None  # refuses: another one holds it
     finally:
         holder.release()
     assert store.attempts(record.id) == []

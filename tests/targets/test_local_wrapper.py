@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.supervise.classify import classify
+from orchestrator.lifecycle.classify import classify
 from orchestrator.targets import memlimit
 from orchestrator.targets.base import AttemptRef
 from orchestrator.targets.local import LocalTarget

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.supervise.classify import classify
+from orchestrator.lifecycle.classify import classify
 from orchestrator.targets.slurm_accounting import JobInfo, Poller, parse_exit_code, parse_rss, parse_sacct
 
 DATA = Path(__file__).parent / "data"
@@ -57,7 +57,7 @@ def test_the_summary_names_the_step_that_ran_out() -> None:
 
 def test_what_the_target_hands_the_classifier() -> None:
     """The Slurm states become the classifier's outside evidence (targets/slurm.py describe)."""
-    from orchestrator.supervise.classify import Outcome
+    from orchestrator.lifecycle.classify import Outcome
 
     def outcome(info: JobInfo, log: str = "") -> Outcome:
         return Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=log, oom_killed=info.out_of_memory,

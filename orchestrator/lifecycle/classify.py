@@ -15,33 +15,33 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-Kind = Literal["succeeded", "cuda_oom", "host_oom", "preempted", "timeout", "cancelled", "user_error", "unknown"]
-OOM_KINDS = ("cuda_oom", "host_oom")
+from orchestrator.spec.states import AttemptState, FailureKind
+
+K = FailureKind
 TAIL_BYTES = 256 * 1024
 
 # (kind, pattern, what it means). Order matters: the first match wins, OOMs before the errors they cause.
-PATTERNS: tuple[tuple[Kind, re.Pattern[str], str], ...] = tuple(
+PATTERNS: tuple[tuple[FailureKind, re.Pattern[str], str], ...] = tuple(
     (kind, re.compile(pattern, re.MULTILINE), meaning) for kind, pattern, meaning in (
-        ("cuda_oom", r"CUDA out of memory\. Tried to allocate", "torch CUDA caching allocator out of memory"),
-        ("cuda_oom", r"torch\.(?:cuda\.)?OutOfMemoryError", "torch.OutOfMemoryError"),
-        ("cuda_oom", r"CUDA error: out of memory", "CUDA runtime out of memory"),
-        ("cuda_oom", r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate its workspace"),
-        ("cuda_oom", r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN could not allocate"),
-        ("cuda_oom", r"Cuda failure(?: \d+)? 'out of memory'", "NCCL: CUDA out of memory"),
-        ("host_oom", r"DefaultCPUAllocator: can't allocate memory", "host memory exhausted (CPU allocator)"),
-        ("host_oom", r"std::bad_alloc", "host memory exhausted (std::bad_alloc)"),
-        ("host_oom", r"^(?:\[rank\d+\]: )?MemoryError\b", "host memory exhausted (MemoryError)"),
-        ("host_oom", r"Cannot allocate memory", "host memory exhausted (ENOMEM)"),
-        ("timeout", r"DUE TO TIME LIMIT", "time limit reached"),
+        (K.CUDA_OOM, r"CUDA out of memory\. Tried to allocate", "torch CUDA caching allocator out of memory"),
+        (K.CUDA_OOM, r"torch\.(?:cuda\.)?OutOfMemoryError", "torch.OutOfMemoryError"),
+        (K.CUDA_OOM, r"CUDA error: out of memory", "CUDA runtime out of memory"),
+        (K.CUDA_OOM, r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate its workspace"),
+        (K.CUDA_OOM, r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN could not allocate"),
+        (K.CUDA_OOM, r"Cuda failure(?: \d+)? 'out of memory'", "NCCL: CUDA out of memory"),
+        (K.HOST_OOM, r"DefaultCPUAllocator: can't allocate memory", "host memory exhausted (CPU allocator)"),
+        (K.HOST_OOM, r"std::bad_alloc", "host memory exhausted (std::bad_alloc)"),
+        (K.HOST_OOM, r"^(?:\[rank\d+\]: )?MemoryError\b", "host memory exhausted (MemoryError)"),
+        (K.HOST_OOM, r"Cannot allocate memory", "host memory exhausted (ENOMEM)"),
+        (K.TIMEOUT, r"DUE TO TIME LIMIT", "time limit reached"),
         # Not "Signal 15 (SIGTERM) received": torchrun sends SIGTERM to every rank once one fails.
-        ("preempted", r"DUE TO PREEMPTION", "preempted by the scheduler"),
-        ("user_error", r"^(?:\[rank\d+\]: )?(?:ModuleNotFoundError|ImportError|SyntaxError|IndentationError)\b",
+        (K.PREEMPTED, r"DUE TO PREEMPTION", "preempted by the scheduler"),
+        (K.USER_ERROR, r"^(?:\[rank\d+\]: )?(?:ModuleNotFoundError|ImportError|SyntaxError|IndentationError)\b",
          "the script cannot be imported"),
-        ("user_error", r"error: (?:unrecognized arguments|argument |the following arguments are required)",
+        (K.USER_ERROR, r"error: (?:unrecognized arguments|argument |the following arguments are required)",
          "bad script arguments"),
-        ("user_error", r"can't open file .*No such file or directory", "the script does not exist"),
+        (K.USER_ERROR, r"can't open file .*No such file or directory", "the script does not exist"),
     )
 )
 
@@ -66,21 +66,30 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Failure:
-    kind: Kind
+    """Why an attempt did not succeed (a success has no Failure)."""
+
+    kind: FailureKind
     reason: str  # one line, for the history
     evidence: str = ""  # the log line or fact that decided it
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", FailureKind(self.kind))  # a kind read back from a record is a str
+
     @property
     def is_oom(self) -> bool:
-        return self.kind in OOM_KINDS
+        return self.kind.is_oom
 
     @property
-    def end_state(self) -> Literal["succeeded", "cancelled", "failed"]:
-        """The state an attempt (or a job) ends in after this."""
-        return self.kind if self.kind in ("succeeded", "cancelled") else "failed"  # type: ignore[return-value]
+    def end_state(self) -> AttemptState:
+        """The state an attempt ends in after this."""
+        return AttemptState.CANCELLED if self.kind is FailureKind.CANCELLED else AttemptState.FAILED
 
 
-def _first_match(text: str) -> tuple[Kind, str, str] | None:
+def end_state(failure: Failure | None) -> AttemptState:
+    return AttemptState.SUCCEEDED if failure is None else failure.end_state
+
+
+def _first_match(text: str) -> tuple[FailureKind, str, str] | None:
     for kind, pattern, meaning in PATTERNS:
         m = pattern.search(text)
         if m:
@@ -90,31 +99,32 @@ def _first_match(text: str) -> tuple[Kind, str, str] | None:
     return None
 
 
-def classify(outcome: Outcome) -> Failure:
+def classify(outcome: Outcome) -> Failure | None:
+    """None when the attempt succeeded; else how it failed."""
     tail = outcome.log_tail[-TAIL_BYTES:]
     if outcome.cancelled:
-        return Failure("cancelled", "cancelled by the user")
+        return Failure(K.CANCELLED, "cancelled by the user")
     ended_by_cluster = outcome.oom_killed or outcome.timed_out or outcome.preempted  # Slurm: TIMEOUT is "0:0"
     if outcome.exit_code == 0 and outcome.signal is None and not ended_by_cluster:
-        return Failure("succeeded", "exited 0")
+        return None
     if outcome.oom_killed:
-        return Failure("host_oom", "killed by the out-of-memory killer (memory limit reached)", "oom_kill event")
+        return Failure(K.HOST_OOM, "killed by the out-of-memory killer (memory limit reached)", "oom_kill event")
     matched = _first_match(tail)
-    if matched and matched[0] in OOM_KINDS:
+    if matched and matched[0].is_oom:
         return Failure(matched[0], matched[1], matched[2])
     if outcome.timed_out:
-        return Failure("timeout", "time limit reached")
+        return Failure(K.TIMEOUT, "time limit reached")
     if outcome.preempted:
-        return Failure("preempted", "preempted or terminated by the cluster")
+        return Failure(K.PREEMPTED, "preempted or terminated by the cluster")
     if matched:
         return Failure(matched[0], matched[1], matched[2])
     if outcome.signal is not None:
-        return Failure("unknown", f"killed by signal {outcome.signal} with no out-of-memory evidence")
+        return Failure(K.UNKNOWN, f"killed by signal {outcome.signal} with no out-of-memory evidence")
     root = _ROOT_CAUSE_SIGNAL.search(tail)
     if root:
-        return Failure("unknown", f"a worker was killed by {root.group(1)} with no out-of-memory evidence",
+        return Failure(K.UNKNOWN, f"a worker was killed by {root.group(1)} with no out-of-memory evidence",
                        root.group(0).strip())
-    return Failure("unknown", f"exited {outcome.exit_code} with no recognised cause", _last_error_line(tail))
+    return Failure(K.UNKNOWN, f"exited {outcome.exit_code} with no recognised cause", _last_error_line(tail))
 
 
 def _last_error_line(tail: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.supervise.classify import Outcome
+from orchestrator.lifecycle.classify import Outcome
 
 
 def _true(conditions: list[dict] | None, kind: str) -> dict | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.supervise.classify import Outcome, classify
+from orchestrator.lifecycle.classify import Outcome, classify
 
 DATA = Path(__file__).parent / "data"
 
@@ -57,7 +57,7 @@ def test_oom_wins_over_the_errors_it_causes() -> None:
 
 
 def test_flags_and_success() -> None:
-    assert classify(Outcome(exit_code=0)).kind == "succeeded"
+    assert classify(Outcome(exit_code=0)) is None
     assert classify(Outcome(exit_code=None, signal=15, cancelled=True)).kind == "cancelled"
     assert classify(Outcome(exit_code=1, timed_out=True)).kind == "timeout"
     assert classify(Outcome(exit_code=1, preempted=True)).kind == "preempted"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from orchestrator.compile import rules
-from orchestrator.supervise.classify import Failure
-from orchestrator.supervise.fallback import Next, Stop, config_key, next_step
+from orchestrator.lifecycle.classify import Failure
+from orchestrator.compile.rungs import config_key
+from orchestrator.lifecycle.fallback import Next, Stop, next_step
 from tests.helpers import job
 
 CUDA_OOM = Failure("cuda_oom", "CUDA out of memory")
@@ -95,8 +96,8 @@ def test_pure() -> None:
 
 
 def test_rungs_predicted_not_to_fit_are_skipped_and_named() -> None:
-    from orchestrator.supervise.classify import Failure
-    from orchestrator.supervise.fallback import Next, Stop, next_step
+    from orchestrator.lifecycle.classify import Failure
+    from orchestrator.lifecycle.fallback import Next, Stop, next_step
     from tests.helpers import job as make
 
     j = make(backend="deepspeed", sharding="grad_op", batch={"micro": 8, "global": 16},

@@ -1,0 +1,138 @@
+"""The rungs of the fallback ladder: pure transforms that make a job's config more frugal.
+
+Each rung returns (the changed job, why) or None when it changes nothing for this job (or would
+not help against this kind of failure). The fallback policy (lifecycle.fallback) walks them after
+an OOM; the planner (plan.planner) walks them to list candidates before launch.
+
+The default ladder goes cheapest slowdown first: more sharding; activation checkpointing; half the
+micro-batch with twice the accumulation (global batch kept; only when the script takes
+{micro_batch}); DeepSpeed -> the equivalent FSDP level (fragmentation can make ZeRO-2 OOM where
+FSDP fits, so this comes before paying for offload); optimizer offload to CPU; parameter offload to
+CPU; NVMe offload (DeepSpeed only: an FSDP job moves to DeepSpeed, with the precision warning of
+accelerate's FSDP-vs-DeepSpeed guide). A host OOM never climbs to CPU offload, which would only move
+more into host memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from orchestrator.compile import rules
+from orchestrator.spec.models import Offload, TrainingJob
+from orchestrator.spec.states import FailureKind
+
+AUTO_LADDER = ("shard_more", "activation_checkpointing", "halve_micro_batch", "switch_backend",
+               "offload_optimizer_cpu", "offload_params_cpu", "offload_nvme")
+
+Rung = Callable[[TrainingJob, FailureKind], "tuple[TrainingJob, str] | None"]
+
+
+def config_key(job: TrainingJob) -> tuple:
+    """What distinguishes one attempt's config from another (for 'never try the same thing twice')."""
+    s = job.spec
+    return (s.backend, s.sharding, s.offload.optimizer, s.offload.params, s.activation_checkpointing, s.batch.micro)
+
+
+def describe(job: TrainingJob) -> str:
+    """A config in one line, e.g. 'deepspeed ZeRO-3, micro 4 x accum 2, activation checkpointing'."""
+    s = job.spec
+    level = f"ZeRO-{rules.zero_stage(s)}" if s.backend == "deepspeed" else rules.fsdp_strategy(s)
+    parts = [f"{s.backend} {level}", f"micro {s.batch.micro} x accum {rules.grad_accum(s)}"]
+    if s.activation_checkpointing:
+        parts.append("activation checkpointing")
+    if s.offload.optimizer != "none" or s.offload.params != "none":
+        parts.append(f"offload optimizer={s.offload.optimizer} params={s.offload.params}")
+    return ", ".join(parts)
+
+
+def _shard_more(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
+    s = job.spec
+    if s.sharding == "hybrid":
+        return job.with_spec(sharding="full"), "hybrid -> full: shard across all nodes instead of within one"
+    order = [lvl for lvl in rules.SHARDING_ORDER if s.backend == "deepspeed" or lvl != "optimizer"]
+    if s.sharding not in order or order.index(s.sharding) == len(order) - 1:
+        return None
+    nxt = order[order.index(s.sharding) + 1]
+    return job.with_spec(sharding=nxt), f"{s.sharding} -> {nxt}: shard more of the model state per GPU"
+
+
+def _activation_checkpointing(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
+    if job.spec.activation_checkpointing:
+        return None
+    return job.with_spec(activation_checkpointing=True), "activation checkpointing on: recompute activations in backward"
+
+
+def _halve_micro_batch(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
+    s = job.spec
+    if s.batch.micro < 2 or not any("{micro_batch}" in a for a in s.entrypoint.args):
+        return None
+    global_batch = rules.global_batch(s)
+    micro = s.batch.micro // 2
+    if global_batch % (micro * s.world_size):
+        return None
+    batch = s.batch.model_copy(update={"micro": micro, "global_": global_batch})
+    return (job.with_spec(batch=batch),
+            f"micro-batch {s.batch.micro} -> {micro}, accumulation {rules.grad_accum(s)} -> "
+            f"{global_batch // (micro * s.world_size)} (global batch {global_batch} kept)")
+
+
+def _switch_backend(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
+    s = job.spec
+    if s.backend != "deepspeed" or s.sharding == "optimizer" or "nvme" in (s.offload.optimizer, s.offload.params):
+        return None
+    if kind is not FailureKind.CUDA_OOM:
+        return None  # the fragmentation argument is about the GPU allocator
+    return (job.with_spec(backend="fsdp"),
+            f"deepspeed -> fsdp at the same level ({rules.SHARDING_TABLE[s.sharding][0]}): FSDP can fit where "
+            "ZeRO fragments GPU memory; optimizer state restarts (only model weights carry over)")
+
+
+def _offload(device: str, what: str) -> Rung:
+    def rung(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
+        s = job.spec
+        if kind is FailureKind.HOST_OOM and device == "cpu":
+            return None  # would put more into the memory that ran out
+        current = s.offload.optimizer if what == "optimizer" else s.offload.params
+        if current == device or (device == "cpu" and current == "nvme"):
+            return None
+        changes: dict = {}
+        notes = []
+        if device == "nvme":
+            if not s.offload.nvme_path:
+                return None  # cannot invent a local NVMe path
+            if s.backend == "fsdp":
+                changes["backend"] = "deepspeed"
+                notes.append("fsdp -> deepspeed: only DeepSpeed offloads to NVMe; " + rules.PRECISION_WARNING)
+            offload = Offload(optimizer="nvme", params="nvme", nvme_path=s.offload.nvme_path)
+            changes["sharding"] = "full"
+        else:
+            opt = device if what == "optimizer" else s.offload.optimizer
+            par = device if what == "params" else s.offload.params
+            if s.backend == "fsdp" and (s.offload.optimizer != "none" or s.offload.params != "none"):
+                return None  # FSDP offload is all or nothing: nothing more to move
+            offload = Offload(optimizer=opt, params=par, nvme_path=s.offload.nvme_path)
+            if s.backend == "deepspeed" and what == "params" and rules.zero_stage(s) != 3:
+                changes["sharding"] = "full"
+                notes.append("parameter offload needs ZeRO-3")
+            if s.backend == "deepspeed" and rules.zero_stage(s) == 0:
+                changes["sharding"] = "grad_op"
+                notes.append("optimizer offload needs a ZeRO stage")
+        changes["offload"] = offload
+        reason = f"offload {what if device != 'nvme' else 'optimizer and parameters'} to {device}"
+        return job.with_spec(**changes), "; ".join([reason, *notes])
+    return rung
+
+
+RUNG_FUNCTIONS: dict[str, Rung] = {
+    "shard_more": _shard_more,
+    "activation_checkpointing": _activation_checkpointing,
+    "halve_micro_batch": _halve_micro_batch,
+    "switch_backend": _switch_backend,
+    "offload_optimizer_cpu": _offload("cpu", "optimizer"),
+    "offload_params_cpu": _offload("cpu", "params"),
+    "offload_nvme": _offload("nvme", "optimizer"),
+}
+
+
+def ladder(job: TrainingJob) -> tuple[str, ...]:
+    return AUTO_LADDER if job.spec.fallback.ladder == "auto" else tuple(job.spec.fallback.ladder)

@@ -1,0 +1,198 @@
+"""The latest TrainingJobs, Jobs and Pods the controller's watches have seen, so reads cost no request.
+
+Filled from each watch's list (a consistent snapshot) and its events (deletes leave a tombstone),
+and from the controller's own writes (a status write's response), so the next reconcile does not
+act on a resourceVersion older than the one it just wrote. Objects are only ever replaced by one
+at least as new: resourceVersions are compared as integers (what the API server hands out: etcd
+revisions), and when either is not an integer the later arrival wins. A lookup answers "present",
+"deleted" (a tombstone) or "unknown" (never seen, or invalidated after a 409): the caller reads
+an unknown object from the API and puts the answer here. Callers get deep copies, never the
+cached object.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+RESOURCES = ("trainingjobs", "jobs", "pods")
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    meta = obj["metadata"]
+    return meta.get("namespace") or "", meta["name"]
+
+
+def _rv(obj: dict[str, Any]) -> str | None:
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+def not_older(new: str | None, old: str | None) -> bool:
+    """True unless both are integers and `new` is the smaller (an older event arriving late)."""
+    try:
+        return int(new) >= int(old)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+
+
+def _at_most(new: str | None, old: str | None) -> bool:
+    """True only when both are integers and `new` is not after `old`."""
+    try:
+        return int(new) <= int(old)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+class _Store:
+    """One resource's objects, tombstones and (for pods) an index by owning Job name."""
+
+    def __init__(self, max_tombstones: int) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.tombstones: OrderedDict[Key, str | None] = OrderedDict()  # key -> resourceVersion of the delete
+        self.stale: set[Key] = set()  # invalidated: unknown until read from the API again
+        self.by_job: dict[tuple[str, str], set[Key]] = {}
+        self.max_tombstones = max_tombstones
+        self.synced = threading.Event()
+        self.revision: str | None = None  # newest resourceVersion seen (list, event or bookmark)
+
+    def _index(self, key: Key, obj: dict[str, Any] | None, add: bool) -> None:
+        if obj is None:
+            return
+        job = ((obj.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL)
+        if job is None:
+            return
+        slot = (key[0], job)
+        if add:
+            self.by_job.setdefault(slot, set()).add(key)
+        elif slot in self.by_job:
+            self.by_job[slot].discard(key)
+            if not self.by_job[slot]:
+                del self.by_job[slot]
+
+    def store(self, key: Key, obj: dict[str, Any]) -> bool:
+        rv = _rv(obj)
+        if key in self.tombstones and _at_most(rv, self.tombstones[key]):
+            return False  # deleted after this version was written
+        current = self.objects.get(key)
+        if current is not None and not not_older(rv, _rv(current)):
+            return False
+        self.tombstones.pop(key, None)
+        self._index(key, current, add=False)
+        self.objects[key] = obj
+        self._index(key, obj, add=True)
+        return True
+
+    def remove(self, key: Key, rv: str | None) -> None:
+        current = self.objects.get(key)
+        if current is not None and not not_older(rv, _rv(current)):
+            return  # a delete older than what we hold (the object was recreated)
+        self._index(key, self.objects.pop(key, None), add=False)
+        self.tombstones[key] = rv
+        self.tombstones.move_to_end(key)
+        while len(self.tombstones) > self.max_tombstones:
+            self.tombstones.popitem(last=False)
+
+    def saw(self, rv: str | None) -> None:
+        if rv is not None and (self.revision is None or not_older(rv, self.revision)):
+            self.revision = rv
+
+
+class Cache:
+    """Thread-safe: the watch threads write, the workers read."""
+
+    def __init__(self, resources: Iterable[str] = RESOURCES, max_tombstones: int = 10_000) -> None:
+        self.lock = threading.Lock()
+        self.stores = {r: _Store(max_tombstones) for r in resources}
+
+    # -- fed by the watches ---------------------------------------------------------------
+    def replace(self, resource: str, items: list[dict[str, Any]], rv: str | None) -> None:
+        """A list's snapshot at `rv`: its items, and tombstones for what it no longer has (objects newer
+        than the snapshot, written by us meanwhile, stay)."""
+        s = self.stores[resource]
+        with self.lock:
+            listed = {_key(o): o for o in items}
+            for key, obj in list(s.objects.items()):
+                if key not in listed and not_older(rv, _rv(obj)):
+                    s.remove(key, rv)
+            for key, obj in listed.items():
+                s.store(key, obj)
+            s.stale -= set(listed)
+            s.saw(rv)
+            s.synced.set()
+
+    def apply(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event: ADDED, MODIFIED, DELETED or BOOKMARK."""
+        s = self.stores[resource]
+        with self.lock:
+            s.saw(_rv(obj))
+            if kind == "BOOKMARK":
+                return
+            if kind == "DELETED":
+                s.remove(_key(obj), _rv(obj))
+            else:
+                s.store(_key(obj), obj)
+
+    # -- fed by the controller's own reads and writes -------------------------------------
+    def put(self, resource: str, obj: dict[str, Any]) -> None:
+        """An object read from or written to the API (a fresh copy: the caller keeps its own)."""
+        s = self.stores[resource]
+        key = _key(obj)
+        with self.lock:
+            s.store(key, copy.deepcopy(obj))
+            s.stale.discard(key)
+
+    def invalidate(self, resource: str, namespace: str, name: str) -> None:
+        """We know our copy is stale (a write got 409): the next lookup says unknown, so it is read afresh."""
+        with self.lock:
+            self.stores[resource].stale.add((namespace, name))
+
+    # -- read by the workers --------------------------------------------------------------
+    def lookup(self, resource: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """(True, object), (True, None) when known to be deleted, (False, None) when unknown."""
+        s = self.stores[resource]
+        key = (namespace, name)
+        with self.lock:
+            if not s.synced.is_set() or key in s.stale:
+                return False, None
+            if key in s.objects:
+                return True, copy.deepcopy(s.objects[key])
+            if key in s.tombstones:
+                return True, None
+            return False, None
+
+    def pods_of(self, namespace: str, job_name: str) -> list[dict[str, Any]] | None:
+        """The cached pods of one Job (by the job-name label the Job controller sets); None before synced."""
+        s = self.stores["pods"]
+        with self.lock:
+            if not s.synced.is_set():
+                return None
+            keys = sorted(s.by_job.get((namespace, job_name), ()))
+            return [copy.deepcopy(s.objects[k]) for k in keys]
+
+    def keys(self, resource: str, namespace: str | None = None) -> list[Key]:
+        with self.lock:
+            return sorted(k for k in self.stores[resource].objects if namespace is None or k[0] == namespace)
+
+    def items(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [copy.deepcopy(o) for k, o in sorted(self.stores[resource].objects.items())
+                    if namespace is None or k[0] == namespace]
+
+    def synced(self, resource: str | None = None) -> bool:
+        stores = [self.stores[resource]] if resource else list(self.stores.values())
+        return all(s.synced.is_set() for s in stores)
+
+    def wait_synced(self, timeout: float) -> bool:
+        for s in self.stores.values():
+            if not s.synced.wait(timeout):
+                return False
+        return True
+
+    def revision(self, resource: str) -> str | None:
+        with self.lock:
+            return self.stores[resource].revision

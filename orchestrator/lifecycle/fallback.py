@@ -1,0 +1,75 @@
+"""The fallback policy: a pure function (job, attempts so far, failure) -> next job, or stop with a reason.
+
+The rungs themselves (what each one changes) are in compile/rungs.py; this module decides which one
+applies after a failure: a timeout or a preemption resumes the same config, an OOM walks the
+ladder (skipping rungs that change nothing, were tried, break a rule, or that the planner predicts
+will not fit), anything else stops. No target is imported here: one policy serves all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from orchestrator.compile import rules
+from orchestrator.compile.rungs import RUNG_FUNCTIONS, config_key, describe, ladder
+from orchestrator.lifecycle.classify import Failure
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.states import FailureKind
+
+RETRY_SAME = (FailureKind.TIMEOUT, FailureKind.PREEMPTED)  # resume the same config
+RETRY_RUNG = "retry"  # what a same-config attempt is counted as (metrics)
+
+
+@dataclass(frozen=True)
+class Next:
+    job: TrainingJob
+    rung: str | None  # None when the same config is retried
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str
+
+
+def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Failure,
+              fits: Callable[[TrainingJob], bool] | None = None) -> Next | Stop:
+    """Decide what follows a failed attempt. `tried` holds every attempt's job so far, the last one last.
+    `fits` (the memory planner's prediction, when it applies) skips rungs predicted not to fit."""
+    current = tried[-1] if tried else original
+    spec = original.spec
+    if failure.kind is FailureKind.CANCELLED:
+        return Stop("cancelled by the user")
+    if failure.kind is FailureKind.REFUSED:
+        return Stop(f"{failure.reason}; the same request would be refused again")
+    if len(tried) >= spec.fallback.max_attempts:
+        return Stop(f"stopped after {len(tried)} attempts (fallback.max_attempts): last failure was {failure.kind}: "
+                    f"{failure.reason}")
+    if failure.kind in RETRY_SAME:
+        return Next(current, None, f"{failure.reason}: resume the same config from the last checkpoint")
+    if not failure.is_oom:
+        why = "user errors are never retried" if failure.kind is FailureKind.USER_ERROR else \
+            "not an out-of-memory failure"
+        return Stop(f"{failure.kind}: {failure.reason}; {why}")
+    if not spec.fallback.enabled:
+        return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
+    seen = {config_key(j) for j in tried}
+    skipped: list[str] = []
+    for rung in ladder(original):
+        proposal = RUNG_FUNCTIONS[rung](current, failure.kind)
+        if proposal is None:
+            continue
+        candidate, why = proposal
+        if config_key(candidate) in seen or rules.errors(rules.check(candidate)):
+            continue
+        if fits is not None and not fits(candidate):
+            skipped.append(rung)
+            continue
+        note = f" (skipped, predicted not to fit: {', '.join(skipped)})" if skipped else ""
+        return Next(candidate, rung,
+                    f"{failure.kind} ({failure.reason}) on {describe(current)} -> {rung}: {why}{note}")
+    if skipped:
+        return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted not to fit "
+                    f"({', '.join(skipped)})")
+    return Stop(f"{failure.kind} on {describe(current)} and no rung of the ladder can go further")

@@ -1,0 +1,172 @@
+"""The one job lifecycle: (job, its attempts, what was observed) -> the next move. Pure.
+
+Both executors call `next_move`: the supervisor (local and Slurm; its record is the job store) and
+the Kubernetes controller (its record is the TrainingJob's status). Each reads its record,
+observes the open attempt through its target, asks here, writes the move to its record, and only
+then acts on it, so an executor killed between any two steps is replaced by the next one without
+losing or repeating an attempt:
+
+    no attempt yet          -> Start 1 (the planner may pick a more frugal first config) | Finish cancelled
+    last attempt STARTING   -> Submit it (never submitted) | Adopt it (submitted, not yet recorded)
+                               | EndAttempt cancelled (cancel came first)
+    last attempt RUNNING    -> Wait (stop it if a cancel was asked) | EndAttempt (classified)
+    last attempt ended      -> Finish (succeeded, or the fallback policy stops) | Start the next attempt
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from orchestrator.lifecycle.classify import Failure, Outcome, classify, end_state
+from orchestrator.lifecycle.fallback import Next, next_step
+from orchestrator.plan.choose import fit_predicate, starting_point
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.states import AttemptState, FailureKind, JobState
+
+
+class Seen(StrEnum):
+    """What a target reports of an attempt."""
+
+    NOT_SUBMITTED = "not_submitted"  # recorded as starting, and the target has no trace of it
+    PENDING = "pending"  # the target has it, not running yet (queued, scheduling)
+    RUNNING = "running"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Observation:
+    seen: Seen
+    external_id: str | None = None  # the target's id (set when an unrecorded submission was found)
+    outcome: Outcome | None = None  # set when ended: what the classifier reads
+    peak_memory_bytes: int | None = None
+    detail: str = ""  # the target's own words about the attempt's state
+    stalled: bool = False  # not progressing, for a reason the user should see (detail says which)
+    refusal: str | None = None  # ended because the target refused it for good (its own words)
+
+
+@dataclass(frozen=True)
+class AttemptView:
+    number: int
+    state: AttemptState
+    spec: TrainingJob
+    failure: Failure | None = None  # how it ended (None while open, or when it succeeded)
+
+
+@dataclass(frozen=True)
+class JobView:
+    spec: TrainingJob  # as submitted
+    attempts: Sequence[AttemptView]
+    cancel_requested: bool = False
+    on_gpu: bool = True  # the planner applies to GPU runs only
+
+
+@dataclass(frozen=True)
+class Start:
+    """Record attempt `number` as starting, then submit it."""
+
+    number: int
+    job: TrainingJob
+    rung: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Submit:
+    """The attempt is recorded but was never submitted (its executor died first): submit it now."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """The attempt was submitted but not recorded as running: record the target's id."""
+
+    number: int
+    external_id: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    stop_attempt: bool = False  # a cancel was asked: stop the running attempt
+    detail: str = ""
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class EndAttempt:
+    number: int
+    state: AttemptState
+    failure: Failure | None
+    outcome: Outcome | None = None
+    peak_memory_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    state: JobState
+    reason: str
+
+
+Move = Start | Submit | Adopt | Wait | EndAttempt | Finish
+
+
+def next_move(job: JobView, observed: Observation | None = None) -> Move:
+    """The next move; `observed` is what the target reports of the last attempt while it is open."""
+    if not job.attempts:
+        if job.cancel_requested:
+            return Finish(JobState.CANCELLED, "cancelled before the first attempt started")
+        first, origin, why = starting_point(job.spec, job.on_gpu)
+        return Start(1, first, origin, why)
+    last = job.attempts[-1]
+    if not last.state.ended:
+        if observed is None:
+            raise ValueError(f"attempt {last.number} is {last.state}: observe it through its target first")
+        return _open(job, last, observed)
+    return _decide(job)
+
+
+def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
+    if observed.refusal is not None:
+        return refused(last.number, observed.refusal)
+    if last.state is AttemptState.STARTING:
+        if observed.seen is not Seen.NOT_SUBMITTED and observed.external_id:
+            return Adopt(last.number, observed.external_id)
+        if job.cancel_requested:
+            failure = Failure(FailureKind.CANCELLED, "cancelled before the attempt started")
+            return EndAttempt(last.number, failure.end_state, failure)
+        return Submit(last.number)
+    if observed.seen is not Seen.ENDED:
+        return Wait(stop_attempt=job.cancel_requested, detail=observed.detail, stalled=observed.stalled)
+    outcome = replace(observed.outcome or Outcome(exit_code=None), cancelled=job.cancel_requested)
+    failure = classify(outcome)
+    if failure is not None and observed.detail and failure.kind is not FailureKind.CANCELLED:
+        failure = Failure(failure.kind, f"{failure.reason} ({observed.detail})", failure.evidence)
+    return EndAttempt(last.number, end_state(failure), failure, outcome, observed.peak_memory_bytes)
+
+
+def _decide(job: JobView) -> Move:
+    last = job.attempts[-1]
+    if last.failure is None:
+        return Finish(JobState.SUCCEEDED, f"attempt {last.number} succeeded")
+    decision = next_step(job.spec, [a.spec for a in job.attempts], last.failure,
+                         fits=fit_predicate(job.spec, job.on_gpu))
+    if not isinstance(decision, Next):
+        cancelled = last.failure.kind is FailureKind.CANCELLED
+        return Finish(JobState.CANCELLED if cancelled else JobState.FAILED, decision.reason)
+    if job.cancel_requested:
+        return Finish(JobState.CANCELLED, "cancelled by the user")
+    return Start(last.number + 1, decision.job, decision.rung, decision.reason)
+
+
+def refused(number: int, message: str) -> EndAttempt:
+    """The target refused the attempt for good (an invalid request, admission): it ends here, and the
+    job with it (the policy never resubmits what was refused)."""
+    failure = Failure(FailureKind.REFUSED, message)
+    return EndAttempt(number, failure.end_state, failure)
+
+
+def cannot_render(number: int, error: Exception) -> Finish:
+    """A config (a fallback rung's, usually) that does not compile for the target ends the job."""
+    return Finish(JobState.FAILED, f"attempt {number} cannot run: the config does not compile: {error}")

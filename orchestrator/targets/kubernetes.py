@@ -1,0 +1,299 @@
+"""The Kubernetes target: a controller in the cluster drives the job; this adapter talks to the cluster.
+
+Two sides of one adapter. The CLI side (the user's own kubeconfig, never the controller's
+credentials) hands a TrainingJob over to the cluster, reads back the record the controller keeps in
+its status, reads pod logs and deletes the job. The controller side (handed the controller's API
+and the TrainingJob that owns the attempt) creates an attempt's children and observes how they run.
+Every failure to reach or use the cluster becomes one TargetError line that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol, TypeVar
+
+from orchestrator.errors import SubmitError, TargetError
+from orchestrator.lifecycle.classify import Outcome
+from orchestrator.lifecycle.moves import Observation, Seen
+from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.states import AttemptState, Phase
+from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot
+from orchestrator.targets.k8s_observe import observe
+from orchestrator.targets.k8s_render import KubeRequest, manifests, render
+
+T = TypeVar("T")
+TIMEOUT_S = 15  # per API request from the CLI: an unreachable server is an error, not a hang
+CHART_HINT = "install the controller and its CRD first: helm install shardctl charts/shardctl"
+
+
+class ClusterApi(Protocol):
+    """What the controller side needs of the controller's API client (orchestrator.controller.kube.KubeApi)."""
+
+    def create(self, obj: dict) -> bool: ...
+    def get_job(self, ns: str, name: str) -> dict | None: ...
+    def job_pods(self, ns: str, job_name: str) -> list[dict]: ...
+    def retire_attempt(self, ns: str, name: str) -> None: ...
+
+
+def resource(job: TrainingJob, namespace: str) -> dict[str, Any]:
+    """The TrainingJob object the CLI creates."""
+    data = job.model_dump(mode="json", by_alias=True, exclude_none=True)
+    meta: dict[str, Any] = {"name": job.metadata.name, "namespace": namespace}
+    if job.metadata.labels:
+        meta["labels"] = dict(job.metadata.labels)
+    return {"apiVersion": data["apiVersion"], "kind": data["kind"], "metadata": meta, "spec": data["spec"]}
+
+
+def _status_message(exc: Any) -> str:
+    try:
+        return json.loads(exc.body).get("message", "") or str(exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(getattr(exc, "body", "") or getattr(exc, "reason", "") or exc)
+
+
+def _timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+class PodLogs:
+    """An attempt's output: the logs of its Job's pods, rank 0 first, each announced `==> pod NAME <==`
+    (as `tail` announces files) when it has something new."""
+
+    def __init__(self, core: Any, namespace: str, job_name: str) -> None:
+        self.core, self.namespace, self.job_name = core, namespace, job_name
+        self.seen: dict[str, int] = {}  # pod -> characters already returned
+        self.partial: dict[str, str] = {}
+        self.current: str | None = None
+
+    def _read(self, final: bool) -> list[str]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.job_name}",
+                _request_timeout=TIMEOUT_S).items
+        except ApiException:
+            return []
+        index = lambda p: int((p.metadata.annotations or {}).get(  # noqa: E731
+            "batch.kubernetes.io/job-completion-index", 0))
+        out: list[str] = []
+        for pod in sorted(pods, key=index):
+            name = pod.metadata.name
+            try:
+                text = self.core.read_namespaced_pod_log(name, self.namespace, _request_timeout=TIMEOUT_S)
+            except ApiException:
+                continue  # not started yet, or gone
+            new = text[self.seen.get(name, 0):]
+            if not new and not (final and self.partial.get(name)):
+                continue
+            self.seen[name] = len(text)
+            data = self.partial.pop(name, "") + new
+            *complete, rest = data.split("\n")
+            if final and rest:
+                complete.append(rest)
+            elif rest:
+                self.partial[name] = rest
+            if complete:
+                if self.current != name:
+                    out.append(f"==> pod {name} <==")
+                    self.current = name
+                out.extend(complete)
+        return out
+
+    def lines(self) -> list[str]:
+        return self._read(final=False)
+
+    def rest(self) -> list[str]:
+        return self._read(final=True)
+
+
+class KubernetesTarget:
+    name = "kubernetes"
+    driver = Driver.CONTROLLER
+    on_gpu = True  # pods ask for GPUs (nvidia.com/gpu); the planner applies
+
+    def __init__(self, *, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
+                 uid: str | None = None, api: ClusterApi | None = None, owner: dict | None = None) -> None:
+        self.kubeconfig, self.context, self.namespace, self.uid = kubeconfig, context, namespace, uid
+        self.api, self.owner = api, owner
+        self._client: Any = None
+
+    @classmethod
+    def from_options(cls, options: dict) -> KubernetesTarget:
+        return cls(kubeconfig=options.get("kubeconfig"), context=options.get("context"),
+                   namespace=options.get("namespace"), uid=options.get("uid"))
+
+    def options(self) -> dict:
+        return {"kubeconfig": self.kubeconfig, "context": self.context, "namespace": self.namespace,
+                "uid": self.uid}
+
+    # -- the user's connection (CLI side) ---------------------------------------------------
+    def client(self) -> Any:
+        """The user's ApiClient: --kubeconfig/--context, else KUBECONFIG or ~/.kube/config, else in-cluster."""
+        if self._client is None:
+            from kubernetes import client, config
+
+            configuration = client.Configuration()
+            try:
+                config.load_kube_config(config_file=self.kubeconfig, context=self.context,
+                                        client_configuration=configuration)
+            except (config.ConfigException, OSError, TypeError) as exc:
+                try:
+                    config.load_incluster_config(client_configuration=configuration)
+                except config.ConfigException:
+                    where = self.kubeconfig or "KUBECONFIG or ~/.kube/config"
+                    raise TargetError(f"no usable Kubernetes configuration ({where}: {exc}); pass --kubeconfig "
+                                      "FILE (and --context NAME), or set KUBECONFIG") from None
+            configuration.retries = 1
+            self._client = client.ApiClient(configuration)
+        return self._client
+
+    def default_namespace(self) -> str:
+        from kubernetes import config
+
+        try:
+            _, active = config.list_kube_config_contexts(config_file=self.kubeconfig)
+            if self.context:
+                active = next(c for c in config.list_kube_config_contexts(config_file=self.kubeconfig)[0]
+                              if c["name"] == self.context)
+        except (config.ConfigException, OSError, StopIteration, TypeError):
+            return "default"
+        return (active.get("context") or {}).get("namespace") or "default"
+
+    def call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
+        """One API request from the CLI, its failures turned into one line that says how to fix them."""
+        import urllib3
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return fn()
+        except ApiException as exc:
+            message = _status_message(exc)
+            if exc.status == 404 and missing_ok:
+                return None
+            if exc.status == 404 and "the server could not find the requested resource" in message.lower():
+                raise TargetError(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}") \
+                    from None
+            if exc.status in (401, 403):
+                raise TargetError(f"the cluster refused to {what}: {message} (ask for RBAC access to "
+                                  f"trainingjobs.{GROUP} in namespace {self.namespace}, or use --context)") from None
+            raise SubmitError(f"the cluster refused to {what} ({exc.status} {exc.reason}): {message}") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            host = getattr(self.client().configuration, "host", "?")
+            raise TargetError(f"cannot reach the Kubernetes API server at {host} to {what}: "
+                              f"{type(exc).__name__}; check the cluster is up and the kubeconfig's server "
+                              f"(--kubeconfig/--context)") from None
+
+    def _custom(self) -> Any:
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self.client())
+
+    # -- Target protocol ----------------------------------------------------------------------
+    def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
+        """Reachable, the CRD installed, and this user allowed to list TrainingJobs in the namespace."""
+        self.namespace = self.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or \
+            self.default_namespace()
+        manifests(job)  # attempt 1 renders (raises CompileError/RenderError) before anything is sent
+        ns = self.namespace
+        self.call(f"list TrainingJobs in namespace {ns}", lambda: self._custom().list_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, limit=1, _request_timeout=TIMEOUT_S))
+        return []
+
+    def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
+        return render(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
+
+    def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
+        """Controller side: the attempt's ConfigMap, headless Service and Indexed Job. Names are
+        deterministic, so a create that finds its object already there adopts it (a restarted controller)."""
+        from kubernetes.client.rest import ApiException
+
+        assert self.api is not None and self.namespace, "submit runs in the controller, with its API"
+        job = dryrun.compiled.job
+        if ref.number > 1:  # the previous attempt's Service and ConfigMap (its Job stays, for its logs)
+            self.api.retire_attempt(self.namespace, f"{job.metadata.name}-a{ref.number - 1}")
+        objects, _ = manifests(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
+        for obj in objects:
+            try:
+                self.api.create(obj)
+            except ApiException as exc:
+                if exc.status in (400, 403, 422):  # invalid, or refused by admission: resubmitting cannot help
+                    raise SubmitError(f"{obj['kind']} {obj['metadata']['name']} was refused: "
+                                      f"{_status_message(exc)}") from None
+                raise
+        return next(o["metadata"]["name"] for o in objects if o["kind"] == "Job")
+
+    def recover(self, ref: AttemptRef) -> str | None:
+        return None  # submit is idempotent (deterministic names): submitting again adopts what exists
+
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
+        assert self.api is not None and self.namespace
+        k8s_job = self.api.get_job(self.namespace, external_id)
+        if k8s_job is None:
+            return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, preempted=True),
+                               detail="the attempt's Job was deleted from outside; resuming")
+        ended = observe(k8s_job, self.api.job_pods(self.namespace, external_id))
+        if ended is None:
+            return Observation(Seen.RUNNING)
+        outcome, detail = ended
+        return Observation(Seen.ENDED, outcome=outcome, detail=detail)
+
+    def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        """Nothing per attempt: cancelling deletes the TrainingJob (withdraw), and garbage collection
+        removes its Jobs and pods."""
+
+    def log_source(self, ref: AttemptRef, external_id: str | None) -> PodLogs:
+        from kubernetes import client
+
+        return PodLogs(client.CoreV1Api(self.client()), self.namespace or "default", external_id or "")
+
+    # -- ControlledTarget ------------------------------------------------------------------------
+    def hand_over(self, job: TrainingJob) -> dict[str, Any]:
+        ns = self.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or self.default_namespace()
+        self.namespace = ns
+        created = self.call(f"create TrainingJob {job.metadata.name} in namespace {ns}",
+                            lambda: self._custom().create_namespaced_custom_object(
+                                GROUP, VERSION, ns, PLURAL, resource(job, ns), _request_timeout=TIMEOUT_S))
+        self.uid = (created or {}).get("metadata", {}).get("uid")
+        return self.options()
+
+    def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
+        ns = options.get("namespace") or "default"
+        obj = self.call(f"read TrainingJob {name} in namespace {ns}", lambda: self._custom().get_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT_S), missing_ok=True)
+        if obj is None or (options.get("uid") and obj["metadata"].get("uid") != options["uid"]):
+            return None
+        return snapshot(obj)
+
+    def withdraw(self, options: dict[str, Any], name: str) -> None:
+        ns = options.get("namespace") or "default"
+        self.call(f"delete TrainingJob {name} in namespace {ns}", lambda: self._custom().delete_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background", _request_timeout=TIMEOUT_S),
+            missing_ok=True)
+
+
+def snapshot(obj: dict[str, Any]) -> JobSnapshot:
+    """The controller's record (the TrainingJob status) in the target-neutral shape."""
+    status = obj.get("status") or {}
+    attempts = []
+    for a in status.get("attempts") or []:
+        failure = a.get("failure") or {}
+        kind = failure.get("kind")
+        attempts.append(AttemptSnapshot(
+            number=a["number"], state=AttemptState(a["state"]), spec=a.get("spec") or {}, rung=a.get("rung"),
+            reason=a.get("reason", ""), external_id=a.get("jobName"), started_at=_timestamp(a.get("startedAt")),
+            ended_at=_timestamp(a.get("endedAt")),
+            failure=(kind, failure.get("reason", ""), failure.get("evidence", "")) if kind not in (None, "succeeded")
+            else None))
+    phase = Phase(status["phase"]) if status.get("phase") else Phase.PENDING
+    waiting = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
+               if c.get("type") == "Stalled" and c.get("status") == "True"]
+    return JobSnapshot(state=phase.job_state, reason=status.get("message"), attempts=attempts, conditions=waiting)
