@@ -98,3 +98,97 @@ def test_a_refused_resource_is_a_clear_error(cluster: FakeApiServer, tmp_path: P
     assert cli("submit", str(path)).returncode == 0
     again = cli("submit", str(path))  # the same name twice
     assert again.returncode == 2 and "AlreadyExists" in again.stderr or "already exists" in again.stderr
+
+
+def run_controller(api: FakeApiServer) -> Controller:
+    return Controller(KubeApi(client.ApiClient(client.Configuration(host=api.url))), namespace="ml", workers=2,
+                      resync_s=2, watch_timeout_s=2).start()
+
+
+def test_submit_wait_streams_both_attempts_and_exits_0_when_the_fallback_succeeds(cluster: FakeApiServer,
+                                                                                  tmp_path: Path) -> None:
+    with SimulatedCluster(cluster, first_attempt_fails(PodEnd.oom_killed(), index=0)):
+        controller = run_controller(cluster)
+        try:
+            r = cli("submit", str(job_file(tmp_path)), "--target", "kubernetes", "--wait", "--all-lines")
+        finally:
+            controller.shutdown()
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "[shardctl] attempt 1 failed: host_oom" in out and "[shardctl] attempt 2 started" in out
+    assert "==> pod llm-a1-0-" in out and "==> pod llm-a2-" in out  # both attempts' logs streamed
+    assert out.index("attempt 1 failed") < out.index("[attempt 2] rank 1: training complete")
+    assert "succeeded: attempt 2 succeeded" in out
+    assert "supervisor" not in out + r.stderr  # the controller drives it: no local supervisor is ever started
+
+
+def test_logs_follow_crosses_the_attempt_change_and_cancel_ends_a_job(cluster: FakeApiServer,
+                                                                      tmp_path: Path) -> None:
+    with SimulatedCluster(cluster, first_attempt_fails(PodEnd.cuda_oom(), index=0), run_s=1.0):
+        controller = run_controller(cluster)
+        try:
+            job_id = cli("submit", str(job_file(tmp_path))).stdout.strip()
+            follow = cli("logs", job_id, "-f")
+        finally:
+            controller.shutdown()
+    assert follow.returncode == 0, follow.stderr
+    assert "CUDA out of memory" in follow.stdout and "rank 0: training complete" in follow.stdout
+    assert follow.stdout.index("CUDA out of memory") < follow.stdout.index("attempt 2 started")
+
+
+def test_status_and_history_json_have_the_shape_of_a_local_job(cluster: FakeApiServer, tmp_path: Path) -> None:
+    from orchestrator.report import job_json
+    from orchestrator.store import Store
+
+    with SimulatedCluster(cluster, first_attempt_fails(PodEnd.oom_killed())):
+        controller = run_controller(cluster)
+        try:
+            job_id = json.loads(cli("submit", str(job_file(tmp_path)), "--json").stdout)["id"]
+            wait_for(lambda: json.loads(cli("status", job_id, "--json").stdout)["state"] == "succeeded", 30,
+                     "the job to succeed")
+        finally:
+            controller.shutdown()
+    view = json.loads(cli("history", job_id, "--json").stdout)
+    store = Store(tmp_path / "local")  # a local job's view, built by the same function
+    local = store.create_job(name="x", target="local", spec=json.loads(json.dumps(view_spec(tmp_path))),
+                             source=None, workdir=str(tmp_path), checkpoint_dir=None)
+    store.add_attempt(local.id, 1, spec=view_spec(tmp_path), rung=None, reason="r", run_dir="/r", log_path="/r/log",
+                      artifacts={}, warnings=[], resume_from=None)
+    reference = job_json(store.get_job(local.id), store.attempts(local.id))
+    assert set(view) == set(reference)
+    assert all(set(a) == set(reference["attempts"][0]) for a in view["attempts"])
+    assert view["created_at"] and view["finished_at"]  # the cluster's job has its times like any other
+    assert [a["external_id"] for a in view["attempts"]] == ["llm-a1", "llm-a2"]
+
+
+def view_spec(tmp_path: Path) -> dict:
+    return yaml.safe_load(job_file(tmp_path).read_text())
+
+
+def test_without_a_kubeconfig_submit_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    r = cli("submit", str(job_file(tmp_path)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--kubeconfig" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "state" / "jobs").exists() or not any((tmp_path / "state" / "jobs").iterdir())
+
+
+def test_an_unreachable_api_server_is_one_clear_line(cluster: FakeApiServer, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "dead"
+    kubeconfig.write_text((tmp_path / "kubeconfig").read_text().replace(cluster.url, "http://127.0.0.1:9"))
+    r = cli("submit", str(job_file(tmp_path)), "--kubeconfig", str(kubeconfig))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot reach the Kubernetes API server at http://127.0.0.1:9" in r.stderr
+
+
+def test_a_missing_crd_and_forbidden_verbs_are_one_clear_line(cluster: FakeApiServer, tmp_path: Path) -> None:
+    cluster.fail_next("GET", "trainingjobs", 404)
+    r = cli("submit", str(job_file(tmp_path)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "helm install" in r.stderr or "not found" in r.stderr.lower()
+    cluster.fail_next("POST", "trainingjobs", 403)
+    r = cli("submit", str(job_file(tmp_path)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "RBAC" in r.stderr, r.stderr

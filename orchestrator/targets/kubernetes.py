@@ -204,8 +204,10 @@ class KubernetesTarget:
             self.default_namespace()
         manifests(job)  # attempt 1 renders (raises CompileError/RenderError) before anything is sent
         ns = self.namespace
-        self.call(f"list TrainingJobs in namespace {ns}", lambda: self._custom().list_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, limit=1, _request_timeout=TIMEOUT_S))
+        listed = self.call(f"list TrainingJobs in namespace {ns}", lambda: self._custom().list_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, limit=1, _request_timeout=TIMEOUT_S), missing_ok=True)
+        if listed is None:  # the collection itself is not found: the resource type does not exist there
+            raise TargetError(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}")
         return []
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
