@@ -70,6 +70,7 @@ def attempt_json(a: AttemptRecord) -> dict[str, Any]:
         "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
         "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
         "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
+        "job_name": a.external_id,  # format 1 had it for Kubernetes attempts only; the same as external_id
     }
 
 

@@ -155,6 +155,10 @@ def test_status_and_history_json_have_the_shape_of_a_local_job(cluster: FakeApiS
     store.add_attempt(local.id, 1, spec=view_spec(tmp_path), rung=None, reason="r", run_dir="/r", log_path="/r/log",
                       artifacts={}, warnings=[], resume_from=None)
     reference = job_json(store.get_job(local.id), store.attempts(local.id))
+    from tests.test_report_schema import validate
+
+    validate(view)
+    validate(json.loads(cli("status", job_id, "--json").stdout))
     assert set(view) == set(reference)
     assert all(set(a) == set(reference["attempts"][0]) for a in view["attempts"])
     assert view["created_at"] and view["finished_at"]  # the cluster's job has its times like any other

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.spec.models import TrainingJob, TrainingJobSpec
+from orchestrator.spec.models import CONTAINER_TARGETS, TrainingJob, TrainingJobSpec
 
 Level = Literal["error", "warning", "note"]
 
@@ -182,8 +182,8 @@ def check(job: TrainingJob) -> list[Finding]:
                                      "placeholder, so the script cannot be told the new micro-batch")
 
     # Targets.
-    if spec.target == "kubernetes" and not spec.kubernetes.image:
-        err("spec.kubernetes.image", "target kubernetes needs an image")
+    if spec.target in CONTAINER_TARGETS and not spec.kubernetes.image:
+        err("spec.kubernetes.image", f"target {spec.target} runs containers: it needs an image")
     ns_a, ns_b = job.metadata.namespace, spec.kubernetes.namespace
     if ns_a and ns_b and ns_a != ns_b:
         err("spec.kubernetes.namespace", f"conflicts with metadata.namespace ({ns_a})")

@@ -26,6 +26,7 @@ API_VERSION = "shardctl.dev/v1alpha1"
 KIND = "TrainingJob"
 
 Target = Literal["local", "slurm", "kubernetes"]
+CONTAINER_TARGETS = frozenset({"kubernetes"})  # targets that run the job in a container image
 Backend = Literal["fsdp", "deepspeed"]
 # Backend-neutral sharding levels. `optimizer` is ZeRO-1, which has no FSDP twin.
 Sharding = Literal["none", "optimizer", "grad_op", "full", "hybrid"]

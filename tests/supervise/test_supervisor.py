@@ -250,3 +250,70 @@ def test_on_gpus_the_first_attempt_starts_where_the_planner_says(store: Store, t
                               checkpoint_dir=str(tmp_path / "ckpt2"))
     Supervisor(store, record.id, FakeTarget()).advance()
     assert store.attempts(record.id)[0].reason == "first attempt: the spec as submitted"
+
+
+class CrashingStore(Store):
+    """The supervisor process dies right after its n-th write to the record (any write: a new attempt,
+    an attempt's state, the job's end)."""
+
+    def __init__(self, root: Path, crash_at: int) -> None:
+        super().__init__(root)
+        self.writes = 0
+        self.crash_at = crash_at
+
+    def _after_write(self) -> None:
+        self.writes += 1
+        if self.writes == self.crash_at:
+            raise Crash
+
+    def add_attempt(self, *args, **kwargs):
+        out = super().add_attempt(*args, **kwargs)
+        self._after_write()
+        return out
+
+    def update_attempt(self, *args, **kwargs) -> None:
+        super().update_attempt(*args, **kwargs)
+        self._after_write()
+
+    def finish_job(self, *args, **kwargs) -> None:
+        super().finish_job(*args, **kwargs)
+        self._after_write()
+
+
+def _fallback_run(store: Store, record, target: FakeTarget, restart) -> int:
+    """Drive an OOM-then-success run to its end, restarting the supervisor after every crash."""
+    sup = Supervisor(store, record.id, target)
+    crashes = 0
+    for _ in range(200):
+        if store.get_job(record.id).terminal:
+            return crashes
+        try:
+            drive(sup, 1)
+        except Crash:
+            crashes += 1
+            sup = restart()
+        attempts = store.attempts(record.id)
+        if attempts and attempts[0].state == "running":
+            target.results.setdefault(1, Outcome(exit_code=1, log_tail=OOM_TAIL))
+        if len(attempts) > 1 and attempts[1].state == "running":
+            target.results.setdefault(2, Outcome(exit_code=0))
+    raise AssertionError("the run did not end")
+
+
+def test_a_supervisor_killed_after_any_write_gives_exactly_one_submit_per_attempt(tmp_path: Path) -> None:
+    """The same property the controller test checks on Kubernetes, through the same lifecycle core."""
+    counting = CrashingStore(tmp_path / "count", crash_at=-1)
+    _fallback_run(counting, new_job(counting, tmp_path), FakeTarget(), lambda: None)
+    total = counting.writes
+    assert total >= 6  # two attempts recorded, started and ended, and the job's end
+    for crash_at in range(1, total + 1):
+        root = tmp_path / f"crash-{crash_at}"
+        store = CrashingStore(root, crash_at)
+        record = new_job(store, tmp_path)
+        target = FakeTarget()
+        crashes = _fallback_run(store, record, target, lambda: Supervisor(Store(root), record.id, target))
+        assert crashes == 1, crash_at
+        fresh = Store(root)
+        assert [a.state for a in fresh.attempts(record.id)] == ["failed", "succeeded"], crash_at
+        assert target.submits == {1: 1, 2: 1}, crash_at
+        assert fresh.get_job(record.id).state == "succeeded"

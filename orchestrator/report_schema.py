@@ -1,0 +1,86 @@
+"""The JSON Schema of `--json` (docs/cli-json.schema.json), generated from these models.
+
+report.py builds the views as plain dicts (fast, no validation on the hot path of `--wait`); the
+tests validate the views of every target against this one schema, so a target can never grow a
+shape of its own. Additional fields are allowed: within `format` 1 fields may be added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from orchestrator.spec.states import AttemptState, FailureKind, JobState
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FailureJson(_Open):
+    kind: FailureKind
+    reason: str | None
+    evidence: str | None
+
+
+class OffloadJson(_Open):
+    optimizer: Literal["none", "cpu", "nvme"]
+    params: Literal["none", "cpu", "nvme"]
+
+
+class AttemptJson(_Open):
+    number: int
+    state: AttemptState
+    reason: str
+    rung: str | None
+    backend: Literal["fsdp", "deepspeed"]
+    sharding: str
+    zero_stage: int | None
+    fsdp_strategy: str | None
+    offload: OffloadJson
+    micro_batch: int
+    grad_accum: int
+    global_batch: int
+    activation_checkpointing: bool
+    resume_from: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration_s: float | None
+    exit_code: int | None
+    signal: int | None
+    failure: FailureJson | None
+    peak_memory_bytes: int | None
+    warnings: list[str]
+    run_dir: str | None
+    log: str | None
+    external_id: str | None
+    job_name: str | None
+
+
+class JobJson(_Open):
+    format: Literal[1]
+    id: str
+    name: str
+    target: str
+    state: JobState
+    reason: str | None
+    source: str | None
+    created_at: str | None
+    finished_at: str | None
+    checkpoint_dir: str | None
+    max_attempts: int | None
+    supervised: bool | None
+    namespace: str | None
+    attempts: list[AttemptJson]
+
+
+def schema() -> dict:
+    out = JobJson.model_json_schema()
+    out["title"] = "shardctl job (status, history, submit --json; list --json is an array of these)"
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(schema(), indent=2))

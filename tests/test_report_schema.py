@@ -1,0 +1,41 @@
+"""docs/cli-json.schema.json is generated from orchestrator/report_schema.py, and every job view validates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from orchestrator.report import job_json
+from orchestrator.report_schema import schema
+from orchestrator.store import Store
+from tests.helpers import doc
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "cli-json.schema.json"
+
+
+def validate(view: dict) -> None:
+    jsonschema.validate(view, json.loads(SCHEMA_FILE.read_text()))
+
+
+def test_the_committed_schema_is_generated() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == schema(), "run python -m orchestrator.report_schema"
+
+
+def test_a_stored_job_with_a_failed_and_a_running_attempt_validates(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    record = store.create_job(name="t", target="local", spec=doc(), source=None, workdir=str(tmp_path),
+                              checkpoint_dir=None)
+    store.add_attempt(record.id, 1, spec=doc(), rung=None, reason="first", run_dir="/r/1", log_path="/r/1/log",
+                      artifacts={}, warnings=["cpu"], resume_from=None)
+    store.update_attempt(record.id, 1, state="failed", failure_kind="host_oom", failure_reason="oom",
+                         started_at=1.0, ended_at=2.0, exit_code=1)
+    store.add_attempt(record.id, 2, spec=doc(), rung="shard_more", reason="oom", run_dir="/r/2",
+                      log_path="/r/2/log", artifacts={}, warnings=[], resume_from="step_8")
+    view = job_json(store.get_job(record.id), store.attempts(record.id), supervised=True)
+    validate(view)
+    view["state"] = "exploded"
+    with pytest.raises(jsonschema.ValidationError):  # the schema can fail
+        validate(view)
