@@ -44,7 +44,7 @@ class KubeApi:
             if known:
                 return obj
         try:
-            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            obj = self.plain(self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -57,8 +57,8 @@ class KubeApi:
         if self.cache is not None and self.cache.synced("trainingjobs"):
             return {"items": self.cache.items("trainingjobs", ns)}
         if ns:
-            return self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return self.plain(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))
+        return self.plain(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
 
     def write_status(self, tj: dict) -> dict:
         """Replace the status, conditional on the resourceVersion read (409 if someone wrote since). The
@@ -66,8 +66,8 @@ class KubeApi:
         cached copy stale, so the retry reads the object from the API instead of conflicting again."""
         meta = tj["metadata"]
         try:
-            out = self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL,
-                                                                      meta["name"], tj)
+            out = self.plain(self.custom.replace_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"],
+                                                                                 PLURAL, meta["name"], tj))
         except ApiException as exc:
             if exc.status == 409 and self.cache is not None:
                 self.cache.invalidate("trainingjobs", meta["namespace"], meta["name"])
@@ -109,13 +109,15 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
-        if self.cache is not None:
-            self.cache.put("jobs", job)
+        labels = (job.get("metadata") or {}).get("labels") or {}
+        if self.cache is not None and labels.get("app.kubernetes.io/managed-by") == "shardctl":
+            self.cache.put("jobs", job)  # only what the Job watch selects: anything else would never be refreshed
         return job
 
     def job_pods(self, ns: str, job_name: str) -> list[dict]:
         """From the cache, except for a Job that failed: its pods say why (the first to fail is the root
-        cause), and the pod watch may lag the Job watch, so those are listed from the API once."""
+        cause), and the pod watch may lag the Job watch, so those are listed from the API (by the reconcile that
+        ends the attempt)."""
         if self.cache is not None:
             known, job = self.cache.lookup("jobs", ns, job_name)
             failed = any(c.get("type") == "Failed" and c.get("status") == "True"
@@ -136,6 +138,14 @@ class KubeApi:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+    def delete_job(self, ns: str, name: str) -> None:
+        """An attempt's Job and its pods (a refused attempt's Job would otherwise retry its pods forever)."""
+        try:
+            self.batch.delete_namespaced_job(name, ns, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def event(self, tj: dict, reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the TrainingJob. firstTimestamp/lastTimestamp/count are what `kubectl get events`

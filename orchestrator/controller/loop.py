@@ -31,6 +31,7 @@ from orchestrator.controller.kube import KubeApi
 from orchestrator.controller.metrics import Metrics
 from orchestrator.controller.reconcile import Reconciler
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+from orchestrator.targets.kubernetes import RECHECK_S
 
 log = logging.getLogger("shardctl.controller")
 MANAGED = "app.kubernetes.io/managed-by=shardctl"
@@ -46,6 +47,13 @@ class WorkQueue:
         self.ready: dict[str, float] = {}  # key -> when it may be handed out
         self.active: set[str] = set()
         self.dirty: set[str] = set()
+        self.closed = False
+
+    def close(self) -> None:
+        """Wakes every waiting `get` (which then returns None): shutdown need not wait out their timeouts."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
     def add(self, key: str, delay: float = 0.0) -> None:
         with self.cond:
@@ -59,7 +67,7 @@ class WorkQueue:
     def get(self, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
         with self.cond:
-            while True:
+            while not self.closed:
                 now = time.monotonic()
                 due = [k for k, t in self.ready.items() if t <= now]
                 if due:
@@ -71,6 +79,7 @@ class WorkQueue:
                     return None
                 soonest = min(self.ready.values(), default=deadline)
                 self.cond.wait(max(0.0, min(soonest, deadline) - now))
+            return None
 
     def done(self, key: str) -> None:
         with self.cond:
@@ -100,11 +109,7 @@ class Controller:
         if cache:
             self.cache = api.cache if api.cache is not None else Cache()
             api.cache = self.cache
-        try:
-            self.reconciler = Reconciler(api, metrics=self.metrics)  # type: ignore[call-arg]
-        except TypeError:  # a Reconciler without the keyword reads the attribute
-            self.reconciler = Reconciler(api)
-            self.reconciler.metrics = self.metrics  # type: ignore[attr-defined]
+        self.reconciler = Reconciler(api, metrics=self.metrics)
         self.queue = WorkQueue()
         self.metrics.track_queue(lambda: len(self.queue))
         self.workers = workers
@@ -210,7 +215,7 @@ class Controller:
                 rv = None
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
-            except Exception as exc:  # noqa: BLE001: a watch thread must never die (a bad object, a dropped socket)
+            except Exception as exc:  # noqa: BLE001 -- a watch thread must never die (a bad object, a dropped socket)
                 if self.stop.is_set():
                     return
                 log.warning("watch %s: %s: %s; retrying in %.1f s", name, type(exc).__name__, exc, backoff)
@@ -233,6 +238,10 @@ class Controller:
                 self.reconciles += 1
                 self.failures.pop(key, None)
                 log.debug("reconciled %s: %s", key, result)
+                if result == "recheck":  # waits on what no watch announces (an Event): look again soon
+                    self.queue.done(key)
+                    self.queue.add(key, RECHECK_S)
+                    continue
                 if result not in ("gone", "done", "running"):
                     self.queue.done(key)
                     self.queue.add(key)  # it moved: look again at once (the next step may need no event)
@@ -245,7 +254,7 @@ class Controller:
                 self.queue.done(key)
                 self.queue.add(key, delay)
                 continue
-            except Exception as exc:  # noqa: BLE001: a worker must never die; the key is retried with backoff
+            except Exception as exc:  # noqa: BLE001 -- a worker must never die; the key is retried with backoff
                 n = self.failures[key] = self.failures.get(key, 0) + 1
                 delay = min(0.5 * 2 ** (n - 1), self.max_backoff_s)
                 log.warning("reconcile %s: %s: %s; retry in %.1f s", key, type(exc).__name__, exc, delay)
@@ -289,12 +298,13 @@ class Controller:
         """Stops the watches at once (their open streams are closed) and the workers after the reconcile they
         are in; True when every worker has stopped within `wait_s`."""
         self.stop.set()
+        self.queue.close()
         with self._streams_lock:
             streams = list(self._streams.values())
         for resp in streams:
             try:
                 resp.shutdown()  # unblocks the thread reading it
-            except Exception:  # noqa: BLE001: already closed or released: nothing to unblock
+            except Exception:  # noqa: BLE001 -- already closed or released: nothing to unblock
                 pass
         deadline = time.monotonic() + wait_s
         for t in self.threads:

@@ -29,7 +29,7 @@ from orchestrator.lifecycle.moves import (Adopt, AttemptView, EndAttempt, Finish
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
-from orchestrator.targets.base import AttemptRef
+from orchestrator.targets.base import AttemptRef, SubmitDeferred
 from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
 from orchestrator.targets.kubernetes import KubernetesTarget
 
@@ -40,6 +40,7 @@ class Reconciled(StrEnum):
     GONE = "gone"  # deleted, or being deleted
     DONE = "done"  # already ended
     WAITING = "running"  # an attempt runs (or waits): the next event or resync looks again
+    RECHECK = "recheck"  # waits on something no watch announces (an Event): look again in RECHECK_S
     MOVED = "moved"
 
 
@@ -123,6 +124,8 @@ class Reconciler:
                 if self._waiting(obj, status, move):
                     self._write(obj, status)
                     moved = True
+                if move.recheck_s is not None or move.stalled:
+                    return Reconciled.RECHECK
                 return Reconciled.MOVED if moved else Reconciled.WAITING
             obj, status, stop = self._apply(obj, status, job, target, move)
             moved = True
@@ -165,6 +168,10 @@ class Reconciler:
             ref = self._ref(job, move.number)
             try:
                 target.submit(target.render(spec, ref), ref)
+            except SubmitDeferred as exc:  # not now (an exceeded quota): say so, and the loop retries with backoff
+                if self._waiting(obj, status, Wait(detail=str(exc), stalled=True)):
+                    self._write(obj, status)
+                raise
             except SubmitError as exc:
                 return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"))
             attempt.state = AttemptState.RUNNING
@@ -189,9 +196,13 @@ class Reconciler:
                 self.metrics.attempt_ended(f.kind if f else "succeeded")
             if f is not None:
                 self.api.event(obj, "AttemptFailed", f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True)
+            if f is not None and f.kind is FailureKind.REFUSED:  # its Job would retry the refused pods forever
+                target.cancel(attempt.job_name, self._ref(job, attempt.number))
             return obj, status, False  # decided next, written together
         assert isinstance(move, Finish)
-        self._finish(obj, status, move)
+        last = status.attempts[-1] if status.attempts else None
+        refused_for_good = last is not None and last.failure is not None and last.failure.kind == FailureKind.REFUSED
+        self._finish(obj, status, move, "Refused" if refused_for_good else None)
         return obj, status, True
 
     def _waiting(self, obj: dict, status: TrainingJobStatus, move: Wait) -> bool:

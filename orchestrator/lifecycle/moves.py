@@ -44,6 +44,7 @@ class Observation:
     detail: str = ""  # the target's own words about the attempt's state
     stalled: bool = False  # not progressing, for a reason the user should see (detail says which)
     refusal: str | None = None  # ended because the target refused it for good (its own words)
+    recheck_s: float | None = None  # look again this soon even if nothing announces a change
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Wait:
     stop_attempt: bool = False  # a cancel was asked: stop the running attempt
     detail: str = ""
     stalled: bool = False
+    recheck_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,12 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
         if observed.seen is not Seen.NOT_SUBMITTED and observed.external_id:
             return Adopt(last.number, observed.external_id)
         if job.cancel_requested:
-            failure = Failure(FailureKind.CANCELLED, "cancelled before the attempt started")
-            return EndAttempt(last.number, failure.end_state, failure)
+            cancelled = Failure(FailureKind.CANCELLED, "cancelled before the attempt started")
+            return EndAttempt(last.number, cancelled.end_state, cancelled)
         return Submit(last.number)
     if observed.seen is not Seen.ENDED:
-        return Wait(stop_attempt=job.cancel_requested, detail=observed.detail, stalled=observed.stalled)
+        return Wait(stop_attempt=job.cancel_requested, detail=observed.detail, stalled=observed.stalled,
+                    recheck_s=observed.recheck_s)
     outcome = replace(observed.outcome or Outcome(exit_code=None), cancelled=job.cancel_requested)
     failure = classify(outcome)
     if failure is not None and observed.detail and failure.kind is not FailureKind.CANCELLED:

@@ -27,7 +27,12 @@ from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, JobState
 
 __all__ = ["AttemptRef", "AttemptSnapshot", "ControlledTarget", "Driver", "DryRun", "JobSnapshot", "LogSource",
-           "Observation", "SubmitError", "Target", "TargetError"]
+           "Observation", "SubmitDeferred", "SubmitError", "Target", "TargetError"]
+
+
+class SubmitDeferred(TargetError):
+    """The target cannot take the attempt now but may later (an exceeded object quota): the attempt stays
+    recorded as starting, the executor says why and submits it again later."""
 
 
 class Driver(StrEnum):

@@ -16,10 +16,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import ShardctlError
 from orchestrator.compile import CompiledJob, compile_job, dump_yaml
 from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME, DS_CONFIG_NAME
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
+from orchestrator.errors import ShardctlError
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets.base import DryRun
@@ -180,7 +180,7 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
     if k8s.service_account:
         pod_spec["serviceAccountName"] = k8s.service_account
     job_labels = {"kueue.x-k8s.io/queue-name": k8s.queue} if k8s.queue else {}
-    batch_job = {
+    batch_job: dict[str, Any] = {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(job, request, name, job_labels),
         "spec": {
             "completionMode": "Indexed", "completions": nodes, "parallelism": nodes,

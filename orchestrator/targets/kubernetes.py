@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from orchestrator.errors import SubmitError, TargetError
@@ -20,7 +20,8 @@ from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, Phase
-from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot
+from orchestrator.targets import k8s_stalls
+from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot, SubmitDeferred
 from orchestrator.targets.k8s_observe import observe
 from orchestrator.targets.k8s_render import KubeRequest, manifests, render
 
@@ -29,12 +30,17 @@ TIMEOUT_S = 15  # per API request from the CLI: an unreachable server is an erro
 CHART_HINT = "install the controller and its CRD first: helm install shardctl charts/shardctl"
 
 
+RECHECK_S = 3.0  # a Job without pods is looked at again this soon: only an Event says why pods are refused
+
+
 class ClusterApi(Protocol):
     """What the controller side needs of the controller's API client (orchestrator.controller.kube.KubeApi)."""
 
     def create(self, obj: dict) -> bool: ...
     def get_job(self, ns: str, name: str) -> dict | None: ...
     def job_pods(self, ns: str, job_name: str) -> list[dict]: ...
+    def job_events(self, ns: str, job_name: str) -> list[dict]: ...
+    def delete_job(self, ns: str, name: str) -> None: ...
     def retire_attempt(self, ns: str, name: str) -> None: ...
 
 
@@ -58,7 +64,7 @@ def _timestamp(text: str | None) -> float | None:
     if not text:
         return None
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
 
@@ -227,10 +233,13 @@ class KubernetesTarget:
             try:
                 self.api.create(obj)
             except ApiException as exc:
-                if exc.status in (400, 403, 422):  # invalid, or refused by admission: resubmitting cannot help
-                    raise SubmitError(f"{obj['kind']} {obj['metadata']['name']} was refused: "
-                                      f"{_status_message(exc)}") from None
-                raise
+                stall = k8s_stalls.refused(obj["kind"], obj["metadata"]["name"], exc)
+                if stall is None:
+                    raise  # transient (or AlreadyExists, which create adopts): the executor retries
+                if stall.permanent:  # invalid, or forbidden by admission: resubmitting cannot help
+                    self.api.retire_attempt(self.namespace, f"{job.metadata.name}-a{ref.number}")
+                    raise SubmitError(f"{stall.reason}: {stall.message}") from None
+                raise SubmitDeferred(f"{stall.reason}: {stall.message}") from None
         return next(o["metadata"]["name"] for o in objects if o["kind"] == "Job")
 
     def recover(self, ref: AttemptRef) -> str | None:
@@ -242,15 +251,28 @@ class KubernetesTarget:
         if k8s_job is None:
             return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, preempted=True),
                                detail="the attempt's Job was deleted from outside; resuming")
-        ended = observe(k8s_job, self.api.job_pods(self.namespace, external_id))
-        if ended is None:
-            return Observation(Seen.RUNNING)
-        outcome, detail = ended
-        return Observation(Seen.ENDED, outcome=outcome, detail=detail)
+        pods = self.api.job_pods(self.namespace, external_id)
+        ended = observe(k8s_job, pods)
+        if ended is not None:
+            outcome, detail = ended
+            return Observation(Seen.ENDED, outcome=outcome, detail=detail)
+        suspended = bool((k8s_job.get("spec") or {}).get("suspend"))
+        # Only an Event tells why the Job controller made no pods (admission refused them): listed only then
+        events = self.api.job_events(self.namespace, external_id) if not pods and not suspended else []
+        stall = k8s_stalls.diagnose(k8s_job, pods, events, datetime.now(UTC))
+        if stall is not None and stall.permanent:
+            return Observation(Seen.PENDING, refusal=f"{stall.reason}: {stall.message}")
+        if stall is not None:
+            return Observation(Seen.PENDING, detail=f"{stall.reason}: {stall.message}", stalled=True)
+        running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+        return Observation(Seen.RUNNING if running else Seen.PENDING,
+                           recheck_s=RECHECK_S if not pods and not suspended else None)
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
-        """Nothing per attempt: cancelling deletes the TrainingJob (withdraw), and garbage collection
-        removes its Jobs and pods."""
+        """Controller side: delete the attempt's Job (its pods go with it). Cancelling a whole job deletes
+        the TrainingJob instead (withdraw), and garbage collection removes its Jobs and pods."""
+        if self.api is not None and self.namespace:
+            self.api.delete_job(self.namespace, external_id)
 
     def log_source(self, ref: AttemptRef, external_id: str | None) -> PodLogs:
         from kubernetes import client
@@ -269,17 +291,19 @@ class KubernetesTarget:
 
     def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
         ns = options.get("namespace") or "default"
-        obj = self.call(f"read TrainingJob {name} in namespace {ns}", lambda: self._custom().get_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT_S), missing_ok=True)
+        obj = self.call(f"read TrainingJob {name} in namespace {ns}",
+                        lambda: self._custom().get_namespaced_custom_object(
+                            GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT_S), missing_ok=True)
         if obj is None or (options.get("uid") and obj["metadata"].get("uid") != options["uid"]):
             return None
         return snapshot(obj)
 
     def withdraw(self, options: dict[str, Any], name: str) -> None:
         ns = options.get("namespace") or "default"
-        self.call(f"delete TrainingJob {name} in namespace {ns}", lambda: self._custom().delete_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background", _request_timeout=TIMEOUT_S),
-            missing_ok=True)
+        self.call(f"delete TrainingJob {name} in namespace {ns}",
+                  lambda: self._custom().delete_namespaced_custom_object(
+                      GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background", _request_timeout=TIMEOUT_S),
+                  missing_ok=True)
 
 
 def snapshot(obj: dict[str, Any]) -> JobSnapshot:

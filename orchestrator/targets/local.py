@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 from orchestrator.compile import CompiledJob
-from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, DEFAULT_PORT
-from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
-from orchestrator.spec.quantity import parse_bytes
-from orchestrator.spec.models import TrainingJob
-from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
+from orchestrator.compile.launch import DEFAULT_PORT, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
+from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
+from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets import local_wrapper
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
+from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
 from orchestrator.targets.filelog import FileLog
 
 LAUNCH_SCRIPT = "launch.sh"

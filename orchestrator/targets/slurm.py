@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 import orchestrator
+from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
+from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.paths import state_dir as default_state_dir
 from orchestrator.procfiles import read_json, read_tail, write_files, write_json
 from orchestrator.spec.models import TrainingJob
-from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
-from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.targets import slurm_render
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
 from orchestrator.targets.filelog import FileLog

@@ -101,6 +101,8 @@ def refused(kind: str, name: str, exc: BaseException) -> Stall | None:
 
 
 # -- a created Job that does not progress --------------------------------------------------------
+# Messages do not carry ages or counts that move by themselves: the same stall gives the same
+# Stall, so a level-triggered reconcile that writes it again writes nothing new.
 def parse_time(text: str | None) -> datetime | None:
     """An API timestamp (RFC 3339, `Z` or an offset, with or without fractions); None when absent or unreadable."""
     if not text:
@@ -183,8 +185,8 @@ def _no_pods(job: dict, pods: list[dict], now: datetime) -> Stall | None:
     if age is None or age < NO_PROGRESS_S:
         return None
     return Stall("PodsNotCreated", one_line(
-        f"Job {_name(job)} has no pod {age:.0f} s after it was created, and no FailedCreate event says why: "
-        "is the cluster's Job controller running?"), False)
+        f"Job {_name(job)} has no pod more than {NO_PROGRESS_S:.0f} s after it was created, and no FailedCreate "
+        "event says why: is the cluster's Job controller running?"), False)
 
 
 def _pod_stalls(pods: list[dict], now: datetime) -> list[Stall]:
@@ -210,8 +212,8 @@ def _pod_stalls(pods: list[dict], now: datetime) -> list[Stall]:
             age = _age(now, (pod.get("metadata") or {}).get("creationTimestamp"))
             if age is not None and age >= NO_PROGRESS_S:
                 scheduler = (pod.get("spec") or {}).get("schedulerName") or "default-scheduler"
-                words = f"pod {name} has waited {age:.0f} s and no scheduler has looked at it (spec.schedulerName: "
-                found.setdefault("NotScheduled", []).append((f"{words}{scheduler})", False))
+                words = f"pod {name} has waited more than {NO_PROGRESS_S:.0f} s and no scheduler has looked at it"
+                found.setdefault("NotScheduled", []).append((f"{words} (spec.schedulerName: {scheduler})", False))
             continue
         for c in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
             waiting = (c.get("state") or {}).get("waiting") or {}
