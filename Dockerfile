@@ -2,7 +2,7 @@
 # Only the control path: no torch, accelerate or deepspeed (those belong to the training image).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY orchestrator ./orchestrator
 RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[kubernetes]'
 

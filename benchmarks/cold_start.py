@@ -42,8 +42,10 @@ def main() -> None:
               f"{max(samples[name]) * 1000:.0f}, n={runs})")
     print(f"ratio accelerate/shardctl: {medians['accelerate launch --help'] / medians['shardctl --help']:.1f}x")
     probe = ("import sys; from orchestrator.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
-             "print(' '.join(m for m in ('torch','accelerate','deepspeed','kubernetes','transformers') if m in sys.modules) or 'none')")
-    heavy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+             "print(' '.join(m for m in ('torch','accelerate','deepspeed','kubernetes','transformers') "
+             "if m in sys.modules) or 'none')")
+    heavy = subprocess.run([sys.executable, "-c", probe],
+                           capture_output=True, text=True).stdout.strip().splitlines()[-1]
     print(f"heavy modules imported by shardctl --help: {heavy}")
 
 

@@ -61,7 +61,7 @@ def main() -> None:
         view = json.loads(r.stdout[r.stdout.index("{\n"):])
         attempts = view["attempts"]
         kinds += [a["failure"]["kind"] if a["failure"] else a["state"] for a in attempts]
-        for before, after in zip(attempts, attempts[1:]):
+        for before, after in zip(attempts, attempts[1:], strict=False):
             ended = json.loads((Path(before["run_dir"]) / "exit.json").read_text())["ended_at"]
             launched = json.loads((Path(after["run_dir"]) / "wrapper.json").read_text())["launched_at"]
             gaps.append(launched - ended)

@@ -22,10 +22,9 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
-
-import sys
 
 import torch
 

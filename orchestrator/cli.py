@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
+from orchestrator import __version__
 from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, ShardctlError, located
 from orchestrator.targets import NAMES as TARGET_NAMES
 
@@ -100,7 +101,7 @@ def _overrides(kubeconfig: str | None, context: str | None) -> dict:
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="shardctl")
+@click.version_option(__version__)  # the version is written once: orchestrator/__init__.py
 def main() -> None:
     """Declarative large-model training with Accelerate (FSDP or DeepSpeed ZeRO), with automatic OOM fallback."""
 
@@ -370,14 +371,16 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
     import yaml
 
     from orchestrator.compile import dump_yaml
-    from orchestrator.compile.convert import ConvertError, convert as do_convert
+    from orchestrator.compile.convert import ConvertError
+    from orchestrator.compile.convert import convert as do_convert
 
     path = Path(config_file)
     try:
         text = path.read_text()
         config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         ds_json = None
-        ds_file = ((config or {}).get("deepspeed_config") or {}).get("deepspeed_config_file") if isinstance(config, dict) else None
+        ds_file = (((config or {}).get("deepspeed_config") or {}).get("deepspeed_config_file")
+                   if isinstance(config, dict) else None)
         if ds_file:
             ds_path = Path(ds_file) if Path(ds_file).is_absolute() else path.parent / ds_file
             ds_json = json.loads(ds_path.read_text())

@@ -13,8 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-from typing import Any
+from typing import Any, cast
 
 from orchestrator.errors import TargetError
 from orchestrator.jobs import driving, ref_of, target_of
@@ -68,7 +67,7 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
         job = store.get_job(job_id)
         attempts = store.attempts(job_id)
         view = job_json(job, attempts)
-        for rec, a in zip(attempts, view["attempts"]):
+        for rec, a in zip(attempts, view["attempts"], strict=True):
             if a["number"] not in announced_start and rec.state is not AttemptState.STARTING:
                 announced_start.add(a["number"])
                 resumes = f"\n  resumes from: {a['resume_from'] or 'nothing (no checkpoint)'}" if a["run_dir"] else ""
@@ -100,7 +99,7 @@ def follow_plain(store: Store, job_id: str, echo: Callable[[str], None], everyth
         if kind == "event":
             echo(f"[shardctl] {payload}")
         else:
-            number, line = payload
+            number, line = cast("tuple[int, str]", payload)  # a "line" event
             if everything or progress.search(line):
                 echo(f"[attempt {number}] {line}")
     return store.get_job(job_id).state
@@ -137,7 +136,7 @@ def follow_live(store: Store, job_id: str, overrides: dict[str, Any] | None = No
             if kind == "event":
                 live.console.print(f"[bold cyan][shardctl][/] {payload}")
             else:
-                number, line = payload
+                number, line = cast("tuple[int, str]", payload)  # a "line" event
                 if number != current["attempt"]:
                     current["attempt"] = number
                     rate.seen.clear()

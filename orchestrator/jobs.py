@@ -22,8 +22,14 @@ from orchestrator.errors import StoreError, SubmitError, TargetError
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, JobState
 from orchestrator.store import JobRecord, Store
-from orchestrator.supervise.supervisor import (Supervisor, ensure_supervised, is_supervised, job_to_json, spawn,
-                                               wait_caught_up)
+from orchestrator.supervise.supervisor import (
+    Supervisor,
+    ensure_supervised,
+    is_supervised,
+    job_to_json,
+    spawn,
+    wait_caught_up,
+)
 from orchestrator.targets import get_target
 from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
 

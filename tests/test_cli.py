@@ -26,12 +26,14 @@ def test_examples_validate(example: Path) -> None:
     assert ": ok: TrainingJob" in r.stdout
 
 
+_HEAD = ("apiVersion: shardctl.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\n"
+         "spec:\n  entrypoint: {script: t.py}\n  model: {name_or_path: m}\n")  # six lines
 BAD = {
     "empty.yaml": "",
     "syntax.yaml": "apiVersion: [\n",
-    "types.yaml": "apiVersion: shardctl.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\nspec:\n  entrypoint: {script: t.py}\n  model: {name_or_path: m}\n  batch: {micro: many}\n",
-    "rule.yaml": "apiVersion: shardctl.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\nspec:\n  entrypoint: {script: t.py}\n  model: {name_or_path: m}\n  backend: fsdp\n  offload: {optimizer: nvme, nvme_path: /n}\n",
-    "unknown.yaml": "apiVersion: shardctl.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\nspec:\n  entrypoint: {script: t.py}\n  model: {name_or_path: m}\n  sharding_level: full\n",
+    "types.yaml": _HEAD + "  batch: {micro: many}\n",
+    "rule.yaml": _HEAD + "  backend: fsdp\n  offload: {optimizer: nvme, nvme_path: /n}\n",
+    "unknown.yaml": _HEAD + "  sharding_level: full\n",
 }
 
 
@@ -51,7 +53,8 @@ def test_rule_error_points_at_the_line(tmp_path: Path) -> None:
     spec = tmp_path / "rule.yaml"
     spec.write_text(BAD["rule.yaml"])
     r = shardctl("validate", str(spec))
-    assert r.stderr.splitlines()[0].startswith(f"{spec}:8: spec.offload.optimizer: NVMe offload exists only in DeepSpeed")
+    assert r.stderr.splitlines()[0].startswith(
+        f"{spec}:8: spec.offload.optimizer: NVMe offload exists only in DeepSpeed")
 
 
 def test_ten_megabyte_file(tmp_path: Path) -> None:
@@ -101,7 +104,8 @@ def test_schema_has_every_field_name() -> None:
 def test_help_does_not_import_the_training_stack() -> None:
     code = ("import sys; from click.testing import CliRunner; from orchestrator.cli import main; "
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "
-            "print(','.join(m for m in ('torch','deepspeed','accelerate','kubernetes','transformers') if m in sys.modules))")
+            "print(','.join(m for m in ('torch','deepspeed','accelerate','kubernetes','transformers') "
+            "if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""

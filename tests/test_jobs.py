@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.store import Store
 from orchestrator.procfiles import read_json
+from orchestrator.store import Store
 from orchestrator.targets.local_wrapper import is_alive
 from orchestrator.targets.memlimit import cgroup_available
 from tests.helpers import wait_for
@@ -137,7 +137,8 @@ def test_cancel_stops_every_process_and_no_attempt_follows(home: Path, tmp_path:
     assert r.returncode == 0 and "cancelled" in r.stdout, r.stdout + r.stderr
     assert not is_alive(wrapper["pid"], wrapper["start_ticks"])
     assert not is_alive(wrapper["child_pid"], None)
-    left = subprocess.run(["pgrep", "-f", str(Path(attempt.run_dir).parent)], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", str(Path(attempt.run_dir).parent)],
+                          capture_output=True, text=True).stdout.split()
     assert left == []  # no launcher or worker of this attempt survives
     assert [a.state for a in store.attempts(job_id)] == ["cancelled"]
     listed = json.loads(cli("list", "--json").stdout)

@@ -12,7 +12,6 @@ from typing import Any
 import yaml
 
 from orchestrator.compile import rules
-from orchestrator.errors import ShardctlError
 from orchestrator.compile.configs import (
     ACCELERATE_CONFIG_NAME,
     DS_CONFIG_NAME,
@@ -21,6 +20,7 @@ from orchestrator.compile.configs import (
 )
 from orchestrator.compile.launch import LaunchCommand, launch_command, script_environment
 from orchestrator.compile.rules import Finding
+from orchestrator.errors import ShardctlError
 from orchestrator.spec.models import TrainingJob
 
 

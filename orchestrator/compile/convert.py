@@ -8,12 +8,11 @@ Pure: the caller reads the files and passes their parsed contents.
 
 from __future__ import annotations
 
-from orchestrator.errors import ShardctlError
-
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.compile.rules import FSDP_STRATEGY_TO_LEVEL, PRECISION_WARNING, SHARDING_TABLE, ZERO_STAGE_TO_LEVEL
+from orchestrator.errors import ShardctlError
 
 _MACHINE_KEYS = ("compute_environment", "debug", "machine_rank", "main_process_ip", "main_process_port",
                  "main_training_function", "num_machines", "num_processes", "rdzv_backend", "same_network",
@@ -143,7 +142,8 @@ def to_deepspeed(n: Neutral) -> tuple[dict[str, Any], dict[str, Any] | None, lis
     ds_json = None
     if n.sharding == "hybrid":
         # hpZ needs zero_hpz_partition_size, which only a DeepSpeed JSON can carry.
-        gpn = n.gpus_per_node or max(1, int(config.get("num_processes", 1)) // max(1, int(config.get("num_machines", 1))))
+        gpn = n.gpus_per_node or max(1, int(config.get("num_processes", 1))
+                                     // max(1, int(config.get("num_machines", 1))))
         zero: dict[str, Any] = {"stage": 3, "zero_hpz_partition_size": gpn,
                                 "stage3_gather_16bit_weights_on_model_save": n.full_weights_on_save}
         if opt != "none":
@@ -166,7 +166,8 @@ def to_deepspeed(n: Neutral) -> tuple[dict[str, Any], dict[str, Any] | None, lis
 
 def to_fsdp(n: Neutral) -> tuple[dict[str, Any], list[str], list[str]]:
     lost: list[str] = []
-    notes = [PRECISION_WARNING, "FSDP follows the load dtype: load in fp32 to keep DeepSpeed's fp32 optimizer numerics."]
+    notes = [PRECISION_WARNING,
+             "FSDP follows the load dtype: load in fp32 to keep DeepSpeed's fp32 optimizer numerics."]
     strategy = SHARDING_TABLE[n.sharding][0]
     if strategy is None:
         lost.append("zero_stage 1: no FSDP twin; SHARD_GRAD_OP (ZeRO-2) used, which also shards gradients")

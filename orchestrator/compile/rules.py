@@ -122,8 +122,8 @@ def check(job: TrainingJob) -> list[Finding]:
     # Offload.
     for name in ("optimizer", "params"):
         if fsdp and getattr(off, name) == "nvme":
-            err(f"spec.offload.{name}", "NVMe offload exists only in DeepSpeed (ZeRO-Infinity); set backend: deepspeed, "
-                                        "or offload to cpu")
+            err(f"spec.offload.{name}",
+                "NVMe offload exists only in DeepSpeed (ZeRO-Infinity); set backend: deepspeed, or offload to cpu")
     if "nvme" in (off.optimizer, off.params) and not off.nvme_path:
         err("spec.offload.nvme_path", "nvme offload needs nvme_path, a directory on a local NVMe drive")
     if off.nvme_path and "nvme" not in (off.optimizer, off.params):
@@ -135,22 +135,25 @@ def check(job: TrainingJob) -> list[Finding]:
     if not fsdp and off.params != "none" and stage != 3:
         err("spec.offload.params", f"parameter offload needs ZeRO-3 (sharding: full), not ZeRO-{stage}")
     if not fsdp and off.optimizer != "none" and stage == 0:
-        err("spec.offload.optimizer", "optimizer offload needs ZeRO stage 1, 2 or 3 (sharding: optimizer, grad_op or full)")
+        err("spec.offload.optimizer",
+            "optimizer offload needs ZeRO stage 1, 2 or 3 (sharding: optimizer, grad_op or full)")
 
     # Model loading and checkpointing (ZeRO-3 only).
     if not fsdp:
         if spec.deepspeed.zero3_init and stage != 3:
             err("spec.deepspeed.zero3_init", f"zero3_init_flag only applies to ZeRO-3, not ZeRO-{stage}")
         if stage == 3 and spec.deepspeed.zero3_init is None:
-            note("spec.deepspeed.zero3_init", "off: for a Transformers model set zero3_init: true (zero3_init_flag, the "
-                                              "twin of fsdp_cpu_ram_efficient_loading) so it is built already partitioned")
+            note("spec.deepspeed.zero3_init",
+                 "off: for a Transformers model set zero3_init: true (zero3_init_flag, the "
+                 "twin of fsdp_cpu_ram_efficient_loading) so it is built already partitioned")
         if spec.deepspeed.save_16bit_model and stage != 3:
             err("spec.deepspeed.save_16bit_model", f"zero3_save_16bit_model only applies to ZeRO-3, not ZeRO-{stage}")
     else:
         f = spec.fsdp
         if f.cpu_ram_efficient_loading is not False and f.sync_module_states is False:
-            warn("spec.fsdp.sync_module_states", "forced to true: fsdp_cpu_ram_efficient_loading needs "
-                                                 "fsdp_sync_module_states, or ranks other than 0 train on random weights")
+            warn("spec.fsdp.sync_module_states",
+                 "forced to true: fsdp_cpu_ram_efficient_loading needs "
+                 "fsdp_sync_module_states, or ranks other than 0 train on random weights")
         if spec.torch_compile and f.use_orig_params is False:
             warn("spec.fsdp.use_orig_params", "forced to true: torch.compile needs fsdp_use_orig_params")
         if spec.model.layer_class is None:
@@ -165,8 +168,9 @@ def check(job: TrainingJob) -> list[Finding]:
 
     # Activation checkpointing under DeepSpeed is the script's job.
     if not fsdp and spec.activation_checkpointing:
-        note("spec.activation_checkpointing", "DeepSpeed has no accelerate switch for it: the script must enable it "
-                                              "(SHARDCTL_ACTIVATION_CHECKPOINTING=1, e.g. gradient_checkpointing_enable())")
+        note("spec.activation_checkpointing",
+             "DeepSpeed has no accelerate switch for it: the script must enable it "
+             "(SHARDCTL_ACTIVATION_CHECKPOINTING=1, e.g. gradient_checkpointing_enable())")
 
     # Batch.
     b = spec.batch

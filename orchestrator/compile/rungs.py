@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.compile import rules
-from orchestrator.spec.models import Offload, TrainingJob
+from orchestrator.spec.models import Offload, OffloadDevice, TrainingJob
 from orchestrator.spec.states import FailureKind
 
 AUTO_LADDER = ("shard_more", "activation_checkpointing", "halve_micro_batch", "switch_backend",
@@ -59,7 +59,8 @@ def _shard_more(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] 
 def _activation_checkpointing(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
     if job.spec.activation_checkpointing:
         return None
-    return job.with_spec(activation_checkpointing=True), "activation checkpointing on: recompute activations in backward"
+    return (job.with_spec(activation_checkpointing=True),
+            "activation checkpointing on: recompute activations in backward")
 
 
 def _halve_micro_batch(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
@@ -87,7 +88,7 @@ def _switch_backend(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, s
             "ZeRO fragments GPU memory; optimizer state restarts (only model weights carry over)")
 
 
-def _offload(device: str, what: str) -> Rung:
+def _offload(device: OffloadDevice, what: str) -> Rung:
     def rung(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
         s = job.spec
         if kind is FailureKind.HOST_OOM and device == "cpu":

@@ -48,7 +48,7 @@ def probe_api(api_client: object, timeout_s: float = 2.0) -> bool:
         return True
     except ApiException as exc:
         return bool(exc.status) and exc.status < 500 and exc.status not in (401, 403)
-    except Exception:  # noqa: BLE001: connection refused, timeout, DNS: not reachable
+    except Exception:  # noqa: BLE001 -- connection refused, timeout, DNS: not reachable
         return False
 
 
@@ -103,9 +103,11 @@ class HealthServer:
             def do_GET(self) -> None:  # noqa: N802
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    self._text(*outer.health.live(), failure=500)
+                    ok, message = outer.health.live()
+                    self._text(ok, message, 500)
                 elif path == "/readyz":
-                    self._text(*outer.health.ready(), failure=503)
+                    ok, message = outer.health.ready()
+                    self._text(ok, message, 503)
                 elif path == "/metrics" and outer.metrics is not None:
                     self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
                 else:
@@ -125,7 +127,8 @@ class HealthServer:
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="health-server", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                       name="health-server", daemon=True)
 
     def start(self) -> HealthServer:
         self.thread.start()

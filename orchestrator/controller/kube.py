@@ -82,11 +82,11 @@ class KubeApi:
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         try:
             if kind == "Job":
-                self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER)
+                self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
             elif kind == "Service":
-                self.core.create_namespaced_service(ns, obj, field_manager=FIELD_MANAGER)
+                self.core.create_namespaced_service(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
             elif kind == "ConfigMap":
-                self.core.create_namespaced_config_map(ns, obj, field_manager=FIELD_MANAGER)
+                self.core.create_namespaced_config_map(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
             else:
                 raise ValueError(f"the controller does not create {kind}")
         except ApiException as exc:
@@ -131,7 +131,8 @@ class KubeApi:
     def retire_attempt(self, ns: str, name: str) -> None:
         """An ended attempt's Service and ConfigMap. Its Job stays (it runs nothing once ended) so that its
         pods' logs stay readable (`shardctl logs --attempt N`); deleting the TrainingJob removes it."""
-        calls = ((self.core.delete_namespaced_service, name), (self.core.delete_namespaced_config_map, f"{name}-config"))
+        calls = ((self.core.delete_namespaced_service, name),
+                 (self.core.delete_namespaced_config_map, f"{name}-config"))
         for call, obj_name in calls:
             try:
                 call(obj_name, ns, propagation_policy="Background")
@@ -162,7 +163,7 @@ class KubeApi:
             "reportingInstance": instance[:128], "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # sent as is
         except ApiException:
             pass  # an event is best effort: never the reason a reconcile fails
 

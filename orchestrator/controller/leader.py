@@ -23,7 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -34,11 +34,11 @@ log = logging.getLogger("shardctl.controller")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _fmt(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _record(lease: dict[str, Any]) -> tuple:
@@ -63,6 +63,8 @@ class LeaderElector:
         self.release_on_stop = release_on_stop
         self.leading = threading.Event()
         self.stepped_down = threading.Event()  # renewals failed past the deadline: run() has returned
+        self._lock = threading.Lock()
+        self._last_renewal = 0.0  # monotonic: when the last successful renewal was sent
         self._lease: dict[str, Any] | None = None  # the Lease as we last read or wrote it
         self._observed: tuple | None = None
         self._observed_at = 0.0  # monotonic: when we saw the record change
@@ -72,21 +74,22 @@ class LeaderElector:
         """One attempt to take or renew the Lease; True while we hold it. Raises on any API or connection
         error (the loop decides what that means)."""
         coordination = self.api.coordination
-        opts = {"_request_timeout": timeout_s} if timeout_s else {}
         if self.leading.is_set() and self._lease is not None:  # renewing: one conditional write on what we
-            if self._write(self._lease, renewing=True, opts=opts):  # last wrote; a 409 means: read it again
+            if self._write(self._lease, renewing=True, timeout_s=timeout_s):  # last wrote; 409: read it again
                 return True
         now = _fmt(self.wall_clock())
         try:
-            lease = self.api.plain(coordination.read_namespaced_lease(self.name, self.namespace, **opts))
+            lease = self.api.plain(coordination.read_namespaced_lease(self.name, self.namespace,
+                                                                      _request_timeout=timeout_s))
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            body = {"metadata": {"name": self.name, "namespace": self.namespace},
+            body: Any = {"metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_s,
                              "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
             try:
-                created = self.api.plain(coordination.create_namespaced_lease(self.namespace, body, **opts))
+                created = self.api.plain(coordination.create_namespaced_lease(self.namespace, body,
+                                                                              _request_timeout=timeout_s))
             except ApiException as race:
                 if race.status == 409:
                     return False
@@ -102,18 +105,19 @@ class LeaderElector:
         duration = spec.get("leaseDurationSeconds") or self.lease_s
         if holder and holder != self.identity and time.monotonic() < self._observed_at + duration:
             return False  # held, and not yet a full lease since we saw it change
-        return self._write(lease, renewing=holder == self.identity, opts=opts)
+        return self._write(lease, renewing=holder == self.identity, timeout_s=timeout_s)
 
-    def _write(self, lease: dict[str, Any], *, renewing: bool, opts: dict) -> bool:
+    def _write(self, lease: dict[str, Any], *, renewing: bool, timeout_s: float | None) -> bool:
         now = _fmt(self.wall_clock())
         spec = dict(lease.get("spec") or {})
         if not renewing:
             spec["acquireTime"] = now
             spec["leaseTransitions"] = (spec.get("leaseTransitions") or 0) + 1
         spec.update(holderIdentity=self.identity, leaseDurationSeconds=self.lease_s, renewTime=now)
-        try:  # conditional on the resourceVersion in `lease`
+        body: Any = {**lease, "spec": spec}  # conditional on the resourceVersion in `lease`
+        try:
             written = self.api.plain(self.api.coordination.replace_namespaced_lease(
-                self.name, self.namespace, {**lease, "spec": spec}, **opts))
+                self.name, self.namespace, body, _request_timeout=timeout_s))
         except ApiException as exc:
             if exc.status == 409:
                 self.on_contact()
@@ -136,10 +140,10 @@ class LeaderElector:
         now = _fmt(self.wall_clock())
         spec = {**(self._lease.get("spec") or {}), "holderIdentity": "", "leaseDurationSeconds": 1,
                 "acquireTime": now, "renewTime": now}
+        body: Any = {**self._lease, "spec": spec}
         try:
-            self.api.coordination.replace_namespaced_lease(self.name, self.namespace, {**self._lease, "spec": spec},
-                                                           _request_timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001: it will expire on its own
+            self.api.coordination.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 -- it will expire on its own
             log.warning("leader election: could not release the lease: %s", exc)
             return False
         log.info("leader election: %s released the lease", self.identity)
@@ -159,7 +163,7 @@ class LeaderElector:
             return self.try_acquire(timeout_s)
         except ApiException as exc:
             log.warning("leader election: %s %s", exc.status, exc.reason)
-        except Exception as exc:  # noqa: BLE001: a refused connection or a timeout must not end the election
+        except Exception as exc:  # noqa: BLE001 -- a refused connection or a timeout must not end the election
             log.warning("leader election: %s: %s", type(exc).__name__, exc)
         return False
 
@@ -170,21 +174,43 @@ class LeaderElector:
             stop.wait(self.renew_s * (1 + 0.2 * random.random()))
         else:
             return
-        last_renewal = time.monotonic()
-        self.leading.set()
+        with self._lock:
+            self._last_renewal = time.monotonic()
+            self.leading.set()
         log.info("leader election: %s leads", self.identity)
-        while not stop.wait(self.renew_s):
+        threading.Thread(target=self._watchdog, args=(stop,), name="lease-watchdog", daemon=True).start()
+        while not stop.wait(self.renew_s) and self.leading.is_set():
             started = time.monotonic()
-            left = self.renew_deadline_s - (started - last_renewal)
+            left = self.renew_deadline_s - (started - self._last_renewal)
             if left > 0 and self._attempt(timeout_s=max(0.2, min(self.renew_s, left))):
-                last_renewal = started  # the write was sent after this: the lease runs at least from here
+                with self._lock:
+                    if self.leading.is_set():  # unless the watchdog stepped down while the call ran
+                        self._last_renewal = started  # the write was sent after this: the lease runs from here
                 continue
-            if time.monotonic() - last_renewal >= self.renew_deadline_s:
-                log.error("leader election: %s could not renew the lease for %.1f s: stepping down",
-                          self.identity, self.renew_deadline_s)
-                self.leading.clear()
-                self.stepped_down.set()
-                return
+            if time.monotonic() - self._last_renewal >= self.renew_deadline_s:
+                self._step_down()
+        if self.stepped_down.is_set():
+            return
         if self.release_on_stop and self.leading.is_set():
             self.leading.clear()
             self.release()
+
+    def _watchdog(self, stop: threading.Event) -> None:
+        """Clears `leading` at the renew deadline even while a renewal call hangs (the client retries a timed
+        out request, so a call can outlast its own timeout several times over)."""
+        while not stop.is_set() and self.leading.is_set():
+            with self._lock:
+                left = self._last_renewal + self.renew_deadline_s - time.monotonic()
+            if left <= 0:
+                self._step_down()
+                return
+            stop.wait(left)
+
+    def _step_down(self) -> None:
+        with self._lock:
+            if not self.leading.is_set():
+                return
+            self.leading.clear()
+            self.stepped_down.set()
+        log.error("leader election: %s could not renew the lease for %.1f s: stepping down", self.identity,
+                  self.renew_deadline_s)

@@ -12,9 +12,9 @@ recording it adopts them (AlreadyExists) instead of creating a second Job.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -24,8 +24,22 @@ from orchestrator.controller.kube import KubeApi
 from orchestrator.errors import SubmitError
 from orchestrator.lifecycle.classify import Failure
 from orchestrator.lifecycle.fallback import RETRY_RUNG
-from orchestrator.lifecycle.moves import (Adopt, AttemptView, EndAttempt, Finish, JobView, Move, Observation, Seen,
-                                          Start, Submit, Wait, cannot_render, next_move, refused)
+from orchestrator.lifecycle.moves import (
+    Adopt,
+    AttemptView,
+    EndAttempt,
+    Finish,
+    JobView,
+    Move,
+    Observation,
+    Seen,
+    Start,
+    Submit,
+    Wait,
+    cannot_render,
+    next_move,
+    refused,
+)
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
@@ -45,7 +59,7 @@ class Reconciled(StrEnum):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def training_job(obj: dict[str, Any]) -> TrainingJob:
@@ -64,7 +78,10 @@ def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
             "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
-def set_condition(status: TrainingJobStatus, kind: str, value: str, reason: str, message: str,
+ConditionValue = Literal["True", "False", "Unknown"]
+
+
+def set_condition(status: TrainingJobStatus, kind: str, value: ConditionValue, reason: str, message: str,
                   generation: int | None) -> bool:
     """metav1.Condition semantics: lastTransitionTime moves only when the status value changes.
     Returns True when anything changed."""
@@ -180,7 +197,8 @@ class Reconciler:
             set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
                           gen)
             obj = self._write(obj, status)
-            self.api.event(obj, "AttemptStarted", f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}")
+            self.api.event(obj, "AttemptStarted",
+                           f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}")
             return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
         if isinstance(move, Adopt):  # not reached on Kubernetes (Submit adopts), kept for completeness of moves
             status.attempts[move.number - 1].state = AttemptState.RUNNING

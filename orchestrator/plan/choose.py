@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from orchestrator.compile.rungs import describe
 from orchestrator.plan.planner import DEFAULT_SEQ_LEN, plan, predicts_fit
 from orchestrator.plan.report import gib
 from orchestrator.plan.size import model_shape
-from orchestrator.compile.rungs import describe
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 
@@ -52,6 +52,8 @@ def fit_predicate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], boo
         shape = model_shape(job.spec.model.name_or_path, job.spec.model.parameters)
     except ValueError:
         return None
-    gpu = parse_bytes(job.spec.resources.gpu_memory)
+    gpu_memory = job.spec.resources.gpu_memory
+    assert gpu_memory, "_applies checked it"
+    gpu = parse_bytes(gpu_memory)
     seq = job.spec.batch.seq_len or DEFAULT_SEQ_LEN
     return lambda candidate: predicts_fit(candidate, shape, gpu, seq, job.spec.batch.target_len)

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.compile import rules
+from orchestrator.compile.rungs import RUNG_FUNCTIONS, config_key
+from orchestrator.compile.rungs import ladder as ladder_of
 from orchestrator.plan.memory import CUDA, Estimate, estimate
 from orchestrator.plan.size import ModelShape, model_shape
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.spec.states import FailureKind
-from orchestrator.compile.rungs import RUNG_FUNCTIONS, config_key, ladder as ladder_of
 
 MARGIN = 0.08  # keep this share of the GPU free: the estimate is a model, not a measurement
 DEFAULT_SEQ_LEN = 2048

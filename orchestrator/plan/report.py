@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from orchestrator.compile.rungs import describe
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
-from orchestrator.compile.rungs import describe
 
 
 def gib(n: int) -> str:

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from orchestrator.spec.models import _DNS1123_LABEL, API_VERSION, KIND, TrainingJobSpec
+from orchestrator.spec.models import _DNS1123_LABEL, API_VERSION, KIND, Metadata, TrainingJobSpec
 from orchestrator.spec.status import TrainingJobStatus
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -76,11 +77,12 @@ _ROOT_DESCRIPTIONS = {
                   f"{API_VERSION}.",
     "kind": f"Kind is a string value representing the REST resource this object represents: {KIND}.",
 }
+# The root metadata may restrict name and generateName and say nothing else (a description makes the
+# schema non-structural: "must not specify anything other than name and generateName").
 _METADATA = {
     "type": "object",
-    "description": "Standard object metadata. The name must be a DNS-1123 label (at most 63 characters): it names "
-                   "the attempts' Jobs, pods and host names.",
-    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern}},
+    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern,
+                            "description": Metadata.model_fields["name"].description}},
 }
 _TYPES_OF = {"integer", "number", "string", "boolean", "array", "object"}
 
@@ -150,7 +152,7 @@ def _clean(node: Any) -> Any:
     return node
 
 
-def openapi_schema(model: type) -> dict[str, Any]:
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = model.model_json_schema(by_alias=True, mode="validation")
     return _clean(_structural(schema, schema.get("$defs", {})))
 

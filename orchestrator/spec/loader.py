@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import ShardctlError, located
 from orchestrator.spec.models import TrainingJob
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 MAX_SPEC_BYTES = 1 << 20  # a job spec is a page of YAML; 1 MiB is generous and bounds the parser
 
@@ -86,7 +89,7 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def _friendly(err: dict[str, Any]) -> str:
+def _friendly(err: ErrorDetails) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; see `shardctl schema`)"
@@ -102,7 +105,8 @@ def _friendly(err: dict[str, Any]) -> str:
 def parse_spec_text(text: str, source: str = "<spec>") -> LoadedSpec:
     """Parse and validate; raises SpecError listing every problem found."""
     if len(text.encode("utf-8", errors="replace")) > MAX_SPEC_BYTES:
-        raise SpecError([Problem("", f"file is larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a short YAML document", source=source)])
+        raise SpecError([Problem("", f"file is larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a short "
+                                     "YAML document", source=source)])
     if not text.strip():
         raise SpecError([Problem("", "file is empty; expected a TrainingJob (see `shardctl schema`)", source=source)])
     try:
@@ -122,7 +126,8 @@ def parse_spec_text(text: str, source: str = "<spec>") -> LoadedSpec:
         raise SpecError([Problem("", f"expected exactly one YAML document, found {len(documents)}", source=source)])
     data, node = documents[0], nodes[0]
     if not isinstance(data, dict):
-        raise SpecError([Problem("", f"expected a mapping (apiVersion, kind, metadata, spec), got {type(data).__name__}",
+        raise SpecError([Problem("", "expected a mapping (apiVersion, kind, metadata, spec), "
+                                     f"got {type(data).__name__}",
                                  line=node.start_mark.line + 1, source=source)])
     lines: dict[str, int] = {"": node.start_mark.line + 1}
     _index_lines(node, "", lines)

@@ -9,7 +9,7 @@ rules that relate fields to each other (the seeds' restrictions) live in
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -174,7 +174,7 @@ ParamCount = Annotated[
 ShardingField = Annotated[
     Sharding,
     BeforeValidator(_normalise_sharding),
-    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(Sharding.__args__)},  # type: ignore[attr-defined]
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(get_args(Sharding))},
                               {"type": "string"}, {"type": "integer", "minimum": 0, "maximum": 3}],
                     "description": "none | optimizer | grad_op | full | hybrid; native spellings "
                                    "(FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD, zero3, a ZeRO stage number) "
@@ -205,12 +205,14 @@ class Entrypoint(_Strict):
         description="Script arguments. Placeholders {micro_batch}, {grad_accum}, {checkpoint_dir}, {attempt}, "
                     "{seq_len}, {world_size} are filled per attempt (the fallback may change micro_batch/grad_accum).",
     )
-    env: EnvMap = Field(default_factory=dict, description="Extra environment for the script (no secrets: use references).")
+    env: EnvMap = Field(default_factory=dict,
+                        description="Extra environment for the script (no secrets: use references).")
 
 
 class Model(_Strict):
     name_or_path: str = Field(min_length=1, description="Hub id or local path; shardctl never downloads it.")
-    parameters: ParamCount | None = Field(default=None, description="Parameter count, e.g. 6.7e9 or \"7B\" (used by plan).")
+    parameters: ParamCount | None = Field(default=None,
+                                          description="Parameter count, e.g. 6.7e9 or \"7B\" (used by plan).")
     layer_class: str | None = Field(
         default=None,
         description="FSDP wrap class (fsdp_transformer_layer_cls_to_wrap). Leave unset for recent transformers models, "
@@ -230,7 +232,8 @@ class Precision(_Strict):
 class Offload(_Strict):
     optimizer: OffloadField = Field(default="none", description="Optimizer state offload: none | cpu | nvme.")
     params: OffloadField = Field(default="none", description="Parameter offload: none | cpu | nvme (needs ZeRO-3).")
-    nvme_path: str | None = Field(default=None, description="Directory on a local NVMe for nvme offload (DeepSpeed only).")
+    nvme_path: str | None = Field(default=None,
+                                  description="Directory on a local NVMe for nvme offload (DeepSpeed only).")
 
 
 class Batch(_Strict):
@@ -242,7 +245,8 @@ class Batch(_Strict):
     seq_len: int | None = Field(default=None, ge=1, description="Sequence length (used by plan; passed to the script).")
     target_len: int | None = Field(
         default=None, ge=1,
-        description="Encoder-decoder models: the decoder (target) length; seq_len is then the source length (used by plan).",
+        description="Encoder-decoder models: the decoder (target) length; seq_len is then the source length "
+                    "(used by plan).",
     )
 
 
@@ -260,8 +264,10 @@ class Resources(_Strict):
 
 
 class Checkpoint(_Strict):
-    dir: str | None = Field(default=None, description="Checkpoint directory shared by all attempts (default per target).")
-    every_steps: int | None = Field(default=None, ge=1, description="Save every N optimizer steps (passed to the script).")
+    dir: str | None = Field(default=None,
+                            description="Checkpoint directory shared by all attempts (default per target).")
+    every_steps: int | None = Field(default=None, ge=1,
+                                    description="Save every N optimizer steps (passed to the script).")
 
 
 class Fallback(_Strict):
@@ -393,7 +399,8 @@ class TrainingJobSpec(_Strict):
     activation_checkpointing: bool = Field(
         default=False, description="Recompute activations in the backward pass to save memory (FSDP: accelerate "
                                    "does it; DeepSpeed: the script does, told by SHARDCTL_ACTIVATION_CHECKPOINTING).")
-    torch_compile: bool = Field(default=False, description="The script uses torch.compile (FSDP then needs use_orig_params).")
+    torch_compile: bool = Field(default=False,
+                                description="The script uses torch.compile (FSDP then needs use_orig_params).")
     batch: Batch = Field(default_factory=Batch, description="Micro-batch per GPU, global batch, sequence lengths.")
     resources: Resources = Field(default_factory=Resources, description="Nodes, GPUs, CPUs and memory.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint,

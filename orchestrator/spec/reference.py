@@ -42,7 +42,8 @@ def _rows(model: type[BaseModel], schema: dict[str, Any], prefix: str, out: list
         path = f"{prefix}.{key}" if prefix else key
         annotation = field.annotation
         nested = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        default = "required" if field.is_required() else ("" if nested else repr(field.get_default(call_default_factory=True)))
+        default = ("required" if field.is_required()
+                   else "" if nested else repr(field.get_default(call_default_factory=True)))
         doc_lines = (nested.__doc__ or "").strip().splitlines() if nested else []
         desc = field.description or (doc_lines[0] if doc_lines else "")
         kind = _schema_type(props.get(key, {}))

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from orchestrator.spec.states import AttemptState, Phase
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.spec.states import AttemptState, Phase
 
 
 class _Status(BaseModel):

@@ -18,8 +18,22 @@ from pathlib import Path
 
 from orchestrator.errors import StoreError, SubmitError
 from orchestrator.lifecycle.classify import Failure
-from orchestrator.lifecycle.moves import (Adopt, AttemptView, EndAttempt, Finish, JobView, Move, Observation, Seen,
-                                          Start, Submit, Wait, cannot_render, next_move, refused)
+from orchestrator.lifecycle.moves import (
+    Adopt,
+    AttemptView,
+    EndAttempt,
+    Finish,
+    JobView,
+    Move,
+    Observation,
+    Seen,
+    Start,
+    Submit,
+    Wait,
+    cannot_render,
+    next_move,
+    refused,
+)
 from orchestrator.procfiles import spawn_detached
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState

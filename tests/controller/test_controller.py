@@ -168,7 +168,7 @@ def test_a_controller_killed_between_any_two_steps_creates_exactly_one_job_per_a
             if total_writes is None:  # a run without a crash counts the writes
                 counting = CrashingApi(client.ApiClient(client.Configuration(host=server.url)), crash_at=-1)
                 reconciler = Reconciler(counting)
-                wait_for(lambda: reconciler.reconcile(NS, "llm") == "done", 30, "an uncrashed run")
+                wait_for(lambda r=reconciler: r.reconcile(NS, "llm") == "done", 30, "an uncrashed run")
                 total_writes = counting.writes
                 assert total_writes >= 10
             else:

@@ -15,6 +15,21 @@ fake honours, each pinned to the API documentation by tests/fakekube/test_contra
 - Deletion with ownerReference garbage collection (Background, Foreground, Orphan; batch/v1
   Jobs default to Orphan when no propagationPolicy is given, as the real API does).
 - Label selectors (equality, `key`, `!key`, `key in (...)`) on list and watch.
+- Field selectors (`a=b`, `a==b`, `a!=b`) on list and watch, only on the fields each resource
+  supports (`metadata.name`, `metadata.namespace`, and e.g. events' `involvedObject.*`, `reason`,
+  `type`, `source`; pods' `spec.nodeName`, `status.phase`); any other field is a 400
+  `field label not supported: F`, as the real server answers.
+
+Admission, opt-in (the default admits everything, as before):
+- `FakeApiServer(validate=True)`: a Job or Pod whose containers lack an image is refused with the
+  real 422 Invalid (`Job.batch "NAME" is invalid: spec.template.spec.containers[0].image:
+  Required value`); only that part of the API's validation is modelled.
+- `refuse_pods(namespace)`: Pod Security admission enforcing `restricted` there: a pod that
+  violates its four most common checks (allowPrivilegeEscalation, capabilities, runAsNonRoot,
+  seccompProfile) is refused with the real 403 message (`pods "NAME" is forbidden: violates
+  PodSecurity "restricted:latest": ...`). `refuse_pods(namespace, reason)` refuses every pod
+  there with `pods "NAME" is forbidden: REASON` (an exceeded quota, say). Workload objects (Jobs)
+  are admitted, as the real plugin only warns about them: their pods are refused.
 
 Faults for tests: `fail_next(method, plural, code)` makes the next matching request fail, and
 `expire_watches()` ends every open watch with 410 Gone and compacts the history.
@@ -29,8 +44,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -66,17 +82,69 @@ _PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: dict | None = None) -> None:
         super().__init__(message)
-        self.code, self.reason, self.message = code, reason, message
+        self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        out = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+Admission = Callable[[Resource, str, dict], None]  # (resource, namespace, object to create): raises ApiError
+
+# Field selectors the real API server accepts besides metadata.name and metadata.namespace (its per-resource
+# field label conversion functions); a value is read at the dotted path, or at the path given here.
+_FIELD_LABELS: dict[tuple[str, str], dict[str, str]] = {
+    ("", "events"): {**{f"involvedObject.{k}": f"involvedObject.{k}" for k in (
+        "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+        "reason": "reason", "reportingComponent": "reportingComponent", "source": "source.component",
+        "type": "type"},
+    ("events.k8s.io", "events"): {**{f"regarding.{k}": f"regarding.{k}" for k in (
+        "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+        "reason": "reason", "reportingController": "reportingController", "type": "type"},
+    ("", "pods"): {k: k for k in ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
+                                  "spec.serviceAccountName", "status.phase", "status.podIP",
+                                  "status.nominatedNodeName")},
+    ("batch", "jobs"): {"status.successful": "status.succeeded"},
+}
+
+
+def _field_terms(res: Resource, selector: str | None) -> list[tuple[str, bool, str]]:
+    """(path, equal, value) per term; a field the resource does not support is a 400, as on a real server."""
+    terms: list[tuple[str, bool, str]] = []
+    for term in (selector or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        m = re.match(r"^([^!=]+?)\s*(==|!=|=)\s*(.*)$", term)
+        if not m:
+            raise ApiError(400, "BadRequest", f"invalid selector: '{selector}'; can't understand '{term}'")
+        label, op, value = m.groups()
+        known = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace",
+                 **_FIELD_LABELS.get((res.group, res.plural), {})}
+        if label not in known:
+            raise ApiError(400, "BadRequest", f"field label not supported: {label}")
+        terms.append((known[label], op != "!=", value))
+    return terms
+
+
+def _fields_match(terms: list[tuple[str, bool, str]], obj: dict) -> bool:
+    for path, equal, value in terms:
+        node: Any = obj
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        text = "" if node is None else (str(node).lower() if isinstance(node, bool) else str(node))
+        if (text == value) != equal:
+            return False
+    return True
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -161,6 +229,7 @@ class Store:
         self.created: Counter[tuple[str, str, str]] = Counter()  # (plural, namespace, name) -> successful creates
         self.watch_generation = 0
         self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> what the kubelet would return
+        self.admission: list[Admission] = []  # run on every create, after name generation
 
     # -- writes ---------------------------------------------------------------------------
     def _bump(self, res: Resource, kind: str, obj: dict) -> None:
@@ -195,6 +264,8 @@ class Store:
             key = (ns, name)
             if key in self.objects[res]:
                 raise ApiError(409, "AlreadyExists", f'{res.plural} "{name}" already exists')
+            for admit in self.admission:
+                admit(res, ns, body)
             obj = copy.deepcopy(body)
             obj["apiVersion"], obj["kind"] = res.api_version, res.kind
             m = obj["metadata"]
@@ -271,10 +342,12 @@ class Store:
                     self._collect(obj["metadata"]["uid"], "Background")
 
     # -- reads ----------------------------------------------------------------------------
-    def list(self, res: Resource, ns: str | None, selector: str | None) -> dict:
+    def list(self, res: Resource, ns: str | None, selector: str | None, fields: str | None = None) -> dict:
+        terms = _field_terms(res, fields)
         with self.lock:
             items = [copy.deepcopy(o) for (o_ns, _), o in sorted(self.objects[res].items())
-                     if (ns is None or o_ns == ns) and _selector_matches(selector, o["metadata"].get("labels") or {})]
+                     if (ns is None or o_ns == ns) and _selector_matches(selector, o["metadata"].get("labels") or {})
+                     and _fields_match(terms, o)]
             return {"apiVersion": res.api_version, "kind": f"{res.kind}List",
                     "metadata": {"resourceVersion": str(self.revision)}, "items": items}
 
@@ -290,9 +363,11 @@ class Store:
 class FakeApiServer:
     """`with FakeApiServer() as api:` serves on 127.0.0.1:<free port> in a thread; `api.url`."""
 
-    def __init__(self, history: int = 5000, bookmark_s: float = 1.0) -> None:
+    def __init__(self, history: int = 5000, bookmark_s: float = 1.0, validate: bool = False) -> None:
         self.store = Store(history)
         self.bookmark_s = bookmark_s
+        if validate:
+            self.store.admission.append(_require_images)
         store, server_ref = self.store, self
 
         class Handler(_Handler):
@@ -325,6 +400,86 @@ class FakeApiServer:
 
     def resource(self, plural: str, group: str = "") -> Resource:
         return next(r for r in RESOURCES if r.plural == plural and r.group == group)
+
+    def refuse_pods(self, namespace: str, reason: str | None = None) -> Callable[[], None]:
+        """Pod admission in `namespace`: with no reason, Pod Security `restricted` (pods that violate it are
+        refused); with one, every pod is refused with it (e.g. an exceeded quota's words). Returns what lifts
+        it again (the quota freed, the namespace relabelled)."""
+        def admit(res: Resource, ns: str, obj: dict) -> None:
+            if res.plural != "pods" or res.group or ns != namespace:
+                return
+            why = reason if reason is not None else _restricted_violations(obj.get("spec") or {})
+            if why:
+                name = obj["metadata"]["name"]
+                raise ApiError(403, "Forbidden", f'pods "{name}" is forbidden: {why}',
+                               {"name": name, "kind": "pods"})
+
+        def lift() -> None:
+            with self.store.lock:
+                self.store.admission.remove(admit)
+
+        with self.store.lock:
+            self.store.admission.append(admit)
+        return lift
+
+
+def _require_images(res: Resource, ns: str, obj: dict) -> None:
+    """The part of the API's Job and Pod validation the controller can get wrong: every container has an image."""
+    if (res.group, res.plural) == ("batch", "jobs"):
+        kind, prefix = "Job.batch", "spec.template.spec"
+        pod_spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    elif (res.group, res.plural) == ("", "pods"):
+        kind, prefix, pod_spec = "Pod", "spec", obj.get("spec") or {}
+    else:
+        return
+    fields = [f"{prefix}.{group}[{i}].image" for group in ("initContainers", "containers")
+              for i, c in enumerate(pod_spec.get(group) or []) if not c.get("image")]
+    if not fields:
+        return
+    name = obj["metadata"]["name"]
+    errors = [f"{f}: Required value" for f in fields]
+    text = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+    group = res.group
+    raise ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', {
+        "name": name, **({"group": group} if group else {}), "kind": res.kind,
+        "causes": [{"reason": "FieldValueRequired", "message": "Required value", "field": f} for f in fields]})
+
+
+def _restricted_violations(spec: dict) -> str:
+    """Pod Security `restricted`, its four checks every pod must pass explicitly, in the plugin's words."""
+    pod_sc = spec.get("securityContext") or {}
+    containers = [c for group in ("initContainers", "containers") for c in spec.get(group) or []]
+
+    def names(bad: list[dict], pod_or: bool = False) -> str:
+        quoted = ", ".join(f'"{c.get("name")}"' for c in bad)
+        word = "container" if len(bad) == 1 else "containers"
+        return f"{'pod or ' if pod_or else ''}{word} {quoted} must set"
+
+    found = []
+    bad = [c for c in containers if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is not False]
+    if bad:
+        found.append(f"allowPrivilegeEscalation != false ({names(bad)} "
+                     "securityContext.allowPrivilegeEscalation=false)")
+    bad = [c for c in containers
+           if "ALL" not in (((c.get("securityContext") or {}).get("capabilities") or {}).get("drop") or [])]
+    if bad:
+        found.append(f'unrestricted capabilities ({names(bad)} securityContext.capabilities.drop=["ALL"])')
+    bad = [c for c in containers if not ((c.get("securityContext") or {}).get("runAsNonRoot")
+                                         or (pod_sc.get("runAsNonRoot") and (c.get("securityContext") or {})
+                                             .get("runAsNonRoot") is not False))]
+    if bad:
+        found.append(f"runAsNonRoot != true ({names(bad, pod_or=True)} securityContext.runAsNonRoot=true)")
+
+    def seccomp(sc: dict) -> str | None:
+        return (sc.get("seccompProfile") or {}).get("type")
+
+    allowed = ("RuntimeDefault", "Localhost")
+    bad = [c for c in containers if seccomp(c.get("securityContext") or {}) not in allowed
+           and not (seccomp(pod_sc) in allowed and seccomp(c.get("securityContext") or {}) is None)]
+    if bad:
+        found.append(f'seccompProfile ({names(bad, pod_or=True)} securityContext.seccompProfile.type to '
+                     '"RuntimeDefault" or "Localhost")')
+    return f'violates PodSecurity "restricted:latest": {", ".join(found)}' if found else ""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -373,8 +528,10 @@ class _Handler(BaseHTTPRequestHandler):
             ns = ns or ""
             if method == "GET" and name is None:
                 if query.get("watch", ["false"])[0] in ("1", "true"):
+                    _field_terms(res, query.get("fieldSelector", [None])[0])  # a 400 before the stream starts
                     return self._watch(res, ns or None, query)
-                return self._send(200, store.list(res, ns or None, query.get("labelSelector", [None])[0]))
+                return self._send(200, store.list(res, ns or None, query.get("labelSelector", [None])[0],
+                                                  query.get("fieldSelector", [None])[0]))
             if method == "GET" and res.plural == "pods" and sub == "log":
                 store.get(res, ns, name)  # 404 for an unknown pod
                 raw = store.pod_logs.get((ns, name), "").encode()
@@ -434,6 +591,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _watch(self, res: Resource, ns: str | None, query: dict) -> None:
         store = self.api.store
         selector = query.get("labelSelector", [None])[0]
+        terms = _field_terms(res, query.get("fieldSelector", [None])[0])
         bookmarks = query.get("allowWatchBookmarks", ["false"])[0] in ("1", "true")
         timeout = float(query.get("timeoutSeconds", ["300"])[0])
         since_text = query.get("resourceVersion", [""])[0]
@@ -450,7 +608,8 @@ class _Handler(BaseHTTPRequestHandler):
                     since = store.revision
                     initial = [o for (o_ns, _), o in sorted(store.objects[res].items())
                                if (ns is None or o_ns == ns)
-                               and _selector_matches(selector, o["metadata"].get("labels") or {})]
+                               and _selector_matches(selector, o["metadata"].get("labels") or {})
+                               and _fields_match(terms, o)]
                     pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in initial]
                 else:
                     since = int(since_text)
@@ -477,8 +636,8 @@ class _Handler(BaseHTTPRequestHandler):
                     for rv, kind, obj in fresh:
                         since = rv
                         o_ns = obj["metadata"].get("namespace", "")
-                        if (ns is None or o_ns == ns) and _selector_matches(selector, obj["metadata"].get("labels")
-                                                                            or {}):
+                        if ((ns is None or o_ns == ns) and _selector_matches(selector, obj["metadata"].get("labels")
+                                                                             or {}) and _fields_match(terms, obj)):
                             pending.append({"type": kind, "object": copy.deepcopy(obj)})
                     if not fresh and store.log and store.log[-1][0] > since:
                         since = store.log[-1][0]

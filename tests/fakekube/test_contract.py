@@ -8,6 +8,7 @@ https://kubernetes.io/docs/concepts/architecture/garbage-collection/ (owner refe
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -167,3 +168,170 @@ def test_injected_faults_fail_exactly_one_request(api) -> None:
         core.create_namespaced_config_map("ns", {"metadata": {"name": "a"}})
     assert exc.value.status == 500
     core.create_namespaced_config_map("ns", {"metadata": {"name": "a"}})
+
+
+def test_field_selectors_on_list_and_watch(api) -> None:
+    """Field selectors: only the fields a resource supports (events: involvedObject.*, reason, type, source);
+    any other is 400 "field label not supported"."""
+    _, c = api
+    core = client.CoreV1Api(c)
+    for name, kind, reason in (("a", "Job", "FailedCreate"), ("b", "Job", "SuccessfulCreate"), ("a", "Pod", "X")):
+        core.create_namespaced_event("ns", {"metadata": {"generateName": f"{name}."}, "reason": reason,
+                                            "involvedObject": {"kind": kind, "name": name, "namespace": "ns"}})
+
+    def reasons(selector: str) -> list[str]:
+        return sorted(e.reason for e in core.list_namespaced_event("ns", field_selector=selector).items)
+
+    assert reasons("involvedObject.kind=Job,involvedObject.name=a") == ["FailedCreate"]
+    assert reasons("involvedObject.kind==Job") == ["FailedCreate", "SuccessfulCreate"]
+    assert reasons("involvedObject.kind!=Job") == ["X"]
+    assert reasons("metadata.namespace=ns") == ["FailedCreate", "SuccessfulCreate", "X"]
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_event("ns", field_selector="involvedObject.colour=red")
+    assert exc.value.status == 400 and "field label not supported: involvedObject.colour" in exc.value.body
+    seen = [e["object"].reason for e in watch.Watch().stream(
+        core.list_namespaced_event, "ns", field_selector="reason=FailedCreate", timeout_seconds=1)]
+    assert seen == ["FailedCreate"]
+
+
+def test_validate_refuses_containers_without_an_image_as_the_api_does() -> None:
+    """The API's validation: spec.template.spec.containers[i].image is required (422 Invalid, FieldValueRequired).
+    The default fake admits it (existing tests rely on that); validate=True refuses it."""
+    job = {"metadata": {"name": "j"}, "spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}}
+    with FakeApiServer() as lenient:
+        client.BatchV1Api(client.ApiClient(client.Configuration(host=lenient.url))).create_namespaced_job("ns", job)
+    with FakeApiServer(validate=True) as server:
+        c = client.ApiClient(client.Configuration(host=server.url))
+        with pytest.raises(ApiException) as exc:
+            client.BatchV1Api(c).create_namespaced_job("ns", job)
+        status = json.loads(exc.value.body)
+        assert exc.value.status == 422 and status["reason"] == "Invalid"
+        assert status["message"] == 'Job.batch "j" is invalid: spec.template.spec.containers[0].image: Required value'
+        assert status["details"]["causes"] == [{"reason": "FieldValueRequired", "message": "Required value",
+                                                "field": "spec.template.spec.containers[0].image"}]
+        pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": ""}, {"name": "b"}]}}
+        with pytest.raises(ApiException) as exc:
+            client.CoreV1Api(c).create_namespaced_pod("ns", pod)
+        assert json.loads(exc.value.body)["message"] == (
+            'Pod "p" is invalid: [spec.containers[0].image: Required value, spec.containers[1].image: Required value]')
+
+
+RESTRICTED_SC = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_refuse_pods_enforces_pod_security_restricted_on_pods_only(api) -> None:
+    """Pod Security admission enforces on pods; a Job (a workload) is admitted and only warned about."""
+    server, c = api
+    core, batch = client.CoreV1Api(c), client.BatchV1Api(c)
+    lift = server.refuse_pods("locked")
+    bare = {"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "trainer", "image": "i"}]}}
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_pod("locked", bare)
+    assert exc.value.status == 403 and json.loads(exc.value.body)["message"] == (
+        'pods "bare" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false '
+        '(container "trainer" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities '
+        '(container "trainer" must set securityContext.capabilities.drop=["ALL"]), runAsNonRoot != true (pod or '
+        'container "trainer" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container '
+        '"trainer" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")')
+    compliant = {"metadata": {"name": "ok"}, "spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "trainer", "image": "i", "securityContext": RESTRICTED_SC}]}}
+    core.create_namespaced_pod("locked", compliant)
+    core.create_namespaced_pod("open", bare)  # other namespaces are not enforced
+    batch.create_namespaced_job("locked", {"metadata": {"name": "j"}, "spec": {"template": bare}})
+    lift()
+    core.create_namespaced_pod("locked", bare)
+    server.refuse_pods("quota", "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: "
+                                "requests.nvidia.com/gpu=8, limited: requests.nvidia.com/gpu=8")
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_pod("quota", compliant)
+    assert json.loads(exc.value.body)["message"].startswith('pods "ok" is forbidden: exceeded quota: gpu, ')
+
+
+def job_body(name: str, completions: int = 2, **spec: object) -> dict:
+    return {"metadata": {"name": name}, "spec": {
+        "completions": completions, "parallelism": completions, "completionMode": "Indexed", "backoffLimit": 0,
+        "template": {"spec": {"containers": [{"name": "trainer", "image": "registry.example.com/t:1"}],
+                              "restartPolicy": "Never"}}, **spec}}
+
+
+def test_the_job_controller_records_failed_create_and_retries(api) -> None:
+    """A pod the API refuses: a Warning FailedCreate event on the Job, "Error creating: <the refusal>", no pod;
+    the controller retries, and creates the pods once admission allows them."""
+    from tests.fakekube.cluster import SimulatedCluster
+    from tests.helpers import wait_for
+
+    server, c = api
+    core, batch = client.CoreV1Api(c), client.BatchV1Api(c)
+    lift = server.refuse_pods("ns")
+    with SimulatedCluster(server, run_s=60, retry_s=0.2):
+        job = batch.create_namespaced_job("ns", job_body("j"))
+        selector = "involvedObject.kind=Job,involvedObject.name=j"
+        events = wait_for(lambda: core.list_namespaced_event("ns", field_selector=selector).items, 5, "an event")
+        event = events[0]
+        assert event.type == "Warning" and event.reason == "FailedCreate" and event.source.component == "job-controller"
+        assert event.involved_object.uid == job.metadata.uid and event.last_timestamp and event.count >= 1
+        assert event.message.startswith('Error creating: pods "j-') and 'violates PodSecurity "restricted:latest"' in (
+            event.message)
+        assert core.list_namespaced_pod("ns").items == []
+        wait_for(lambda: len(core.list_namespaced_event("ns", field_selector=selector).items) > 2, 5, "retries")
+        lift()
+        wait_for(lambda: len(core.list_namespaced_pod("ns").items) == 2, 5, "the pods once admitted")
+
+
+def test_a_suspended_job_has_no_pods_until_resumed(api) -> None:
+    """spec.suspend: the Job controller creates no pod, sets Suspended=True (JobSuspended) and says so in an event;
+    resuming sets it False (JobResumed) and creates the pods."""
+    from tests.fakekube.cluster import SimulatedCluster
+    from tests.helpers import wait_for
+
+    server, c = api
+    core, batch = client.CoreV1Api(c), client.BatchV1Api(c)
+    with SimulatedCluster(server, run_s=60):
+        batch.create_namespaced_job("ns", job_body("j", suspend=True))
+
+        def suspended() -> str | None:
+            conds = (batch.read_namespaced_job("j", "ns").status or client.V1JobStatus()).conditions or []
+            return next((f"{x.status}/{x.reason}/{x.message}" for x in conds if x.type == "Suspended"), None)
+
+        assert wait_for(suspended, 5, "the Suspended condition") == "True/JobSuspended/Job suspended"
+        assert core.list_namespaced_pod("ns").items == []
+        assert [e.reason for e in core.list_namespaced_event("ns").items] == ["Suspended"]
+        batch.patch_namespaced_job("j", "ns", {"spec": {"suspend": False}})
+        wait_for(lambda: len(core.list_namespaced_pod("ns").items) == 2, 5, "the pods")
+        assert suspended() == "False/JobResumed/Job resumed"
+
+
+def test_pods_that_never_start_look_as_the_scheduler_and_kubelet_leave_them(api) -> None:
+    """Unschedulable: PodScheduled=False with the scheduler's message, no node. ErrImagePull, then
+    ImagePullBackOff with the kubelet's 'Back-off pulling image'. Both stay Pending, through the client's models."""
+    from tests.fakekube.cluster import UNSCHEDULABLE_MESSAGE, PodEnd, SimulatedCluster
+    from tests.helpers import wait_for
+
+    server, c = api
+    core, batch = client.CoreV1Api(c), client.BatchV1Api(c)
+    ends = {0: PodEnd.unschedulable(), 1: PodEnd.image_pull_failure()}
+    with SimulatedCluster(server, lambda job, index: ends[index], run_s=1.0):
+        batch.create_namespaced_job("ns", job_body("j"))
+
+        def pod(index: int):
+            pods = core.list_namespaced_pod("ns", label_selector=f"batch.kubernetes.io/job-completion-index={index}")
+            return pods.items[0] if pods.items else None
+
+        def waiting(p) -> str:
+            statuses = (p.status.container_statuses if p else None) or []
+            return statuses[0].state.waiting.reason if statuses and statuses[0].state.waiting else ""
+
+        wait_for(lambda: pod(0) and (pod(0).status.conditions or [None])[0].reason == "Unschedulable", 5, "pod 0")
+        unschedulable = pod(0)
+        assert unschedulable.status.phase == "Pending" and unschedulable.spec.node_name is None
+        assert unschedulable.status.conditions[0].status == "False"
+        assert unschedulable.status.conditions[0].message == UNSCHEDULABLE_MESSAGE
+        pulling = wait_for(lambda: next((x for x in [pod(1)] if waiting(x) == "ErrImagePull"), None), 5,
+                           "ErrImagePull")
+        assert "failed to pull and unpack image" in pulling.status.container_statuses[0].state.waiting.message
+        wait_for(lambda: waiting(pod(1)) == "ImagePullBackOff", 5, "ImagePullBackOff")
+        backoff = pod(1)
+        assert backoff.status.phase == "Pending" and backoff.spec.node_name
+        assert backoff.status.container_statuses[0].state.waiting.message == (
+            'Back-off pulling image "registry.example.com/t:1"')

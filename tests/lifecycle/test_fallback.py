@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from orchestrator.compile import rules
-from orchestrator.lifecycle.classify import Failure
 from orchestrator.compile.rungs import config_key
+from orchestrator.lifecycle.classify import Failure
 from orchestrator.lifecycle.fallback import Next, Stop, next_step
 from tests.helpers import job
 

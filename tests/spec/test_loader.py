@@ -86,7 +86,8 @@ def test_placeholders_are_checked() -> None:
 def test_quantities() -> None:
     from orchestrator.spec.quantity import parse_bytes, parse_count
 
-    assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("80G") == 80 * 10**9 and parse_bytes("512Mi") == 512 * 2**20
+    assert parse_bytes("80GiB") == 80 * 2**30 and parse_bytes("80G") == 80 * 10**9
+    assert parse_bytes("512Mi") == 512 * 2**20
     assert parse_count("7B") == 7e9 and parse_count("350M") == 3.5e8
     with pytest.raises(ValueError):
         parse_bytes("lots")

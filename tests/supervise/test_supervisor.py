@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.compile import compile_job
-from orchestrator.store import Store
 from orchestrator.lifecycle.classify import Outcome
-from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
 from orchestrator.lifecycle.moves import Observation, Seen
+from orchestrator.store import JobRecord, Store
+from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
 from orchestrator.targets.base import AttemptRef, DryRun
 from tests.helpers import job
 
@@ -311,7 +311,10 @@ def test_a_supervisor_killed_after_any_write_gives_exactly_one_submit_per_attemp
         store = CrashingStore(root, crash_at)
         record = new_job(store, tmp_path)
         target = FakeTarget()
-        crashes = _fallback_run(store, record, target, lambda: Supervisor(Store(root), record.id, target))
+        def supervisor(root: Path = root, record: JobRecord = record, target: FakeTarget = target) -> Supervisor:
+            return Supervisor(Store(root), record.id, target)  # bound now: B023
+
+        crashes = _fallback_run(store, record, target, supervisor)
         assert crashes == 1, crash_at
         fresh = Store(root)
         assert [a.state for a in fresh.attempts(record.id)] == ["failed", "succeeded"], crash_at

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.targets.k8s_observe import observe
 from orchestrator.lifecycle.classify import classify
+from orchestrator.targets.k8s_observe import observe
 from tests.fakekube.cluster import CUDA_OOM_MESSAGE
 
 

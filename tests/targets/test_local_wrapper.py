@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lifecycle.classify import classify
+from orchestrator.procfiles import read_json, write_json
 from orchestrator.targets import memlimit
 from orchestrator.targets.base import AttemptRef
 from orchestrator.targets.local import LocalTarget
-from orchestrator.procfiles import read_json, write_json
 from orchestrator.targets.local_wrapper import is_alive, start_ticks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HAVE_CGROUP = memlimit.cgroup_available()
 
 
-def start(run_dir: Path, code: str, limit: int | None = None, mode: str = "auto") -> tuple[subprocess.Popen, AttemptRef]:
+def start(run_dir: Path, code: str, limit: int | None = None,
+          mode: str = "auto") -> tuple[subprocess.Popen, AttemptRef]:
     run_dir.mkdir(parents=True)
     (run_dir / "job.py").write_text(textwrap.dedent(code))
     write_json(run_dir / "attempt.json", {"command": [sys.executable, str(run_dir / "job.py")], "cwd": str(run_dir),
@@ -41,7 +42,7 @@ def start(run_dir: Path, code: str, limit: int | None = None, mode: str = "auto"
 def finish(proc: subprocess.Popen, ref: AttemptRef, timeout: float = 60):
     proc.wait(timeout=timeout)
     state = LocalTarget(cpu=True).describe(f"{proc.pid}:None", ref)
-    assert state.state == "ended"
+    assert state.seen == "ended"
     return state
 
 
@@ -128,8 +129,8 @@ def test_a_vanished_wrapper_reads_as_lost_not_running(tmp_path: Path) -> None:
     while read_json(Path(ref.run_dir) / "wrapper.json") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     ticks = start_ticks(proc.pid)
-    assert LocalTarget(cpu=True).describe(f"{proc.pid}:{ticks}", ref).state == "running"
+    assert LocalTarget(cpu=True).describe(f"{proc.pid}:{ticks}", ref).seen == "running"
     os.killpg(proc.pid, signal.SIGKILL)  # wrapper and run die together: no exit.json
     proc.wait(timeout=10)
     state = LocalTarget(cpu=True).describe(f"{proc.pid}:{ticks}", ref)
-    assert state.state == "ended" and state.outcome.preempted and "without an exit status" in state.detail
+    assert state.seen == "ended" and state.outcome.preempted and "without an exit status" in state.detail
