@@ -16,7 +16,8 @@ BASE: dict[str, Any] = {
     "kind": "TrainingJob",
     "metadata": {"name": "t"},
     "spec": {
-        "entrypoint": {"script": "train.py", "args": ["--micro-batch", "{micro_batch}", "--grad-accum", "{grad_accum}"]},
+        "entrypoint": {"script": "train.py",
+                       "args": ["--micro-batch", "{micro_batch}", "--grad-accum", "{grad_accum}"]},
         "model": {"name_or_path": "tiny"},
     },
 }

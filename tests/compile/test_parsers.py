@@ -87,11 +87,13 @@ def test_every_valid_spec_passes_accelerate_and_deepspeed(job, tmp_path: Path) -
         assert ds.train_batch_size == spec.batch.global_
         if spec.sharding == "hybrid":
             assert ds.zero_config.zero_hpz_partition_size == spec.resources.gpus_per_node
-        assert ds.zero_config.offload_optimizer is None or ds.zero_config.offload_optimizer.device == spec.offload.optimizer
+        assert (ds.zero_config.offload_optimizer is None
+                or ds.zero_config.offload_optimizer.device == spec.offload.optimizer)
         assert ds.zero_config.offload_param is None or ds.zero_config.offload_param.device == spec.offload.params
     else:
         offload = spec.offload.optimizer != "none" or spec.offload.params != "none"
-        assert bool(plugin.cpu_offload.offload_params if spec.fsdp.version == 1 else plugin.cpu_offload.__class__.__name__ == "CPUOffloadPolicy") == offload
+        assert bool(plugin.cpu_offload.offload_params if spec.fsdp.version == 1
+                    else plugin.cpu_offload.__class__.__name__ == "CPUOffloadPolicy") == offload
         if spec.fsdp.version == 1:
             from orchestrator.compile.rules import fsdp_strategy
 

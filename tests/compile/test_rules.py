@@ -22,7 +22,8 @@ def findings(**spec):
     ("full", "FULL_SHARD", 3), ("grad_op", "SHARD_GRAD_OP", 2), ("none", "NO_SHARD", 0),
 ])
 def test_mapping_row(level: str, strategy: str, stage: int) -> None:
-    assert compiled(backend="fsdp", sharding=level).accelerate_config["fsdp_config"]["fsdp_sharding_strategy"] == strategy
+    fsdp_config = compiled(backend="fsdp", sharding=level).accelerate_config["fsdp_config"]
+    assert fsdp_config["fsdp_sharding_strategy"] == strategy
     ds = compiled(backend="deepspeed", sharding=level).ds_config["zero_optimization"]
     assert ds["stage"] == stage
     assert "zero_hpz_partition_size" not in ds
@@ -67,7 +68,8 @@ def test_nvme_offload_only_in_deepspeed() -> None:
     f = findings(backend="fsdp", offload={"optimizer": "nvme", "nvme_path": "/nvme"})
     assert "only in DeepSpeed" in f[("error", "spec.offload.optimizer")]
     assert "backend: deepspeed" in f[("error", "spec.offload.optimizer")]
-    zero = compiled(backend="deepspeed", offload={"optimizer": "nvme", "nvme_path": "/nvme"}).ds_config["zero_optimization"]
+    zero = compiled(backend="deepspeed",
+                    offload={"optimizer": "nvme", "nvme_path": "/nvme"}).ds_config["zero_optimization"]
     assert zero["offload_optimizer"] == {"device": "nvme", "pin_memory": True, "nvme_path": "/nvme"}
 
 
@@ -83,16 +85,20 @@ def test_param_offload_needs_zero3() -> None:
 
 
 def test_optimizer_offload_needs_a_zero_stage() -> None:
-    assert ("error", "spec.offload.optimizer") in findings(backend="deepspeed", sharding="none", offload={"optimizer": "cpu"})
-    zero = compiled(backend="deepspeed", sharding="grad_op", offload={"optimizer": "cpu"}).ds_config["zero_optimization"]
+    assert ("error", "spec.offload.optimizer") in findings(backend="deepspeed", sharding="none",
+                                                           offload={"optimizer": "cpu"})
+    zero = compiled(backend="deepspeed", sharding="grad_op",
+                    offload={"optimizer": "cpu"}).ds_config["zero_optimization"]
     assert zero["offload_optimizer"]["device"] == "cpu"
 
 
 # --- ZeRO-3-only switches
 @pytest.mark.parametrize("key", ["zero3_init", "save_16bit_model"])
 def test_zero3_only_switches(key: str) -> None:
-    assert ("error", f"spec.deepspeed.{key}") in findings(backend="deepspeed", sharding="grad_op", deepspeed={key: True})
-    assert ("error", f"spec.deepspeed.{key}") not in findings(backend="deepspeed", sharding="full", deepspeed={key: True})
+    assert ("error", f"spec.deepspeed.{key}") in findings(backend="deepspeed", sharding="grad_op",
+                                                          deepspeed={key: True})
+    assert ("error", f"spec.deepspeed.{key}") not in findings(backend="deepspeed", sharding="full",
+                                                              deepspeed={key: True})
 
 
 def test_zero3_init_and_16bit_save_reach_the_configs() -> None:
@@ -139,7 +145,8 @@ def test_fsdp2_emits_boolean_reshard_and_no_v1_keys() -> None:
 
 # --- precision (the seeds' 'On Data Precision')
 def test_deepspeed_bf16_load_gets_the_seeds_warning() -> None:
-    assert findings(backend="deepspeed", precision={"params": "bf16"})[("warning", "spec.precision.params")] == PRECISION_WARNING
+    found = findings(backend="deepspeed", precision={"params": "bf16"})
+    assert found[("warning", "spec.precision.params")] == PRECISION_WARNING
     assert ("warning", "spec.precision.params") not in findings(backend="fsdp", precision={"params": "bf16"})
 
 
