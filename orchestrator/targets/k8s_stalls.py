@@ -38,6 +38,7 @@ _PERMANENT_REFUSALS = (
     re.compile(r"must be less than or equal to \S+ limit"),  # LimitRange (request over limit)
     re.compile(r"unable to validate against any security context constraint"),  # OpenShift SCC
 )
+_RBAC_REFUSAL = re.compile(r'cannot (create|get|list|update|patch|delete) resource "')
 # Container waiting reasons that mean the pod will not start: (condition reason, permanent).
 _WAITING = {
     "InvalidImageName": ("ImagePullFailed", True),
@@ -96,7 +97,10 @@ def refused(kind: str, name: str, exc: BaseException) -> Stall | None:
     text = _status_message(exc) or f"{kind} {name}: {status} {getattr(exc, 'reason', '') or ''}".strip()
     if status == 403 and "is being terminated" in text:
         return None  # the namespace is going away, and the TrainingJob with it
-    permanent = not (status == 403 and "exceeded quota" in text)
+    # RBAC's own refusals are reported and waited out: an administrator may grant the verb, and right
+    # after an API server restart RBAC answers 403 for a moment until its cache has synced.
+    rbac = status == 403 and (_RBAC_REFUSAL.search(text) is not None or "blockOwnerDeletion" in text)
+    permanent = not (status == 403 and ("exceeded quota" in text or rbac))
     return Stall("ChildRefused", one_line(text), permanent)
 
 

@@ -31,6 +31,7 @@ CHART_HINT = "install the controller and its CRD first: helm install shardctl ch
 
 
 RECHECK_S = 3.0  # a Job without pods is looked at again this soon: only an Event says why pods are refused
+EVENTS_AFTER_S = 2.0  # a Job younger than this has no pods yet for no reason worth asking about
 
 
 class ClusterApi(Protocol):
@@ -257,9 +258,14 @@ class KubernetesTarget:
             outcome, detail = ended
             return Observation(Seen.ENDED, outcome=outcome, detail=detail)
         suspended = bool((k8s_job.get("spec") or {}).get("suspend"))
-        # Only an Event tells why the Job controller made no pods (admission refused them): listed only then
-        events = self.api.job_events(self.namespace, external_id) if not pods and not suspended else []
-        stall = k8s_stalls.diagnose(k8s_job, pods, events, datetime.now(UTC))
+        now = datetime.now(UTC)
+        created = k8s_stalls.parse_time((k8s_job.get("metadata") or {}).get("creationTimestamp"))
+        young = created is not None and (now - created).total_seconds() < EVENTS_AFTER_S
+        # Only an Event tells why the Job controller made no pods (admission refused them): listed only then,
+        # and not in the first moments of a Job, when its pods are simply not there yet
+        events = self.api.job_events(self.namespace, external_id) if not pods and not suspended and not young \
+            else []
+        stall = k8s_stalls.diagnose(k8s_job, pods, events, now)
         if stall is not None and stall.permanent:
             return Observation(Seen.PENDING, refusal=f"{stall.reason}: {stall.message}")
         if stall is not None:

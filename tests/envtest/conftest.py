@@ -41,7 +41,7 @@ def _problem() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     problem = _problem()
     if problem:
@@ -67,7 +67,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kube(control_plane: ControlPlane) -> Kube:
     """The cluster admin's view (for setting up and for checking; never what the controller uses)."""
     return Kube(control_plane.admin())

@@ -116,12 +116,27 @@ def test_an_invalid_job_is_a_permanent_refusal_in_the_apis_words() -> None:
     assert stall == Stall("ChildRefused", message, permanent=True)
 
 
-def test_forbidden_owner_references_are_permanent() -> None:
-    """OwnerReferencesPermissionEnforcement without update on trainingjobs/finalizers."""
+def test_forbidden_owner_references_are_reported_and_waited_out() -> None:
+    """OwnerReferencesPermissionEnforcement without update on trainingjobs/finalizers: an RBAC grant the
+    platform team can add, after which the same request passes."""
     message = ('configmaps "llm-a1-config" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers '
                "to a resource you can't set finalizers on: , <nil>")
     stall = refused("ConfigMap", "llm-a1-config", FakeApiException(403, "Forbidden", message))
-    assert stall is not None and stall.permanent and stall.message == message
+    assert stall is not None and not stall.permanent and stall.message == message
+
+
+def test_an_rbac_refusal_is_waited_out() -> None:
+    """Right after an API server restart RBAC answers 403 until its cache has synced: never fail a job on it."""
+    message = ('jobs.batch is forbidden: User "system:serviceaccount:shardctl:shardctl" cannot create resource '
+               '"jobs" in API group "batch" in the namespace "ml"')
+    stall = refused("Job", "llm-a1", FakeApiException(403, "Forbidden", message))
+    assert stall is not None and not stall.permanent
+
+
+def test_an_admission_webhook_refusal_is_permanent() -> None:
+    message = 'admission webhook "policy.example.com" denied the request: images must come from registry.corp'
+    stall = refused("Job", "llm-a1", FakeApiException(403, "Forbidden", message))
+    assert stall is not None and stall.permanent
 
 
 def test_an_exceeded_object_count_quota_is_reported_but_waited_out() -> None:
