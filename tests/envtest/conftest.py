@@ -1,6 +1,6 @@
 """Fixtures for the tests against a real Kubernetes control plane (../shared/k8s-envtest).
 
-The control plane starts once per session (`up` with Pod Security admission and
+The control plane starts once for the package (`up` with Pod Security admission and
 OwnerReferencesPermissionEnforcement, the CRD from manifests/crd.yaml, the fake kubelet with 2 nodes of
 8 GPUs) and is stopped with `down` at the end, which stops exactly what `up` started. Without
 ../shared/k8s-envtest the tests skip, unless SHARDCTL_REQUIRE_ENVTEST=1 (scripts/test sets it when the
