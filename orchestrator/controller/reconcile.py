@@ -208,8 +208,7 @@ class Reconciler:
             attempt.state = move.state
             attempt.ended_at = _now()
             f = move.failure
-            attempt.failure = FailureStatus(kind=f.kind, reason=f.reason, evidence=f.evidence) if f else \
-                FailureStatus(kind="succeeded", reason="exited 0")
+            attempt.failure = FailureStatus(kind=f.kind, reason=f.reason, evidence=f.evidence) if f else None
             if self.metrics is not None:
                 self.metrics.attempt_ended(f.kind if f else "succeeded")
             if f is not None:

@@ -18,7 +18,10 @@ class _Status(BaseModel):
 
 
 class FailureStatus(_Status):
-    kind: str = Field(description="succeeded, cuda_oom, host_oom, preempted, timeout, cancelled, user_error, unknown.")
+    """A plain string kind, not the enum: statuses written by earlier versions carry kind 'succeeded'."""
+
+    kind: str = Field(description="How the attempt failed: cuda_oom, host_oom, preempted, timeout, cancelled, "
+                                  "user_error, refused or unknown. An attempt that succeeded has no failure.")
     reason: str = Field(default="", description="One line: why the attempt ended so.")
     evidence: str = Field(default="", description="The log line or fact that decided it.")
 
