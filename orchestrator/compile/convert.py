@@ -1,7 +1,7 @@
 """Turn an existing accelerate config into the other backend (`shardctl convert`).
 
 Reads what `accelerate config` writes: FSDP (`fsdp_config`), or DeepSpeed with
-inline keys or a `deepspeed_config_file`. Settings with a twin in the seeds'
+inline keys or a `deepspeed_config_file`. Settings with a twin in accelerate's
 table are carried over; everything else is listed, never silently dropped.
 Pure: the caller reads the files and passes their parsed contents.
 """

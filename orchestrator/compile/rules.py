@@ -1,7 +1,7 @@
-"""The seeds' mapping table and restrictions, in one place.
+"""The FSDP/DeepSpeed mapping table and restrictions, in one place.
 
-Sources: ../shared/seeds/ (accelerate's "Moving between FSDP and DeepSpeed",
-the FSDP usage guide, the DeepSpeed ZeRO guide). Every rule here has a test in
+Sources: accelerate's guides "Moving between FSDP and DeepSpeed" and "Fully Sharded Data
+Parallel", and its "DeepSpeed" guide (ZeRO stages, offload). Every rule here has a test in
 tests/compile/test_rules.py that fails if the rule changes.
 """
 
@@ -33,7 +33,8 @@ ZERO_STAGE_TO_LEVEL = {0: "none", 1: "optimizer", 2: "grad_op", 3: "full"}
 PRECISION_WARNING = (
     "DeepSpeed keeps fp32 master weights and upcasts parameters and optimizer state to fp32 whatever the load "
     "dtype; FSDP with a bf16 load keeps them in bf16. Memory and numerics differ between the backends: load in "
-    "fp32 with bf16 mixed precision on both for equivalent runs (seeds: 'On Data Precision')."
+    "fp32 with bf16 mixed precision on both for equivalent runs (accelerate's guide 'Moving between FSDP and "
+    "DeepSpeed', 'On Data Precision')."
 )
 
 
@@ -158,9 +159,9 @@ def check(job: TrainingJob) -> list[Finding]:
             warn("spec.fsdp.use_orig_params", "forced to true: torch.compile needs fsdp_use_orig_params")
         if spec.model.layer_class is None:
             note("spec.model.layer_class", "unset: TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules "
-                                           "(the seeds' recommendation for recent transformers)")
+                                           "(accelerate's FSDP guide: recommended for recent transformers)")
 
-    # Precision (the seeds' 'On Data Precision').
+    # Precision (accelerate's 'On Data Precision').
     if not fsdp and spec.precision.params == "bf16":
         warn("spec.precision.params", PRECISION_WARNING)
     if fsdp and spec.precision.params == "bf16" and spec.precision.mixed == "no":

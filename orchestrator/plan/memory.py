@@ -5,11 +5,11 @@ A step has two memory peaks, and the estimate is the larger:
   logits), the communication buckets and the gathered parameters;
 - optimizer step: the resident state plus the gradients and their fp32 copies the step reads.
 
-Resident state follows the ZeRO paper and the seeds' precision rules, down to what DeepSpeed
+Resident state follows the ZeRO paper and accelerate's precision rules, down to what DeepSpeed
 0.19 really allocates (read from its source, checked against measurements): 16-bit working
 weights, fp32 master weights and Adam moments partitioned by stage; at the step the 16-bit
 gradients are upcast to fp32 (stage 0 also flattens them first). FSDP keeps parameters,
-gradients and Adam states in the load dtype (the seeds).
+gradients and Adam states in the load dtype (accelerate's FSDP-vs-DeepSpeed guide).
 
 Activations per layer and token are coefficients times the hidden and MLP widths (Korthikanti et
 al. 2022, for SDPA attention: no s x s scores, unless the config pins eager attention), with only
@@ -171,7 +171,7 @@ def _fsdp(shape: ModelShape, job: TrainingJob, est: Estimate, resident: dict[str
     if offload:
         est.host_bytes_per_node += 4 * state * g
     resident["parameters"] = 0 if offload else state
-    resident["optimizer_states"] = 0 if offload else 2 * state  # Adam m, v in the load dtype (the seeds)
+    resident["optimizer_states"] = 0 if offload else 2 * state  # Adam m, v in the load dtype (accelerate's guide)
     step["gradients"] = 0 if offload else state
     if level in ("full", "hybrid") or offload:
         backward["gathered_parameters"] = 2 * shape.largest_layer_params * compute  # this unit + the prefetched

@@ -2,7 +2,7 @@
 
 The JSON Schema (`shardctl schema`), the CRD's openAPIV3Schema and the reference
 docs are generated from these models. Pydantic checks shapes and types here;
-rules that relate fields to each other (the seeds' restrictions) live in
+rules that relate fields to each other (accelerate's FSDP/DeepSpeed restrictions) live in
 `orchestrator.compile.rules`, once, so `validate` and `render` agree.
 """
 
@@ -225,7 +225,7 @@ class Precision(_Strict):
     params: LoadDtype = Field(
         default="fp32",
         description="The dtype the model is loaded in. FSDP keeps it for flat params and optimizer; DeepSpeed always "
-                    "keeps fp32 master weights (see the seeds).",
+                    "keeps fp32 master weights (accelerate's guide 'Moving between FSDP and DeepSpeed').",
     )
 
 
@@ -286,7 +286,7 @@ class Fallback(_Strict):
 
 
 class FsdpOptions(_Strict):
-    """FSDP knobs. Unset means shardctl applies the seeds' recommendation."""
+    """FSDP knobs. Unset means shardctl applies accelerate's FSDP guide's recommendation."""
 
     version: Literal[1, 2] = Field(default=1, description="FSDP version (fsdp_version); FSDP2 supports full and "
                                                           "grad_op sharding only.")
@@ -305,7 +305,7 @@ class FsdpOptions(_Strict):
 
 
 class DeepSpeedOptions(_Strict):
-    """DeepSpeed knobs. Unset means shardctl applies the seeds' recommendation."""
+    """DeepSpeed knobs. Unset means shardctl applies accelerate's DeepSpeed guide's recommendation."""
 
     zero3_init: bool | None = Field(default=None, description="zero3_init_flag (ZeRO-3 only).")
     save_16bit_model: bool | None = Field(default=None, description="zero3_save_16bit_model (ZeRO-3 only).")

@@ -60,7 +60,7 @@ _DEFS = _SCHEMA.get("$defs", {})
 def markdown() -> str:
     lines = ["# TrainingJob reference (generated)", "",
              "Generated from `orchestrator/spec/models.py` by `python -m orchestrator.spec.reference`; do not edit.",
-             "Cross-field rules (the seeds' restrictions) are listed in docs/spec.md.", "",
+             "Cross-field rules (accelerate's FSDP/DeepSpeed restrictions) are listed in docs/design.md.", "",
              "| field | type | default | meaning |", "|---|---|---|---|"]
     _rows(TrainingJob, _SCHEMA, "", lines)
     return "\n".join(lines) + "\n"
