@@ -1,23 +1,30 @@
 """How close is the planner to measured peaks, and how close are DeepSpeed's and accelerate's own
-estimators on the same cases (measurements from benchmarks/calibrate_memory.py).
+estimators on the same cases (measurements from benchmarks/calibrate_memory.py, or imported by
+benchmarks/import_h100.py).
 
-    python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl            # table, held-out summary
-    python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl --fit      # refit on the fit cases
+    python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl          # table, held-out summary
+    python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl --fit    # refit on the fit cases
+    python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl --markdown
 
 What is compared:
 - planner: orchestrator.plan.memory.estimate with the profile of the device measured (on CPU
-  processes the host is the device, so offloaded state counts too);
+  processes the host is the device, so offloaded state counts too), and on a GPU its verdict
+  against the device's capacity (planner.within, with planner.MARGIN kept free);
 - DeepSpeed: estimate_zero2_model_states_mem_needs / estimate_zero3_model_states_mem_needs (the
   functions behind its `estimate_zero*_model_states_mem_needs_all_*` helpers), model states only;
+  for FSDP cases the ZeRO-3 figure, FULL_SHARD being the same partitioning;
 - accelerate: the training figure of `accelerate estimate-memory` (estimate_training_usage on the
   model's fp32 size): the command itself needs the Hugging Face Hub, so its function is called.
-Measured on a GPU: peak reserved plus the context (device used minus reserved, at the end);
-on CPU: peak RSS over the pre-model baseline (benchmarks/memory_probe.py).
+Measured on a GPU: peak allocated plus the memory the process holds outside PyTorch's allocator
+(CUDA context and library workspaces); the allocator's cache (reserved minus allocated) is modelled
+and reported apart, since it is given back before an out-of-memory error. On CPU processes: peak
+RSS over the pre-model baseline (benchmarks/memory_probe.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -30,18 +37,39 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from calibrate_memory import job_for  # noqa: E402
 from orchestrator.plan import memory  # noqa: E402
+from orchestrator.plan.planner import MARGIN, within  # noqa: E402
 from orchestrator.plan.size import model_shape  # noqa: E402
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def is_gpu(record: dict[str, Any]) -> bool:
+    return record["device"] != "cpu"
+
+
+def context_of(record: dict[str, Any]) -> int:
+    """Memory the process holds outside PyTorch's allocator (a GPU record)."""
+    if record.get("context_bytes") is not None:
+        return record["context_bytes"]
+    return record["device_used_bytes"] - record["reserved_end_bytes"]
 
 
 def measured(record: dict[str, Any]) -> int:
-    if record["device"] == "cpu":
+    """What the process needed on the device at its peak (for an OOM case: when it failed)."""
+    if not is_gpu(record):
         return record["peak_allocated_bytes"]
-    context = record["device_used_bytes"] - record["reserved_end_bytes"]
-    return record["peak_reserved_bytes"] + context
+    return record["peak_allocated_bytes"] + context_of(record)
+
+
+def measured_reserved(record: dict[str, Any]) -> int | None:
+    if not is_gpu(record) or record.get("peak_reserved_bytes") is None:
+        return None
+    return record["peak_reserved_bytes"] + context_of(record)
 
 
 def profile_of(record: dict[str, Any]) -> memory.DeviceProfile:
-    return memory.CPU if record["device"] == "cpu" else memory.CUDA
+    return memory.CUDA if is_gpu(record) else memory.CPU
 
 
 def estimated(record: dict[str, Any], profile: memory.DeviceProfile | None = None):
@@ -60,10 +88,36 @@ def planned(record: dict[str, Any]) -> int:
     return est.total + host
 
 
+def planned_reserved(record: dict[str, Any]) -> int:
+    _, _, est, host = estimated(record)
+    return est.reserved_total + host
+
+
+def fits_on_device(estimate: int | None, record: dict[str, Any], margin: bool = True) -> bool | None:
+    """An estimate's verdict on the GPU measured (the planner's keeps MARGIN free; the others' none)."""
+    if estimate is None or not is_gpu(record) or not record.get("device_total_bytes"):
+        return None
+    total = record["device_total_bytes"]
+    return within(estimate, total) if margin else estimate <= total
+
+
+def verdict_right(record: dict[str, Any]) -> bool | None:
+    """On a GPU: does the planner's fit/does-not-fit verdict on the device measured match what happened?"""
+    fits = fits_on_device(planned(record), record)
+    return None if fits is None else fits == bool(record["ok"])
+
+
+def reserved_capped(record: dict[str, Any]) -> bool:
+    """The allocator's cache reached the GPU's capacity: it gave cached blocks back to go on, so the measured
+    reserved peak is the capacity, not what it would have cached with room to spare."""
+    res = measured_reserved(record)
+    return bool(res and record.get("device_total_bytes") and res >= 0.995 * record["device_total_bytes"])
+
+
 def deepspeed_estimate(record: dict[str, Any]) -> int | None:
     """DeepSpeed's own model-states estimate for the measured device (None where it has none)."""
     c = record["case"]
-    if c["backend"] != "deepspeed" or c["sharding"] == "none":
+    if c["sharding"] == "none" or (c["backend"] == "fsdp" and c["sharding"] != "full"):
         return None
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -77,7 +131,7 @@ def deepspeed_estimate(record: dict[str, Any]) -> int | None:
     else:
         cpu, gpu = estimate_zero2_model_states_mem_needs(shape.params, gpus, 1,
                                                          cpu_offload=c["offload_optimizer"] != "none")
-    return int(gpu + (cpu / gpus if record["device"] == "cpu" else 0))
+    return int(gpu + (cpu / gpus if not is_gpu(record) else 0))
 
 
 def accelerate_estimate(record: dict[str, Any]) -> int:
@@ -89,34 +143,69 @@ def accelerate_estimate(record: dict[str, Any]) -> int:
     return int(max(usage.values()))
 
 
-def err(pred: int | None, meas: int) -> float | None:
-    return None if pred is None else 100.0 * (pred - meas) / meas
+def err(pred: int | None, meas: int | None) -> float | None:
+    return None if pred is None or not meas else 100.0 * (pred - meas) / meas
 
 
 def fmt(e: float | None) -> str:
     return "   n/a" if e is None else f"{e:+6.1f}%"
 
 
-def load(paths: list[Path]) -> list[dict[str, Any]]:
+def load(paths: list[Path], failed: bool = False) -> list[dict[str, Any]]:
+    """The records of these files: the cases that ran (and with failed=True those that did not)."""
     out = []
     for path in paths:
         out += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in out if r.get("ok")]
+    return [r for r in out if r.get("ok") or (failed and r.get("oom"))]
 
 
-def report(records: list[dict[str, Any]], capacity: int | None = None) -> dict[str, Any]:
+def report(records: list[dict[str, Any]]) -> dict[str, Any]:
     rows = []
     for r in records:
-        m = measured(r)
-        rows.append({"id": r["case"]["id"], "held_out": r["held_out"], "measured": m, "planner": planned(r),
-                     "deepspeed": deepspeed_estimate(r), "accelerate": accelerate_estimate(r)})
-    summary = {}
+        row: dict[str, Any] = {"id": r["case"]["id"], "held_out": r["held_out"], "ok": bool(r.get("ok")),
+                               "measured": measured(r), "planner": planned(r), "deepspeed": deepspeed_estimate(r),
+                               "accelerate": accelerate_estimate(r)}
+        if is_gpu(r):
+            _, _, est, _ = estimated(r)
+            row.update(source=r.get("source", {}).get("case"), peak_phase=est.peak_phase,
+                       measured_reserved=measured_reserved(r), planner_reserved=planned_reserved(r),
+                       reserved_capped=reserved_capped(r), verdict_right=verdict_right(r),
+                       **{f"{name}_right": (None if fits_on_device(row[name], r, margin=False) is None
+                                            else fits_on_device(row[name], r, margin=False) == row["ok"])
+                          for name in ("deepspeed", "accelerate")})
+        rows.append(row)
+    summary: dict[str, Any] = {}
     for split in ("fit", "held_out"):
         chosen = [x for x in rows if x["held_out"] == (split == "held_out")]
-        summary[split] = {name: _stats([err(x[name], x["measured"]) for x in chosen])
+        ran = [x for x in chosen if x["ok"]]
+        summary[split] = {name: _stats([err(x[name], x["measured"]) for x in ran])
                           for name in ("planner", "deepspeed", "accelerate")}
+        if any("measured_reserved" in x for x in ran):
+            summary[split]["planner_reserved"] = _stats([err(x["planner_reserved"], x["measured_reserved"])
+                                                         for x in ran if not x["reserved_capped"]])
+        for name, key in (("planner", "verdict_right"), ("deepspeed", "deepspeed_right"),
+                          ("accelerate", "accelerate_right")):
+            verdicts = [x[key] for x in chosen if x.get(key) is not None]
+            if verdicts:
+                summary[split][f"{name}_verdicts_right"] = f"{sum(verdicts)}/{len(verdicts)}"
         summary[split]["cases"] = len(chosen)
-    return {"rows": rows, "summary": summary}
+    return {"rows": rows, "summary": summary, "margin": MARGIN, "margin_from_measurements": margin(records)}
+
+
+def margin(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The share of the GPU a verdict keeps free, from the measured error (docs/design.md "Memory planner"):
+    the cache the allocator could not give back when an ordinary allocation failed (an OOM case whose failing
+    request was under 1 GiB: a single huge request fails on contiguity, whatever the cache holds), and the
+    worst under-estimate of any case that ran, fit or held out. A config estimated at (1 - margin) of the
+    GPU then still fits: (1 - margin) x (1 + under) + stranded <= 1."""
+    ooms = [r["oom_figures"] for r in records if r.get("oom") and r.get("oom_figures")]
+    stranded = [o["cached"] / o["total"] for o in ooms if o["request"] < 1.0]
+    unders = [(measured(r) - planned(r)) / planned(r) for r in records if r.get("ok") and is_gpu(r)]
+    if not stranded or not unders:
+        return None
+    f, under = max(stranded), max(0.0, max(unders))
+    return {"stranded_share": round(f, 4), "worst_under_estimate": round(under, 4),
+            "margin": round(1 - (1 - f) / (1 + under), 4)}
 
 
 def _stats(errors: list[float | None]) -> dict[str, float | int] | None:
@@ -127,44 +216,121 @@ def _stats(errors: list[float | None]) -> dict[str, float | int] | None:
             "max_abs_pct": round(max(values), 1), "within_10pct": sum(v <= 10 for v in values)}
 
 
-def fit(records: list[dict[str, Any]]) -> None:
-    """On the fit cases only (held-out cases are never looked at): a grid search of the activation
-    and logit scales and the per-process constant minimising the worst relative error of the cases
-    without an unattributed term, then for each such kind (ZeRO-3, with or without parameter
-    offload) the median residual per parameter. Prints the constants to put in plan/memory.py."""
-    cases = [r for r in records if not r["held_out"]]
-    parts = []
-    for r in cases:
-        bare = memory.DeviceProfile(**{**profile_of(r).__dict__, "unattributed_per_param": {}})
-        job, shape, est, host = estimated(r, bare)
-        back, step = est.phases["backward"], est.phases["optimizer_step"]
-        fixed = back.get("context", 0) + back.get("communicators", 0)
-        act, logits = back["activations"], back["logits"]
-        parts.append((memory.unattributed_kind(job), shape.params, measured(r),
-                      sum(back.values()) - act - logits - fixed + host, act, logits, sum(step.values()) - fixed + host))
+def _parts(record: dict[str, Any]) -> dict[str, Any]:
+    """The estimate with a bare profile (no scales, no constant), split per phase into what the fit scales
+    (activations, logits) and the rest."""
+    base = profile_of(record)
+    bare = memory.DeviceProfile(**{**base.__dict__, "context_bytes": 0, "activation_scale": 1.0,
+                                   "logits_scale": 1.0, "unattributed_per_param": {}})
+    job, shape, est, host = estimated(record, bare)
+    phases = []
+    for terms in est.phases.values():
+        act, logits = terms.get("activations", 0), terms.get("logits", 0)
+        phases.append((sum(terms.values()) - act - logits + host, act, logits))
+    context = context_of(record) if is_gpu(record) else 0
+    return {"kind": memory.unattributed_kind(job), "params": shape.params, "measured": measured(record),
+            "phases": phases, "context": context, "transient": est.largest_transient, "record": record}
 
-    def predict(part, a, b, k, extra=0.0):
-        _, params, _, bk, ac, lg, st = part
-        return max(bk + a * ac + b * lg, st) + k + extra * params
 
-    plain = [x for x in parts if x[0] is None]
+def _predict(part: dict[str, Any], a: float, b: float, k: int, extra: float = 0.0) -> float:
+    return (max(rest + a * act + b * lg for rest, act, lg in part["phases"]) + part["context"] + k
+            + extra * part["params"])
+
+
+def fit(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """On the fit cases only (held-out cases are never looked at): a grid search of the activation and
+    logit scales and the per-process constant minimising the worst relative error. On CPU processes the
+    scales are folded into the coefficients and each ZeRO-3 kind gets the median residual per parameter
+    ("unattributed"); on a GPU the scales are the profile's, the constant is on top of the memory measured
+    outside the allocator, and two more things follow: the allocator's cache (reserved minus allocated =
+    c + m x the largest transient, minimax). The margin is not fitted: see margin()."""
+    cases = [r for r in records if not r["held_out"] and r.get("ok")]
+    gpu = is_gpu(cases[0])
+    parts = [_parts(r) for r in cases]
+    plain = [x for x in parts if gpu or x["kind"] is None]
     best = None
-    for a100 in range(50, 201, 5):
-        for b100 in range(50, 201, 5):
-            for const_mib in range(0, 301, 5):
-                a, b, k = a100 / 100, b100 / 100, const_mib << 20
-                worst = max(abs(predict(x, a, b, k) - x[2]) / x[2] for x in plain)
+    scales = [x / 100 for x in range(50, 201, 2)]
+    for a in scales:
+        for b in scales:
+            for const_mib in range(0, 1025 if gpu else 301, 8 if gpu else 5):
+                k = const_mib * MIB
+                worst = max(abs(_predict(x, a, b, k) - x["measured"]) / x["measured"] for x in plain)
                 if best is None or worst < best[0]:
                     best = (worst, a, b, const_mib)
     worst, a, b, const_mib = best
+    out: dict[str, Any] = {"cases": len(plain), "activation_scale": a, "logits_scale": b,
+                           "constant_mib": const_mib, "worst_pct": round(100 * worst, 1)}
     print(f"fit on {len(plain)} cases: activations x{a}, logits x{b}, per-process constant {const_mib} MiB "
           f"(worst error {100 * worst:.1f}%)")
-    for kind in sorted({x[0] for x in parts if x[0]}):
-        mine = [x for x in parts if x[0] == kind]
-        residual = statistics.median((x[2] - predict(x, a, b, const_mib << 20)) / x[1] for x in mine)
-        errs = [100 * (predict(x, a, b, const_mib << 20, residual) - x[2]) / x[2] for x in mine]
-        print(f"  {kind}: {residual:.2f} bytes/parameter unattributed ({len(mine)} cases; errors then "
-              f"{min(errs):+.1f}% .. {max(errs):+.1f}%)")
+    if not gpu:
+        for kind in sorted({x["kind"] for x in parts if x["kind"]}):
+            mine = [x for x in parts if x["kind"] == kind]
+            residual = statistics.median((x["measured"] - _predict(x, a, b, const_mib * MIB)) / x["params"]
+                                         for x in mine)
+            errs = [100 * (_predict(x, a, b, const_mib * MIB, residual) - x["measured"]) / x["measured"]
+                    for x in mine]
+            out[kind] = round(residual, 2)
+            print(f"  {kind}: {residual:.2f} bytes/parameter unattributed ({len(mine)} cases; errors then "
+                  f"{min(errs):+.1f}% .. {max(errs):+.1f}%)")
+        return out
+    context = statistics.median(x["context"] for x in parts)
+    print(f"  context_bytes = {(context + const_mib * MIB) / GIB:.3f} GiB: {context / GIB:.3f} GiB outside the "
+          f"allocator (measured) + {const_mib} MiB fitted")
+    # The allocator's cache on top of the live tensors, against the largest transient of each case.
+    gaps = [(x["record"]["peak_reserved_bytes"] - x["record"]["peak_allocated_bytes"],
+             _transient(x["record"], a, b)) for x in parts]
+    cache = None
+    for c_mib in range(0, 8193, 64):
+        for m100 in range(0, 301, 2):
+            worst_gap = max(abs(c_mib * MIB + m100 / 100 * t - gap) for gap, t in gaps)
+            if cache is None or worst_gap < cache[0]:
+                cache = (worst_gap, c_mib, m100 / 100)
+    worst_gap, c_mib, m = cache
+    out.update(cache_mib=c_mib, cache_per_transient=m, cache_worst_gib=round(worst_gap / GIB, 2))
+    print(f"  allocator cache: {c_mib} MiB + {m} x largest transient (worst miss {worst_gap / GIB:.2f} GiB)")
+    return out
+
+
+def _transient(record: dict[str, Any], a: float, b: float) -> int:
+    base = profile_of(record)
+    profile = memory.DeviceProfile(**{**base.__dict__, "activation_scale": a, "logits_scale": b})
+    return estimated(record, profile)[2].largest_transient
+
+
+def print_table(result: dict[str, Any]) -> None:
+    gpu = any("measured_reserved" in x for x in result["rows"])
+    head = f"{'case':78} {'split':8} {'measured':>9} {'planner':>8} {'DeepSpeed':>9} {'accelerate':>10}"
+    print(head + (f" {'reserved':>9} {'planner':>8} {'verdicts':>9}" if gpu else ""))
+    for x in result["rows"]:
+        ran = x["ok"]
+        line = (f"{x['id'][:78]:78} {'held-out' if x['held_out'] else 'fit':8} {x['measured'] / MIB:7.0f}Mi "
+                f"{fmt(err(x['planner'], x['measured'])) if ran else '   OOM':>8} "
+                f"{fmt(err(x['deepspeed'], x['measured'])) if ran else _gib(x['deepspeed']):>9} "
+                f"{fmt(err(x['accelerate'], x['measured'])) if ran else _gib(x['accelerate']):>10}")
+        if gpu:
+            res = x.get("measured_reserved")
+            reserved = "capped" if x["reserved_capped"] else fmt(err(x["planner_reserved"], res))
+            marks = "".join("-" if x.get(f"{n}_right") is None else "+" if x[f"{n}_right"] else "X"
+                            for n in ("verdict", "deepspeed", "accelerate"))
+            line += f" {res / MIB if res else 0:7.0f}Mi {reserved if ran else '':>8} {marks:>9}"
+        print(line)
+    if gpu:
+        print("verdicts: planner, DeepSpeed, accelerate against the GPU (+ right, X wrong, - none); "
+              "OOM rows: measured is what was allocated when it failed, the estimators' figures in GiB")
+    for split, s in result["summary"].items():
+        print(f"{split}: {s['cases']} cases; |error| median/max: " + "; ".join(
+            f"{name} {v['median_abs_pct']}%/{v['max_abs_pct']}% ({v['within_10pct']}/{v['cases']} within 10%)"
+            if v else f"{name} n/a" for name, v in s.items() if name != "cases" and not name.endswith("right"))
+            + "".join(f"; {k.replace('_', ' ')} {v}" for k, v in s.items() if k.endswith("right")))
+    basis = result.get("margin_from_measurements")
+    if basis:
+        print(f"margin: 1 - (1 - {basis['stranded_share']:.3f} stranded at an OOM) / "
+              f"(1 + {basis['worst_under_estimate']:.3f} worst under-estimate) = {basis['margin']:.3f} "
+              f"(planner.MARGIN: {result['margin']})")
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / GIB:.1f}G"
 
 
 def main() -> None:
@@ -173,23 +339,16 @@ def main() -> None:
     p.add_argument("--fit", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    records = load(args.files)
+    records = load(args.files, failed=True)
     if args.fit:
         fit(records)
         return
-    result = report(records)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's import logs to stdout
+        result = report(records)
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"{'case':78} {'split':8} {'measured':>9} {'planner':>8} {'DeepSpeed':>9} {'accelerate':>10}")
-    for x in result["rows"]:
-        print(f"{x['id'][:78]:78} {'held-out' if x['held_out'] else 'fit':8} {x['measured'] / 2**20:7.0f}Mi "
-              f"{fmt(err(x['planner'], x['measured'])):>8} {fmt(err(x['deepspeed'], x['measured'])):>9} "
-              f"{fmt(err(x['accelerate'], x['measured'])):>10}")
-    for split, s in result["summary"].items():
-        print(f"{split}: {s['cases']} cases; |error| median/max: " + "; ".join(
-            f"{name} {v['median_abs_pct']}%/{v['max_abs_pct']}% ({v['within_10pct']}/{v['cases']} within 10%)"
-            if v else f"{name} n/a" for name, v in s.items() if name != "cases"))
+    print_table(result)
 
 
 if __name__ == "__main__":

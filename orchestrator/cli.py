@@ -43,7 +43,7 @@ def _load_checked(path: str, target: str | None = None) -> tuple[LoadedSpec, lis
     try:
         loaded = load_spec(path)
     except SpecError as exc:
-        _fail([str(p) for p in exc.problems])
+        _fail([str(p) for p in exc.problems] + _partial_rule_errors(exc.partial))
     job = loaded.job
     if target is not None and target != job.spec.target:
         job = job.with_spec(target=target)
@@ -55,6 +55,19 @@ def _load_checked(path: str, target: str | None = None) -> tuple[LoadedSpec, lis
     for f in findings:
         _err(located(loaded.source, loaded.line_of(f.field), f.field, f"{f.level}: {f.message}"))
     return loaded, findings
+
+
+def _partial_rule_errors(partial: LoadedSpec | None) -> list[str]:
+    """The cross-field rules' errors on a spec whose invalid fields were taken out, so that one round
+    reports both kinds; none when a rule would have read an invalid field (its verdict means nothing)."""
+    if partial is None:
+        return []
+    from orchestrator.compile import rules
+
+    try:
+        return _locate(partial, rules.errors(rules.check(partial.job)))
+    except Exception:  # InvalidFieldRead, or anything else a half-valid spec provokes: report what we have
+        return []
 
 
 def _locate(loaded: LoadedSpec, findings) -> list[str]:
@@ -87,6 +100,15 @@ class _Cli(click.Group):
             for line in exc.lines():
                 _err(line)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            sqlite3 = sys.modules.get("sqlite3")  # imported only by the commands that open the store
+            if sqlite3 is None or not isinstance(exc, sqlite3.Error):
+                raise
+            from orchestrator.paths import state_dir
+
+            _err(f"the job store in {state_dir()} cannot be read or written: {exc} (a read-only or damaged "
+                 "shardctl.db; set SHARDCTL_HOME to a writable directory)")
+            ctx.exit(EXIT_FAILED)
 
 
 def _cluster_options(fn):
@@ -122,12 +144,17 @@ def render(job_file: str, target: str | None, out_dir: str) -> None:
     """Write exactly what submit would submit (the dry run). Invalid input writes nothing."""
     loaded, _ = _load_checked(job_file, target)
     out = Path(out_dir).resolve()
+    if not str(out).isprintable():  # the path is written into the scripts, on #SBATCH lines among others
+        _fail([f"--out {str(out)!r}: a directory name with control characters cannot be written into scripts"])
     dry = render_dryrun(loaded, str(out))
     for w in dry.warnings:
         _err(f"warning: {w}")
     from orchestrator.procfiles import write_files
 
-    write_files(out, dry.files, executable=("launch.sh", "job.sbatch", "judge.sbatch"))
+    try:
+        write_files(out, dry.files, executable=("launch.sh", "job.sbatch", "judge.sbatch"))
+    except OSError as exc:
+        _fail([f"--out {out}: cannot write the files: {exc.strerror or exc}; nothing was written"])
     for name in dry.files:
         click.echo(str(out / name))
 
@@ -147,11 +174,13 @@ def render_dryrun(loaded: LoadedSpec, run_dir: str):
 
 
 def _store():
+    import sqlite3
+
     from orchestrator.store import Store, StoreError, state_dir
 
     try:
         return Store()
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, sqlite3.Error) as exc:
         _fail([f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable directory)"],
               EXIT_FAILED)
 
@@ -269,13 +298,31 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
 def list_jobs(as_json: bool, limit: int, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
     from orchestrator.jobs import refresh_all
-    from orchestrator.report import describe_config
+    from orchestrator.report import describe_config, job_json
+    from orchestrator.store import StoreError
 
     store = _store()
-    records = store.list_jobs(limit)
-    for note in refresh_all(store, records, _overrides(kubeconfig, context)):  # one batched query per target
-        _err(note)
-    views = [_view(store, store.get_job(j.id), revive=False) for j in records]
+    damaged: list[str] = []
+    records = []
+    for record in store.list_jobs(limit, damaged=damaged):  # a damaged row is reported and skipped
+        try:
+            job_json(record, store.attempts(record.id))  # everything its rows say can be read
+            records.append(record)
+        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            damaged.append(f"job {record.id}: its record cannot be read ({exc})")
+    for line in damaged:
+        _err(f"warning: {line}; skipped")
+    try:
+        for note in refresh_all(store, records, _overrides(kubeconfig, context)):  # one batched query per target
+            _err(note)
+    except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        _err(f"warning: could not bring every job up to date: {exc}")
+    views = []
+    for j in records:
+        try:
+            views.append(_view(store, store.get_job(j.id), revive=False))
+        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            _err(f"warning: job {j.id}: its record cannot be read ({exc}); skipped")
     if as_json:
         _print_json(views)
         return
@@ -368,27 +415,23 @@ def cancel(job: str, kubeconfig: str | None, context: str | None) -> None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
 def convert(config_file: str, to: str, out_file: str | None) -> None:
     """Turn an accelerate config into the other backend, listing what has no equivalent."""
-    import yaml
-
     from orchestrator.compile import dump_yaml
     from orchestrator.compile.convert import ConvertError
     from orchestrator.compile.convert import convert as do_convert
 
     path = Path(config_file)
+    config = _read_config(path)
+    ds_json = None
+    inline = config.get("deepspeed_config") if isinstance(config, dict) else None
+    ds_file = inline.get("deepspeed_config_file") if isinstance(inline, dict) else None
+    if ds_file:
+        if not isinstance(ds_file, str):
+            _fail([f"{config_file}: deepspeed_config.deepspeed_config_file must be a file name, "
+                   f"not {type(ds_file).__name__} {repr(ds_file)[:60]}"])
+        ds_path = Path(ds_file) if Path(ds_file).is_absolute() else path.parent / ds_file
+        ds_json = _read_config(ds_path, json_only=True)
     try:
-        text = path.read_text()
-        config = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        ds_json = None
-        ds_file = (((config or {}).get("deepspeed_config") or {}).get("deepspeed_config_file")
-                   if isinstance(config, dict) else None)
-        if ds_file:
-            ds_path = Path(ds_file) if Path(ds_file).is_absolute() else path.parent / ds_file
-            ds_json = json.loads(ds_path.read_text())
         result = do_convert(config, to, ds_json)
-    except (OSError, UnicodeDecodeError) as exc:
-        _fail([f"{config_file}: cannot read: {exc}"])
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        _fail([f"{config_file}: not valid YAML/JSON: {str(exc).splitlines()[0]}"])
     except ConvertError as exc:
         _fail([f"{config_file}: {exc}"])
     for line in result.lost:
@@ -402,7 +445,10 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
             files["ds_config.json"] = json.dumps(result.ds_config, indent=2) + "\n"
         from orchestrator.procfiles import write_files
 
-        write_files(Path(out_file).resolve().parent, files)
+        try:
+            write_files(Path(out_file).resolve().parent, files)
+        except (OSError, ValueError) as exc:
+            _fail([f"--out {out_file}: cannot write: {getattr(exc, 'strerror', None) or exc}; nothing was written"])
         click.echo(out_file)
     else:
         click.echo(text_out, nl=False)
@@ -411,25 +457,69 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
             _err(json.dumps(result.ds_config, indent=2))
 
 
+def _read_config(path: Path, json_only: bool = False):
+    """A config file someone gave us, read as untrusted input: a regular file, bounded, YAML through
+    the spec's bounded composer (or JSON, bounded the same way); exits 2 with one line otherwise."""
+    import yaml
+
+    from orchestrator.spec import SpecError
+    from orchestrator.spec.loader import decode_text, load_json, load_yaml, read_input_file, yaml_problem
+
+    try:
+        text = decode_text(read_input_file(path), str(path))
+    except SpecError as exc:
+        _fail([str(p) for p in exc.problems])
+    try:
+        if json_only or path.suffix == ".json":
+            return load_json(text)
+        documents = [d for d in load_yaml(text) if d is not None]
+    except yaml.YAMLError as exc:
+        line, message = yaml_problem(exc, text)
+        _fail([located(str(path), line, None, f"not valid YAML: {message}")])
+    except ValueError as exc:
+        _fail([f"{path}: not valid JSON: {exc}"])
+    if len(documents) > 1:
+        _fail([f"{path}: expected one YAML document, found {len(documents)}"])
+    return documents[0] if documents else None
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-@click.option("--gpu-memory", help="Memory of one GPU, e.g. 80GiB (default: spec.resources.gpu_memory).")
+@click.option("--gpu-memory", help="Memory of one GPU with its unit, e.g. 80GiB or 80GB "
+                                   "(default: spec.resources.gpu_memory).")
 @click.option("--json", "as_json", is_flag=True, help="The plan as JSON (docs/plan-json.md).")
-def plan(job_file: str, gpu_memory: str | None, as_json: bool) -> None:
+@click.option("--html", "html_file", type=click.Path(dir_okay=False),
+              help="Also write the plan as a self-contained HTML page (the chart and the table) to this file.")
+def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | None) -> None:
     """What fits on the GPUs, and why: every candidate config with its memory estimate, term by term."""
+    from orchestrator.plan.planner import check_gpu_memory_flag
     from orchestrator.plan.planner import plan as make_plan
 
+    if gpu_memory is not None:
+        try:
+            check_gpu_memory_flag(gpu_memory)
+        except ValueError as exc:
+            _fail([str(exc)])
     loaded, _ = _load_checked(job_file)
     try:
         result = make_plan(loaded.job, gpu_memory)
     except ValueError as exc:
         _fail([f"{loaded.source}: {exc}"])
+    if html_file:
+        from orchestrator.plan.html import plan_html
+        from orchestrator.procfiles import write_files
+
+        path = Path(html_file).resolve()
+        write_files(path.parent, {path.name: plan_html(result, loaded.source)})
+        _err(f"wrote {html_file}")
     if as_json:
         _print_json(result.as_json())
         return
-    from orchestrator.plan.report import plan_text
+    from rich.console import Console
 
-    click.echo(plan_text(result))
+    from orchestrator.plan.report import render
+
+    render(result, Console(highlight=False))
     if result.chosen is None:
         sys.exit(EXIT_FAILED)
 

@@ -1,14 +1,17 @@
 """Small stdlib helpers shared by the CLI, the supervisor and the attempt wrapper.
 
-Files are written atomically (a reader sees the old file or the new one, never half), and
-detached processes start in a session of their own with this very package importable.
+Files are written atomically (a reader sees the old file or the new one, never half), privately
+and without following symlinks (`write_files`), and detached processes start in a session of
+their own with this very package importable.
 Stdlib only: the attempt wrapper imports this, and the gap between attempts stays short.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,18 +20,98 @@ from pathlib import Path
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
 
-def write_text_atomically(path: Path, text: str, executable: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    if executable:
-        tmp.chmod(0o755)
-    os.replace(tmp, path)
+PRIVATE_FILE = 0o600
+PRIVATE_EXECUTABLE = 0o700
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeDirectoryError(PermissionError):
+    """The directory to write into is another user's, or anyone may replace what is written there."""
 
 
 def write_files(directory: Path, files: Mapping[str, str], executable: Sequence[str] = ()) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        write_text_atomically(directory / name, text, executable=name in executable)
+    """Write every file into `directory`, atomically, privately and all or nothing.
+
+    The directory is opened once (a missing one is created, 0700, and a symlink in its place is
+    refused) and everything happens relative to that descriptor, so the directory cannot be swapped
+    for another mid-way. Each file is written under a random temporary name created with
+    O_CREAT|O_EXCL|O_NOFOLLOW (a file or symlink planted there makes it fail, never followed), given
+    its mode on the descriptor (0600, 0700 for `executable`, whatever the umask: launch.sh and the
+    configs may hold the job's environment), fsynced, and renamed over its name only once every
+    file is written: rename replaces a symlink at the target name instead of following it. A
+    directory that another user owns, or that every user may write without the sticky bit, is
+    refused (UnsafeDirectoryError): there anyone could replace the files afterwards."""
+    for name in files:
+        if not name or name in (".", "..") or "/" in name or "\0" in name:
+            raise ValueError(f"{name!r} is not a plain file name")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dir_fd = os.open(directory, _OPEN_DIR)
+    try:
+        _check_directory(dir_fd, directory)
+        for name in files:
+            try:
+                if stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode):
+                    raise IsADirectoryError(errno.EISDIR, f"{directory / name} is a directory")
+            except FileNotFoundError:
+                pass
+        written: list[tuple[str, str]] = []
+        try:
+            for name, text in files.items():
+                mode = PRIVATE_EXECUTABLE if name in executable else PRIVATE_FILE
+                written.append((_write_temporary(dir_fd, name, text.encode("utf-8"), mode), name))
+            for temporary, name in written:
+                os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            written = []
+        finally:
+            for temporary, _ in written:  # a failure before the renames: no file was replaced
+                try:
+                    os.unlink(temporary, dir_fd=dir_fd)
+                except OSError:
+                    pass
+        try:
+            os.fsync(dir_fd)  # the renames themselves survive a crash
+        except OSError:
+            pass  # some file systems cannot fsync a directory
+    finally:
+        os.close(dir_fd)
+
+
+def _check_directory(dir_fd: int, directory: Path) -> None:
+    info = os.fstat(dir_fd)
+    if info.st_uid not in (os.geteuid(), 0):
+        raise UnsafeDirectoryError(f"{directory} belongs to another user (uid {info.st_uid}), who could replace "
+                                   "the files written there: use a directory of your own")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise UnsafeDirectoryError(f"{directory} may be written by every user (mode {stat.S_IMODE(info.st_mode):o}, "
+                                   "no sticky bit), who could replace the files written there: use a directory "
+                                   "of your own")
+
+
+def _write_temporary(dir_fd: int, name: str, data: bytes, mode: int) -> str:
+    for _ in range(100):
+        temporary = f".{name}.{os.urandom(8).hex()}.tmp"
+        try:
+            fd = os.open(temporary, _CREATE, PRIVATE_FILE, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)  # on the descriptor: never a path another process could have swapped
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temporary, dir_fd=dir_fd)
+            raise
+        os.close(fd)
+        return temporary
+    raise FileExistsError(errno.EEXIST, f"no free temporary name for {name}")
+
+
+def write_text_atomically(path: Path, text: str, executable: bool = False) -> None:
+    write_files(path.parent, {path.name: text}, executable=(path.name,) if executable else ())
 
 
 def write_json(path: Path, data: dict) -> None:

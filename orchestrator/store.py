@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.errors import StoreError
 from orchestrator.paths import state_dir
@@ -26,6 +26,7 @@ from orchestrator.spec.states import AttemptState, JobState
 __all__ = ["AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
 
 SCHEMA_VERSION = 1
+_R = TypeVar("_R")
 JOB_TERMINAL = tuple(s.value for s in JobState if s.terminal)
 
 _SCHEMA = """
@@ -105,11 +106,11 @@ class JobRecord:
 
     @property
     def spec_data(self) -> dict[str, Any]:
-        return json.loads(self.spec)
+        return _json_column(self.spec, f"job {self.id}: its spec")
 
     @property
     def option_data(self) -> dict[str, Any]:
-        return json.loads(self.options)
+        return _json_column(self.options, f"job {self.id}: its options")
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,25 @@ class AttemptRecord:
 
     @property
     def spec_data(self) -> dict[str, Any]:
-        return json.loads(self.spec)
+        return _json_column(self.spec, f"job {self.job_id}, attempt {self.number}: its spec")
+
+
+def _json_column(text: Any, what: str) -> dict[str, Any]:
+    """A JSON object column; a damaged one (edited by hand, a disk error) is a StoreError naming the row."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{what} in the job store is damaged ({exc})") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{what} in the job store is damaged (not a JSON object)")
+    return data
+
+
+def _record(cls: type[_R], row: tuple[Any, ...], what: str) -> _R:
+    try:
+        return cls(*row)
+    except (TypeError, ValueError) as exc:  # a state no shardctl writes, a missing column
+        raise StoreError(f"{what} in the job store is damaged ({exc})") from None
 
 
 _JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
@@ -212,7 +231,7 @@ class Store:
         row = self._db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StoreError(f"no job {job_id!r}")
-        return JobRecord(*row)
+        return _record(JobRecord, row, f"job {job_id}")
 
     def resolve(self, ref: str) -> JobRecord:
         """A job by id, unique id prefix, or name (the newest job of that name)."""
@@ -228,10 +247,19 @@ class Store:
             raise StoreError(f"no job with id or name {ref!r} in {self.path}")
         return self.get_job(row[0])
 
-    def list_jobs(self, limit: int | None = None) -> list[JobRecord]:
+    def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None) -> list[JobRecord]:
+        """Newest first. A damaged row is left out (and described in `damaged`, when given): one bad
+        row never hides the other jobs."""
         sql = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs ORDER BY created_at DESC"
         rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
-        return [JobRecord(*r) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                out.append(_record(JobRecord, r, f"job {r[0]}"))
+            except StoreError as exc:
+                if damaged is not None:
+                    damaged.append(str(exc))
+        return out
 
     def update_job(self, job_id: str, **changes: Any) -> None:
         self._update("jobs", "id = ?", (job_id,), _JOB_COLUMNS, changes)
@@ -252,7 +280,7 @@ class Store:
     def attempts(self, job_id: str) -> list[AttemptRecord]:
         rows = self._db.execute(f"SELECT {', '.join(_ATTEMPT_COLUMNS)} FROM attempts WHERE job_id = ? "
                                 "ORDER BY number", (job_id,)).fetchall()
-        return [AttemptRecord(*r) for r in rows]
+        return [_record(AttemptRecord, r, f"job {job_id}, attempt {r[1]}") for r in rows]
 
     def add_attempt(self, job_id: str, number: int, *, spec: dict, rung: str | None, reason: str, run_dir: str,
                     log_path: str, artifacts: dict[str, str], warnings: list[str],

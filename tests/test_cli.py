@@ -134,3 +134,277 @@ def test_the_supervision_path_never_imports_the_training_stack() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+# Issue 12, hostile and careless input: the CLI's side of each finding, and a fuzz test of the whole path.
+
+def _invoke(*args: str, home: Path | None = None):
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    env = {"SHARDCTL_FORCE_CPU": "1", **({"SHARDCTL_HOME": str(home)} if home else {})}
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def _slurm_spec(**fields: str) -> str:
+    text = (ROOT / "examples/slurm-2node.yaml").read_text()
+    for key, value in fields.items():
+        text = text.replace(f"    {key}: ", f"    {key}: {value}  # ", 1) if f"    {key}: " in text else \
+            text.replace("  slurm:\n", f"  slurm:\n    {key}: {value}\n", 1)
+    return text
+
+
+def test_finding_5_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
+    """A value ending in a newline once put a line of its own into job.sbatch, after which sbatch ignored every
+    later #SBATCH directive. Every such value is refused, naming its field; a valid render has exactly the
+    directives shardctl writes, each on its own line."""
+    spec = tmp_path / "job.yaml"
+    for field, value in (("name", '"slurm-2node\\n"'), ("partition", '"debug\\n"'), ("account", '"acct\\r"'),
+                         ("qos", '"high\\n#SBATCH --x"'), ("time", '"00:15:00\\n"'),
+                         ("extra", '["--constraint=a100\\x0b#SBATCH --mem=1"]')):
+        text = _slurm_spec(**{field: value})
+        if field == "name":
+            text = (ROOT / "examples/slurm-2node.yaml").read_text().replace("name: slurm-2node", f"name: {value}")
+        spec.write_text(text)
+        r = _invoke("render", str(spec), "--out", str(tmp_path / "out"))
+        assert r.exit_code == 2, (field, r.output)
+        assert f".{field}" in r.output.splitlines()[0] or f"{field}:" in r.output, r.output
+        assert not (tmp_path / "out").exists()
+    spec.write_text(_slurm_spec(account="acct", qos="high", extra='["--constraint=a100"]'))
+    r = _invoke("render", str(spec), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output
+    from orchestrator.targets.slurm_render import directives  # noqa: F401 (the module that writes them)
+
+    for name in ("job.sbatch", "judge.sbatch"):
+        lines = (tmp_path / "out" / name).read_text().splitlines()
+        header = [line for line in lines if line.startswith("#SBATCH")]
+        assert all(line.startswith("#SBATCH --") and line.isprintable() for line in header), header
+        first = lines.index(header[0])
+        assert lines[first:first + len(header)] == header  # one block: nothing between the directives
+    assert "#SBATCH --constraint=a100" in (tmp_path / "out" / "job.sbatch").read_text()
+
+
+def test_finding_7_plan_needs_a_unit_for_the_gpu_memory() -> None:
+    r = _invoke("plan", str(ROOT / "examples/zero3-offload.yaml"), "--gpu-memory", "24")
+    assert r.exit_code == 2 and "unit" in r.output and len(r.output.splitlines()) == 1, r.output
+    assert _invoke("plan", str(ROOT / "examples/zero3-offload.yaml"), "--gpu-memory", "24GiB").exit_code == 0
+
+
+def test_finding_8_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) -> None:
+    spec = tmp_path / "big.yaml"
+    spec.write_text((ROOT / "examples/quickstart.yaml").read_text()
+                    .replace("nodes: 1", "nodes: 4096").replace("gpus_per_node: 2 ", "gpus_per_node: 64 ")
+                    .replace("global: 32", "global: 2097152"))
+    for args in (("render", str(spec), "--out", str(tmp_path / "out")), ("submit", str(spec), "--dry-run")):
+        r = _invoke(*args, home=tmp_path / "home")
+        assert r.exit_code == 2, r.output
+        assert r.output.splitlines() == [
+            f"{spec}:25: spec.resources: resources.nodes x resources.gpus_per_node = 4096 x 64 = 262144 processes, "
+            "all on this machine: the local target starts at most 64; use target slurm or kubernetes for a cluster"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home").exists()
+    r = _invoke("render", str(spec), "--target", "slurm", "--out", str(tmp_path / "out"))
+    assert r.exit_code == 0, r.output  # a cluster target takes it
+
+
+def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orchestrator.store import Store
+
+    r = _invoke("list", "--limit", "99999999999999999999", home=tmp_path)
+    assert r.exit_code == 2 and "not in the range 1<=x<=100000" in r.output
+    store = Store(tmp_path)
+    jobs = [store.create_job(name=f"j{i}", target="local", spec={"spec": {}}, source=None, workdir="/w",
+                             checkpoint_dir=None) for i in range(4)]
+    for j in jobs:
+        store.finish_job(j.id, "succeeded", "done")
+    db = sqlite3.connect(tmp_path / "shardctl.db")
+    with db:
+        db.execute("UPDATE jobs SET spec = '{not json' WHERE id = ?", (jobs[1].id,))
+        db.execute("UPDATE jobs SET state = 'exploded' WHERE id = ?", (jobs[2].id,))
+    r = _invoke("list", "--json", home=tmp_path)
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.stdout)
+    assert sorted(v["id"] for v in listed) == sorted([jobs[0].id, jobs[3].id])
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and all("damaged" in w and "skipped" in w for w in warnings), warnings
+    r = _invoke("status", jobs[1].id, home=tmp_path)
+    assert r.exit_code == 2 and "is damaged" in r.output and "Traceback" not in r.output
+
+
+def test_finding_9_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "shardctl.db").write_bytes(os.urandom(4096))
+    (tmp_path / "dir" / "shardctl.db").mkdir(parents=True)
+    for home, needle in (("garbage", "file is not a database"), ("dir", "unable to open database file")):
+        for args in (("list",), ("status", "x")):
+            r = _invoke(*args, home=tmp_path / home)
+            assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+            assert len(r.output.splitlines()) == 1 and needle in r.output, r.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only modes")
+def test_finding_9_a_read_only_store_is_one_line(tmp_path: Path) -> None:
+    from orchestrator.store import Store
+
+    Store(tmp_path).close()
+    (tmp_path / "shardctl.db").chmod(0o444)
+    tmp_path.chmod(0o555)
+    try:
+        r = _invoke("list", home=tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
+    assert r.exit_code == 1 and len(r.output.splitlines()) == 1, r.output
+
+
+@pytest.mark.parametrize("name,text,needle", [
+    ("deep.json", "[" * 50_000 + "]" * 50_000, "not valid JSON: nested more than 64 levels deep"),
+    ("deep2.json", '{"a":' * 70 + "1" + "}" * 70, "nested more than 64 levels deep"),
+    ("nan.json", '{"distributed_type": "FSDP", "x": NaN}', "NaN is not a JSON number"),
+    ("dup.json", '{"distributed_type": "FSDP", "distributed_type": "DEEPSPEED"}', "duplicate key"),
+    ("bomb.yaml", "a: &a [1,2]\nb: [*a, *a]\n", "the alias *a stands for a list"),
+    ("deep.yaml", "a: " + "[" * 500 + "]" * 500, "nested more than 64 levels deep"),
+    ("ds5.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {deepspeed_config_file: 5}\n",
+     "deepspeed_config_file must be a file name, not int 5"),
+    ("dsdev.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {deepspeed_config_file: /dev/zero}\n",
+     "it is a device"),
+    ("dslist.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {deepspeed_config_file: ds.json}\n",
+     "the DeepSpeed config file must be a mapping"),
+    ("fsdplist.yaml", "distributed_type: FSDP\nfsdp_config: [1, 2]\n", "fsdp_config must be a mapping"),
+    ("stage.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: x}\n",
+     "zero_stage must be a whole number from 0 to 3"),
+    ("stage7.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {zero_stage: 7}\n",
+     "zero_stage must be a whole number from 0 to 3"),
+    ("keys.yaml", "distributed_type: FSDP\nfsdp_config: {1: a, b: c}\n", "key 1 is not a string"),
+    ("device.yaml", "distributed_type: DEEPSPEED\ndeepspeed_config: {offload_param_device: [gpu]}\n",
+     "offload_param_device must be one of none, cpu, nvme"),
+    ("procs.yaml", "distributed_type: FSDP\nnum_processes: many\nfsdp_config: {fsdp_sharding_strategy: 4}\n",
+     "num_processes must be a whole number"),
+    ("mixed.yaml", "distributed_type: FSDP\nmixed_precision: [bf16]\n", "mixed_precision must be"),
+    ("dup.yaml", "distributed_type: FSDP\ndistributed_type: DEEPSPEED\n", "duplicate key"),
+])
+def test_finding_9_convert_reads_hostile_configs_as_one_line(tmp_path: Path, name: str, text: str,
+                                                             needle: str) -> None:
+    (tmp_path / "ds.json").write_text("[1, 2]")
+    src = tmp_path / name
+    src.write_text(text)
+    r = _invoke("convert", str(src), "--to", "fsdp" if "FSDP" not in text else "deepspeed",
+                "--out", str(tmp_path / "out" / "c.yaml"))
+    assert r.exit_code == 2, r.output
+    assert len(r.output.splitlines()) == 1 and needle in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+# The fuzz test: generated YAML through `validate` and `render`, in-process, as a user's file.
+
+_BASE = {
+    "apiVersion": "shardctl.dev/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "fuzz"},
+    "spec": {"target": "local", "entrypoint": {"script": "t.py", "args": ["--bs", "{micro_batch}"],
+                                                "env": {"A": "1"}},
+             "model": {"name_or_path": "m", "parameters": "7B"}, "backend": "deepspeed", "sharding": "grad_op",
+             "batch": {"micro": 2, "global": 8}, "resources": {"nodes": 1, "gpus_per_node": 2,
+                                                               "memory_per_node": "4GiB"},
+             "slurm": {"partition": "p", "time": "10"}, "kubernetes": {"image": "i:1", "namespace": "ns"}},
+}
+_PATHS = ["metadata.name", "metadata.namespace", "metadata.labels", "spec.target", "spec.entrypoint.script",
+          "spec.entrypoint.args", "spec.entrypoint.env", "spec.entrypoint.env.B", "spec.model.parameters",
+          "spec.backend", "spec.sharding", "spec.precision.mixed", "spec.offload.optimizer", "spec.offload.params",
+          "spec.batch.micro", "spec.batch.global", "spec.batch.seq_len", "spec.resources.nodes",
+          "spec.resources.gpus_per_node", "spec.resources.memory_per_node", "spec.resources.gpu_memory",
+          "spec.checkpoint.every_steps", "spec.fallback.max_attempts", "spec.fallback.ladder",
+          "spec.deepspeed.gradient_clipping", "spec.slurm.partition", "spec.slurm.time", "spec.slurm.extra",
+          "spec.kubernetes.volumes", "spec.kubernetes.tolerations", "spec.kubernetes.image", "spec", "metadata"]
+_WORDS = ["1e400", "1.0e+400", ".inf", "-.inf", ".nan", "99999999999999999999999PiB", "1", "-1", "0", "24",
+          "quickstart\n", "a\nb", "80GiB", "7B", "FULL_SHARD", "zero3", "", "~", "yes", "no", "0x1F", "2001-13-01",
+          "{micro_batch}", "{nope}", "--x\n#SBATCH --mem=1", "$(touch PWNED)", "kubernetes", "slurm", "fsdp",
+          "\u2028", "\x85", "\x1b[31m", "a" * 300]
+
+
+_TOKENS = ["{", "}", "[", "]", ": ", ", ", "&a ", "*a", "!!int ", "!!float ", "!!timestamp ", "!!bool ", "!!binary ",
+           "!!set ", "!!python/object:os.system ", "<<: ", "--- ", "? ", "- ", "|\n", "'", '"', "#", "\t", "\n  ",
+           "\x00", "\ufeff", "\u2028"]
+
+
+def _hostile_values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.integers(min_value=-(2**80), max_value=2**80), st.floats(allow_nan=True, allow_infinity=True),
+        st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20), st.sampled_from(_WORDS),
+        st.booleans(), st.none())
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.sampled_from(["a", "name", "x"]),
+                                                                         inner, max_size=3)),
+                        max_leaves=8)
+
+
+def _mutate(data: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+    node[last] = value
+
+
+_TEXT_CHANGES = {  # what yaml.safe_dump never writes: aliases, duplicate keys, deep nesting, raw bytes
+    "none": lambda text, extra: text,
+    "duplicate": lambda text, extra: text + "spec:\n  backend: fsdp\n",
+    "inner-duplicate": lambda text, extra: text.replace("  backend:", "  backend: fsdp\n  backend:", 1),
+    "bomb": lambda text, extra: "x: &a [1, 2]\ny: [*a, *a]\n" + text,
+    "self-alias": lambda text, extra: text + "z: &z [*z]\n",
+    "scalar-alias": lambda text, extra: text.replace("name: fuzz", "name: &n fuzz", 1) + "w: *n\n",
+    "deep": lambda text, extra: text + "d: " + "[" * (40 + len(extra) * 3) + "]" * (40 + len(extra) * 3) + "\n",
+    "merge": lambda text, extra: text + "m:\n  <<: {a: 1}\n",
+    "insert": lambda text, extra: text[: len(text) // 2] + extra + text[len(text) // 2:],
+    "append": lambda text, extra: text + extra,
+}
+
+
+def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: Path) -> None:
+    """Generated specs, most of them hostile: every run exits 0 or 2 within a second, with no traceback, and
+    render writes nothing when it exits 2."""
+    import copy
+    import time
+
+    import yaml
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _invoke("validate", str(ROOT / "examples/quickstart.yaml"))  # imports done once, outside the timing
+    counter = iter(range(10**9))
+    slowest = [0.0]
+
+    @settings(max_examples=120, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(mutations=st.lists(st.tuples(st.sampled_from(_PATHS), _hostile_values()), max_size=3),
+           target=st.sampled_from(["local", "slurm", "kubernetes"]), change=st.sampled_from(sorted(_TEXT_CHANGES)),
+           extra=st.lists(st.one_of(st.characters(codec="utf-8", exclude_categories=("Cs",)),
+                                    st.sampled_from(_TOKENS)), max_size=12).map("".join))
+    def check(mutations, target, change, extra) -> None:
+        data = copy.deepcopy(_BASE)
+        data["spec"]["target"] = target
+        for path, value in mutations:
+            _mutate(data, path, value)
+        text = _TEXT_CHANGES[change](yaml.safe_dump(data, sort_keys=False, allow_unicode=True), extra)
+        case = tmp_path / f"case-{next(counter)}"
+        case.mkdir()
+        spec = case / "job.yaml"
+        spec.write_text(text, encoding="utf-8", errors="surrogatepass")
+        for args in (("validate", str(spec)), ("render", str(spec), "--out", str(case / "out"))):
+            start = time.perf_counter()
+            r = _invoke(*args)
+            seconds = time.perf_counter() - start
+            slowest[0] = max(slowest[0], seconds)
+            assert r.exception is None or isinstance(r.exception, SystemExit), (args, text, r.exception)
+            assert r.exit_code in (0, 2), (args, text, r.output)
+            assert "Traceback" not in r.output
+            assert seconds < 1.0, (args, text, seconds)
+            if args[0] == "render":
+                assert (case / "out").exists() == (r.exit_code == 0), (text, r.output)
+            if r.exit_code == 2:
+                assert r.output and all(line.isprintable() for line in r.output.splitlines()), r.output
+        assert sorted(p.name for p in case.iterdir()) in (["job.yaml"], ["job.yaml", "out"])
+
+    check()
+    assert slowest[0] < 1.0

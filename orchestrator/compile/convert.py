@@ -29,6 +29,56 @@ class ConvertError(ShardctlError, ValueError):
     """The input is not an accelerate FSDP/DeepSpeed config we can read."""
 
 
+# The input is someone's file: every value is checked for the type it must have before it is used,
+# so a list where a mapping belongs, or `zero_stage: x`, is one clear error, never a traceback.
+_DEVICES = ("none", "cpu", "nvme")
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """A mapping with string keys (None: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConvertError(f"{where} must be a mapping, not {type(value).__name__} {_shown(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConvertError(f"{where}: key {_shown(key)} is not a string")
+    return value
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 10:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConvertError(f"{where} must be a whole number from {low} to {high}, not {_shown(value)}")
+    return value
+
+
+def _device(value: Any, where: str) -> str:
+    value = value or "none"
+    if value not in _DEVICES:
+        raise ConvertError(f"{where} must be one of {', '.join(_DEVICES)}, not {_shown(value)}")
+    return str(value)
+
+
+def _precision(value: Any) -> str:
+    value = "no" if value in (None, False) else value  # YAML 1.1 reads `no` as false
+    if value not in ("no", "fp16", "bf16", "fp8"):
+        raise ConvertError(f"mixed_precision must be no, fp16, bf16 or fp8, not {_shown(value)}")
+    return str(value)
+
+
+def _zero_level(stage: int, where: str) -> str:
+    if stage not in ZERO_STAGE_TO_LEVEL:
+        raise ConvertError(f"{where} {stage} does not exist: ZeRO stages are 0 to 3")
+    return ZERO_STAGE_TO_LEVEL[stage]
+
+
 @dataclass
 class Neutral:
     """The backend-neutral reading of a config: what both backends can express."""
@@ -57,65 +107,73 @@ def _fsdp_level(cfg: dict[str, Any]) -> str:
         raw = cfg.get("fsdp_reshard_after_forward", "FULL_SHARD")
         if isinstance(raw, bool):  # FSDP2
             return "full" if raw else "grad_op"
-    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
-        raw = _FSDP_NUMERIC.get(int(raw), str(raw))
-    name = str(raw).upper()
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = _FSDP_NUMERIC.get(raw, raw)
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) < 10:
+        raw = _FSDP_NUMERIC.get(int(raw), raw)
+    name = raw.upper() if isinstance(raw, str) else None
     if name not in FSDP_STRATEGY_TO_LEVEL:
-        raise ConvertError(f"fsdp_sharding_strategy {raw!r} has no DeepSpeed twin")
+        raise ConvertError(f"fsdp_sharding_strategy {_shown(raw)} has no DeepSpeed twin")
     return FSDP_STRATEGY_TO_LEVEL[name]
 
 
 def read_fsdp(config: dict[str, Any]) -> tuple[Neutral, list[str]]:
-    cfg = config.get("fsdp_config") or {}
+    cfg = _mapping(config.get("fsdp_config"), "fsdp_config")
     n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
     n.sharding = _fsdp_level(cfg)
     offload = bool(cfg.get("fsdp_offload_params", False))
     n.offload_optimizer = n.offload_params = "cpu" if offload else "none"
     n.efficient_loading = bool(cfg.get("fsdp_cpu_ram_efficient_loading", False))
     n.full_weights_on_save = cfg.get("fsdp_state_dict_type") == "FULL_STATE_DICT"
-    n.mixed_precision = str(config.get("mixed_precision") or "no")
-    lost = [f"fsdp_config.{k}: {cfg[k]!r} (FSDP only; DeepSpeed partitions without it)"
+    n.mixed_precision = _precision(config.get("mixed_precision"))
+    lost = [f"fsdp_config.{k}: {_shown(cfg[k])} (FSDP only; DeepSpeed partitions without it)"
             for k in sorted(cfg) if k not in _FSDP_TWINS]
     return n, lost
 
 
 def read_deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None) -> tuple[Neutral, list[str]]:
-    inline = config.get("deepspeed_config") or {}
+    inline = _mapping(config.get("deepspeed_config"), "deepspeed_config")
     n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
     lost: list[str] = []
     if ds_json is not None:
-        zero = ds_json.get("zero_optimization") or {}
-        stage = int(zero.get("stage", 0))
-        n.offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", "none")
-        n.offload_params = (zero.get("offload_param") or {}).get("device", "none")
+        ds_json = _mapping(ds_json, "the DeepSpeed config file")
+        zero = _mapping(ds_json.get("zero_optimization"), "zero_optimization")
+        stage = _int(zero.get("stage", 0), "zero_optimization.stage", 0, 3)
+        n.offload_optimizer = _device(_mapping(zero.get("offload_optimizer"), "zero_optimization.offload_optimizer")
+                                      .get("device"), "zero_optimization.offload_optimizer.device")
+        n.offload_params = _device(_mapping(zero.get("offload_param"), "zero_optimization.offload_param")
+                                   .get("device"), "zero_optimization.offload_param.device")
         n.full_weights_on_save = bool(zero.get("stage3_gather_16bit_weights_on_model_save",
                                                zero.get("stage3_gather_fp16_weights_on_model_save", False)))
         if stage == 3 and zero.get("zero_hpz_partition_size", 1) not in (1, None):
             n.sharding = "hybrid"
-            n.gpus_per_node = int(zero["zero_hpz_partition_size"])
+            n.gpus_per_node = _int(zero["zero_hpz_partition_size"], "zero_optimization.zero_hpz_partition_size",
+                                   1, 1 << 16)
         else:
-            n.sharding = ZERO_STAGE_TO_LEVEL.get(stage, "full")
-        if (ds_json.get("bf16") or {}).get("enabled") in (True, "true", "auto"):
+            n.sharding = _zero_level(stage, "zero_optimization.stage")
+        if _mapping(ds_json.get("bf16"), "bf16").get("enabled") in (True, "true", "auto"):
             n.mixed_precision = "bf16"
-        elif (ds_json.get("fp16") or {}).get("enabled") in (True, "true", "auto"):
+        elif _mapping(ds_json.get("fp16"), "fp16").get("enabled") in (True, "true", "auto"):
             n.mixed_precision = "fp16"
         for key in sorted(ds_json):
             if key not in ("zero_optimization", "bf16", "fp16", "train_micro_batch_size_per_gpu", "train_batch_size"):
-                lost.append(f"{key}: {ds_json[key]!r} (DeepSpeed JSON; set it in the training script for FSDP)")
+                lost.append(f"{key}: {_shown(ds_json[key])} (DeepSpeed JSON; set it in the training script for FSDP)")
         for key in sorted(zero):
             if key not in ("stage", "offload_optimizer", "offload_param", "zero_hpz_partition_size",
                            "stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save"):
-                lost.append(f"zero_optimization.{key}: {zero[key]!r} (no FSDP equivalent)")
+                lost.append(f"zero_optimization.{key}: {_shown(zero[key])} (no FSDP equivalent)")
     else:
-        n.sharding = ZERO_STAGE_TO_LEVEL.get(int(inline.get("zero_stage", 2)), "full")
-        n.offload_optimizer = inline.get("offload_optimizer_device", "none") or "none"
-        n.offload_params = inline.get("offload_param_device", "none") or "none"
+        n.sharding = _zero_level(_int(inline.get("zero_stage", 2), "deepspeed_config.zero_stage", 0, 3),
+                                 "deepspeed_config.zero_stage")
+        n.offload_optimizer = _device(inline.get("offload_optimizer_device"),
+                                      "deepspeed_config.offload_optimizer_device")
+        n.offload_params = _device(inline.get("offload_param_device"), "deepspeed_config.offload_param_device")
         n.full_weights_on_save = bool(inline.get("zero3_save_16bit_model", False))
-        n.mixed_precision = str(config.get("mixed_precision") or "no")
+        n.mixed_precision = _precision(config.get("mixed_precision"))
     n.efficient_loading = bool(inline.get("zero3_init_flag", False))
     for key in sorted(inline):
         if key not in _DS_TWINS:
-            lost.append(f"deepspeed_config.{key}: {inline[key]!r} (no FSDP accelerate-config equivalent)")
+            lost.append(f"deepspeed_config.{key}: {_shown(inline[key])} (no FSDP accelerate-config equivalent)")
     return n, lost
 
 
@@ -142,8 +200,8 @@ def to_deepspeed(n: Neutral) -> tuple[dict[str, Any], dict[str, Any] | None, lis
     ds_json = None
     if n.sharding == "hybrid":
         # hpZ needs zero_hpz_partition_size, which only a DeepSpeed JSON can carry.
-        gpn = n.gpus_per_node or max(1, int(config.get("num_processes", 1))
-                                     // max(1, int(config.get("num_machines", 1))))
+        gpn = n.gpus_per_node or max(1, _int(config.get("num_processes", 1), "num_processes", 1, 1 << 20)
+                                     // _int(config.get("num_machines", 1), "num_machines", 1, 1 << 20))
         zero: dict[str, Any] = {"stage": 3, "zero_hpz_partition_size": gpn,
                                 "stage3_gather_16bit_weights_on_model_save": n.full_weights_on_save}
         if opt != "none":
@@ -198,20 +256,21 @@ def to_fsdp(n: Neutral) -> tuple[dict[str, Any], list[str], list[str]]:
 def convert(config: dict[str, Any], to: str, ds_json: dict[str, Any] | None = None) -> Conversion:
     if not isinstance(config, dict):
         raise ConvertError("not an accelerate config: expected a mapping")
+    config = _mapping(config, "the accelerate config")
     kind = config.get("distributed_type")
     if kind == "FSDP":
         neutral, lost = read_fsdp(config)
     elif kind == "DEEPSPEED":
         neutral, lost = read_deepspeed(config, ds_json)
     else:
-        raise ConvertError(f"distributed_type {kind!r}: only FSDP and DEEPSPEED configs can be converted")
+        raise ConvertError(f"distributed_type {_shown(kind)}: only FSDP and DEEPSPEED configs can be converted")
     if to == "deepspeed":
         cfg, out_json, more, notes = to_deepspeed(neutral)
     elif to == "fsdp":
         cfg, more, notes = to_fsdp(neutral)
         out_json = None
     else:
-        raise ConvertError(f"--to {to!r}: use fsdp or deepspeed")
+        raise ConvertError(f"--to {_shown(to)}: use fsdp or deepspeed")
     if (kind == "FSDP") == (to == "fsdp"):
         notes.insert(0, f"input is already {to}; rewritten through the neutral settings")
     return Conversion(cfg, out_json, lost + more, notes)

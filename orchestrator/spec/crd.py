@@ -136,6 +136,11 @@ def _union(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 out["enum"] = enums
         elif types <= {"string", "integer"}:
             out = {"x-kubernetes-int-or-string": True, **outer}
+            for kind, checks in (("string", ("pattern", "minLength", "maxLength")),
+                                 ("integer", ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))):
+                same = [o for o in flat if o.get("type") == kind]
+                if len(same) == 1:  # OpenAPI applies a value check to values of its own type only
+                    out.update({k: v for k, v in same[0].items() if k in checks})
         else:
             out = {"x-kubernetes-preserve-unknown-fields": True, **outer}
         out["x-union"] = flat  # for a union nested in this one; removed before output

@@ -18,9 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    model_validator,
 )
 
-from orchestrator.spec.quantity import parse_bytes, parse_count
+from orchestrator.spec.quantity import BYTES_PATTERN, COUNT_PATTERN, MAX_COUNT, parse_bytes, parse_count
 
 API_VERSION = "shardctl.dev/v1alpha1"
 KIND = "TrainingJob"
@@ -45,12 +46,22 @@ Rung = Literal[
 
 PLACEHOLDERS = ("micro_batch", "grad_accum", "checkpoint_dir", "attempt", "seq_len", "world_size")
 
+# Every name check matches the whole value (`fullmatch`): with `match` or `search`, a pattern ending in
+# `$` also accepts one trailing newline, and a name such as "quickstart\n" would put a line of its own
+# into job.sbatch (after which sbatch ignores every later #SBATCH directive). The patterns keep `^...$`
+# and use `[0-9]`, not `\d`, so that the CRD and the JSON Schema (RE2, ECMA-262) read them the same way.
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-_SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+# Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (at most 8 digits of minutes, hours or days).
+_SLURM_TIME = re.compile(r"^([0-9]{1,8}|[0-9]{1,8}:[0-9]{1,2}|[0-9]{1,8}:[0-9]{1,2}:[0-9]{1,2}|[0-9]{1,4}-[0-9]{1,2}"
+                         r"|[0-9]{1,4}-[0-9]{1,2}:[0-9]{1,2}|[0-9]{1,4}-[0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2})$")
+# Integers without a natural bound stop at the largest 32-bit integer: Slurm and many tools read
+# them as such, and nothing here means more (DeepSpeed's bucket sizes, in elements, stay below 2^53,
+# the largest integer a JSON reader that uses doubles keeps exact).
+INT32_MAX = 2**31 - 1
+JSON_INT_MAX = 2**53 - 1
 
 # Native spellings users bring from FSDP, DeepSpeed and accelerate configs.
 _SHARDING_ALIASES: dict[str, str] = {
@@ -68,8 +79,12 @@ def _normalise_sharding(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
+        if not 0 <= value <= 3:  # a ZeRO stage: -1 must not become "1" once the '-' is dropped below
+            raise ValueError(f"ZeRO stage {value} does not exist: a stage number is 0, 1, 2 or 3")
         value = str(value)
     if isinstance(value, str):
+        if re.fullmatch(r"\s*[-+]?[0-9]+\s*", value) and value.strip() not in ("0", "1", "2", "3"):
+            raise ValueError(f"ZeRO stage {value.strip()[:20]!r} does not exist: a stage number is 0, 1, 2 or 3")
         key = re.sub(r"[\s_\-]", "", value.strip().lower())
         if key == "hybridshardzero2":
             raise ValueError(
@@ -78,7 +93,7 @@ def _normalise_sharding(value: Any) -> Any:
         if key in _SHARDING_ALIASES:
             return _SHARDING_ALIASES[key]
         raise ValueError(
-            f"unknown sharding {value!r}; use none | optimizer | grad_op | full | hybrid "
+            f"unknown sharding {value[:40]!r}; use none | optimizer | grad_op | full | hybrid "
             "(or FULL_SHARD, SHARD_GRAD_OP, NO_SHARD, HYBRID_SHARD, zero0-zero3, a stage number 0-3)"
         )
     return value
@@ -94,11 +109,7 @@ def _false_is(word: str):
 
 
 def _check_bytes(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a size such as 80GiB")
-    parse_bytes(value)
+    parse_bytes(value)  # refuses a bare number (no unit), a non-string and anything past 10 PiB
     return value
 
 
@@ -106,10 +117,16 @@ def _check_count(value: Any) -> float:
     return parse_count(value)
 
 
+def _shown(value: str, limit: int = 80) -> str:
+    """A value quoted back in an error: repr (so a newline shows as \\n), cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_dns_label(value: str) -> str:
-    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a DNS-1123 label: lower-case letters, digits and '-', "
+            f"{_shown(value)} is not a DNS-1123 label: lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters"
         )
     return value
@@ -117,8 +134,8 @@ def _check_dns_label(value: str) -> str:
 
 def _check_env_names(env: dict[str, str]) -> dict[str, str]:
     for name in env:
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{_shown(name)} is not a valid environment variable name")
     return env
 
 
@@ -133,27 +150,30 @@ def _check_placeholders(args: list[str]) -> list[str]:
         for name in _PLACEHOLDER.findall(arg):
             if name not in PLACEHOLDERS:
                 raise ValueError(
-                    f"unknown placeholder {{{name}}} in {arg!r}; known: "
+                    f"unknown placeholder {{{name}}} in {_shown(arg)}; known: "
                     + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
                 )
     return args
 
 
 def _check_slurm_time(value: str) -> str:
-    if not _SLURM_TIME.match(value):
-        raise ValueError(f"{value!r} is not a Slurm time; use MM, HH:MM:SS or D-HH:MM:SS")
+    if not _SLURM_TIME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a Slurm time; use MM, HH:MM:SS or D-HH:MM:SS")
     return value
 
 
 def _check_slurm_name(value: str) -> str:
-    if not _SLURM_NAME.match(value):
-        raise ValueError(f"{value!r}: Slurm names here are letters, digits, '_', '-' and '.' (at most 64)")
+    if not _SLURM_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)}: Slurm names here are letters, digits, '_', '-' and '.' (at most 64)")
     return value
 
 
+_LINE_BREAKS = "\x85\u2028\u2029"  # what str.splitlines() also splits on, besides the control characters
+
+
 def _check_directive(value: str) -> str:
-    if "\n" in value or "\r" in value or not value.startswith("--"):
-        raise ValueError(f"{value!r}: an extra directive is one sbatch option on one line, starting with --")
+    if not value.startswith("--") or any(ord(c) < 32 or ord(c) == 127 or c in _LINE_BREAKS for c in value):
+        raise ValueError(f"{_shown(value)}: an extra directive is one sbatch option on one line, starting with --")
     return value
 
 
@@ -161,16 +181,16 @@ SlurmName = Annotated[str, AfterValidator(_check_slurm_name)]
 ByteQuantity = Annotated[
     str,
     BeforeValidator(_check_bytes),
-    WithJsonSchema({"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([kKmMgGtTpP]i?)?[bB]?\s*$",
-                    "examples": ["80GiB", "64G", "512Mi"]}),
+    WithJsonSchema({"type": "string", "pattern": BYTES_PATTERN, "examples": ["80GiB", "64G", "512Mi"]}),
 ]
 ParamCount = Annotated[
     float,
     BeforeValidator(_check_count),
-    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0},
-                              {"type": "string", "pattern": r"^\s*\d+(\.\d+)?([eE][+-]?\d+)?\s*[kKmMbBtT]?\s*$"}],
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1, "maximum": MAX_COUNT - 1},
+                              {"type": "string", "pattern": COUNT_PATTERN}],
                     "examples": [6.7e9, "7B"]}),
 ]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # .inf and .nan are floats to YAML, never to JSON
 ShardingField = Annotated[
     Sharding,
     BeforeValidator(_normalise_sharding),
@@ -237,14 +257,15 @@ class Offload(_Strict):
 
 
 class Batch(_Strict):
-    micro: int = Field(default=1, ge=1, description="Per-GPU micro-batch.")
+    micro: int = Field(default=1, ge=1, le=INT32_MAX, description="Per-GPU micro-batch.")
     global_: int | None = Field(
-        default=None, ge=1, alias="global",
+        default=None, ge=1, le=INT32_MAX, alias="global",
         description="Global batch; gradient accumulation = global / (micro x world size).",
     )
-    seq_len: int | None = Field(default=None, ge=1, description="Sequence length (used by plan; passed to the script).")
+    seq_len: int | None = Field(default=None, ge=1, le=INT32_MAX,
+                                description="Sequence length (used by plan; passed to the script).")
     target_len: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=INT32_MAX,
         description="Encoder-decoder models: the decoder (target) length; seq_len is then the source length "
                     "(used by plan).",
     )
@@ -256,7 +277,7 @@ class Resources(_Strict):
     gpus_per_node: int = Field(default=1, ge=1, le=64,
                                description="GPUs per node: one training process each (nvidia.com/gpu on Kubernetes).")
     gpu_memory: ByteQuantity | None = Field(default=None, description="Memory of one GPU, e.g. 80GiB (used by plan).")
-    cpus_per_node: int | None = Field(default=None, ge=1,
+    cpus_per_node: int | None = Field(default=None, ge=1, le=INT32_MAX,
                                       description="CPUs per node (sbatch --cpus-per-task; a Kubernetes CPU request).")
     memory_per_node: ByteQuantity | None = Field(
         default=None, description="Host memory per node; enforced as a real limit by every target.",
@@ -266,7 +287,7 @@ class Resources(_Strict):
 class Checkpoint(_Strict):
     dir: str | None = Field(default=None,
                             description="Checkpoint directory shared by all attempts (default per target).")
-    every_steps: int | None = Field(default=None, ge=1,
+    every_steps: int | None = Field(default=None, ge=1, le=INT32_MAX,
                                     description="Save every N optimizer steps (passed to the script).")
 
 
@@ -309,16 +330,20 @@ class DeepSpeedOptions(_Strict):
 
     zero3_init: bool | None = Field(default=None, description="zero3_init_flag (ZeRO-3 only).")
     save_16bit_model: bool | None = Field(default=None, description="zero3_save_16bit_model (ZeRO-3 only).")
-    gradient_clipping: float = Field(default=1.0, ge=0, description="gradient_clipping: the gradient norm cap.")
+    gradient_clipping: FiniteFloat = Field(default=1.0, ge=0, description="gradient_clipping: the gradient norm cap.")
     overlap_comm: bool = Field(default=True, description="zero_optimization.overlap_comm (ZeRO stages 1-3).")
     reduce_bucket_size: int | None = Field(
-        default=None, ge=1, description="zero_optimization.reduce_bucket_size, in elements (ZeRO stages 1-3).")
+        default=None, ge=1, le=JSON_INT_MAX,
+        description="zero_optimization.reduce_bucket_size, in elements (ZeRO stages 1-3).")
     allgather_bucket_size: int | None = Field(
-        default=None, ge=1, description="zero_optimization.allgather_bucket_size, in elements (ZeRO stages 1-3).")
+        default=None, ge=1, le=JSON_INT_MAX,
+        description="zero_optimization.allgather_bucket_size, in elements (ZeRO stages 1-3).")
     stage3_prefetch_bucket_size: int | None = Field(
-        default=None, ge=1, description="zero_optimization.stage3_prefetch_bucket_size, in elements (ZeRO-3).")
+        default=None, ge=1, le=JSON_INT_MAX,
+        description="zero_optimization.stage3_prefetch_bucket_size, in elements (ZeRO-3).")
     stage3_max_live_parameters: int | None = Field(
-        default=None, ge=1, description="zero_optimization.stage3_max_live_parameters (ZeRO-3).")
+        default=None, ge=1, le=JSON_INT_MAX,
+        description="zero_optimization.stage3_max_live_parameters (ZeRO-3).")
 
 
 class SlurmOptions(_Strict):
@@ -354,7 +379,8 @@ class Toleration(_Strict):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="The taint effect to tolerate; unset: every effect.")
     toleration_seconds: int | None = Field(
-        default=None, description="NoExecute: how long the pod stays bound after the taint appears.")
+        default=None, ge=0, le=JSON_INT_MAX,
+        description="NoExecute: how long the pod stays bound after the taint appears.")
 
 
 class Volume(_Strict):
@@ -362,10 +388,18 @@ class Volume(_Strict):
 
     name: DnsLabel = Field(description="Volume name, a DNS-1123 label.")
     mount_path: str = Field(min_length=1, description="Where the container sees it.")
-    claim_name: str | None = Field(default=None, description="PersistentVolumeClaim to mount.")
-    secret_name: str | None = Field(default=None, description="Secret to mount (by reference).")
-    config_map: str | None = Field(default=None, description="ConfigMap to mount.")
+    claim_name: str | None = Field(default=None, min_length=1, description="PersistentVolumeClaim to mount.")
+    secret_name: str | None = Field(default=None, min_length=1, description="Secret to mount (by reference).")
+    config_map: str | None = Field(default=None, min_length=1, description="ConfigMap to mount.")
     read_only: bool = Field(default=False, description="Mount read-only (a read-only PVC cannot hold checkpoints).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Volume:
+        given = [name for name in ("claim_name", "secret_name", "config_map") if getattr(self, name) is not None]
+        if len(given) > 1:  # a volume has one source: the others would be dropped without a word
+            raise ValueError(f"a volume has one source, but {' and '.join(given)} are "
+                             f"{'both' if len(given) == 2 else 'all'} set: use one volume per source")
+        return self
 
 
 class KubernetesOptions(_Strict):

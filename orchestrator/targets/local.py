@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.compile import CompiledJob
+from orchestrator.compile import CompiledJob, CompileError, Finding
 from orchestrator.compile.launch import DEFAULT_PORT, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
@@ -65,9 +65,28 @@ def launch_script(compiled: CompiledJob, *, workdir: str, cpu: bool, port: int =
     return "\n".join(lines) + "\n"
 
 
+# Every "node" of a local run is a launcher on this machine, each starting gpus_per_node processes: a
+# cluster-sized spec (4096 x 64) would start a quarter of a million. No single machine has more than
+# 64 GPUs or sensibly runs more CPU training processes, and the limit does not depend on the machine,
+# so that a render says the same everywhere.
+MAX_LOCAL_PROCESSES = 64
+
+
+def check_size(job: TrainingJob) -> None:
+    """CompileError (naming both fields) when the job is too big to run on one machine."""
+    r = job.spec.resources
+    if r.nodes * r.gpus_per_node > MAX_LOCAL_PROCESSES:
+        raise CompileError([Finding(
+            "error", "spec.resources",
+            f"resources.nodes x resources.gpus_per_node = {r.nodes} x {r.gpus_per_node} = "
+            f"{r.nodes * r.gpus_per_node} processes, all on this machine: the local target starts at most "
+            f"{MAX_LOCAL_PROCESSES}; use target slurm or kubernetes for a cluster")])
+
+
 def render(job: TrainingJob, run_dir: str, *, checkpoint_dir: str, attempt: int = 1, cpu: bool | None = None,
            port: int = DEFAULT_PORT, workdir: str | None = None, bin_dir: str | None = None,
            extra_env: dict[str, str] | None = None) -> DryRun:
+    check_size(job)
     cpu = (not has_gpu()) if cpu is None else cpu
     compiled, warnings = compile_maybe_on_cpu(job, run_dir, checkpoint_dir, attempt, cpu)
     files = compiled.files()

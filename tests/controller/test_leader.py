@@ -51,7 +51,10 @@ class Outage:
                 conn, _ = listener.accept()
             except OSError:
                 return  # the listener was closed
-            with self.lock:
+            with self.lock:  # a connection accepted just as the outage began must not outlive it
+                if self.mode == "refuse":
+                    conn.close()
+                    continue
                 self.conns.append(conn)
                 if self.mode == "hang":
                     continue  # held open, never answered
@@ -61,6 +64,10 @@ class Outage:
                 conn.close()
                 continue
             with self.lock:
+                if self.mode != "up":
+                    upstream.close()
+                    conn.close()
+                    continue
                 self.conns.append(upstream)
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()

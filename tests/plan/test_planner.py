@@ -98,7 +98,8 @@ def test_an_encoder_decoder_decoder_length_changes_the_estimate() -> None:
     short = plan(blenderbot(backend="fsdp", sharding="none", batch={"micro": 8, "seq_len": 128, "target_len": 16}))
     long = plan(blenderbot(backend="fsdp", sharding="none", batch={"micro": 8, "seq_len": 128, "target_len": 512}))
     terms = short.candidates[0].estimate.phases["backward"], long.candidates[0].estimate.phases["backward"]
-    assert terms[1]["activations"] > terms[0]["activations"] and terms[1]["logits"] == 32 * terms[0]["logits"]
+    assert terms[1]["activations"] > terms[0]["activations"]
+    assert abs(terms[1]["logits"] - 32 * terms[0]["logits"]) <= 32  # 32 times the tokens (to the byte: rounding)
     unset = plan(blenderbot(backend="fsdp", sharding="none", batch={"micro": 8, "seq_len": 128}))
     assert any("target_len" in n for n in unset.notes)
 

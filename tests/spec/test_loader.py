@@ -91,3 +91,250 @@ def test_quantities() -> None:
     assert parse_count("7B") == 7e9 and parse_count("350M") == 3.5e8
     with pytest.raises(ValueError):
         parse_bytes("lots")
+
+
+# Issue 12, hostile and careless input: one regression test per finding.
+
+def _timed_problems(text: str) -> tuple[list[str], float]:
+    import time
+
+    start = time.perf_counter()
+    out = problems(text)
+    return out, time.perf_counter() - start
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    """The 'billion laughs': each level a list of nine aliases to the level below (9^9 strings)."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        prev, cur = chr(96 + i), chr(97 + i)
+        lines.append(f"{cur}: &{cur} [" + ",".join(f"*{prev}" for _ in range(9)) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_finding_1_alias_bomb_is_refused_fast() -> None:
+    bomb = _alias_bomb()
+    assert len(bomb.encode()) < 400
+    out, seconds = _timed_problems(bomb)
+    assert out == ["job.yaml:2: YAML: the alias *a stands for a list: aliases may only repeat a single value "
+                   "(write the mapping or list out)"]
+    assert seconds < 1.0
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a: " + "[" * 500 + "]" * 500 + "\n", "job.yaml:1: YAML: nested more than 64 levels deep"),
+    ("a: " + "{b: " * 500 + "1" + "}" * 500 + "\n", "job.yaml:1: YAML: nested more than 64 levels deep"),
+    ("a: " + "[" * 100_000 + "\n", "job.yaml:1: YAML: nested more than 64 levels deep"),  # unclosed, 100 KB
+    ("".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "x\n", "nested more than 64 levels deep"),
+    ("".join(" " * i + "- \n" for i in range(500)), "nested more than 64 levels deep"),
+    ("a: &a [*a]\n", "job.yaml:1: YAML: the alias *a stands for a list"),
+    ("a: &a {b: *a}\n", "job.yaml:1: YAML: the alias *a stands for a mapping"),
+    ("base: &b {x: 1}\nspec:\n  <<: *b\n", "the alias *b stands for a mapping"),
+    ("spec:\n  <<: {x: 1}\n", "job.yaml:2: YAML: merge keys (<<) are not supported"),
+    ("a: [" + ",".join(["1"] * 6000) + "]\n", "YAML: more than 5000 values"),
+    ("x: &x v\ny: [" + ",".join(["*x"] * 6000) + "]\n", "YAML: more than 5000 values"),  # aliases count too
+    ("---\n" * 6000, "YAML: more than 5000 values"),
+])
+def test_finding_1_deep_recursive_and_huge_documents_are_refused_fast(text: str, needle: str) -> None:
+    out, seconds = _timed_problems(text)
+    assert len(out) == 1 and needle in out[0], out
+    assert seconds < 1.0
+
+
+def test_finding_1_an_anchor_on_a_scalar_may_be_repeated() -> None:
+    job = parse_spec_text(GOOD.replace("script: train.py", "script: &s train.py\n    args: [*s, *s]")).job
+    assert job.spec.entrypoint.args == ["train.py", "train.py"]
+
+
+def test_finding_1_the_line_indexer_never_follows_an_alias() -> None:
+    from orchestrator.spec.loader import _index_lines, compose
+
+    (node,) = compose("a: &x v\nb: [*x, *x]\nc: *x\n")
+    lines, duplicates = _index_lines(node, "f")
+    assert lines == {"": 1, "a": 1, "b": 2, "b.0": 2, "b.1": 2, "c": 3} and duplicates == []
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("a: 2001-13-01\n", "job.yaml:1: YAML: cannot read this value: month must be in 1..12"),
+    ("a: !!int abc\n", "job.yaml:1: YAML: cannot read this value"),
+    ("a: !!float x\n", "job.yaml:1: YAML: cannot read this value"),
+    ("a: !!timestamp x\n", "job.yaml:1: YAML: cannot read this value"),
+    ("a: !!bool maybe\n", "job.yaml:1: YAML: cannot read this value"),
+    ("a: b\x01\n", "job.yaml:1: YAML syntax error: unacceptable character U+0001"),
+    ("a: 1\n\x00", "job.yaml:2: YAML syntax error: unacceptable character U+0000"),
+    ("a: 1\n? [x, y]\n: z\n", "YAML syntax error"),  # a list as a key: unhashable
+])
+def test_finding_9_values_yaml_cannot_construct_are_one_line(text: str, needle: str) -> None:
+    out = problems(text)
+    assert len(out) == 1 and needle in out[0] and "\n" not in out[0], out
+
+
+def test_finding_10_duplicate_keys_name_the_key_and_both_lines() -> None:
+    out = problems(GOOD.replace("  precision:", "  backend: deepspeed\n  backend: fsdp\n  precision:"))
+    assert out == ["job.yaml:12: spec.backend: duplicate key (also on line 11): YAML would keep only the last value, "
+                   "so give it once"]
+    # the same key spelled two ways is caught when the values are built: 1 and 0x1 are both the int 1
+    out = problems("a: {1: x, 0x1: y}\n")
+    assert out == ["job.yaml:1: YAML: duplicate key 1 (first on line 1): YAML would keep only the last value, "
+                   "so give it once"]
+
+
+def test_finding_10_a_volume_has_one_source() -> None:
+    text = GOOD + ("  kubernetes:\n    volumes:\n      - {name: data, mount_path: /d, claim_name: pvc,"
+                   " secret_name: token}\n")
+    assert problems(text) == ["job.yaml:17: spec.kubernetes.volumes.0: a volume has one source, but claim_name and "
+                              "secret_name are both set: use one volume per source"]
+
+
+def test_finding_10_schema_and_rule_errors_come_in_one_round() -> None:
+    from orchestrator.compile import rules
+
+    text = (GOOD.replace("name: demo", "name: Demo_1") + "  backend: fsdp\n  sharding: optimizer\n"
+            + "  resources: {memory_per_node: 1}\n")
+    with pytest.raises(SpecError) as exc:
+        parse_spec_text(text, "job.yaml")
+    fields = [p.field for p in exc.value.problems]
+    assert fields == ["metadata.name", "spec.resources.memory_per_node"]
+    partial = exc.value.partial
+    assert partial is not None  # the rest of the spec is valid: the rules can run on it
+    assert [(f.field, partial.line_of(f.field)) for f in rules.errors(rules.check(partial.job))] == \
+        [("spec.sharding", 16)]
+
+
+def test_finding_10_no_rule_verdict_rests_on_an_invalid_field() -> None:
+    """A rule that reads a field whose value was invalid would judge a default the user never wrote."""
+    from orchestrator.compile import rules
+    from orchestrator.spec.loader import InvalidFieldRead
+
+    with pytest.raises(SpecError) as exc:
+        parse_spec_text(GOOD + "  backend: deepsped\n  sharding: optimizer\n", "job.yaml")
+    partial = exc.value.partial
+    assert partial is not None
+    with pytest.raises(InvalidFieldRead):
+        rules.check(partial.job)  # with backend unknown, "ZeRO-1 has no FSDP twin" would be a guess
+    with pytest.raises(SpecError) as exc:
+        parse_spec_text(GOOD.replace("  entrypoint:\n    script: train.py\n", ""), "job.yaml")
+    assert exc.value.partial is None  # a required section is missing: nothing to check the rules on
+
+
+_NAMES = {  # each field whose check is a pattern: a trailing newline must not pass
+    "metadata.name": ("name: demo", 'name: "demo\\n"'),
+    "metadata.namespace": ("name: demo", 'name: demo\n  namespace: "team\\n"'),
+    "spec.entrypoint.env": ("script: train.py", 'script: train.py\n    env: {"HF_HOME\\n": x}'),
+    "spec.slurm.partition": ("  precision:", '  slurm: {partition: "gpu\\n"}\n  precision:'),
+    "spec.slurm.account": ("  precision:", '  slurm: {account: "acct\\n"}\n  precision:'),
+    "spec.slurm.qos": ("  precision:", '  slurm: {qos: "high\\n"}\n  precision:'),
+    "spec.slurm.supervisor_partition": ("  precision:", '  slurm: {supervisor_partition: "cpu\\n"}\n  precision:'),
+    "spec.slurm.time": ("  precision:", '  slurm: {time: "10:00\\n"}\n  precision:'),
+    "spec.slurm.extra.0": ("  precision:", '  slurm: {extra: ["--constraint=a100\\u2028#SBATCH --x"]}\n  precision:'),
+    "spec.kubernetes.namespace": ("  precision:", '  kubernetes: {namespace: "ns\\n"}\n  precision:'),
+    "spec.kubernetes.volumes.0.name": ("  precision:", '  kubernetes: {volumes: [{name: "v\\n", mount_path: /v}]}\n'
+                                                      '  precision:'),
+}
+
+
+@pytest.mark.parametrize("field", sorted(_NAMES))
+def test_finding_5_names_refuse_a_trailing_newline(field: str) -> None:
+    old, new = _NAMES[field]
+    out = problems(GOOD.replace(old, new, 1))
+    assert len(out) == 1 and out[0].split(": ")[1] == field, out
+    assert "\\n" in out[0] or "\\u2028" in out[0]  # the value is shown escaped, on one line
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("model.parameters", '"1e400"', "is not a parameter count"),
+    ("model.parameters", "1e400", "is not a parameter count"),  # YAML 1.1 reads it as a string
+    ("model.parameters", "1.0e+400", "a parameter count is a whole number"),  # ... and this as a float: inf
+    ("model.parameters", ".inf", "a parameter count is a whole number"),
+    ("model.parameters", ".nan", "a parameter count is a whole number"),
+    ("model.parameters", "99999999999999999999", "below 10^16"),
+    ("model.parameters", "0", "at least 1"),
+    ("model.parameters", "1.5", "a parameter count is a whole number"),
+    ("resources.memory_per_node", "99999999999999999999999PiB", "is not a size"),
+    ("resources.memory_per_node", "1", "1 has no unit"),
+    ("resources.memory_per_node", '"24"', "has no unit"),
+    ("resources.memory_per_node", "512Ki", "is not a size"),  # below the smallest unit, M
+    ("resources.memory_per_node", "0GiB", "is not a size"),
+    ("resources.gpu_memory", ".inf", "expected a size"),
+    ("deepspeed.gradient_clipping", ".inf", "Input should be a finite number"),
+    ("deepspeed.gradient_clipping", ".nan", "Input should be a finite number"),
+    ("deepspeed.reduce_bucket_size", str(2**70), "less than or equal to 9007199254740991"),
+    ("batch.micro", str(2**40), "less than or equal to 2147483647"),
+    ("sharding", "-1", "ZeRO stage -1 does not exist"),
+    ("sharding", '"-1"', "ZeRO stage '-1' does not exist"),
+    ("sharding", "4", "ZeRO stage 4 does not exist"),
+])
+def test_finding_7_numbers_are_finite_and_in_range(field: str, value: str, needle: str) -> None:
+    section, _, key = field.rpartition(".")
+    text = GOOD + (f"  {section}: {{{key}: {value}}}\n" if section else f"  {key}: {value}\n")
+    if section == "model":
+        text = GOOD.replace("    parameters: 6.7e9", f"    parameters: {value}")
+    out = problems(text)
+    assert len(out) == 1 and f"spec.{field}" in out[0] and needle in out[0], out
+
+
+def test_finding_7_the_number_grammars() -> None:
+    from orchestrator.spec.quantity import parse_bytes, parse_count
+
+    assert parse_bytes("2304MiB") == 2304 * 2**20 and parse_bytes("1.5 Gi") == 3 * 2**29
+    assert parse_bytes("9.5PiB") < 2**63 and parse_bytes("999999999Mi") < 2**63
+    assert parse_count(6.7e9) == parse_count("6.7e9") == parse_count("6.7B") == 6.7e9
+    assert parse_count("1.5T") == 1.5e12 and parse_count(7_000_000_000) == 7e9
+    with pytest.raises(ValueError, match="'24' has no unit"):
+        parse_bytes("24")  # `plan --gpu-memory 24` was 24 bytes
+    for bad in ("80GiB\n", " 80GiB", "٨٠GiB", "1e3GiB", "-1GiB", "10000Pi"):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+    for bad in ("7B\n", "1e16", "10000T", "6.7e-9", "inf", "nan", "1_000"):
+        with pytest.raises(ValueError):
+            parse_count(bad)
+
+
+def test_finding_9_special_files_are_refused_without_reading(tmp_path) -> None:
+    import os
+    import time
+
+    from orchestrator.spec import load_spec
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    for path, needle in (("/dev/zero", "it is a device"), (str(tmp_path), "it is a directory"),
+                         (str(fifo), "file is empty")):  # a FIFO nobody writes to: no wait for a writer
+        start = time.perf_counter()
+        with pytest.raises(SpecError) as exc:
+            load_spec(path)
+        assert needle in str(exc.value) and time.perf_counter() - start < 1.0
+
+
+def test_finding_9_the_read_is_bounded_whatever_the_size_says(tmp_path, monkeypatch) -> None:
+    """/proc files say 0 bytes; the read itself stops at the limit."""
+    import os
+
+    from orchestrator.spec import loader
+
+    big = tmp_path / "big.yaml"
+    big.write_text("a: b\n" * 100_000)
+    real_fstat = os.fstat
+    monkeypatch.setattr(loader.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 0, *real_fstat(fd)[7:])))
+    with pytest.raises(SpecError) as exc:
+        loader.load_spec(big)
+    assert "larger than 128 KiB" in str(exc.value)
+
+
+def test_finding_9_a_pipe_that_sends_nothing_is_given_up_on(tmp_path, monkeypatch) -> None:
+    import os
+    import time
+
+    from orchestrator.spec import loader
+
+    monkeypatch.setattr(loader, "PIPE_IDLE_S", 0.2)
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer that never writes
+    try:
+        start = time.perf_counter()
+        with pytest.raises(SpecError, match="nothing arrived on the pipe"):
+            loader.load_spec(fifo)
+        assert time.perf_counter() - start < 1.0
+    finally:
+        os.close(writer)
