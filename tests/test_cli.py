@@ -375,7 +375,7 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
     counter = iter(range(10**9))
     slowest = [0.0]
 
-    @settings(max_examples=120, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(mutations=st.lists(st.tuples(st.sampled_from(_PATHS), _hostile_values()), max_size=3),
            target=st.sampled_from(["local", "slurm", "kubernetes"]), change=st.sampled_from(sorted(_TEXT_CHANGES)),

@@ -116,3 +116,24 @@ def test_several_processes_write_at_once(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert len(made) == 100 and len(set(made)) == 100
     assert {j.state for j in store.list_jobs()} == {"succeeded"} and len(store.list_jobs()) == 100
+
+
+def test_finding_9_a_damaged_row_is_reported_and_skipped(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    good, bad_state, bad_spec = (make(store, name=n) for n in ("good", "state", "spec"))
+    store.add_attempt(good.id, 1, spec={}, rung=None, reason="r", run_dir="/r", log_path="/r/log", artifacts={},
+                      warnings=[], resume_from=None)
+    with store._tx() as db:
+        db.execute("UPDATE jobs SET state = 'exploded' WHERE id = ?", (bad_state.id,))
+        db.execute("UPDATE jobs SET spec = '[1, 2' WHERE id = ?", (bad_spec.id,))
+        db.execute("UPDATE attempts SET state = 'melted' WHERE job_id = ?", (good.id,))
+    damaged: list[str] = []
+    listed = store.list_jobs(damaged=damaged)
+    assert sorted(j.id for j in listed) == sorted([good.id, bad_spec.id])  # its row reads; its spec does not
+    assert damaged == [f"job {bad_state.id} in the job store is damaged ('exploded' is not a valid JobState)"]
+    with pytest.raises(StoreError, match=f"job {bad_state.id} in the job store is damaged"):
+        store.get_job(bad_state.id)
+    with pytest.raises(StoreError, match=f"job {bad_spec.id}: its spec in the job store is damaged"):
+        _ = store.get_job(bad_spec.id).spec_data
+    with pytest.raises(StoreError, match=f"job {good.id}, attempt 1 in the job store is damaged"):
+        store.attempts(good.id)

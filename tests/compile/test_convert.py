@@ -102,3 +102,22 @@ def test_zero1_to_fsdp_is_listed() -> None:
 def test_not_a_backend_config() -> None:
     with pytest.raises(ConvertError):
         convert({"distributed_type": "MULTI_GPU"}, "fsdp")
+
+
+@pytest.mark.parametrize("config,ds_json,needle", [
+    ({"distributed_type": "FSDP", "fsdp_config": "FULL_SHARD"}, None, "fsdp_config must be a mapping"),
+    ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_sharding_strategy": ["FULL_SHARD"]}}, None,
+     "has no DeepSpeed twin"),
+    ({"distributed_type": "FSDP", "fsdp_config": {"fsdp_sharding_strategy": "9" * 5000}}, None,
+     "has no DeepSpeed twin"),
+    ({"distributed_type": "DEEPSPEED", "deepspeed_config": {"zero_stage": -1}}, None, "from 0 to 3"),
+    ({"distributed_type": "DEEPSPEED"}, [1], "the DeepSpeed config file must be a mapping"),
+    ({"distributed_type": "DEEPSPEED"}, {"zero_optimization": {"stage": "3x"}}, "zero_optimization.stage"),
+    ({"distributed_type": "DEEPSPEED"}, {"zero_optimization": {"offload_param": "cpu"}}, "must be a mapping"),
+    ({"distributed_type": "DEEPSPEED"}, {"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 0.5}},
+     "zero_hpz_partition_size must be a whole number"),
+    ({"distributed_type": {"a": 1}}, None, "only FSDP and DEEPSPEED"),
+])
+def test_finding_9_hostile_configs_are_convert_errors(config: dict, ds_json, needle: str) -> None:
+    with pytest.raises(ConvertError, match=needle):
+        convert(config, "fsdp" if config["distributed_type"] == "DEEPSPEED" else "deepspeed", ds_json)
