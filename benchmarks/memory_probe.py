@@ -6,8 +6,8 @@ The model is built from a local config.json (SHARDCTL_MODEL, a directory) with r
 trained on random tokens for a few steps; each rank writes OUT/rankN.json.
 
 What "peak" means:
-- on a GPU: torch.cuda.max_memory_allocated / max_memory_reserved over the whole run, and the
-  device's used memory (context included) from cudaMemGetInfo at the end;
+- on a GPU: torch.cuda.max_memory_allocated / max_memory_reserved from the end of `prepare` (the peak
+  stats are reset there), and the device's used memory (context included) from cudaMemGetInfo at the end;
 - on CPU processes (no GPU): the "device" is host memory, so the peak is the process's peak RSS
   during training (VmHWM, reset with /proc/self/clear_refs after accelerator.prepare) minus its RSS
   just before the model was built. glibc is told to mmap every block over 64 KiB
@@ -90,6 +90,8 @@ def main() -> None:
     settle()
     prepared_rss = status_bytes("VmRSS")
     reset_peak_rss()
+    if cuda:  # the peak of training, not of loading and prepare (as in benchmarks/data/h100-memory/)
+        torch.cuda.reset_peak_memory_stats()
 
     gen = torch.Generator().manual_seed(1234 + accelerator.process_index)
     model.train()

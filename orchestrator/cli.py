@@ -343,7 +343,11 @@ def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
     from orchestrator import report
 
     store = _store()
-    view = _view(store, _job(store, job), overrides=overrides)
+    record = _job(store, job)
+    try:
+        view = _view(store, record, overrides=overrides)
+    except (ValueError, TypeError, KeyError) as exc:  # a damaged column (JSON, a spec) of its rows
+        _fail([f"job {record.id}: its record in the job store cannot be read ({str(exc).splitlines()[0][:200]})"])
     click.echo(json.dumps(view, indent=2) if as_json else getattr(report, text)(view))
 
 

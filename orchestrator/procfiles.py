@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -135,6 +136,12 @@ def read_tail(path: str | Path, limit: int) -> str:
         return ""
 
 
+def open_log(path: str | Path) -> BinaryIO:
+    """A log opened for appending, created 0600, never through a symlink planted at its name."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    return os.fdopen(fd, "ab")
+
+
 def spawn_detached(module: str, args: Sequence[str], *, cwd: str, log_path: Path,
                    env: Mapping[str, str] | None = None) -> subprocess.Popen:
     """`python -m MODULE ARGS` in a new session (it outlives the terminal and its parent), output
@@ -142,7 +149,7 @@ def spawn_detached(module: str, args: Sequence[str], *, cwd: str, log_path: Path
     child_env = {**os.environ, **(env or {})}
     extra = child_env.get("PYTHONPATH")
     child_env["PYTHONPATH"] = f"{PACKAGE_ROOT}{os.pathsep}{extra}" if extra else PACKAGE_ROOT
-    with open(log_path, "ab") as log:
+    with open_log(log_path) as log:
         return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                                 env=child_env)

@@ -230,7 +230,14 @@ def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) 
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and all("damaged" in w and "skipped" in w for w in warnings), warnings
     r = _invoke("status", jobs[1].id, home=tmp_path)
-    assert r.exit_code == 2 and "is damaged" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "is damaged" in r.output and len(r.output.splitlines()) == 1, r.output
+    store.add_attempt(jobs[3].id, 1, spec={}, rung=None, reason="r", run_dir="/r", log_path="/r/log", artifacts={},
+                      warnings=[], resume_from=None)
+    with db:
+        db.execute("UPDATE attempts SET warnings = '[' WHERE job_id = ?", (jobs[3].id,))
+    r = _invoke("history", jobs[3].id, home=tmp_path)
+    assert r.exit_code == 2 and "its record in the job store cannot be read" in r.output, r.output
+    assert len(r.output.splitlines()) == 1
 
 
 def test_finding_9_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
@@ -374,6 +381,7 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
     _invoke("validate", str(ROOT / "examples/quickstart.yaml"))  # imports done once, outside the timing
     counter = iter(range(10**9))
     slowest = [0.0]
+    exits: dict[int, int] = {}
 
     @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -398,6 +406,7 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
             slowest[0] = max(slowest[0], seconds)
             assert r.exception is None or isinstance(r.exception, SystemExit), (args, text, r.exception)
             assert r.exit_code in (0, 2), (args, text, r.output)
+            exits[r.exit_code] = exits.get(r.exit_code, 0) + 1
             assert "Traceback" not in r.output
             assert seconds < 1.0, (args, text, seconds)
             if args[0] == "render":
@@ -408,3 +417,4 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
 
     check()
     assert slowest[0] < 1.0
+    print(exits, slowest); assert exits.get(0, 0) >= 20 and exits.get(2, 0) >= 100, exits

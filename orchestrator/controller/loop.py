@@ -29,9 +29,8 @@ from orchestrator.controller.cache import Cache
 from orchestrator.controller.health import Contact
 from orchestrator.controller.kube import KubeApi
 from orchestrator.controller.metrics import Metrics
-from orchestrator.controller.reconcile import Reconciler
+from orchestrator.controller.reconcile import Reconciled, Reconciler
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
-from orchestrator.targets.kubernetes import RECHECK_S
 
 log = logging.getLogger("shardctl.controller")
 MANAGED = "app.kubernetes.io/managed-by=shardctl"
@@ -238,11 +237,11 @@ class Controller:
                 self.reconciles += 1
                 self.failures.pop(key, None)
                 log.debug("reconciled %s: %s", key, result)
-                if result == "recheck":  # waits on what no watch announces (an Event): look again soon
+                if result.what is Reconciled.RECHECK:  # waits on what no watch announces (an Event)
                     self.queue.done(key)
-                    self.queue.add(key, RECHECK_S)
+                    self.queue.add(key, result.recheck_s or 0.0)
                     continue
-                if result not in ("gone", "done", "running"):
+                if result.what is Reconciled.MOVED:
                     self.queue.done(key)
                     self.queue.add(key)  # it moved: look again at once (the next step may need no event)
                     continue

@@ -12,6 +12,7 @@ recording it adopts them (AlreadyExists) instead of creating a second Job.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -45,7 +46,7 @@ from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
 from orchestrator.targets.base import AttemptRef, SubmitDeferred
 from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
-from orchestrator.targets.kubernetes import KubernetesTarget
+from orchestrator.targets.kubernetes import RECHECK_S, KubernetesTarget
 
 
 class Reconciled(StrEnum):
@@ -54,8 +55,16 @@ class Reconciled(StrEnum):
     GONE = "gone"  # deleted, or being deleted
     DONE = "done"  # already ended
     WAITING = "running"  # an attempt runs (or waits): the next event or resync looks again
-    RECHECK = "recheck"  # waits on something no watch announces (an Event): look again in RECHECK_S
+    RECHECK = "recheck"  # waits on something no watch announces (an Event): look again after `recheck_s`
     MOVED = "moved"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one reconcile did, and for RECHECK how soon to look again."""
+
+    what: Reconciled
+    recheck_s: float | None = None
 
 
 def _now() -> str:
@@ -116,20 +125,20 @@ class Reconciler:
         self.api = api
         self.metrics = metrics  # controller.metrics.Metrics, when the loop runs one
 
-    def reconcile(self, namespace: str, name: str) -> Reconciled:
+    def reconcile(self, namespace: str, name: str) -> Result:
         """Moves the job as far as it can go now; returns what it did (for the loop, logs and tests)."""
         obj = self.api.get_training_job(namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
-            return Reconciled.GONE
+            return Result(Reconciled.GONE)
         status = TrainingJobStatus.model_validate(obj.get("status") or {})
         if status.phase is not None and Phase(status.phase).job_state.terminal:
-            return Reconciled.DONE
+            return Result(Reconciled.DONE)
         try:
             job = training_job(obj)
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             self._finish(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), "InvalidSpec")
-            return Reconciled.MOVED
+            return Result(Reconciled.MOVED)
         target = KubernetesTarget(api=self.api, namespace=namespace, owner=owner_reference(obj))
         moved = False
         while True:
@@ -142,12 +151,12 @@ class Reconciler:
                     self._write(obj, status)
                     moved = True
                 if move.recheck_s is not None or move.stalled:
-                    return Reconciled.RECHECK
-                return Reconciled.MOVED if moved else Reconciled.WAITING
+                    return Result(Reconciled.RECHECK, move.recheck_s or RECHECK_S)
+                return Result(Reconciled.MOVED if moved else Reconciled.WAITING)
             obj, status, stop = self._apply(obj, status, job, target, move)
             moved = True
             if stop:
-                return Reconciled.MOVED
+                return Result(Reconciled.MOVED)
 
     def _observe(self, target: KubernetesTarget, job: TrainingJob, attempt: AttemptStatus) -> Observation:
         if attempt.state == AttemptState.STARTING:

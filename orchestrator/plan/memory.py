@@ -208,10 +208,11 @@ def _deepspeed(shape: ModelShape, job: TrainingJob, profile: DeviceProfile, est:
         # stage_1_and_2.py step(): the gradients as backward left them (stage 1: all of them, until those of
         # other partitions are freed), then the partition flattened and upcast (the Adam update that follows
         # holds as much: fp32 gradients and sqrt(v)).
-        moments = [{"gradients": w * p // grad_shards},
-                   {"gradients": w * p // opt_shards, "flattened_gradients": w * p // opt_shards,
-                    "fp32_gradients": fp32_grads}]
-        step.update(max(moments, key=lambda m: sum(m.values())))
+        moments: list[dict[str, int]] = [{"gradients": w * p // grad_shards},
+                                         {"gradients": w * p // opt_shards,
+                                          "flattened_gradients": w * p // opt_shards, "fp32_gradients": fp32_grads}]
+        worst: dict[str, int] = max(moments, key=lambda m: sum(m.values()))
+        step.update(worst)
     if stage in (1, 2):
         # The buckets are allocated at the first gradient hook, once the logits' backward is over.
         phases["gradient_reduction"]["communication_buckets"] = bucket * w * (2 if ds.overlap_comm else 1)

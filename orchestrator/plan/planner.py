@@ -50,6 +50,7 @@ class Candidate:
             "activation_checkpointing": s.activation_checkpointing,
             "estimated_peak_bytes_per_gpu": self.estimate.total, "breakdown": dict(self.estimate.terms),
             "host_bytes_per_node": self.estimate.host_bytes_per_node, "peak_phase": self.estimate.peak_phase,
+            "allocator_cache_bytes": self.estimate.cache_bytes,
             "max_micro_batch": self.max_micro_batch,
             "verdict": "fits" if self.fits else "does not fit", "relative_cost": round(self.cost, 2),
         }

@@ -83,12 +83,12 @@ def _bar_text(bar: Bar, width: int, scale: int, capacity: int, color: bool):
     keep = min(width - 1, round(capacity * (1 - MARGIN) / scale * width))
     text = Text()
     for pos in range(width):
-        name = cells[pos] if pos < len(cells) else None
-        colour, letter, _ = term_style(name) if name else ("", " ", "")
+        term = cells[pos] if pos < len(cells) else None
+        colour, letter, _ = term_style(term) if term else ("", " ", "")
         if pos in (cap, keep):
             text.append("│" if pos == cap else "┆", style=f"bold {'red' if pos == cap else 'yellow'}"
-                        + (f" on {colour}" if color and name else ""))
-        elif name:
+                        + (f" on {colour}" if color and term else ""))
+        elif term:
             text.append("█" if color else letter, style=colour if color else "")
         else:
             text.append(" ")
@@ -156,8 +156,8 @@ def _render_bars(result: Plan, console: Console, color: bool) -> None:
     tail = 26  # " 1234.5 GiB  does not fit"
     width = max(20, min(100, console.width - label_width - tail))
     scale = scale_of(result)
-    console.print(Text(f"per GPU at the peak, {scale / width / GIB:.2f} GiB a cell: │ the GPU's {gib(result.gpu_memory)}, "
-                       f"┆ {MARGIN:.0%} kept free"))
+    console.print(Text(f"per GPU at the peak, {scale / width / GIB:.2f} GiB a cell: "
+                       f"│ the GPU's {gib(result.gpu_memory)}, ┆ {MARGIN:.0%} kept free"))
     for bar in items:
         line = Text(f"{'->' if bar.chosen else '  '}{bar.index:<{label_width - 2}} ")
         line += _bar_text(bar, width, scale, result.gpu_memory, color)

@@ -31,6 +31,7 @@ CHART_HINT = "install the controller and its CRD first: helm install shardctl ch
 
 
 RECHECK_S = 3.0  # a Job without pods is looked at again this soon: only an Event says why pods are refused
+RECHECK_MAX_S = 60.0
 EVENTS_AFTER_S = 2.0  # a Job younger than this has no pods yet for no reason worth asking about
 
 
@@ -271,8 +272,11 @@ class KubernetesTarget:
         if stall is not None:
             return Observation(Seen.PENDING, detail=f"{stall.reason}: {stall.message}", stalled=True)
         running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-        return Observation(Seen.RUNNING if running else Seen.PENDING,
-                           recheck_s=RECHECK_S if not pods and not suspended else None)
+        if pods or suspended:  # a pod or the Job changing is announced by the watches
+            return Observation(Seen.RUNNING if running else Seen.PENDING)
+        # no pods, and nothing announces why: look again soon, then less often the longer it lasts
+        age = (now - created).total_seconds() if created is not None else 0.0
+        return Observation(Seen.PENDING, recheck_s=min(RECHECK_MAX_S, max(RECHECK_S, age / 5)))
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """Controller side: delete the attempt's Job (its pods go with it). Cancelling a whole job deletes

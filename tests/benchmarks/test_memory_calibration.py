@@ -47,7 +47,8 @@ def test_the_h100_records_are_what_the_importer_writes_from_the_delivered_measur
     """memory-h100.jsonl is generated from benchmarks/data/h100-memory/ (kept as delivered, with its README)."""
     assert H100.read_text() == import_h100.render(), "run: python benchmarks/import_h100.py"
     readme = (ROOT / "benchmarks" / "data" / "h100-memory" / "README.md").read_text()
-    for fact in ("H100 80GB", "torch 2.11.0+cu130", "DeepSpeed 0.19.8", "max_memory_allocated", "reset_peak_memory_stats"):
+    for fact in ("H100 80GB", "torch 2.11.0+cu130", "DeepSpeed 0.19.8", "max_memory_allocated",
+                 "reset_peak_memory_stats"):
         assert fact in readme
     rows = records(H100, failed=True)
     assert len(rows) == 12 and sum(r["oom"] for r in rows) == 2

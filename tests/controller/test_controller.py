@@ -148,7 +148,7 @@ def drive(server: FakeApiServer, crash_at: int, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if reconciler.reconcile(NS, "llm") == "done":
+            if reconciler.reconcile(NS, "llm").what == "done":
                 return crashes
         except Crash:
             crashes += 1
@@ -168,7 +168,7 @@ def test_a_controller_killed_between_any_two_steps_creates_exactly_one_job_per_a
             if total_writes is None:  # a run without a crash counts the writes
                 counting = CrashingApi(client.ApiClient(client.Configuration(host=server.url)), crash_at=-1)
                 reconciler = Reconciler(counting)
-                wait_for(lambda r=reconciler: r.reconcile(NS, "llm") == "done", 30, "an uncrashed run")
+                wait_for(lambda r=reconciler: r.reconcile(NS, "llm").what == "done", 30, "an uncrashed run")
                 total_writes = counting.writes
                 assert total_writes >= 10
             else:
@@ -203,7 +203,7 @@ def test_an_invalid_spec_fails_with_the_validators_message(api: FakeApiServer) -
     body = training_job()
     body["spec"]["backend"] = "horovod"
     submit(api, body)
-    assert Reconciler(kube(api)).reconcile(NS, "llm") == "moved"
+    assert Reconciler(kube(api)).reconcile(NS, "llm").what == "moved"
     st = status(api)
     assert st["phase"] == "Failed" and "backend" in st["message"]
     assert not api.store.objects[api.resource("jobs", "batch")]
