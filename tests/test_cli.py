@@ -385,8 +385,10 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
 
     @settings(max_examples=200, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(mutations=st.lists(st.tuples(st.sampled_from(_PATHS), _hostile_values()), max_size=3),
-           target=st.sampled_from(["local", "slurm", "kubernetes"]), change=st.sampled_from(sorted(_TEXT_CHANGES)),
+    @given(mutations=st.one_of(st.just([]), st.lists(st.tuples(st.sampled_from(_PATHS), _hostile_values()),
+                                                     min_size=1, max_size=3)),
+           target=st.sampled_from(["local", "slurm", "kubernetes"]),
+           change=st.one_of(st.just("none"), st.sampled_from(sorted(_TEXT_CHANGES))),
            extra=st.lists(st.one_of(st.characters(codec="utf-8", exclude_categories=("Cs",)),
                                     st.sampled_from(_TOKENS)), max_size=12).map("".join))
     def check(mutations, target, change, extra) -> None:
@@ -417,4 +419,4 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
 
     check()
     assert slowest[0] < 1.0
-    print(exits, slowest); assert exits.get(0, 0) >= 20 and exits.get(2, 0) >= 100, exits
+    assert exits.get(0, 0) >= 40 and exits.get(2, 0) >= 100, exits  # both kinds of input were generated

@@ -1,7 +1,7 @@
 """Pure emitters: spec -> accelerate config (as `accelerate config` writes it) and DeepSpeed JSON.
 
 Key names and value spellings follow accelerate 1.x's own questionnaire
-(commands/config/cluster.py) and the traps in ../shared/reference/accelerate-launch-facts.md:
+(commands/config/cluster.py) and the traps found by running accelerate here (docs/design.md):
 FSDP1 gets `fsdp_sharding_strategy` (the launcher exports FSDP_SHARDING_STRATEGY and the
 plugin reads it first), FSDP2 a boolean `fsdp_reshard_after_forward`; with a
 `deepspeed_config_file` no zero/offload/accumulation/clipping key and no top-level

@@ -2,7 +2,7 @@
 
 DeepSpeed really partitions on CPU (DS_ACCELERATOR=cpu; the script creates a gloo process
 group); FSDP through accelerate does not shard on CPU and runs as DDP (ACCELERATE_USE_CPU=true).
-Every change to the spec is returned as a warning. See ../shared/reference/accelerate-launch-facts.md.
+Every change to the spec is returned as a warning. docs/design.md ("Supervising a run") says what was verified on CPU.
 """
 
 from __future__ import annotations

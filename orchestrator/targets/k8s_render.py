@@ -1,6 +1,6 @@
 """The Kubernetes dry run (pure): one attempt as a ConfigMap, a headless Service and an Indexed Job.
 
-The shape is the one Kubeflow's trainer and JobSet converge on (../shared/reference/peer-facts.md):
+The shape is the one Kubeflow's trainer and JobSet converge on:
 completions = parallelism = nodes, the completion index is the machine rank, and pod 0's stable
 DNS name (`<job>-0.<service>`, the Service being headless with publishNotReadyAddresses so rank 0
 resolves before it is Ready) is the rendezvous. accelerate ignores torchrun's PET_* variables,

@@ -4,7 +4,7 @@ render() writes nothing: it returns launch.sh and the config files exactly as su
 On a machine without GPUs the job runs `gpus_per_node` CPU processes over gloo, with a warning:
 DeepSpeed really partitions on CPU (DS_ACCELERATOR=cpu; the script creates a gloo process
 group); FSDP through accelerate does not shard on CPU and runs as DDP (ACCELERATE_USE_CPU=true).
-See ../shared/reference/accelerate-launch-facts.md, "Launching on CPU".
+docs/design.md says how accelerate and DeepSpeed behave on CPU.
 """
 
 from __future__ import annotations

@@ -261,3 +261,32 @@ def test_the_cel_rules_on_the_examples(example: str) -> None:
     """As a TrainingJob resource (target kubernetes), an example passes a rule exactly when check() agrees."""
     spec = yaml.safe_load((ROOT / "examples" / example).read_text())["spec"]
     assert _cel_verdicts(_absent_nulls(spec)) == _check_verdicts(spec)
+
+
+@pytest.mark.parametrize("section,key,value", [
+    *(("model", "parameters", v) for v in ("7B", "6.7e9", "1.5T", "6738415616", 6700000000, "1e400", "1e16", "0",
+                                           "-1", 0, -1, 10**16, 10**30, "7 B", "٧B", "1.0e+400")),
+    *(("resources", "memory_per_node", v) for v in ("80GiB", "2304MiB", "1.5 Gi", "9Pi", "1", "24", "512Ki",
+                                                     "99999999999999999999999PiB", "10Pi", "0GiB", "-1Gi")),
+    *(("resources", "gpu_memory", v) for v in ("80GiB", "24GB", "24", "1e3G")),
+    *(("", "sharding", v) for v in (0, 3, -1, 4, "FULL_SHARD", "zero3")),
+    *(("batch", "micro", v) for v in (1, 2**31 - 1, 2**31, 0)),
+])
+def test_finding_7_the_crd_admits_exactly_what_the_model_accepts(section: str, key: str, value) -> None:
+    """Quantities, counts and bounds: one grammar each, carried into the CRD, so `kubectl apply` refuses what the
+    controller would (checked here with the CRD's OpenAPI schema; the real API server agreed on the same cases).
+    Not here: a trailing newline, which Python's `re.search` lets `$` accept but the API server's RE2 does not."""
+    from pydantic import ValidationError
+
+    from orchestrator.spec.models import TrainingJob
+
+    spec = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())["spec"]
+    (spec.setdefault(section, {}) if section else spec)[key] = value
+    crd_ok = openapi_validator().is_valid(spec)
+    try:
+        TrainingJob.model_validate({"apiVersion": "shardctl.dev/v1alpha1", "kind": "TrainingJob",
+                                    "metadata": {"name": "j"}, "spec": spec})
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert crd_ok == model_ok, (value, crd_ok, model_ok)
