@@ -118,6 +118,13 @@ def _cluster_options(fn):
                         help="kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")(fn)
 
 
+def _finite(param: click.Parameter, value: float) -> float:
+    """click's FloatRange lets nan through (every comparison with nan is false)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise click.BadParameter("must be a finite number", param=param)
+    return value
+
+
 def _overrides(kubeconfig: str | None, context: str | None) -> dict:
     return {k: v for k, v in (("kubeconfig", kubeconfig), ("context", context)) if v}
 
@@ -534,9 +541,10 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="Default: in-cluster, else ~/.kube/config.")
 @click.option("--context", help="kubeconfig context.")
 @click.option("--leader-election-namespace", help="Hold a Lease here before acting (replicas > 1).")
-@click.option("--resync-seconds", type=float, default=60.0, show_default=True)
-@click.option("--workers", type=int, default=4, show_default=True)
-@click.option("--watch-timeout-seconds", type=int, default=60, show_default=True)
+@click.option("--resync-seconds", type=click.FloatRange(1.0, 86400.0), default=60.0, show_default=True,
+              callback=lambda ctx, param, v: _finite(param, v))
+@click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--watch-timeout-seconds", type=click.IntRange(1, 3600), default=60, show_default=True)
 @click.option("--lease-seconds", type=click.IntRange(2), default=15, show_default=True,
               help="Leader Lease duration; the leader steps down after 2/3 of it without a renewal.")
 @click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True,

@@ -136,10 +136,10 @@ def read_tail(path: str | Path, limit: int) -> str:
         return ""
 
 
-def open_log(path: str | Path) -> BinaryIO:
+def open_log(path: str | Path, buffering: int = -1) -> BinaryIO:
     """A log opened for appending, created 0600, never through a symlink planted at its name."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
-    return os.fdopen(fd, "ab")
+    return os.fdopen(fd, "ab", buffering=buffering)
 
 
 def spawn_detached(module: str, args: Sequence[str], *, cwd: str, log_path: Path,

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.procfiles import write_json
+from orchestrator.procfiles import open_log, write_json
 from orchestrator.targets import memlimit
 
 ATTEMPT_FILE = "attempt.json"
@@ -119,7 +119,7 @@ def run(run_dir: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal is not a reason to stop
 
-    log = open(run_dir / request["log"], "ab", buffering=0)  # noqa: SIM115 - held for the whole run
+    log = open_log(run_dir / request["log"], buffering=0)  # held for the whole run; never through a symlink
     try:
         child = subprocess.Popen(request["command"], cwd=request["cwd"], stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, preexec_fn=limit.apply_rlimit, close_fds=True)

@@ -61,7 +61,7 @@ def slurm_job_name(name: str, job_id: str, attempt: int) -> str:
 
 
 def _directive_path(path: str) -> str:
-    return path if _PLAIN_PATH.match(path) else '"' + path.replace('"', '\\"') + '"'
+    return path if _PLAIN_PATH.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
 
 
 def memory_directive(memory_per_node: str) -> str:
