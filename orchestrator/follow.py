@@ -51,6 +51,7 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
     announced_start: set[int] = set()
     announced_end: set[int] = set()
     readers: dict[int, LogSource] = {}
+    last_read: dict[int, float] = {}
     record = store.get_job(job_id)
     target = target_of(record, overrides)
     drive = driving(target)
@@ -74,8 +75,18 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
                 yield "event", f"attempt {a['number']} started: {describe_config(a)}\n  why: {a['reason']}{resumes}"
                 readers[a["number"]] = target.log_source(ref_of(job, rec), rec.external_id)
             reader = readers.get(a["number"])
-            if reader is not None:
-                for line in (reader.rest() if rec.ended else reader.lines()):
+            due = time.monotonic() - last_read.get(a["number"], float("-inf")) >= getattr(reader, "poll_s", 0.0)
+            if reader is not None and (due or rec.ended):
+                last_read[a["number"]] = time.monotonic()
+                try:
+                    new = reader.rest() if rec.ended else reader.lines()
+                except TargetError as exc:  # the job goes on; say why its output is not here
+                    new = []
+                    yield "event", f"could not read attempt {a['number']}'s output: {exc}"
+                else:
+                    if rec.ended:
+                        del readers[a["number"]]  # everything it wrote has been read
+                for line in new:
                     yield "line", (a["number"], line)
             if rec.ended and a["number"] not in announced_end:
                 announced_end.add(a["number"])

@@ -131,13 +131,21 @@ class ByController:
         return record  # handed over before the record was made (see submit)
 
     def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        """Mirror the controller's record, forward only: an attempt that ended here, or a job that ended,
+        is never moved back by a snapshot read before a concurrent cancel."""
         assert isinstance(target, ControlledTarget)
         if record.terminal:
             return None
         snap = target.fetch(record.option_data, record.name)
         if snap is None:
-            store.finish_job(record.id, JobState.FAILED, f"the {target.name} job is gone "
-                             f"({record.option_data.get('namespace') or 'its namespace'}) and nobody recorded why")
+            if store.get_job(record.id).cancel_requested:
+                store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job "
+                                 "was deleted")
+            else:
+                store.finish_job(record.id, JobState.FAILED, f"the {target.name} job is gone "
+                                 f"({record.option_data.get('namespace') or 'its namespace'}) and nobody recorded "
+                                 "why")
+            self._close_open_attempts(store, record, "the job ended")
             return None
         for a in snap.attempts:
             known = {r.number: r for r in store.attempts(record.id)}
@@ -147,25 +155,37 @@ class ByController:
                                       log_path="", artifacts={}, warnings=[], resume_from=None)
                 except StoreError:
                     pass  # another reader mirrored it first
+            elif known[a.number].ended:
+                continue
             kind, why, evidence = a.failure or (None, None, None)
             store.update_attempt(record.id, a.number, state=a.state, external_id=a.external_id,
                                  started_at=a.started_at, ended_at=a.ended_at, failure_kind=kind,
                                  failure_reason=why, failure_evidence=evidence or None)
         if snap.state.terminal:
             store.finish_job(record.id, snap.state, snap.reason or "")
-        elif snap.state is JobState.RUNNING:
-            store.update_job(record.id, state=JobState.RUNNING)
+            return None
+        if snap.state is JobState.RUNNING:
+            store.mark_running(record.id)
         return "; ".join(f"job {record.id} waits: {c}" for c in snap.conditions) or None
 
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        """Read the cluster first (the job may have ended there: then nothing is deleted and its end stands),
+        record the request, then delete the job (only the one recorded: its uid is a precondition)."""
         assert isinstance(target, ControlledTarget)
-        target.withdraw(record.option_data, record.name)
+        self.refresh(store, target, record)
+        if store.get_job(record.id).terminal:
+            return
         store.request_cancel(record.id)
+        target.withdraw(record.option_data, record.name)
+        self._close_open_attempts(store, record, "cancelled by the user")
+        store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job was deleted")
+
+    @staticmethod
+    def _close_open_attempts(store: Store, record: JobRecord, why: str) -> None:
         for a in store.attempts(record.id):
             if not a.ended:
                 store.update_attempt(record.id, a.number, state=AttemptState.CANCELLED, ended_at=time.time(),
-                                     failure_kind="cancelled", failure_reason="cancelled by the user")
-        store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job was deleted")
+                                     failure_kind="cancelled", failure_reason=why)
 
     def supervised(self, record: JobRecord) -> bool | None:
         return None

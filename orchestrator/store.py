@@ -264,6 +264,12 @@ class Store:
     def update_job(self, job_id: str, **changes: Any) -> None:
         self._update("jobs", "id = ?", (job_id,), _JOB_COLUMNS, changes)
 
+    def mark_running(self, job_id: str) -> None:
+        """queued -> running, and only that: a mirror that read a stale state never moves a job back."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'",
+                       (time.time(), job_id))
+
     def request_cancel(self, job_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id))

@@ -140,6 +140,19 @@ class KubeApi:
                 if exc.status != 404:
                     raise
 
+    def read(self, kind: str, ns: str, name: str) -> dict | None:
+        """One child by kind (a Job from the cache when there is one): who owns a name that already exists."""
+        if kind == "Job":
+            return self.get_job(ns, name)
+        reader = {"Service": self.core.read_namespaced_service,
+                  "ConfigMap": self.core.read_namespaced_config_map}[kind]
+        try:
+            return self.plain(reader(name, ns))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def delete_job(self, ns: str, name: str) -> None:
         """An attempt's Job and its pods (a refused attempt's Job would otherwise retry its pods forever)."""
         try:

@@ -12,9 +12,11 @@ recording it adopts them (AlreadyExists) instead of creating a second Job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -132,28 +134,30 @@ class Reconciler:
             return Result(Reconciled.GONE)
         status = TrainingJobStatus.model_validate(obj.get("status") or {})
         if status.phase is not None and Phase(status.phase).job_state.terminal:
+            self._clean_up_refused(obj, status)
             return Result(Reconciled.DONE)
         try:
             job = training_job(obj)
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            self._finish(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), "InvalidSpec")
+            self._finish(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), [], "InvalidSpec")
             return Result(Reconciled.MOVED)
         target = KubernetesTarget(api=self.api, namespace=namespace, owner=owner_reference(obj))
         moved = False
+        after: list[Callable[[], None]] = []  # events, metrics, deletions: only once the status saying so is written
         while True:
             last = status.attempts[-1] if status.attempts else None
             observed = self._observe(target, job, last) if last is not None and not AttemptState(last.state).ended \
                 else None
             move = next_move(_view(job, status), observed)
             if isinstance(move, Wait):
-                if self._waiting(obj, status, move):
-                    self._write(obj, status)
+                if self._waiting(obj, status, move, after):
+                    self._write(obj, status, after)
                     moved = True
                 if move.recheck_s is not None or move.stalled:
                     return Result(Reconciled.RECHECK, move.recheck_s or RECHECK_S)
                 return Result(Reconciled.MOVED if moved else Reconciled.WAITING)
-            obj, status, stop = self._apply(obj, status, job, target, move)
+            obj, status, stop = self._apply(obj, status, job, target, move, after)
             moved = True
             if stop:
                 return Result(Reconciled.MOVED)
@@ -169,24 +173,24 @@ class Reconciler:
 
     # -- moves: each returns (obj, status, stop) ------------------------------------------------
     def _apply(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget,
-               move: Move) -> tuple[dict, TrainingJobStatus, bool]:
+               move: Move, after: list[Callable[[], None]]) -> tuple[dict, TrainingJobStatus, bool]:
         gen = obj["metadata"].get("generation")
         if isinstance(move, Start):
             try:  # a fallback config that cannot render ends the job here, with the reason
                 target.render(move.job, self._ref(job, move.number))
             except (CompileError, RenderError) as exc:
-                self._finish(obj, status, cannot_render(move.number, exc), "CannotRender")
+                self._finish(obj, status, cannot_render(move.number, exc), after, "CannotRender")
                 return obj, status, True
             if move.number > 1:
-                self.api.event(obj, "FallingBack", move.reason)
+                after.append(partial(self.api.event, obj, "FallingBack", move.reason))
                 if self.metrics is not None:
-                    self.metrics.fell_back(move.rung or RETRY_RUNG)
+                    after.append(lambda: self.metrics.fell_back(move.rung or RETRY_RUNG))
             status.attempts.append(AttemptStatus(
                 number=move.number, state=AttemptState.STARTING, config=describe(move.job), rung=move.rung,
                 reason=move.reason, jobName=attempt_name(job.metadata.name, move.number),
                 spec=move.job.model_dump(mode="json", by_alias=True)))
             status.phase = Phase.PENDING if move.number == 1 else Phase.RUNNING
-            obj = self._write(obj, status)
+            obj = self._write(obj, status, after)
             return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
         if isinstance(move, Submit):
             attempt = status.attempts[move.number - 1]
@@ -195,19 +199,20 @@ class Reconciler:
             try:
                 target.submit(target.render(spec, ref), ref)
             except SubmitDeferred as exc:  # not now (an exceeded quota): say so, and the loop retries with backoff
-                if self._waiting(obj, status, Wait(detail=str(exc), stalled=True)):
-                    self._write(obj, status)
+                if self._waiting(obj, status, Wait(detail=str(exc), stalled=True), after):
+                    self._write(obj, status, after)
                 raise
             except SubmitError as exc:
-                return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"))
+                return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"),
+                                   after)
             attempt.state = AttemptState.RUNNING
             attempt.started_at = _now()
             status.phase = Phase.RUNNING
             set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
                           gen)
-            obj = self._write(obj, status)
-            self.api.event(obj, "AttemptStarted",
-                           f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}")
+            after.append(partial(self.api.event, obj, "AttemptStarted",
+                                 f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"))
+            obj = self._write(obj, status, after)
             return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
         if isinstance(move, Adopt):  # not reached on Kubernetes (Submit adopts), kept for completeness of moves
             status.attempts[move.number - 1].state = AttemptState.RUNNING
@@ -219,37 +224,55 @@ class Reconciler:
             f = move.failure
             attempt.failure = FailureStatus(kind=f.kind, reason=f.reason, evidence=f.evidence) if f else None
             if self.metrics is not None:
-                self.metrics.attempt_ended(f.kind if f else "succeeded")
+                after.append(lambda: self.metrics.attempt_ended(f.kind if f else "succeeded"))
             if f is not None:
-                self.api.event(obj, "AttemptFailed", f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True)
-            if f is not None and f.kind is FailureKind.REFUSED:  # its Job would retry the refused pods forever
-                target.cancel(attempt.job_name, self._ref(job, attempt.number))
+                after.append(partial(self.api.event, obj, "AttemptFailed",
+                                     f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True))
             return obj, status, False  # decided next, written together
         assert isinstance(move, Finish)
         last = status.attempts[-1] if status.attempts else None
         refused_for_good = last is not None and last.failure is not None and last.failure.kind == FailureKind.REFUSED
-        self._finish(obj, status, move, "Refused" if refused_for_good else None)
+        if refused_for_good:  # its Job would retry the refused pods forever: deleted once the refusal is recorded
+            after.append(lambda: self._clean_up_refused(obj, status))
+        self._finish(obj, status, move, after, "Refused" if refused_for_good else None)
         return obj, status, True
 
-    def _waiting(self, obj: dict, status: TrainingJobStatus, move: Wait) -> bool:
+    def _clean_up_refused(self, obj: dict, status: TrainingJobStatus) -> None:
+        """The Job of an attempt refused for good (pods refused by admission) is deleted; looked up in the
+        cache first, so a finished job costs nothing once it is gone."""
+        last = status.attempts[-1] if status.attempts else None
+        if last is None or last.failure is None or last.failure.kind != FailureKind.REFUSED:
+            return
+        ns = obj["metadata"]["namespace"]
+        if self.api.get_job(ns, last.job_name) is not None:
+            self.api.delete_job(ns, last.job_name)
+
+    def _waiting(self, obj: dict, status: TrainingJobStatus, move: Wait, after: list[Callable[[], None]]) -> bool:
         """A stalled attempt says so in a condition (and an Event when it starts to); True when that changed."""
         gen = obj["metadata"].get("generation")
         if move.stalled:
             reason, _, message = move.detail.partition(": ")
             changed = set_condition(status, "Stalled", "True", reason or "Stalled", message or move.detail, gen)
             if changed:
-                self.api.event(obj, reason or "Stalled", message or move.detail, warning=True)
+                after.append(lambda: self.api.event(obj, reason or "Stalled", message or move.detail, warning=True))
             return changed
         return set_condition(status, "Stalled", "False", "Progressing", "", gen) if any(
             c.type == "Stalled" and c.status == "True" for c in status.conditions) else False
 
-    def _write(self, obj: dict, status: TrainingJobStatus) -> dict:
+    def _write(self, obj: dict, status: TrainingJobStatus, after: list[Callable[[], None]]) -> dict:
+        """The status, conditional on the resourceVersion read; then what it records is acted on (events,
+        metrics, deletions), so a lost write (a 409, a crash) never leaves an action without its record."""
         status.observed_generation = obj["metadata"].get("generation")
         status.current_attempt = status.attempts[-1].number if status.attempts else None
         body = {**obj, "status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
-        return self.api.write_status(body)
+        written = self.api.write_status(body)
+        actions, after[:] = list(after), []
+        for action in actions:
+            action()
+        return written
 
-    def _finish(self, obj: dict, status: TrainingJobStatus, move: Finish, reason: str | None = None) -> None:
+    def _finish(self, obj: dict, status: TrainingJobStatus, move: Finish, after: list[Callable[[], None]],
+                reason: str | None = None) -> None:
         phase = Phase.of(move.state)
         reason = reason or ("Succeeded" if move.state is JobState.SUCCEEDED else
                             "Cancelled" if move.state is JobState.CANCELLED else "FallbackStopped")
@@ -258,5 +281,7 @@ class Reconciler:
         set_condition(status, "Running", "False", reason, move.reason, gen)
         set_condition(status, "Complete" if move.state is JobState.SUCCEEDED else "Failed", "True", reason,
                       move.reason, gen)
-        self._write(obj, status)
-        self.api.event(obj, reason, move.reason, warning=move.state is not JobState.SUCCEEDED)
+        if any(c.type == "Stalled" and c.status == "True" for c in status.conditions):  # nothing waits any more
+            set_condition(status, "Stalled", "False", reason, move.reason, gen)
+        after.append(lambda: self.api.event(obj, reason, move.reason, warning=move.state is not JobState.SUCCEEDED))
+        self._write(obj, status, after)

@@ -142,7 +142,9 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
     if observed.seen is not Seen.ENDED:
         return Wait(stop_attempt=job.cancel_requested, detail=observed.detail, stalled=observed.stalled,
                     recheck_s=observed.recheck_s)
-    outcome = replace(observed.outcome or Outcome(exit_code=None), cancelled=job.cancel_requested)
+    outcome = observed.outcome or Outcome(exit_code=None)
+    if job.cancel_requested and classify(outcome) is not None:  # it ended because it was stopped; a success stands
+        outcome = replace(outcome, cancelled=True)
     failure = classify(outcome)
     if failure is not None and observed.detail and failure.kind is not FailureKind.CANCELLED:
         failure = Failure(failure.kind, f"{failure.reason} ({observed.detail})", failure.evidence)

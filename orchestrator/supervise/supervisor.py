@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.errors import StoreError, SubmitError
+from orchestrator.errors import StoreError, SubmitError, TargetError
 from orchestrator.lifecycle.classify import Failure
 from orchestrator.lifecycle.moves import (
     Adopt,
@@ -222,6 +222,11 @@ class Supervisor:
         except SubmitError as exc:  # nothing runs: record why (a retry could submit twice); the job stops
             self.end(job, refused(number, f"{self.target.name} refused attempt {number}: {exc}"))
             return
+        except TargetError as exc:
+            # no answer (a timeout): it may have been submitted, so the attempt stays `starting` and the next
+            # step's recover decides between adopting it and submitting it
+            _log(f"job {job.id}: attempt {number}: {exc}; the next step looks it up")
+            raise
         self.store.update_attempt(job.id, number, state=AttemptState.RUNNING, external_id=external_id,
                                   started_at=time.time())
         _log(f"job {job.id}: attempt {number} started ({self.target.name} id {external_id})")

@@ -27,11 +27,13 @@ from orchestrator.targets.k8s_render import KubeRequest, manifests, render
 
 T = TypeVar("T")
 TIMEOUT_S = 15  # per API request from the CLI: an unreachable server is an error, not a hang
+CONTAINER = "trainer"  # the attempt's container in each pod (a sidecar may run beside it)
 CHART_HINT = "install the controller and its CRD first: helm install shardctl charts/shardctl"
 
 
 RECHECK_S = 3.0  # a Job without pods is looked at again this soon: only an Event says why pods are refused
 RECHECK_MAX_S = 60.0
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the label a Job puts on its pods: its own uid
 EVENTS_AFTER_S = 2.0  # a Job younger than this has no pods yet for no reason worth asking about
 
 
@@ -43,6 +45,7 @@ class ClusterApi(Protocol):
     def job_pods(self, ns: str, job_name: str) -> list[dict]: ...
     def job_events(self, ns: str, job_name: str) -> list[dict]: ...
     def delete_job(self, ns: str, name: str) -> None: ...
+    def read(self, kind: str, ns: str, name: str) -> dict | None: ...
     def retire_attempt(self, ns: str, name: str) -> None: ...
 
 
@@ -72,37 +75,54 @@ def _timestamp(text: str | None) -> float | None:
 
 
 class PodLogs:
-    """An attempt's output: the logs of its Job's pods, rank 0 first, each announced `==> pod NAME <==`
-    (as `tail` announces files) when it has something new."""
+    """An attempt's output: the logs of its Job's pods (the `trainer` container), rank 0 first, each
+    announced `==> pod NAME <==` (as `tail` announces files) when it has something new. A log that
+    shrank was rotated by the kubelet: said so, and read again from its new start."""
+
+    poll_s = 1.0  # each read lists the pods and fetches their logs: a follower reads at most this often
 
     def __init__(self, core: Any, namespace: str, job_name: str) -> None:
         self.core, self.namespace, self.job_name = core, namespace, job_name
         self.seen: dict[str, int] = {}  # pod -> characters already returned
         self.partial: dict[str, str] = {}
         self.current: str | None = None
+        self.refused: str | None = None
 
     def _read(self, final: bool) -> list[str]:
+        import urllib3
         from kubernetes.client.rest import ApiException
 
         try:
             pods = self.core.list_namespaced_pod(
                 self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.job_name}",
                 _request_timeout=TIMEOUT_S).items
-        except ApiException:
-            return []
+        except ApiException as exc:
+            return self._refused(exc)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TargetError(f"cannot reach the Kubernetes API server to read the logs of {self.job_name}: "
+                              f"{type(exc).__name__}") from None
         index = lambda p: int((p.metadata.annotations or {}).get(  # noqa: E731
             "batch.kubernetes.io/job-completion-index", 0))
         out: list[str] = []
         for pod in sorted(pods, key=index):
             name = pod.metadata.name
             try:
-                text = self.core.read_namespaced_pod_log(name, self.namespace, _request_timeout=TIMEOUT_S)
-            except ApiException:
-                continue  # not started yet, or gone
-            new = text[self.seen.get(name, 0):]
+                text = self.core.read_namespaced_pod_log(name, self.namespace, container=CONTAINER,
+                                                         _request_timeout=TIMEOUT_S)
+            except ApiException as exc:
+                out += self._refused(exc)
+                continue  # 400: not started yet; 404: gone
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise TargetError(f"cannot reach the Kubernetes API server to read the log of pod {name}: "
+                                  f"{type(exc).__name__}") from None
+            seen = self.seen.get(name, 0)
+            if len(text) < seen:  # rotated: what came between the last read and the rotation is not served
+                out.append(f"[shardctl] the log of pod {name} was rotated; lines may be missing")
+                seen = 0
+            new = text[seen:]
+            self.seen[name] = len(text)
             if not new and not (final and self.partial.get(name)):
                 continue
-            self.seen[name] = len(text)
             data = self.partial.pop(name, "") + new
             *complete, rest = data.split("\n")
             if final and rest:
@@ -115,6 +135,13 @@ class PodLogs:
                     self.current = name
                 out.extend(complete)
         return out
+
+    def _refused(self, exc: Any) -> list[str]:
+        """A 403 (RBAC: no `get` on pods/log) is said once; anything else (not started, gone) is quiet."""
+        if exc.status in (401, 403) and self.refused is None:
+            self.refused = _status_message(exc)
+            return [f"[shardctl] cannot read the pods' logs: {self.refused}"]
+        return []
 
     def lines(self) -> list[str]:
         return self._read(final=False)
@@ -233,7 +260,8 @@ class KubernetesTarget:
         objects, _ = manifests(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
         for obj in objects:
             try:
-                self.api.create(obj)
+                if not self.api.create(obj):  # it exists: ours (a restarted controller) or a namesake's
+                    self._check_owned(obj)
             except ApiException as exc:
                 stall = k8s_stalls.refused(obj["kind"], obj["metadata"]["name"], exc)
                 if stall is None:
@@ -244,16 +272,34 @@ class KubernetesTarget:
                 raise SubmitDeferred(f"{stall.reason}: {stall.message}") from None
         return next(o["metadata"]["name"] for o in objects if o["kind"] == "Job")
 
+    def _owned(self, existing: dict | None) -> bool:
+        """True when `existing` is controlled by this attempt's TrainingJob (same uid), or is gone."""
+        if existing is None or not self.owner:
+            return True
+        refs = (existing.get("metadata") or {}).get("ownerReferences") or []
+        return any(r.get("controller") and r.get("uid") == self.owner.get("uid") for r in refs)
+
+    def _check_owned(self, obj: dict) -> None:
+        """Adopt only what this TrainingJob owns: a Job left by an earlier TrainingJob of the same name (its
+        deletion still under way) must neither run in this one's place nor have its ending taken for ours."""
+        assert self.api is not None and self.namespace
+        name = obj["metadata"]["name"]
+        if not self._owned(self.api.read(obj["kind"], self.namespace, name)):
+            raise SubmitDeferred(f"NameTaken: {obj['kind']} {name} belongs to another object (an earlier "
+                                 "TrainingJob of this name, still being deleted?); waiting until it is gone")
+
     def recover(self, ref: AttemptRef) -> str | None:
         return None  # submit is idempotent (deterministic names): submitting again adopts what exists
 
     def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         assert self.api is not None and self.namespace
         k8s_job = self.api.get_job(self.namespace, external_id)
-        if k8s_job is None:
+        if k8s_job is None or not self._owned(k8s_job):
             return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, preempted=True),
                                detail="the attempt's Job was deleted from outside; resuming")
-        pods = self.api.job_pods(self.namespace, external_id)
+        uid = (k8s_job.get("metadata") or {}).get("uid")
+        pods = [p for p in self.api.job_pods(self.namespace, external_id)  # not a namesake Job's leftovers
+                if (p.get("metadata", {}).get("labels") or {}).get(CONTROLLER_UID, uid) == uid]
         ended = observe(k8s_job, pods)
         if ended is not None:
             outcome, detail = ended
@@ -262,21 +308,24 @@ class KubernetesTarget:
         now = datetime.now(UTC)
         created = k8s_stalls.parse_time((k8s_job.get("metadata") or {}).get("creationTimestamp"))
         young = created is not None and (now - created).total_seconds() < EVENTS_AFTER_S
-        # Only an Event tells why the Job controller made no pods (admission refused them): listed only then,
-        # and not in the first moments of a Job, when its pods are simply not there yet
-        events = self.api.job_events(self.namespace, external_id) if not pods and not suspended and not young \
+        # Only an Event tells why the Job controller made fewer pods than it should (admission refused them):
+        # listed only then, and not in the first moments of a Job, when its pods are simply not there yet
+        missing = len(pods) < _wanted_pods(k8s_job)
+        events = self.api.job_events(self.namespace, external_id) if missing and not suspended and not young \
             else []
         stall = k8s_stalls.diagnose(k8s_job, pods, events, now)
+        # what no watch announces is looked at again soon, then less often the longer it lasts
+        age = (now - created).total_seconds() if created is not None else 0.0
+        recheck = min(RECHECK_MAX_S, max(RECHECK_S, age / 5))
         if stall is not None and stall.permanent:
             return Observation(Seen.PENDING, refusal=f"{stall.reason}: {stall.message}")
         if stall is not None:
-            return Observation(Seen.PENDING, detail=f"{stall.reason}: {stall.message}", stalled=True)
+            return Observation(Seen.PENDING, detail=f"{stall.reason}: {stall.message}", stalled=True,
+                               recheck_s=recheck)
         running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-        if pods or suspended:  # a pod or the Job changing is announced by the watches
+        if not missing or suspended:  # a pod or the Job changing is announced by the watches
             return Observation(Seen.RUNNING if running else Seen.PENDING)
-        # no pods, and nothing announces why: look again soon, then less often the longer it lasts
-        age = (now - created).total_seconds() if created is not None else 0.0
-        return Observation(Seen.PENDING, recheck_s=min(RECHECK_MAX_S, max(RECHECK_S, age / 5)))
+        return Observation(Seen.RUNNING if running else Seen.PENDING, recheck_s=recheck)
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """Controller side: delete the attempt's Job (its pods go with it). Cancelling a whole job deletes
@@ -310,10 +359,23 @@ class KubernetesTarget:
 
     def withdraw(self, options: dict[str, Any], name: str) -> None:
         ns = options.get("namespace") or "default"
-        self.call(f"delete TrainingJob {name} in namespace {ns}",
-                  lambda: self._custom().delete_namespaced_custom_object(
-                      GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background", _request_timeout=TIMEOUT_S),
-                  missing_ok=True)
+        uid = options.get("uid")
+        body = {"propagationPolicy": "Background", **({"preconditions": {"uid": uid}} if uid else {})}
+        try:
+            self.call(f"delete TrainingJob {name} in namespace {ns}",
+                      lambda: self._custom().delete_namespaced_custom_object(
+                          GROUP, VERSION, ns, PLURAL, name, body=body, _request_timeout=TIMEOUT_S), missing_ok=True)
+        except SubmitError as exc:
+            if "(409 " not in str(exc):
+                raise  # a 409 on the uid precondition: a newer TrainingJob of that name, not ours to delete
+
+
+def _wanted_pods(job: dict) -> int:
+    """How many pods the Job should have now (an Indexed Job: parallelism = completions = nodes)."""
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    completions = spec.get("completions") or 1
+    done = (status.get("succeeded") or 0) + (status.get("failed") or 0)
+    return max(0, min(spec.get("parallelism") or completions, completions) - done)
 
 
 def snapshot(obj: dict[str, Any]) -> JobSnapshot:

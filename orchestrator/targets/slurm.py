@@ -21,7 +21,15 @@ from orchestrator.spec.models import TrainingJob
 from orchestrator.targets import slurm_render
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
 from orchestrator.targets.filelog import FileLog
-from orchestrator.targets.slurm_accounting import LOST_STATES, POLLER, Poller, SlurmError, run_once, run_slurm
+from orchestrator.targets.slurm_accounting import (
+    LOST_STATES,
+    POLLER,
+    Poller,
+    SlurmError,
+    SlurmTimeout,
+    run_once,
+    run_slurm,
+)
 
 SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id}, written once sbatch has answered
 
@@ -102,7 +110,8 @@ class SlurmTarget:
         try:
             judge = sbatch([f"--dependency=afterany:{job_id}", str(run_dir / slurm_render.JUDGE_SCRIPT)],
                            cwd=ref.workdir)
-        except SlurmError as exc:  # the attempt runs; any shardctl command that reads the job judges it later
+        except (SlurmError, SlurmTimeout) as exc:  # the attempt runs: any shardctl command that reads the job
+            # judges it later
             print(f"shardctl: attempt {ref.number}: the judge job was refused ({exc}); "
                   "`shardctl status` will judge the attempt when it ends", file=sys.stderr)
             judge = None

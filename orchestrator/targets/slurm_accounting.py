@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.errors import SubmitError
+from orchestrator.errors import SubmitError, TargetError
 
 Phase = Literal["pending", "running", "ended", "unknown"]
 
@@ -33,6 +33,11 @@ SQUEUE_FORMAT = "%i|%T|%r"
 
 class SlurmError(SubmitError):
     """A Slurm command failed; the message is Slurm's own."""
+
+
+class SlurmTimeout(TargetError):
+    """A Slurm command did not answer in time: it may or may not have acted (an sbatch may have submitted),
+    so this is never taken as a refusal; what happened is looked up afterwards."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def run_once(argv: list[str], *, timeout: float = 60.0, cwd: str | None = None) 
     except FileNotFoundError as exc:
         raise SlurmError(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
     except subprocess.TimeoutExpired as exc:
-        raise SlurmError(f"{' '.join(argv[:2])}: timed out after {timeout:.0f} s") from exc
+        raise SlurmTimeout(f"{' '.join(argv[:2])}: timed out after {timeout:.0f} s") from exc
 
 
 def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> str:
@@ -138,7 +143,7 @@ def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> st
     for attempt in range(retries + 1):
         try:
             proc = run_once(argv, timeout=timeout)
-        except SlurmError:
+        except (SlurmError, SlurmTimeout):
             if attempt == retries:
                 raise
         else:

@@ -1,0 +1,78 @@
+"""The one transition function, case by case (the executors' crash tests cover it end to end)."""
+
+from __future__ import annotations
+
+from orchestrator.lifecycle.classify import Failure, Outcome
+from orchestrator.lifecycle.moves import (
+    AttemptView,
+    EndAttempt,
+    Finish,
+    JobView,
+    Observation,
+    Seen,
+    Start,
+    Submit,
+    Wait,
+    next_move,
+)
+from orchestrator.spec.states import AttemptState, FailureKind, JobState
+from tests.helpers import job
+
+SPEC = job(backend="deepspeed", sharding="grad_op", batch={"micro": 8, "global": 16}, resources={"gpus_per_node": 2})
+
+
+def view(*attempts: AttemptView, cancel: bool = False) -> JobView:
+    return JobView(spec=SPEC, attempts=attempts, cancel_requested=cancel)
+
+
+def running(n: int = 1) -> AttemptView:
+    return AttemptView(n, AttemptState.RUNNING, SPEC)
+
+
+def test_the_first_move_starts_attempt_1_and_a_cancel_first_finishes() -> None:
+    assert isinstance(next_move(view()), Start)
+    assert next_move(view(cancel=True)) == Finish(JobState.CANCELLED, "cancelled before the first attempt started")
+
+
+def test_a_starting_attempt_is_submitted_adopted_or_cancelled() -> None:
+    starting = AttemptView(1, AttemptState.STARTING, SPEC)
+    assert next_move(view(starting), Observation(Seen.NOT_SUBMITTED)) == Submit(1)
+    assert next_move(view(starting), Observation(Seen.RUNNING, external_id="x")).external_id == "x"
+    end = next_move(view(starting, cancel=True), Observation(Seen.NOT_SUBMITTED))
+    assert isinstance(end, EndAttempt) and end.state is AttemptState.CANCELLED
+
+
+def test_a_running_attempt_waits_and_is_stopped_when_a_cancel_comes() -> None:
+    assert next_move(view(running()), Observation(Seen.RUNNING)) == Wait()
+    assert next_move(view(running(), cancel=True), Observation(Seen.RUNNING)).stop_attempt
+
+
+def test_a_cancel_that_comes_after_a_success_does_not_overwrite_it() -> None:
+    move = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=Outcome(exit_code=0)))
+    assert isinstance(move, EndAttempt) and move.state is AttemptState.SUCCEEDED and move.failure is None
+
+
+def test_an_attempt_stopped_by_a_cancel_is_cancelled_not_failed() -> None:
+    move = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=Outcome(exit_code=None, signal=15)))
+    assert isinstance(move, EndAttempt) and move.state is AttemptState.CANCELLED
+
+
+def test_a_refusal_ends_the_attempt_and_the_job_without_a_retry() -> None:
+    move = next_move(view(running()), Observation(Seen.PENDING, refusal="PodsRefused: violates PodSecurity"))
+    assert isinstance(move, EndAttempt) and move.failure.kind is FailureKind.REFUSED
+    ended = AttemptView(1, AttemptState.FAILED, SPEC, move.failure)
+    finish = next_move(view(ended))
+    assert isinstance(finish, Finish) and finish.state is JobState.FAILED and "violates PodSecurity" in finish.reason
+
+
+def test_an_oom_starts_the_next_rung_and_a_success_finishes() -> None:
+    oom = AttemptView(1, AttemptState.FAILED, SPEC, Failure(FailureKind.CUDA_OOM, "CUDA out of memory"))
+    nxt = next_move(view(oom))
+    assert isinstance(nxt, Start) and nxt.number == 2 and nxt.rung == "shard_more"
+    done = AttemptView(2, AttemptState.SUCCEEDED, nxt.job)
+    assert next_move(view(oom, done)) == Finish(JobState.SUCCEEDED, "attempt 2 succeeded")
+
+
+def test_a_stall_waits_and_asks_to_be_looked_at_again() -> None:
+    move = next_move(view(running()), Observation(Seen.PENDING, detail="Suspended: waits", stalled=True, recheck_s=3))
+    assert move == Wait(detail="Suspended: waits", stalled=True, recheck_s=3)
