@@ -143,3 +143,64 @@ def test_cancel_stops_every_process_and_no_attempt_follows(home: Path, tmp_path:
     assert [a.state for a in store.attempts(job_id)] == ["cancelled"]
     listed = json.loads(cli("list", "--json").stdout)
     assert [(j["id"], j["state"]) for j in listed] == [(job_id, "cancelled")]
+
+
+class _Cluster:
+    """A controller-driven target whose cluster record the test sets (fetch returns it as it is)."""
+
+    name = "cluster"
+
+    def __init__(self, snapshot) -> None:
+        self.snapshot = snapshot
+        self.withdrawn = 0
+
+    def hand_over(self, job):
+        return {}
+
+    def fetch(self, options, name):
+        return self.snapshot
+
+    def withdraw(self, options, name) -> None:
+        self.withdrawn += 1
+
+
+def _mirrored(tmp_path: Path):
+    from orchestrator.jobs import ByController
+    from orchestrator.spec.states import AttemptState, JobState
+    from orchestrator.targets.base import AttemptSnapshot, JobSnapshot
+    from tests.helpers import doc
+
+    store = Store(tmp_path / "state")
+    record = store.create_job(name="t", target="kubernetes", spec=doc(), source=None, workdir=str(tmp_path),
+                              checkpoint_dir=None, options={"namespace": "ml", "uid": "u1"})
+    running = JobSnapshot(JobState.RUNNING, None, [AttemptSnapshot(1, AttemptState.RUNNING, doc(), None, "first",
+                                                                   "t-a1", started_at=1.0)])
+    return store, record, ByController(), _Cluster(running)
+
+
+def test_the_cluster_mirror_never_moves_a_cancelled_job_back(tmp_path: Path) -> None:
+    store, record, drive, cluster = _mirrored(tmp_path)
+    drive.refresh(store, cluster, record)
+    assert store.get_job(record.id).state == "running"
+    drive.request_cancel(store, cluster, store.get_job(record.id))
+    assert cluster.withdrawn == 1 and store.get_job(record.id).state == "cancelled"
+    drive.refresh(store, cluster, store.get_job(record.id))  # a follower's snapshot read before the delete
+    stale = store.get_job(record.id)
+    assert stale.state == "cancelled" and store.attempts(record.id)[0].state == "cancelled"
+    store.update_job(record.id, state="running")  # even a record that was not yet terminal here
+    drive.refresh(store, cluster, store.get_job(record.id))
+    assert store.attempts(record.id)[0].state == "cancelled"  # an ended attempt is never reopened
+
+
+def test_cancelling_a_job_that_already_ended_in_the_cluster_keeps_its_end(tmp_path: Path) -> None:
+    from orchestrator.spec.states import AttemptState, JobState
+    from orchestrator.targets.base import AttemptSnapshot, JobSnapshot
+    from tests.helpers import doc
+
+    store, record, drive, cluster = _mirrored(tmp_path)
+    drive.refresh(store, cluster, record)
+    cluster.snapshot = JobSnapshot(JobState.SUCCEEDED, "attempt 1 succeeded", [
+        AttemptSnapshot(1, AttemptState.SUCCEEDED, doc(), None, "first", "t-a1", started_at=1.0, ended_at=2.0)])
+    drive.request_cancel(store, cluster, store.get_job(record.id))
+    assert cluster.withdrawn == 0  # nothing deleted: its pods' logs stay readable
+    assert store.get_job(record.id).state == "succeeded" and store.attempts(record.id)[0].state == "succeeded"

@@ -120,3 +120,27 @@ def test_pods_that_do_not_start_show_why(api: FakeApiServer, end: PodEnd,
 def api() -> Iterator[FakeApiServer]:
     with FakeApiServer(bookmark_s=0.5) as server:
         yield server
+
+
+def test_a_namesakes_job_is_not_adopted_and_the_attempt_waits_until_it_is_gone(api: FakeApiServer) -> None:
+    """An earlier TrainingJob of the same name whose Job is still being deleted: its Job must neither run in
+    the new one's place nor have its ending taken for the new attempt's."""
+    foreign = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "llm-a1", "namespace": NS, "ownerReferences": [
+                   {"apiVersion": "shardctl.dev/v1alpha1", "kind": "TrainingJob", "name": "llm",
+                    "uid": "an-earlier-uid", "controller": True}]},
+               "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "x", "image": "x"}],
+                                                               "restartPolicy": "Never"}}}}
+    kube(api).batch.create_namespaced_job(NS, foreign)
+    with SimulatedCluster(api):
+        ctl = controller(api)
+        try:
+            submit(api)
+            stalled = wait_for(lambda: (c := condition(api, "Stalled")) and c["status"] == "True" and c,
+                               WITHIN_S, "a Stalled NameTaken condition")
+            assert stalled["reason"] == "NameTaken" and "llm-a1" in stalled["message"]
+            assert status(api)["attempts"][0]["state"] == "starting"  # not adopted
+            kube(api).batch.delete_namespaced_job("llm-a1", NS, propagation_policy="Background")
+            wait_for(lambda: status(api).get("phase") == "Succeeded", 30, "the job to run once the name is free")
+        finally:
+            ctl.shutdown()
