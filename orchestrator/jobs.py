@@ -147,8 +147,8 @@ class ByController:
                                  "why")
             self._close_open_attempts(store, record, "the job ended")
             return None
+        known = {r.number: r for r in store.attempts(record.id)}
         for a in snap.attempts:
-            known = {r.number: r for r in store.attempts(record.id)}
             if a.number not in known:
                 try:
                     store.add_attempt(record.id, a.number, spec=a.spec, rung=a.rung, reason=a.reason, run_dir="",

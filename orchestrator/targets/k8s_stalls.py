@@ -69,7 +69,8 @@ def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 # -- a child the API refused --------------------------------------------------------------------
-def _status_message(exc: Any) -> str:
+def status_message(exc: Any) -> str:
+    """The `message` of the API's Status in an ApiException's body ("" when there is none)."""
     body = getattr(exc, "body", None)
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
@@ -94,7 +95,7 @@ def refused(kind: str, name: str, exc: BaseException) -> Stall | None:
     status = getattr(exc, "status", None)
     if not isinstance(status, int) or status not in (400, 403, 413, 422):
         return None
-    text = _status_message(exc) or f"{kind} {name}: {status} {getattr(exc, 'reason', '') or ''}".strip()
+    text = status_message(exc) or f"{kind} {name}: {status} {getattr(exc, 'reason', '') or ''}".strip()
     if status == 403 and "is being terminated" in text:
         return None  # the namespace is going away, and the TrainingJob with it
     # RBAC's own refusals are reported and waited out: an administrator may grant the verb, and right

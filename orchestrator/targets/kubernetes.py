@@ -9,7 +9,6 @@ Every failure to reach or use the cluster becomes one TargetError line that says
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -59,10 +58,7 @@ def resource(job: TrainingJob, namespace: str) -> dict[str, Any]:
 
 
 def _status_message(exc: Any) -> str:
-    try:
-        return json.loads(exc.body).get("message", "") or str(exc.reason)
-    except (TypeError, ValueError, AttributeError):
-        return str(getattr(exc, "body", "") or getattr(exc, "reason", "") or exc)
+    return k8s_stalls.status_message(exc) or str(getattr(exc, "reason", "") or exc)
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -195,10 +191,9 @@ class KubernetesTarget:
         from kubernetes import config
 
         try:
-            _, active = config.list_kube_config_contexts(config_file=self.kubeconfig)
+            contexts, active = config.list_kube_config_contexts(config_file=self.kubeconfig)
             if self.context:
-                active = next(c for c in config.list_kube_config_contexts(config_file=self.kubeconfig)[0]
-                              if c["name"] == self.context)
+                active = next(c for c in contexts if c["name"] == self.context)
         except (config.ConfigException, OSError, StopIteration, TypeError):
             return "default"
         return (active.get("context") or {}).get("namespace") or "default"
@@ -237,7 +232,6 @@ class KubernetesTarget:
         """Reachable, the CRD installed, and this user allowed to list TrainingJobs in the namespace."""
         self.namespace = self.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or \
             self.default_namespace()
-        manifests(job)  # attempt 1 renders (raises CompileError/RenderError) before anything is sent
         ns = self.namespace
         listed = self.call(f"list TrainingJobs in namespace {ns}", lambda: self._custom().list_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, limit=1, _request_timeout=TIMEOUT_S), missing_ok=True)
