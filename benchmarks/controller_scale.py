@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.controller.test_controller import training_job  # noqa: E402
+from tests.controller.test_controller import policy_file, training_job  # noqa: E402
 from tests.fakekube.cluster import SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 
@@ -45,9 +46,10 @@ def peak_rss_mib(pid: int) -> float:
 def run(jobs: int, workers: int, cache: bool, lifecycle: bool) -> dict[str, Any]:
     """One controller process against a fresh fake API server; returns what was measured."""
     out: dict[str, Any] = {"jobs": jobs, "cache": cache, "lifecycle": lifecycle}
-    with FakeApiServer(history=60 * jobs, bookmark_s=5) as api:
+    with FakeApiServer(history=60 * jobs, bookmark_s=5) as api, tempfile.TemporaryDirectory() as tmp:
         controller = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "controller", "--server", api.url, "--namespace", NS,
+             "--policy", policy_file(Path(tmp)),
              "--workers", str(workers), "--resync-seconds", "3600", "--watch-timeout-seconds", "600",
              "--health-port", "0", "--log-level", "warning", "--cache" if cache else "--no-cache"], cwd=ROOT)
         cluster = SimulatedCluster(api, run_s=1.0, tick_s=0.2) if lifecycle else None

@@ -10,7 +10,7 @@ first: no kubeconfig, an unreachable cluster, a refused request); errors are lin
 from __future__ import annotations
 
 import json
-import os
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -22,11 +22,24 @@ from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, ShardctlError, loca
 from orchestrator.targets import NAMES as TARGET_NAMES
 
 if TYPE_CHECKING:
-    from orchestrator.spec import LoadedSpec
+    from orchestrator.api import Checked
+
+
+_PRINTED: set[str] = set()  # what this command printed to stderr: the API's log repeats none of it
 
 
 def _err(message: str) -> None:
+    _PRINTED.add(message)
     click.echo(message, err=True)
+
+
+class _EchoHandler(logging.Handler):
+    """The API's log records as plain stderr lines (the stream looked up at each line, as click does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in _PRINTED:
+            _err(message)
 
 
 def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -35,47 +48,21 @@ def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
-def _load_checked(path: str, target: str | None = None) -> tuple[LoadedSpec, list]:
-    """Parse, validate and run every rule; exits 2 with `FILE:LINE: field: message` lines on any error."""
-    from orchestrator.compile import rules
-    from orchestrator.spec import SpecError, load_spec
+def _load_checked(path: str, target: str | None = None, sets: tuple[str, ...] = ()) -> Checked:
+    """Parse, apply the --set overrides, validate and run every rule (orchestrator.api.check); exits 2 with
+    `FILE:LINE: field: message` lines (or `--set key=value: field: message`) on any error."""
+    from orchestrator.api import check
 
     try:
-        loaded = load_spec(path)
-    except SpecError as exc:
-        _fail([str(p) for p in exc.problems] + _partial_rule_errors(exc.partial))
-    job = loaded.job
-    if target is not None and target != job.spec.target:
-        job = job.with_spec(target=target)
-        loaded = type(loaded)(job=job, source=loaded.source, lines=loaded.lines)
-    findings = rules.check(job)
-    errors = rules.errors(findings)
-    if errors:
-        _fail(_locate(loaded, errors))
-    for f in findings:
-        _err(located(loaded.source, loaded.line_of(f.field), f.field, f"{f.level}: {f.message}"))
-    return loaded, findings
+        checked = check(path, list(sets), target)
+    except ShardctlError as exc:
+        _fail(exc.lines(), exc.exit_code)
+    for line in checked.warnings:
+        _err(line)
+    return checked
 
 
-def _partial_rule_errors(partial: LoadedSpec | None) -> list[str]:
-    """The cross-field rules' errors on a spec whose invalid fields were taken out, so that one round
-    reports both kinds; none when a rule would have read an invalid field (its verdict means nothing)."""
-    if partial is None:
-        return []
-    from orchestrator.compile import rules
-
-    try:
-        return _locate(partial, rules.errors(rules.check(partial.job)))
-    except Exception:  # InvalidFieldRead, or anything else a half-valid spec provokes: report what we have
-        return []
-
-
-def _locate(loaded: LoadedSpec, findings) -> list[str]:
-    """Rule findings (from validate or from the compiler) as `FILE:LINE: field: message` lines."""
-    return [located(loaded.source, loaded.line_of(f.field), f.field, f.message) for f in findings]
-
-
-def summary(loaded: LoadedSpec) -> str:
+def summary(loaded: Checked) -> str:
     from orchestrator.compile import rules
 
     spec = loaded.job.spec
@@ -100,15 +87,6 @@ class _Cli(click.Group):
             for line in exc.lines():
                 _err(line)
             ctx.exit(exc.exit_code)
-        except Exception as exc:
-            sqlite3 = sys.modules.get("sqlite3")  # imported only by the commands that open the store
-            if sqlite3 is None or not isinstance(exc, sqlite3.Error):
-                raise
-            from orchestrator.paths import state_dir
-
-            _err(f"the job store in {state_dir()} cannot be read or written: {exc} (a read-only or damaged "
-                 "shardctl.db; set SHARDCTL_HOME to a writable directory)")
-            ctx.exit(EXIT_FAILED)
 
 
 def _cluster_options(fn):
@@ -133,23 +111,38 @@ def _overrides(kubeconfig: str | None, context: str | None) -> dict:
 @click.version_option(__version__)  # the version is written once: orchestrator/__init__.py
 def main() -> None:
     """Declarative large-model training with Accelerate (FSDP or DeepSpeed ZeRO), with automatic OOM fallback."""
+    # the API logs its warnings (the spec's, the code snapshot's) for notebook users: printed here as plain
+    # lines, each once (a command that already printed a spec's located warnings is not repeated)
+    logger = logging.getLogger("shardctl")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.WARNING))
+    logger.propagate = False
+
+
+_SET_HELP = "Override one field: key.path=value (a YAML value, typed and validated like the file); repeatable."
+
+
+def _set_option(fn):
+    """--set key.path=value (orchestrator/overrides.py)."""
+    return click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help=_SET_HELP)(fn)
 
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
-def validate(job_file: str) -> None:
+@_set_option
+def validate(job_file: str, sets: tuple[str, ...]) -> None:
     """Check a job spec: exit 0 with a summary, or 2 with every error as FILE:LINE: field: message."""
-    loaded, _ = _load_checked(job_file)
-    click.echo(summary(loaded))
+    click.echo(summary(_load_checked(job_file, sets=sets)))
 
 
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--target", type=click.Choice(TARGET_NAMES), help="Override spec.target.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
-def render(job_file: str, target: str | None, out_dir: str) -> None:
+@_set_option
+def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...]) -> None:
     """Write exactly what submit would submit (the dry run). Invalid input writes nothing."""
-    loaded, _ = _load_checked(job_file, target)
+    loaded = _load_checked(job_file, target, sets)
     out = Path(out_dir).resolve()
     if not str(out).isprintable():  # the path is written into the scripts, on #SBATCH lines among others
         _fail([f"--out {str(out)!r}: a directory name with control characters cannot be written into scripts"])
@@ -166,30 +159,22 @@ def render(job_file: str, target: str | None, out_dir: str) -> None:
         click.echo(str(out / name))
 
 
-def render_dryrun(loaded: LoadedSpec, run_dir: str):
-    from orchestrator.compile import CompileError
-    from orchestrator.jobs import dry_run
+def render_dryrun(loaded: Checked, run_dir: str):
+    from orchestrator.api import render as dry_run
 
-    job = loaded.job
-    checkpoint = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
-        return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=checkpoint)
-    except CompileError as exc:
-        _fail(_locate(loaded, exc.findings))
-    except ShardctlError as exc:  # the spec cannot become the target's objects (a name too long, say)
-        _fail([f"{loaded.source}: {line}" for line in exc.lines()])
+        return dry_run(loaded, run_dir)
+    except ShardctlError as exc:  # a rule the compiler enforces, or objects the target cannot make
+        _fail(exc.lines(), exc.exit_code)
 
 
 def _store():
-    import sqlite3
-
-    from orchestrator.store import Store, StoreError, state_dir
+    from orchestrator.api import open_store
 
     try:
-        return Store()
-    except (StoreError, OSError, sqlite3.Error) as exc:
-        _fail([f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable directory)"],
-              EXIT_FAILED)
+        return open_store()
+    except ShardctlError as exc:
+        _fail(exc.lines(), exc.exit_code)
 
 
 def _job(store, ref: str):
@@ -202,28 +187,11 @@ def _job(store, ref: str):
 
 
 def _view(store, job, revive: bool = True, overrides: dict | None = None) -> dict:
-    """The job as JSON-ready data; an unfinished job is moved on (or its record read back) first."""
-    from orchestrator.jobs import refresh, supervised
-    from orchestrator.report import job_json
+    """The job as JSON-ready data (orchestrator.api.Job.status); an unfinished job is moved on (or its record
+    read back) first, and a target that cannot be asked is a warning before the stored record."""
+    from orchestrator.api import Job
 
-    if revive:
-        note = _guarded(refresh, store, job, overrides)
-        if note:
-            _err(note)
-        job = store.get_job(job.id)
-    return job_json(job, store.attempts(job.id), supervised=supervised(job))
-
-
-def _guarded(fn, *args):
-    """A target that cannot be asked (Slurm's controller down, the cluster unreachable) must not hide
-    what the store knows: a warning, then the stored record."""
-    from orchestrator.errors import TargetError
-
-    try:
-        return fn(*args)
-    except TargetError as exc:
-        _err(f"warning: could not ask the target: {exc}")
-        return None
+    return Job(job.id, store=store, on_note=_err, **(overrides or {})).status(refresh=revive)
 
 
 def _print_json(data) -> None:
@@ -241,15 +209,20 @@ def _final_exit(state: str) -> NoReturn:
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted (as `render`) and submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
 @click.option("--all-lines", is_flag=True, help="With --wait off a terminal: every log line, not just progress.")
+@_set_option
+@click.option("--sweep", "sweeps", multiple=True, metavar="KEY.PATH=V1,V2,...",
+              help="Submit one job per value (repeatable: every combination, a grid), named NAME-<point> and "
+                   "labelled with a common group (`shardctl list --group`).")
 @_cluster_options
 def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool,
-           kubeconfig: str | None, context: str | None) -> None:
+           sets: tuple[str, ...], sweeps: tuple[str, ...], kubeconfig: str | None, context: str | None) -> None:
     """Run a job: its driver watches it, classifies failures and falls back on OOM."""
-    from orchestrator.compile import CompileError
-    from orchestrator.errors import TargetError
-    from orchestrator.jobs import submit as do_submit
+    from orchestrator.api import submit_checked
 
-    loaded, _ = _load_checked(job_file, target)
+    if sweeps:
+        _submit_sweep(job_file, target, sets, sweeps, wait, dry_run, as_json, _overrides(kubeconfig, context))
+        return
+    loaded = _load_checked(job_file, target, sets)
     if dry_run:
         dry = render_dryrun(loaded, str(Path("runs") / loaded.job.metadata.name / "attempt-1"))
         for w in dry.warnings:
@@ -259,14 +232,9 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
     overrides = _overrides(kubeconfig, context)
     store = _store()
     try:
-        record = do_submit(store, loaded.job, source=str(Path(job_file).resolve()), overrides=overrides)
-    except CompileError as exc:
-        _fail(_locate(loaded, exc.findings))
-    except TargetError as exc:
-        _fail([f"{loaded.source}: {loaded.job.spec.target} refused the job, nothing was submitted:"]
-              + [f"  {line}" for line in exc.lines()])
+        record = submit_checked(loaded, store=store, **overrides).record()
     except ShardctlError as exc:
-        _fail([f"{loaded.source}: {line}" for line in exc.lines()])
+        _fail(exc.lines(), exc.exit_code)
     if record.state == "failed":
         _fail([f"job {record.id}: {record.reason}"], EXIT_FAILED)
     for attempt in store.attempts(record.id)[:1]:
@@ -286,6 +254,58 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
     _final_exit(state)
 
 
+def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], sweeps: tuple[str, ...], wait: bool,
+                  dry_run: bool, as_json: bool, cluster: dict) -> None:
+    """Every point is checked before the first is submitted; then one job per point, a common group."""
+    from orchestrator.api import Sweep, plan_sweep, submit_checked
+
+    try:
+        group, points, settings = plan_sweep(job_file, list(sweeps), list(sets), target)
+    except ShardctlError as exc:
+        _fail(exc.lines(), exc.exit_code)
+    if dry_run:
+        for i, (checked, values) in enumerate(zip(points, settings, strict=True)):
+            click.echo(f"point {i}: {checked.job.metadata.name}: "
+                       + " ".join(f"{k}={json.dumps(v)}" for k, v in values.items()))
+            click.echo(f"  {summary(checked)}")
+        return
+    store = _store()
+    jobs = []
+    for checked in points:
+        try:
+            jobs.append(submit_checked(checked, store=store, **cluster))
+        except ShardctlError as exc:
+            _fail([*exc.lines(), f"{len(jobs)} of {len(points)} points were submitted (group {group}); "
+                   f"`shardctl list --group {group}` shows them"], exc.exit_code)
+    done = Sweep(group, jobs, settings)
+    _err(f"sweep {group}: {len(jobs)} jobs (`shardctl list --group {group}`)")
+    if not wait:
+        if as_json:
+            _print_json([j.status(refresh=False) for j in jobs])
+        else:
+            for j in jobs:
+                click.echo(j.id)
+        return
+    try:
+        for j in jobs:
+            state = j.wait()
+            _err(f"[shardctl] job {j.id} ({j.name}) {state}")
+    except KeyboardInterrupt:
+        _err(f"stopped watching; the sweep goes on (`shardctl list --group {group}`)")
+        sys.exit(130)
+    if as_json:
+        _print_json(done.summary())
+    else:
+        click.echo(_summary_table(done.summary()))
+    sys.exit(0 if all(j.state == "succeeded" for j in jobs) else EXIT_FAILED)
+
+
+def _summary_table(rows: list[dict]) -> str:
+    from orchestrator.sweep import summary_text
+
+    return summary_text(rows)
+
+
 def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None = None) -> str:
     from orchestrator.follow import follow_live, follow_plain
 
@@ -301,37 +321,24 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON array (docs/cli-json.md).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--group", help="Only the jobs of one sweep (its group label, shardctl.dev/group), with its summary.")
 @_cluster_options
-def list_jobs(as_json: bool, limit: int, kubeconfig: str | None, context: str | None) -> None:
+def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
-    from orchestrator.jobs import refresh_all
-    from orchestrator.report import describe_config, job_json
-    from orchestrator.store import StoreError
+    from orchestrator.api import list_views
+    from orchestrator.report import describe_config
 
-    store = _store()
-    damaged: list[str] = []
-    records = []
-    for record in store.list_jobs(limit, damaged=damaged):  # a damaged row is reported and skipped
-        try:
-            job_json(record, store.attempts(record.id))  # everything its rows say can be read
-            records.append(record)
-        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            damaged.append(f"job {record.id}: its record cannot be read ({exc})")
-    for line in damaged:
-        _err(f"warning: {line}; skipped")
-    try:
-        for note in refresh_all(store, records, _overrides(kubeconfig, context)):  # one batched query per target
-            _err(note)
-    except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        _err(f"warning: could not bring every job up to date: {exc}")
-    views = []
-    for j in records:
-        try:
-            views.append(_view(store, store.get_job(j.id), revive=False))
-        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            _err(f"warning: job {j.id}: its record cannot be read ({exc}); skipped")
+    views = list_views(limit, group, warn=_err, store=_store(), **_overrides(kubeconfig, context))
     if as_json:
         _print_json(views)
+        return
+    if group is not None:
+        from orchestrator.api import get_sweep
+
+        if not views:
+            _err(f"no job in the group {group!r}")
+            return
+        click.echo(_summary_table(get_sweep(group, **_overrides(kubeconfig, context)).summary()))
         return
     from rich.console import Console
     from rich.table import Table
@@ -468,6 +475,38 @@ def convert(config_file: str, to: str, out_file: str | None) -> None:
             _err(json.dumps(result.ds_config, indent=2))
 
 
+@main.command("import")
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--ds-config", type=click.Path(dir_okay=False), help="The DeepSpeed JSON (default: the config's "
+              "deepspeed_config_file; or give it alone, without CONFIG_FILE).")
+@click.option("--name", default="imported", help="metadata.name of the TrainingJob.")
+@click.option("--script", default="train.py", help="entrypoint.script (an accelerate config does not name it).")
+@click.option("--model", default="MODEL", help="model.name_or_path.")
+@click.option("--nodes", type=click.IntRange(1, 4096), help="Nodes, for a DeepSpeed JSON given alone.")
+@click.option("--gpus-per-node", type=click.IntRange(1, 64), help="GPUs per node, for a DeepSpeed JSON given alone.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")
+def import_(config_file: str | None, ds_config: str | None, out_file: str | None, **options) -> None:
+    """An accelerate config (and its DeepSpeed JSON) as a TrainingJob, with what differs after a render listed."""
+    from orchestrator.compile.importer import ImportRefused, import_files
+
+    if not config_file and not ds_config:
+        _fail(["give an accelerate config, a DeepSpeed JSON (--ds-config), or both"])
+    try:
+        text = import_files(config_file, ds_config, **options).text()
+    except ImportRefused as exc:
+        _fail(exc.lines())
+    if out_file:
+        from orchestrator.procfiles import write_files
+
+        try:
+            write_files(Path(out_file).resolve().parent, {Path(out_file).name: text})
+        except (OSError, ValueError) as exc:
+            _fail([f"--out {out_file}: cannot write: {getattr(exc, 'strerror', None) or exc}; nothing was written"])
+        click.echo(out_file)
+    else:
+        click.echo(text, nl=False)
+
+
 def _read_config(path: Path, json_only: bool = False):
     """A config file someone gave us, read as untrusted input: a regular file, bounded, YAML through
     the spec's bounded composer (or JSON, bounded the same way); exits 2 with one line otherwise."""
@@ -501,7 +540,8 @@ def _read_config(path: Path, json_only: bool = False):
 @click.option("--json", "as_json", is_flag=True, help="The plan as JSON (docs/plan-json.md).")
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Also write the plan as a self-contained HTML page (the chart and the table) to this file.")
-def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | None) -> None:
+@_set_option
+def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | None, sets: tuple[str, ...]) -> None:
     """What fits on the GPUs, and why: every candidate config with its memory estimate, term by term."""
     from orchestrator.plan.planner import check_gpu_memory_flag
     from orchestrator.plan.planner import plan as make_plan
@@ -511,7 +551,7 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
             check_gpu_memory_flag(gpu_memory)
         except ValueError as exc:
             _fail([str(exc)])
-    loaded, _ = _load_checked(job_file)
+    loaded = _load_checked(job_file, sets=sets)
     try:
         result = make_plan(loaded.job, gpu_memory)
     except ValueError as exc:
@@ -550,18 +590,22 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
 @click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True,
               help="/healthz, /readyz and /metrics on this port; 0: none.")
 @click.option("--cache/--no-cache", default=True, hidden=True, help="Read from the watch-fed cache (benchmarks).")
+@click.option("--policy", type=click.Path(dir_okay=False),
+              help="What TrainingJobs may ask of their pods (YAML: the chart's `policy` values). Default: nothing "
+                   "beyond the defaults, and no image.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def controller(namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
                leader_election_namespace: str | None, resync_seconds: float, workers: int,
-               watch_timeout_seconds: int, lease_seconds: int, health_port: int, cache: bool, log_level: str) -> None:
+               watch_timeout_seconds: int, lease_seconds: int, health_port: int, cache: bool, policy: str | None,
+               log_level: str) -> None:
     """Run the Kubernetes controller: TrainingJobs in, one Indexed Job per attempt, OOM fallback."""
     from orchestrator.controller.main import run
 
     sys.exit(run(namespace=namespace, server=server, kubeconfig=kubeconfig, context=context,
                  leader_election_namespace=leader_election_namespace, resync_s=resync_seconds, workers=workers,
                  log_level=log_level, watch_timeout_s=watch_timeout_seconds, lease_s=lease_seconds,
-                 health_port=health_port or None, cache=cache))
+                 health_port=health_port or None, cache=cache, policy=policy))
 
 
 @main.command()

@@ -3,49 +3,106 @@
 The follower reads the store and the attempts' output (through each target's log source); the
 job's driver does the work (a detached supervisor, judge jobs, a controller in the cluster), so
 closing the terminal or pressing Ctrl-C here never stops the job. On a terminal the
-view is live (rich: state, attempt, step rate, the last log lines); elsewhere it prints events
-and progress lines, one per line, which is what logs and CI want.
+view is live (rich: state, attempt, progress with rate and ETA, the last log lines; rich drops
+colour when NO_COLOR is set); elsewhere it prints plain lines, never wrapped: events and progress
+summaries stamped with the full UTC time, and the script's own progress lines (a tqdm bar's redraws
+reduced to the last one). Progress is read as docs/progress.md says (orchestrator/progress.py).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, cast
 
+from orchestrator import progress
 from orchestrator.errors import TargetError
 from orchestrator.jobs import driving, ref_of, target_of
-from orchestrator.report import STEP_RE, describe_config, job_json
+from orchestrator.report import describe_config, iso, job_json
 from orchestrator.spec.states import AttemptState
 from orchestrator.store import Store
 from orchestrator.targets.base import LogSource
 
-PROGRESS_RE = STEP_RE.pattern + r"|checkpoint|resum|training complete|Error|out of memory|Killed|\[shardctl\]"
+# Lines worth showing off a terminal besides progress: what happened to the run.
+EVENT_RE = re.compile(r"checkpoint|resum|training complete|Error|out of memory|Killed|\[shardctl\]")
+SUMMARY_EVERY_S = 30.0  # off a terminal, a progress summary at most this often (and when the attempt ends)
 
 
-@dataclass
-class StepRate:
-    seen: deque = field(default_factory=lambda: deque(maxlen=20))
-    last: str = ""
+def stamp(now: float | None = None) -> str:
+    """The full UTC time that starts each line shardctl writes off a terminal."""
+    return iso(time.time() if now is None else now) or ""
 
-    def update(self, line: str) -> None:
-        m = STEP_RE.search(line)
-        if m:
-            self.seen.append((time.monotonic(), int(m.group(1))))
-            self.last = line.strip()[:160]
 
-    def rate(self) -> float | None:
-        if len(self.seen) < 2:
-            return None
-        (t0, s0), (t1, s1) = self.seen[0], self.seen[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+def shown_lines(line: str) -> list[str]:
+    """Off a terminal: the pieces of a script's line worth a line of their own. A line holding many
+    tqdm redraws (`\\r`) shows only its last bar; other pieces show when they say something about
+    progress or about what happened to the run."""
+    pieces = []
+    for piece in progress.ANSI.sub("", line).split("\r"):
+        bar = progress.last_match(progress.TQDM_BAR, piece)
+        cut = bar.end() if bar is not None else len(piece)  # a bar, then a loss dict with no newline between
+        pieces += [p.rstrip() for p in (piece[:cut], piece[cut:]) if p.strip()]
+    found = [progress.reading(p) for p in pieces]
+    bars = [i for i, r in enumerate(found) if r is not None and r.kind == "tqdm"]
+    return [p for i, (p, r) in enumerate(zip(pieces, found, strict=True))
+            if (r is not None and (r.kind != "tqdm" or i == bars[-1])) or (r is None and EVENT_RE.search(p))]
+
+
+class Watch:
+    """The current attempt's progress while following. Read from its log file where it has one (a
+    tqdm bar is redrawn with `\\r` and reaches a line only when the bar ends), else from the lines
+    streamed (a cluster's pods); where the log prints no rate, the rate measured while watching."""
+
+    def __init__(self, read_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.read_every_s, self.clock = read_every_s, clock
+        self.number = 0
+        self._reset(0)
+
+    def _reset(self, number: int) -> None:
+        self.number = number
+        self.meter = progress.RateMeter()
+        self.recent: deque[str] = deque(maxlen=256)
+        self.current: progress.Progress | None = None
+        self.last_read = float("-inf")
+        self.read_after_end = False
+
+    def feed(self, number: int, line: str) -> None:
+        if number != self.number:
+            self._reset(number)
+        self.recent.extend(p for p in line.split("\r") if p.strip())
+
+    def poll(self, attempt: dict[str, Any]) -> progress.Progress | None:
+        """The progress of `attempt` (its JSON view), read again at most every read_every_s, and once
+        more after it ended (its last lines)."""
+        if attempt["number"] != self.number:
+            self._reset(attempt["number"])
+        ended = attempt["state"] not in ("starting", "running")
+        now = self.clock()
+        if now - self.last_read < self.read_every_s and not (ended and not self.read_after_end):
+            return self.current
+        self.last_read, self.read_after_end = now, ended
+        elapsed = attempt["duration_s"]
+        if attempt["log"]:
+            found = progress.read(attempt["log"], elapsed_s=elapsed, running=not ended)
+        else:
+            found = progress.parse("\n".join(self.recent) + "\n")
+            if found is not None and found.elapsed_s is None and elapsed is not None:
+                found = found.with_rate(None, "", elapsed)
+        if found is not None:
+            self.meter.add(found.step, now)
+            measured = self.meter.rate()
+            if found.rate_from != "log" and measured is not None and not ended:
+                found = found.with_rate(measured, "watch")
+        self.current = found
+        return found
 
 
 def events(store: Store, job_id: str, poll_s: float = 0.2,
            overrides: dict[str, Any] | None = None) -> Iterator[tuple[str, object]]:
-    """('event', text) for attempt starts and ends, ('line', (attempt, text)) for log lines, until the job ends.
+    """('event', text) for attempt starts and ends, ('line', (attempt, text)) for log lines, and
+    ('tick', the last attempt's view) after each look, until the job ends.
     The job's driver refreshes the record now and then: a supervisor killed meanwhile is replaced, a judge
     that did not run is stood in for, a controller's record is read back from the cluster."""
     announced_start: set[int] = set()
@@ -67,7 +124,7 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
                 yield "event", note
         job = store.get_job(job_id)
         attempts = store.attempts(job_id)
-        view = job_json(job, attempts)
+        view = job_json(job, attempts, with_progress=False)
         for rec, a in zip(attempts, view["attempts"], strict=True):
             if a["number"] not in announced_start and rec.state is not AttemptState.STARTING:
                 announced_start.add(a["number"])
@@ -94,6 +151,8 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
                 text = (f"attempt {a['number']} {a['state']}" + (f": {f['kind']}: {f['reason']}" if f else "")
                         + (f"\n  evidence: {f['evidence']}" if f and f["evidence"] else ""))
                 yield "event", text
+        if view["attempts"]:
+            yield "tick", view["attempts"][-1]
         if job.terminal:
             yield "event", f"job {job.id} {job.state}: {job.reason}"
             return
@@ -101,23 +160,41 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
 
 
 def follow_plain(store: Store, job_id: str, echo: Callable[[str], None], everything: bool = False,
-                 overrides: dict[str, Any] | None = None) -> str:
-    """Events and progress lines (all lines with everything=True); returns the final state."""
-    import re
-
-    progress = re.compile(PROGRESS_RE)
+                 overrides: dict[str, Any] | None = None, watch: Watch | None = None,
+                 summary_every_s: float = SUMMARY_EVERY_S) -> str:
+    """Plain lines, one per line, never wrapped: events and progress summaries stamped with the UTC
+    time, and the script's progress and event lines (every line with everything=True); returns the
+    final state."""
+    watch = watch or Watch()
+    said: dict[int, tuple[Any, float]] = {}  # attempt -> (what the last summary said, when)
     for kind, payload in events(store, job_id, overrides=overrides):
         if kind == "event":
-            echo(f"[shardctl] {payload}")
+            echo(f"{stamp()} [shardctl] {payload}")
+        elif kind == "line":
+            number, line = cast("tuple[int, str]", payload)
+            watch.feed(number, line)
+            for piece in [line] if everything else shown_lines(line):
+                echo(f"[attempt {number}] {piece}")
         else:
-            number, line = cast("tuple[int, str]", payload)  # a "line" event
-            if everything or progress.search(line):
-                echo(f"[attempt {number}] {line}")
+            attempt = cast("dict[str, Any]", payload)
+            found = watch.poll(attempt)
+            if found is None or found.step is None and found.loss is None:
+                continue
+            key = (found.step, found.loss)
+            last = said.get(attempt["number"])
+            ended = attempt["state"] not in ("starting", "running")
+            now = watch.clock()
+            if last is None or (key != last[0] and (ended or now - last[1] >= summary_every_s
+                                                     or found.step == found.total)):
+                said[attempt["number"]] = (key, now)
+                echo(f"{stamp()} [shardctl] attempt {attempt['number']} progress: "
+                     f"{progress.describe(found.as_json())}")
     return store.get_job(job_id).state
 
 
 def follow_live(store: Store, job_id: str, overrides: dict[str, Any] | None = None) -> str:
-    """The rich view on a terminal: events scroll above a panel that refreshes."""
+    """The rich view on a terminal: events scroll above a panel that refreshes. rich drops colour
+    when NO_COLOR is set; event text is printed as text, never read as markup."""
     from rich.console import Console, Group
     from rich.live import Live
     from rich.panel import Panel
@@ -125,33 +202,35 @@ def follow_live(store: Store, job_id: str, overrides: dict[str, Any] | None = No
 
     console = Console()
     tail: deque[str] = deque(maxlen=12)
-    rate = StepRate()
-    current = {"attempt": 0}
+    watch = Watch()
+    latest: dict[str, Any] = {"progress": None}
 
     def panel() -> Panel:
         job = store.get_job(job_id)
         attempts = store.attempts(job_id)
-        view = job_json(job, attempts)
+        view = job_json(job, attempts, with_progress=False)
         head = Text(f"{job.name} ({job.id})  state: {job.state}", style="bold")
         rows = [head]
         if view["attempts"]:
             a = view["attempts"][-1]
             rows.append(Text(f"attempt {a['number']}/{view['max_attempts']}: {describe_config(a)}"))
-        r = rate.rate()
-        rows.append(Text(f"progress: {rate.last or '-'}" + (f"   ({r:.2f} steps/s)" if r else "")))
+        found = latest["progress"]
+        rows.append(Text(f"progress: {progress.describe(found.as_json()) if found else '-'}"))
         rows.append(Text("\n".join(tail), style="dim"))
         return Panel(Group(*rows), title="shardctl", subtitle="Ctrl-C stops watching, not the job")
 
     with Live(panel(), console=console, refresh_per_second=4) as live:
         for kind, payload in events(store, job_id, overrides=overrides):
             if kind == "event":
-                live.console.print(f"[bold cyan][shardctl][/] {payload}")
+                live.console.print(Text(time.strftime("%H:%M:%S ")) + Text("[shardctl]", style="bold cyan")
+                                   + Text(f" {payload}"))
+            elif kind == "line":
+                number, line = cast("tuple[int, str]", payload)
+                watch.feed(number, line)
+                pieces = [p for p in progress.ANSI.sub("", line).split("\r") if p.strip()]
+                if pieces:
+                    tail.append(pieces[-1][:200])
             else:
-                number, line = cast("tuple[int, str]", payload)  # a "line" event
-                if number != current["attempt"]:
-                    current["attempt"] = number
-                    rate.seen.clear()
-                rate.update(line)
-                tail.append(line[:200])
+                latest["progress"] = watch.poll(cast("dict[str, Any]", payload))
             live.update(panel())
     return store.get_job(job_id).state

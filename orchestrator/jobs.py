@@ -13,10 +13,12 @@ mirrors the record the controller keeps there). Nothing here asks which target a
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.errors import StoreError, SubmitError, TargetError
 from orchestrator.spec.models import TrainingJob
@@ -32,6 +34,11 @@ from orchestrator.supervise.supervisor import (
 )
 from orchestrator.targets import get_target
 from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
+
+if TYPE_CHECKING:
+    from orchestrator.snapshot import Frozen, Snapshot
+
+log = logging.getLogger("shardctl")
 
 
 def checkpoint_dir(job: TrainingJob, workdir: str) -> str | None:
@@ -199,19 +206,100 @@ def driving(target: Target) -> Driving:
     return DRIVERS[target.driver]
 
 
+def check_secret_sources(job: TrainingJob, workdir: str) -> None:
+    """Every entrypoint.env_from variable set in this shell and every file private (CompileError, located, if
+    not): the first attempt must not be the first to find out. Values are read only to check, never kept."""
+    from orchestrator.compile import CompileError, Finding
+    from orchestrator.secretenv import check, references
+
+    problems = [Finding("error", f"spec.entrypoint.env_from.{i}.{kind}", why)
+                for i, ref in enumerate(references(job.spec.entrypoint.env_from)) for kind in ref
+                if (why := check(ref, os.environ, workdir)) is not None]
+    if problems:
+        raise CompileError(problems)
+
+
+def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Target) -> Frozen | None:
+    """spec.workdir checked and listed (snapshot.py), or None without one; CompileError naming the field."""
+    from orchestrator.compile import CompileError, Finding
+    from orchestrator.snapshot import SnapshotError, prepare
+
+    if job.spec.workdir is not None and isinstance(target, ControlledTarget):
+        raise SubmitError(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
+                          "from the image (spec.kubernetes.image): leave spec.workdir unset")
+    try:
+        return prepare(job, source, workdir)
+    except SnapshotError as exc:
+        raise CompileError([Finding("error", exc.field, str(exc))]) from None
+
+
+def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Target, snapshotted: bool) -> None:
+    """Where other machines run the attempts and the judge (the judge driver: Slurm), the job store (and the
+    snapshot in it), or else the working directory and the script, must be there for them: NodeLocalPath or
+    CompileError if not, a warning for code that is not frozen."""
+    from orchestrator.compile.launch import MODULE_PREFIX
+    from orchestrator.fs_local import refuse_node_local
+
+    if target.driver is not Driver.JUDGE:
+        return
+    paths: dict[str, str | Path] = {"the job store (SHARDCTL_HOME, which holds the code snapshot)": store.root}
+    script = job.spec.entrypoint.script
+    if not snapshotted:
+        paths["the working directory (no spec.workdir)"] = workdir
+        if not script.startswith(MODULE_PREFIX) and not (Path(workdir) / Path(script).expanduser()).is_file():
+            from orchestrator.compile import CompileError, Finding
+
+            raise CompileError([Finding("error", "spec.entrypoint.script", f"{script}: no such file in {workdir}")])
+        if not script.startswith(MODULE_PREFIX) and not Path(script).is_absolute():
+            log.warning(f"warning: spec.workdir is unset: the {target.name} nodes run {Path(workdir) / script} as it "
+                        "is when each attempt starts, edits included; set spec.workdir to freeze the code per job")
+    refuse_node_local(paths, f"the {target.name} job's nodes")
+
+
+def take_snapshot(store: Store, frozen: Frozen) -> Snapshot:
+    from orchestrator.compile import CompileError, Finding
+    from orchestrator.snapshot import SnapshotError, limits, take
+
+    for line in frozen.plan.warnings:
+        log.warning(f"warning: spec.workdir: {line}")
+    try:
+        return take(frozen.plan, Path(store.root) / "snapshots", limits()[0])
+    except SnapshotError as exc:
+        raise CompileError([Finding("error", exc.field, str(exc))]) from None
+
+
 def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
-           overrides: dict[str, Any] | None = None) -> JobRecord:
-    """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept."""
+           overrides: dict[str, Any] | None = None, job_files: Mapping[str, bytes] | None = None) -> JobRecord:
+    """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept.
+    `job_files` (a pickled function call) are written into the job's directory before attempt 1 starts;
+    a target whose jobs live in a cluster has no such directory: they travel with the job (hand_over)."""
     workdir = workdir or os.getcwd()
     target = target_for(job, overrides)
-    dry_run(job, workdir, target=target)  # compiles for this target, or raises before anything is recorded
-    target.preflight(job, workdir)
+    frozen = freeze_code(job, source, workdir, target)
+    job = frozen.job if frozen else job
+    code_dir = str(frozen.plan.source) if frozen else workdir
+    dry_run(job, code_dir, target=target)  # compiles for this target, or raises before anything is recorded
+    check_secret_sources(job, workdir)
+    check_nodes_read(store, job, workdir, target, frozen is not None)
+    target.preflight(job, code_dir)
+    snap = take_snapshot(store, frozen) if frozen else None  # the last check: a copy that fails leaves nothing
     if isinstance(target, ControlledTarget):
-        options = target.hand_over(job)
+        options = target.hand_over(job, job_files) if job_files else target.hand_over(job)
     else:
         options = target.options()
     record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
-                              workdir=workdir, checkpoint_dir=checkpoint_dir(job, workdir), options=options)
+                              workdir=snap.path if snap else workdir, checkpoint_dir=checkpoint_dir(job, workdir),
+                              options=options,
+                              exclusive_name=not isinstance(target, ControlledTarget))  # the API server does that
+    if job_files and not isinstance(target, ControlledTarget):
+        from orchestrator.procfiles import write_files
+
+        try:
+            write_files(Path(record.job_dir), job_files)
+        except (OSError, ValueError) as exc:
+            store.finish_job(record.id, JobState.FAILED, f"cannot write {', '.join(job_files)} into {record.job_dir}: "
+                             f"{exc}")
+            return store.get_job(record.id)
     return driving(target).start(store, target, job, record)
 
 

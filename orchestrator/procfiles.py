@@ -31,7 +31,7 @@ class UnsafeDirectoryError(PermissionError):
     """The directory to write into is another user's, or anyone may replace what is written there."""
 
 
-def write_files(directory: Path, files: Mapping[str, str], executable: Sequence[str] = ()) -> None:
+def write_files(directory: Path, files: Mapping[str, str | bytes], executable: Sequence[str] = ()) -> None:
     """Write every file into `directory`, atomically, privately and all or nothing.
 
     The directory is opened once (a missing one is created, 0700, and a symlink in its place is
@@ -46,7 +46,7 @@ def write_files(directory: Path, files: Mapping[str, str], executable: Sequence[
     for name in files:
         if not name or name in (".", "..") or "/" in name or "\0" in name:
             raise ValueError(f"{name!r} is not a plain file name")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(directory)
     dir_fd = os.open(directory, _OPEN_DIR)
     try:
         _check_directory(dir_fd, directory)
@@ -60,7 +60,8 @@ def write_files(directory: Path, files: Mapping[str, str], executable: Sequence[
         try:
             for name, text in files.items():
                 mode = PRIVATE_EXECUTABLE if name in executable else PRIVATE_FILE
-                written.append((_write_temporary(dir_fd, name, text.encode("utf-8"), mode), name))
+                data = text if isinstance(text, bytes) else text.encode("utf-8")  # bytes: a pickle
+                written.append((_write_temporary(dir_fd, name, data, mode), name))
             for temporary, name in written:
                 os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             written = []
@@ -76,6 +77,27 @@ def write_files(directory: Path, files: Mapping[str, str], executable: Sequence[
             pass  # some file systems cannot fsync a directory
     finally:
         os.close(dir_fd)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and every missing parent 0700, whatever the umask (`mkdir -p` gives the parents the
+    umask's mode: a job's directory under SHARDCTL_HOME would be 0755 with umask 022). Existing ones are left
+    as they are."""
+    missing = []
+    path = Path(directory)
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=PRIVATE_EXECUTABLE)  # the umask only removes bits: never more than 0700
+        except FileExistsError:
+            continue  # created meanwhile by someone else: left as it is
+        fd = os.open(path, _OPEN_DIR)  # never through a symlink swapped in meanwhile
+        try:
+            os.fchmod(fd, PRIVATE_EXECUTABLE)  # nor less, under an unusual umask such as 0377
+        finally:
+            os.close(fd)
 
 
 def _check_directory(dir_fd: int, directory: Path) -> None:
@@ -117,6 +139,49 @@ def write_text_atomically(path: Path, text: str, executable: bool = False) -> No
 
 def write_json(path: Path, data: dict) -> None:
     write_text_atomically(path, json.dumps(data, indent=1) + "\n")
+
+
+def publish_once(directory: Path, name: str, text: str) -> bool:
+    """Publish `name` in `directory` unless that name exists: True when this call published it.
+
+    Written as `write_files` writes (private 0600, fsynced, under a random temporary name, never
+    through a symlink, the directory checked), then hard-linked to its name. link(2) fails with
+    EEXIST when the name is taken, and the server decides that atomically on NFS as a local disk
+    does, so of any number of writers on any number of hosts exactly one publishes, and a reader
+    sees the whole file or none. A retransmitted NFS LINK can answer EEXIST for a link that was
+    made, so after EEXIST the temporary's link count decides (2: ours), as open(2) advises for lock
+    files; a link that succeeded is trusted as it is (sshfs reports a link count of 1 even then), and
+    any other refusal while the name exists is a lost race too (sshfs answers EPERM then).
+    The directory is fsynced before this returns: a published file survives a crash."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"{name!r} is not a plain file name")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dir_fd = os.open(directory, _OPEN_DIR)
+    try:
+        _check_directory(dir_fd, directory)
+        temporary = _write_temporary(dir_fd, name, text.encode("utf-8"), PRIVATE_FILE)
+        try:
+            try:
+                os.link(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                published = True
+            except FileExistsError:
+                published = os.stat(temporary, dir_fd=dir_fd, follow_symlinks=False).st_nlink == 2
+            except OSError as refused:  # sshfs answers EPERM for a name it had not seen yet
+                try:
+                    os.lstat(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    raise refused from None  # no such name: the link itself was refused
+                published = False
+        finally:
+            os.unlink(temporary, dir_fd=dir_fd)
+        if published:
+            try:
+                os.fsync(dir_fd)
+            except OSError:
+                pass  # some file systems cannot fsync a directory
+        return published
+    finally:
+        os.close(dir_fd)
 
 
 def read_json(path: Path) -> dict | None:

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from orchestrator import progress as progress_of
+from orchestrator import snapshot
 from orchestrator.compile import rules
-from orchestrator.procfiles import read_tail
 from orchestrator.spec.models import TrainingJob
 from orchestrator.store import AttemptRecord, JobRecord
 
 FORMAT = 1
-STEP_RE = re.compile(r"\bstep\s+(\d+)(?:\s*/\s*(\d+))?", re.IGNORECASE)
 
 
 def iso(ts: float | None) -> str | None:
@@ -49,8 +48,9 @@ def attempt_config(spec_json: str) -> dict[str, Any]:
     return copy.deepcopy(_config(spec_json))
 
 
-def attempt_json(a: AttemptRecord) -> dict[str, Any]:
+def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]:
     end = a.ended_at or (None if a.ended else time.time())
+    duration = round(end - a.started_at, 1) if a.started_at and end else None
     return {
         "number": a.number,
         "state": a.state,
@@ -60,21 +60,26 @@ def attempt_json(a: AttemptRecord) -> dict[str, Any]:
         "resume_from": a.resume_from,
         "started_at": iso(a.started_at),
         "ended_at": iso(a.ended_at),
-        "duration_s": round(end - a.started_at, 1) if a.started_at and end else None,
+        "duration_s": duration,
         "exit_code": a.exit_code,
         "signal": a.signal,
         "failure": None if a.failure_kind in (None, "succeeded") else
         {"kind": a.failure_kind, "reason": a.failure_reason, "evidence": a.failure_evidence},
         "peak_memory_bytes": a.peak_memory_bytes,
+        "preemptions": a.preemptions or 0,  # restarted in place by the target (Slurm requeue); resumed
         "warnings": json.loads(a.warnings),
         "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
         "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
         "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
         "job_name": a.external_id,  # format 1 had it for Kubernetes attempts only; the same as external_id
+        "progress": last_progress(a.log_path, duration, running=not a.ended) if with_progress and a.log_path else None,
     }
 
 
-def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | None = None) -> dict[str, Any]:
+def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | None = None,
+             with_progress: bool = True) -> dict[str, Any]:
+    """The job view; `with_progress=False` skips reading the attempts' logs (the live view, which
+    rebuilds this several times a second, reads progress itself)."""
     return {
         "format": FORMAT,
         "id": job.id,
@@ -86,10 +91,11 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at),
         "checkpoint_dir": job.checkpoint_dir,
+        "code": snapshot.describe(job.workdir),  # the code every attempt ran (spec.workdir), None without one
         "max_attempts": job.spec_data["spec"].get("fallback", {}).get("max_attempts"),
         "supervised": supervised,
         "namespace": job.option_data.get("namespace"),
-        "attempts": [attempt_json(a) for a in attempts],
+        "attempts": [attempt_json(a, with_progress) for a in attempts],
     }
 
 
@@ -109,23 +115,31 @@ def fmt_bytes(n: int | None) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def last_progress(log_path: str, limit: int = 64 * 1024) -> str | None:
-    """The last line of the log that names a step (what `status` shows as progress)."""
-    for line in reversed(read_tail(log_path, limit).splitlines()):
-        if STEP_RE.search(line):
-            return line.strip()[:200]
-    return None
+def last_progress(log_path: str, duration_s: float | None, running: bool) -> dict[str, Any] | None:
+    """The attempt's progress as its log shows it (orchestrator/progress.py, docs/progress.md)."""
+    found = progress_of.read(log_path, elapsed_s=duration_s, running=running)
+    return found.as_json() if found is not None else None
+
+
+def code_text(code: dict[str, Any]) -> str:
+    return (f"code: snapshot {code['digest'][:19]} of {code['source']} ({code['files']} files, "
+            f"{snapshot.size_text(code['bytes'])}), run by every attempt from {code['path']}")
 
 
 def history_text(view: dict[str, Any]) -> str:
     out = [f"job {view['id']} ({view['name']}, target {view['target']}): {view['state']}"
            + (f" - {view['reason']}" if view["reason"] else "")]
+    if view.get("code"):
+        out.append(f"  {code_text(view['code'])}")
     for a in view["attempts"]:
         took = f" after {a['duration_s']:.1f} s" if a["duration_s"] is not None else ""
         out.append(f"  attempt {a['number']}: {a['state']}{took}: {describe_config(a)}")
         out.append(f"    why: {a['reason']}")
         if a["run_dir"]:  # in a cluster the script finds its checkpoint on the volume itself
             out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
+        if a["preemptions"]:
+            out.append(f"    preempted: requeued {a['preemptions']}x by the scheduler, resuming from its checkpoint "
+                       "each time (the same attempt, not a failure)")
         if a["failure"]:
             f = a["failure"]
             exit_txt = f"exit {a['exit_code']}" if a["signal"] is None else f"signal {a['signal']}"
@@ -147,12 +161,13 @@ def status_text(view: dict[str, Any]) -> str:
     if view["attempts"]:
         a = view["attempts"][-1]
         out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
-        progress = last_progress(a["log"]) if a["log"] else None
-        if progress:
-            out.append(f"progress: {progress}")
+        if a.get("progress"):
+            out.append(f"progress: {progress_of.describe(a['progress'])}")
         if a["failure"]:
             out.append(f"failure: {a['failure']['kind']}: {a['failure']['reason']}")
         out.append(f"log: {a['log']}" if a["log"] else f"log: shardctl logs {view['id']}")
+    if view.get("code"):
+        out.append(code_text(view["code"]))
     if view["supervised"] is False and view["state"] not in ("succeeded", "failed", "cancelled"):
         out.append("supervisor: not running")
     return "\n".join(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 
@@ -28,6 +28,20 @@ class FailureJson(_Open):
 class OffloadJson(_Open):
     optimizer: Literal["none", "cpu", "nvme"]
     params: Literal["none", "cpu", "nvme"]
+
+
+class ProgressJson(_Open):
+    """docs/progress.md: what the end of the attempt's log says."""
+
+    step: int | None
+    total: int | None
+    loss: float | None
+    epoch: float | None
+    steps_per_s: float | None
+    elapsed_s: float | None
+    eta_s: float | None
+    rate_from: Literal["log", "attempt", "watch"] | None
+    format: Literal["shardctl", "tqdm", "step", "trainer"]
 
 
 class AttemptJson(_Open):
@@ -52,11 +66,24 @@ class AttemptJson(_Open):
     signal: int | None
     failure: FailureJson | None
     peak_memory_bytes: int | None
+    preemptions: int = Field(ge=0, description="Times the target restarted the attempt in place (Slurm requeued "
+                             "it after a preemption or `scontrol requeue`); it resumed from its checkpoint each time.")
     warnings: list[str]
     run_dir: str | None
     log: str | None
     external_id: str | None
     job_name: str | None
+    progress: ProgressJson | None
+
+
+class CodeJson(_Open):
+    """The snapshot of spec.workdir that every attempt of the job runs (orchestrator/snapshot.py)."""
+
+    digest: str
+    path: str
+    files: int
+    bytes: int
+    source: str
 
 
 class JobJson(_Open):
@@ -70,6 +97,7 @@ class JobJson(_Open):
     created_at: str | None
     finished_at: str | None
     checkpoint_dir: str | None
+    code: CodeJson | None
     max_attempts: int | None
     supervised: bool | None
     namespace: str | None

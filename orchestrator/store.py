@@ -1,81 +1,55 @@
-"""Job and attempt records in SQLite, under the user's state directory.
+"""Job and attempt records as files, one directory per job, safe on a filesystem shared by several hosts.
 
-Several shardctl processes (the CLI, one supervisor per job) use the database at once: WAL
-journal, a busy timeout, and every write in a short `BEGIN IMMEDIATE` transaction. A record is
-written before the action it describes (an attempt row exists before its process starts), so
-whoever comes next, after any crash, knows what was done. On Kubernetes the TrainingJob status
-is the record instead.
+On a Slurm site the login node (the user's CLI) and compute nodes (the judge jobs) write the same
+SHARDCTL_HOME over NFS or Lustre, where SQLite's WAL and flock do not hold. So the record is the
+job's directory, written only with operations the server decides atomically (`store_files`:
+mkdir, create with O_EXCL, link, never a lock), and read by folding what is there:
+
+    jobs/<id>/job.json                 the job as submitted; immutable
+    jobs/<id>/running.json             queued -> running (once)
+    jobs/<id>/cancel.json              the user asked to cancel (once)
+    jobs/<id>/finished.json            how the job ended (once: the first ending stands)
+    jobs/<id>/events/<stamp>.json      small facts that change (supervisor_pid): the newest wins
+    jobs/<id>/attempts/<N>.json        attempt N recorded: the claim to start it (once)
+    jobs/<id>/attempts/<N>.submit-<g>.json  a takeover of its submission after its owner died (once each)
+    jobs/<id>/attempts/<N>.running.json     the target has it: its id, when it started (once)
+    jobs/<id>/attempts/<N>.ended.json       how it ended (once: a late cancel never rewrites a real end)
+    jobs/<id>/attempts/<N>.event-<stamp>.json  a blank filled in later (an id learnt after the start)
+    names/<name>/<k>.json              generation k of a job name: the job holding it (once each)
+
+Every decision that must happen once is a link that exactly one writer on one host wins; the
+loser is told (StoreError for a second attempt N, False from the others) and does nothing more.
+Each record is written before the action it describes (attempt N exists before it is submitted),
+so whoever comes next, after any crash, knows what was done. Readers skip nothing silently: a
+damaged record makes its job a StoreError naming it, and `list_jobs` reports it and lists the
+others. A `shardctl.db` of the SQLite store that came before is migrated on first use
+(`store_migrate`). On Kubernetes the TrainingJob status is the record instead.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
 import secrets
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import types
+import typing
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator.errors import StoreError
-from orchestrator.paths import state_dir
+from orchestrator.paths import private_state_dir, state_dir
 from orchestrator.spec.states import AttemptState, JobState
+from orchestrator.store_files import Owner, event_name, make_dir, name_key, publish, read_record
 
 __all__ = ["AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
 
-SCHEMA_VERSION = 1
 _R = TypeVar("_R")
-JOB_TERMINAL = tuple(s.value for s in JobState if s.terminal)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    target TEXT NOT NULL,
-    state TEXT NOT NULL,               -- queued | running | succeeded | failed | cancelled
-    spec TEXT NOT NULL,                -- the TrainingJob as submitted (JSON)
-    source TEXT,                       -- the file it came from
-    workdir TEXT NOT NULL,
-    job_dir TEXT NOT NULL,
-    checkpoint_dir TEXT NOT NULL,
-    options TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    finished_at REAL,
-    reason TEXT,                       -- why it ended
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    supervisor_pid INTEGER
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    job_id TEXT NOT NULL REFERENCES jobs(id),
-    number INTEGER NOT NULL,
-    state TEXT NOT NULL,               -- starting | running | succeeded | failed | cancelled
-    spec TEXT NOT NULL,                -- the TrainingJob this attempt ran (JSON)
-    rung TEXT,                         -- the fallback rung that produced it (NULL: as submitted or same config)
-    reason TEXT NOT NULL,              -- why this attempt was started
-    run_dir TEXT NOT NULL,
-    log_path TEXT NOT NULL,
-    artifacts TEXT NOT NULL DEFAULT '{}',  -- file name -> text, exactly as submitted
-    warnings TEXT NOT NULL DEFAULT '[]',
-    resume_from TEXT,                  -- the checkpoint present when it started
-    external_id TEXT,                  -- the target's id: wrapper pid, Slurm job id, Job name
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    exit_code INTEGER,
-    signal INTEGER,
-    failure_kind TEXT,
-    failure_reason TEXT,
-    failure_evidence TEXT,
-    peak_memory_bytes INTEGER,
-    PRIMARY KEY (job_id, number)
-);
-CREATE INDEX IF NOT EXISTS jobs_by_name ON jobs(name, created_at);
-"""
-
-
+NAME_CLAIM_WAIT_S = 5.0  # how long a job that holds a name may take to appear after its claim
 
 
 @dataclass(frozen=True)
@@ -136,6 +110,7 @@ class AttemptRecord:
     failure_reason: str | None
     failure_evidence: str | None
     peak_memory_bytes: int | None
+    preemptions: int | None = None  # times the target restarted it in place (Slurm --requeue)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", AttemptState(self.state))
@@ -150,7 +125,7 @@ class AttemptRecord:
 
 
 def _json_column(text: Any, what: str) -> dict[str, Any]:
-    """A JSON object column; a damaged one (edited by hand, a disk error) is a StoreError naming the row."""
+    """A JSON object column; a damaged one (edited by hand, a disk error) is a StoreError naming the record."""
     try:
         data = json.loads(text)
     except (TypeError, ValueError) as exc:
@@ -160,161 +135,465 @@ def _json_column(text: Any, what: str) -> dict[str, Any]:
     return data
 
 
-def _record(cls: type[_R], row: tuple[Any, ...], what: str) -> _R:
+_JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
+_ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRecord))
+# fixed when the record is made (job.json, <N>.json); JSON-valued ones are kept as JSON in the files
+_JOB_FACTS = ("id", "name", "target", "spec", "source", "workdir", "job_dir", "checkpoint_dir", "options",
+              "created_at")
+_ATTEMPT_FACTS = ("job_id", "number", "spec", "rung", "reason", "run_dir", "log_path", "artifacts", "warnings",
+                  "resume_from", "created_at")
+_JSON_VALUED = ("spec", "options", "artifacts", "warnings")
+_ATTEMPT_FILE = re.compile(r"(\d+)\.(json|running\.json|ended\.json|submit-(\d+)\.json|event-[^/]+\.json)")
+_CLAIM_FILE = re.compile(r"(\d+)\.json")
+
+
+@functools.cache
+def _field_types(cls: type) -> tuple[tuple[str, tuple[type, ...]], ...]:
+    """Each field and the types its value may have in a record file (an enum is its text, a float may be
+    written as an int)."""
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        kinds = tuple(str if issubclass(a, Enum) else a for a in allowed)
+        out.append((name, (*kinds, int) if float in kinds else kinds))
+    return tuple(out)
+
+
+def _check_types(cls: type, data: dict[str, Any]) -> None:
+    """Every field present and of its declared type: a record edited by hand fails here, not later."""
+    for name, kinds in _field_types(cls):
+        if name not in data:
+            raise ValueError(f"{name} is missing")
+        if not isinstance(data[name], kinds):
+            raise ValueError(f"{name} is {type(data[name]).__name__}, not {' or '.join(k.__name__ for k in kinds)}")
+
+
+def _record(cls: type[_R], data: dict[str, Any], what: str) -> _R:
     try:
-        return cls(*row)
-    except (TypeError, ValueError) as exc:  # a state no shardctl writes, a missing column
+        _check_types(cls, data)
+        return cls(**{f.name: data[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:  # a state no shardctl writes, a missing field
         raise StoreError(f"{what} in the job store is damaged ({exc})") from None
 
 
-_JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
-_ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRecord))
+def _as_text(value: Any) -> Any:
+    """A JSON-valued column as the records carry it: JSON text (text kept as it came: a damaged one stays so)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+class _NotAJob(Exception):
+    """A directory under jobs/ without job.json: a job being created, or one whose creation was refused."""
 
 
 class Store:
+    """The job store under `root` (default: the state directory). Cheap to make: nothing is held open."""
+
     def __init__(self, root: Path | None = None) -> None:
-        self.root = (root or state_dir()).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / "shardctl.db"
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._tx():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} has schema {version}, newer than this shardctl ({SCHEMA_VERSION})")
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.root = (root or private_state_dir()).resolve()  # tightens a 0755 one an older version made
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = self._dir(self.root / "jobs")  # where the records are (the database file, before)
+        self._dir(self.root / "names")
+        self._cache: dict[Path, dict[str, Any]] = {}  # published records never change: read each once
+        legacy = self.root / "shardctl.db"
+        if legacy.exists():
+            from orchestrator.store_migrate import migrate
+
+            migrate(self.root, legacy)
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to close (kept for callers of the SQLite store)."""
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    # writing: a write the filesystem refuses (read-only, full, another user's directory) is a StoreError
+
+    def _publish(self, directory: Path, name: str, data: dict[str, Any]) -> bool:
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            return publish(directory, name, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+
+    def _dir(self, path: Path) -> Path:
+        try:
+            return make_dir(path)
+        except OSError as exc:
+            raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+
+    # reading
+
+    def _read(self, path: Path) -> dict[str, Any]:
+        """A published record, from the cache once read. FileNotFoundError, ValueError when damaged."""
+        data = self._cache.get(path)
+        if data is None:
+            data = self._cache[path] = read_record(path)
+        return data
+
+    def _claim(self, path: Path, what: str) -> dict[str, Any]:
+        try:
+            return self._read(path)
+        except ValueError as exc:
+            raise StoreError(f"{what} in the job store is damaged ({path.relative_to(self.root)}: {exc})") from None
+        except OSError as exc:
+            raise StoreError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+
+    def _job_ids(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.path) if not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def _fold_job(self, job_id: str, notes: list[str] | None = None) -> JobRecord:
+        """The job as its directory says now. Raises _NotAJob when there is no job.json."""
+        if not job_id or job_id.startswith(".") or "/" in job_id or "\0" in job_id:
+            raise _NotAJob(job_id)  # never a path outside the store
+        directory = self.path / job_id
+        what = f"job {job_id}"
+        try:
+            present = set(os.listdir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            raise _NotAJob(job_id) from None
+        if "job.json" not in present:
+            if present & {"finished.json", "running.json", "cancel.json", "attempts"}:
+                raise StoreError(f"{what} in the job store is damaged (its job.json is missing)")
+            raise _NotAJob(job_id)
+        facts = self._claim(directory / "job.json", what)
+        data: dict[str, Any] = {k: facts.get(k) for k in _JOB_FACTS}
+        if facts.get("id") != job_id:
+            raise StoreError(f"{what} in the job store is damaged (job.json names job {facts.get('id')!r})")
+        for k in ("spec", "options"):
+            data[k] = _as_text(data[k])
+        times = [facts.get("created_at")]
+        data.update(state=JobState.QUEUED.value, finished_at=None, reason=None, cancel_requested=0,
+                    supervisor_pid=None)
+        if "running.json" in present:
+            data["state"] = JobState.RUNNING.value
+            times.append(self._claim(directory / "running.json", what).get("at"))
+        if "cancel.json" in present:
+            data["cancel_requested"] = 1
+            times.append(self._claim(directory / "cancel.json", what).get("at"))
+        if "finished.json" in present:
+            end = self._claim(directory / "finished.json", what)
+            data.update(state=end.get("state"), reason=end.get("reason"), finished_at=end.get("finished_at"))
+            times.append(end.get("finished_at"))
+        if "events" in present:
+            for name in sorted(os.listdir(directory / "events")):
+                if name.startswith("."):
+                    continue
+                try:
+                    event = self._read(directory / "events" / name)
+                except (OSError, ValueError) as exc:
+                    if notes is not None:
+                        notes.append(f"{what}: an update in the job store is damaged (events/{name}: {exc}); "
+                                     "left out")
+                    continue
+                if "supervisor_pid" in event:
+                    data["supervisor_pid"] = event["supervisor_pid"]
+                times.append(event.get("at"))
+        data["updated_at"] = max((t for t in times if isinstance(t, int | float)), default=facts.get("created_at"))
+        return _record(JobRecord, data, what)
 
     # jobs
 
     def jobs_dir(self) -> Path:
-        return self.root / "jobs"
+        return self.path
 
     def create_job(self, *, name: str, target: str, spec: dict, source: str | None, workdir: str,
-                   checkpoint_dir: str | None, options: dict | None = None) -> JobRecord:
-        now = time.time()
+                   checkpoint_dir: str | None, options: dict | None = None,
+                   exclusive_name: bool = True) -> JobRecord:
+        """Record a new job (state queued). With `exclusive_name` (every target whose jobs the store
+        drives) at most one unfinished job holds a name: a second one is refused, before anything is
+        submitted, with a StoreError naming the job that holds it."""
         for _ in range(20):
             job_id = secrets.token_hex(4)
-            job_dir = self.jobs_dir() / job_id
+            job_dir = self.path / job_id
             try:
-                with self._tx() as db:
-                    db.execute(
-                        "INSERT INTO jobs (id, name, target, state, spec, source, workdir, job_dir, checkpoint_dir,"
-                        " options, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (job_id, name, target, "queued", json.dumps(spec), source, workdir, str(job_dir),
-                         checkpoint_dir or str(job_dir / "checkpoints"), json.dumps(options or {}), now, now))
-            except sqlite3.IntegrityError:
+                job_dir.mkdir(mode=0o700)  # the id's claim: mkdir is atomic on every filesystem
+            except FileExistsError:
                 continue  # id taken: draw again
-            job_dir.mkdir(parents=True, exist_ok=True)
-            return self.get_job(job_id)
-        raise StoreError("could not draw a unique job id")
+            except OSError as exc:
+                raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+            break
+        else:
+            raise StoreError("could not draw a unique job id")
+        try:
+            if exclusive_name:
+                self._claim_name(name, job_id)
+        except BaseException:
+            try:
+                job_dir.rmdir()
+            except OSError:
+                pass
+            raise
+        self._publish(job_dir, "job.json", {
+            "id": job_id, "name": name, "target": target, "spec": spec, "source": source, "workdir": workdir,
+            "job_dir": str(job_dir), "checkpoint_dir": checkpoint_dir or str(job_dir / "checkpoints"),
+            "options": options or {}, "created_at": time.time(), "by": Owner.me().as_json()})
+        return self.get_job(job_id)
+
+    def _claim_name(self, name: str, job_id: str) -> None:
+        """Claim the next generation of `name` for `job_id`, if the job holding the newest is finished.
+        Each generation is one file linked once, so of two submits racing for a name one links k+1 and the
+        other, failing, reads k+1 and is refused. A stale listing only makes a link fail and move on."""
+        directory = self._dir(self.root / "names" / name_key(name))
+        newest = max((int(m[1]) for n in os.listdir(directory) if (m := _CLAIM_FILE.fullmatch(n))), default=0)
+        for _ in range(1000):
+            if newest:
+                holder = self._name_holder(directory / f"{newest}.json", name)
+                if holder is not None:
+                    raise StoreError(f"metadata.name: a job named {name!r} is already {holder.state} (id {holder.id}): "
+                                     f"wait for it to end, cancel it (shardctl cancel {holder.id}), or choose "
+                                     "another name")
+            claim = {"job": job_id, "name": name, "by": Owner.me().as_json()}
+            if self._publish(directory, f"{newest + 1}.json", claim):
+                return
+            newest += 1
+        raise StoreError(f"could not claim the job name {name!r}")
+
+    def _name_holder(self, claim: Path, name: str) -> JobRecord | None:
+        """The unfinished job a name claim points to; None when it ended, or its creation was abandoned."""
+        deadline = time.monotonic() + NAME_CLAIM_WAIT_S
+        while True:
+            try:
+                job_id = str(self._read(claim)["job"])
+                break
+            except (OSError, ValueError, KeyError) as exc:  # just linked by another host: not yet visible
+                if time.monotonic() > deadline:
+                    raise StoreError(f"cannot read {claim}, which says which job holds the name {name!r} ({exc})"
+                                     ) from None
+            time.sleep(0.05)
+        while True:
+            try:
+                job = self._fold_job(job_id)
+                return None if job.terminal else job
+            except _NotAJob:
+                if not (self.path / job_id).exists() or time.monotonic() > deadline:
+                    return None  # refused, or its submit died before recording it: the name is free
+            time.sleep(0.05)
 
     def get_job(self, job_id: str) -> JobRecord:
-        row = self._db.execute(f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"no job {job_id!r}")
-        return _record(JobRecord, row, f"job {job_id}")
+        try:
+            return self._fold_job(job_id)
+        except _NotAJob:
+            raise StoreError(f"no job {job_id!r}") from None
 
     def resolve(self, ref: str) -> JobRecord:
         """A job by id, unique id prefix, or name (the newest job of that name)."""
-        rows = self._db.execute("SELECT id FROM jobs WHERE id LIKE ? ESCAPE '\\'",
-                                (ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
-        if len(rows) == 1:
-            return self.get_job(rows[0][0])
-        if len(rows) > 1:
-            raise StoreError(f"{ref!r} matches several jobs: {', '.join(sorted(r[0] for r in rows))}")
-        row = self._db.execute("SELECT id FROM jobs WHERE name = ? ORDER BY created_at DESC LIMIT 1",
-                               (ref,)).fetchone()
-        if row is None:
-            raise StoreError(f"no job with id or name {ref!r} in {self.path}")
-        return self.get_job(row[0])
+        matches = sorted(i for i in self._job_ids() if i.startswith(ref) and (self.path / i / "job.json").exists())
+        if len(matches) == 1:
+            return self.get_job(matches[0])
+        if len(matches) > 1:
+            raise StoreError(f"{ref!r} matches several jobs: {', '.join(matches)}")
+        named = []
+        for job_id in self._job_ids():
+            try:
+                facts = self._read(self.path / job_id / "job.json")
+            except (OSError, ValueError):
+                continue
+            if facts.get("name") == ref and isinstance(facts.get("created_at"), int | float):
+                named.append((facts["created_at"], job_id))
+        if not named:
+            raise StoreError(f"no job with id or name {ref!r} in {self.root}")
+        return self.get_job(max(named)[1])
 
     def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None) -> list[JobRecord]:
-        """Newest first. A damaged row is left out (and described in `damaged`, when given): one bad
-        row never hides the other jobs."""
-        sql = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs ORDER BY created_at DESC"
-        rows = self._db.execute(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ()).fetchall()
-        out = []
-        for r in rows:
+        """Newest first. A damaged record is left out (and described in `damaged`, when given): one bad
+        record never hides the other jobs. Only the newest `limit` jobs are read past their job.json."""
+        order = []
+        for job_id in self._job_ids():
             try:
-                out.append(_record(JobRecord, r, f"job {r[0]}"))
+                created = self._read(self.path / job_id / "job.json").get("created_at")
+            except (OSError, ValueError):
+                created = None  # missing or damaged: its fold below says which, first
+            order.append((created if isinstance(created, int | float) else float("inf"), job_id))
+        out: list[JobRecord] = []
+        for _, job_id in sorted(order, reverse=True):
+            if limit and len(out) == limit:
+                break
+            notes: list[str] = []
+            try:
+                out.append(self._fold_job(job_id, notes))
+            except _NotAJob:
+                continue
             except StoreError as exc:
-                if damaged is not None:
-                    damaged.append(str(exc))
+                notes.append(str(exc))
+            if damaged is not None:
+                damaged.extend(notes)
         return out
 
+    def _existing(self, job_id: str) -> Path:
+        directory = self.path / job_id
+        if job_id.startswith(".") or "/" in job_id or not (directory / "job.json").exists():
+            raise StoreError(f"no job {job_id!r}")
+        return directory
+
     def update_job(self, job_id: str, **changes: Any) -> None:
-        self._update("jobs", "id = ?", (job_id,), _JOB_COLUMNS, changes)
+        """Change what may change. States only move forward: a terminal state is `finish_job` (the first
+        ending stands), running is `mark_running`; cancel_requested is `request_cancel`; the rest
+        (supervisor_pid) is an event, the newest of which wins. What the job was submitted as is fixed."""
+        unknown = set(changes) - set(_JOB_COLUMNS)
+        if unknown:
+            raise StoreError(f"unknown jobs columns: {sorted(unknown)}")
+        fixed = set(changes) & set(_JOB_FACTS)
+        if fixed:
+            raise StoreError(f"job columns {sorted(fixed)} are fixed when the job is recorded")
+        directory = self._existing(job_id)
+        state, reason, _ = changes.pop("state", None), changes.pop("reason", None), changes.pop("finished_at", None)
+        if state is not None:
+            state = self._state(JobState, state)
+            if state.terminal:
+                self.finish_job(job_id, state, reason or "")
+            elif state is JobState.RUNNING:
+                self.mark_running(job_id)
+        elif reason is not None:
+            raise StoreError("a job's reason is recorded with its end: give its terminal state too")
+        if changes.pop("cancel_requested", 0):
+            self.request_cancel(job_id)
+        changes.pop("updated_at", None)  # the time of the newest record, always
+        if changes:
+            self._publish(self._dir(directory / "events"), event_name(), {**changes, "at": time.time()})
+
+    @staticmethod
+    def _state(kind: type[_R], value: Any) -> _R:
+        try:
+            return kind(value)  # type: ignore[call-arg]
+        except ValueError as exc:
+            raise StoreError(str(exc)) from None
 
     def mark_running(self, job_id: str) -> None:
         """queued -> running, and only that: a mirror that read a stale state never moves a job back."""
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'",
-                       (time.time(), job_id))
+        self._publish(self._existing(job_id), "running.json", {"at": time.time(), "by": Owner.me().as_json()})
 
     def request_cancel(self, job_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), job_id))
+        self._publish(self._existing(job_id), "cancel.json", {"at": time.time(), "by": Owner.me().as_json()})
 
-    def finish_job(self, job_id: str, state: str, reason: str) -> None:
-        """Idempotent: a job that already ended keeps its first ending."""
-        now = time.time()
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET state = ?, reason = ?, finished_at = ?, updated_at = ? "
-                       f"WHERE id = ? AND state NOT IN {JOB_TERMINAL}", (state, reason, now, now, job_id))
+    def finish_job(self, job_id: str, state: str, reason: str) -> bool:
+        """Idempotent: a job that already ended keeps its first ending. True when this call ended it."""
+        ending = self._state(JobState, state)
+        if not ending.terminal:
+            raise StoreError(f"{ending.value!r} is not how a job ends")
+        return self._publish(self._existing(job_id), "finished.json", {
+            "state": ending.value, "reason": reason, "finished_at": time.time(), "by": Owner.me().as_json()})
 
     # attempts
 
+    def _attempt_files(self, job_id: str) -> dict[int, dict[str, list[str]]]:
+        try:
+            names = os.listdir(self.path / job_id / "attempts")
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        groups: dict[int, dict[str, list[str]]] = {}
+        for name in names:
+            m = _ATTEMPT_FILE.fullmatch(name)
+            if m:
+                kind = m[2].split("-", 1)[0] if "-" in m[2] else m[2]  # json, running.json, submit, event...
+                groups.setdefault(int(m[1]), {}).setdefault(kind, []).append(name)
+        return groups
+
+    def _files_of(self, job_id: str, number: int) -> dict[str, list[str]]:
+        """Attempt N's files, its claims looked up by name: a cached listing may miss them for a while, a
+        lookup of the name does not (NFS revalidates it, as the link that made it would fail)."""
+        files = dict(self._attempt_files(job_id).get(number, {}))
+        for kind in ("json", "running.json", "ended.json"):
+            name = f"{number}.{kind}" if kind != "json" else f"{number}.json"
+            if kind not in files and (self.path / job_id / "attempts" / name).exists():
+                files[kind] = [name]
+        return files
+
     def attempts(self, job_id: str) -> list[AttemptRecord]:
-        rows = self._db.execute(f"SELECT {', '.join(_ATTEMPT_COLUMNS)} FROM attempts WHERE job_id = ? "
-                                "ORDER BY number", (job_id,)).fetchall()
-        return [_record(AttemptRecord, r, f"job {job_id}, attempt {r[1]}") for r in rows]
+        directory = self.path / job_id / "attempts"
+        out = []
+        for number, files in sorted(self._attempt_files(job_id).items()):
+            if "json" in files:  # a claim without its attempt is never written: the attempt comes first
+                out.append(self._fold_attempt(directory, job_id, number, files))
+        return out
+
+    def _fold_attempt(self, directory: Path, job_id: str, number: int, files: dict[str, list[str]]) -> AttemptRecord:
+        what = f"job {job_id}, attempt {number}"
+        base = self._claim(directory / f"{number}.json", what)
+        data: dict[str, Any] = {k: base.get(k) for k in _ATTEMPT_FACTS}
+        for k in ("spec", "artifacts", "warnings"):
+            data[k] = _as_text(data[k])
+        data.update({k: None for k in _ATTEMPT_COLUMNS if k not in _ATTEMPT_FACTS}, state=AttemptState.STARTING.value)
+        mutable = set(_ATTEMPT_COLUMNS) - set(_ATTEMPT_FACTS) - {"state"}
+        if "running.json" in files:
+            data.update({k: v for k, v in self._claim(directory / f"{number}.running.json", what).items()
+                         if k in mutable}, state=AttemptState.RUNNING.value)
+        for name in sorted(files.get("event", [])):
+            try:
+                data.update({k: v for k, v in self._read(directory / name).items() if k in mutable})
+            except (OSError, ValueError):
+                continue  # a blank filled in later, damaged: it stays blank
+        if "ended.json" in files:
+            end = self._claim(directory / f"{number}.ended.json", what)
+            data.update({k: v for k, v in end.items() if k in mutable}, state=end.get("state"))
+        return _record(AttemptRecord, data, what)
 
     def add_attempt(self, job_id: str, number: int, *, spec: dict, rung: str | None, reason: str, run_dir: str,
                     log_path: str, artifacts: dict[str, str], warnings: list[str],
                     resume_from: str | None) -> AttemptRecord:
-        """Raises StoreError if that attempt exists: an attempt is never started twice."""
-        now = time.time()
-        try:
-            with self._tx() as db:
-                db.execute(
-                    "INSERT INTO attempts (job_id, number, state, spec, rung, reason, run_dir, log_path, artifacts,"
-                    " warnings, resume_from, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (job_id, number, "starting", json.dumps(spec), rung, reason, run_dir, log_path,
-                     json.dumps(artifacts), json.dumps(warnings), resume_from, now))
-                db.execute("UPDATE jobs SET state = 'running', updated_at = ? WHERE id = ? AND state = 'queued'",
-                           (now, job_id))
-        except sqlite3.IntegrityError as exc:
-            raise StoreError(f"job {job_id} already has attempt {number}") from exc
-        return self.attempts(job_id)[number - 1]
+        """Raises StoreError if that attempt exists: an attempt is never started twice (on any host)."""
+        directory = self._existing(job_id)
+        self.mark_running(job_id)
+        if not self._publish(self._dir(directory / "attempts"), f"{number}.json", {
+                "job_id": job_id, "number": number, "spec": spec, "rung": rung, "reason": reason,
+                "run_dir": run_dir, "log_path": log_path, "artifacts": artifacts, "warnings": warnings,
+                "resume_from": resume_from, "created_at": time.time(), "by": Owner.me().as_json()}):
+            raise StoreError(f"job {job_id} already has attempt {number}")
+        return self._fold_attempt(directory / "attempts", job_id, number, {"json": [f"{number}.json"]})
 
-    def update_attempt(self, job_id: str, number: int, **changes: Any) -> None:
-        self._update("attempts", "job_id = ? AND number = ?", (job_id, number), _ATTEMPT_COLUMNS, changes)
+    def update_attempt(self, job_id: str, number: int, **changes: Any) -> bool:
+        """Record what happened to an attempt; True when this call recorded something.
 
-    def _update(self, table: str, where: str, key: tuple, columns: tuple[str, ...], changes: dict[str, Any]) -> None:
-        unknown = set(changes) - set(columns)
+        Its end is recorded once (the first one stands: a cancel that comes after a real end never
+        rewrites it), its start once (a second writer only fills in what the first left blank), and a
+        change without a state is an event whose newest value wins until the attempt ends."""
+        unknown = set(changes) - set(_ATTEMPT_COLUMNS)
         if unknown:
-            raise StoreError(f"unknown {table} columns: {sorted(unknown)}")
-        if table == "jobs":
-            changes = {**changes, "updated_at": time.time()}
-        sets = ", ".join(f"{k} = ?" for k in changes)
-        with self._tx() as db:
-            db.execute(f"UPDATE {table} SET {sets} WHERE {where}", (*changes.values(), *key))
+            raise StoreError(f"unknown attempts columns: {sorted(unknown)}")
+        fixed = set(changes) & set(_ATTEMPT_FACTS)
+        if fixed:
+            raise StoreError(f"attempt columns {sorted(fixed)} are fixed when the attempt is recorded")
+        directory = self.path / job_id / "attempts"
+        if not (directory / f"{number}.json").exists():
+            raise StoreError(f"job {job_id} has no attempt {number}")
+        state = changes.pop("state", None)
+        values = {k: _plain(v) for k, v in changes.items()}
+        by = Owner.me().as_json()
+        if state is not None:
+            state = self._state(AttemptState, state)
+            if state.ended:
+                return self._publish(directory, f"{number}.ended.json", {**values, "state": state.value, "by": by})
+            if state is AttemptState.RUNNING and self._publish(directory, f"{number}.running.json",
+                                                                 {**values, "by": by}):
+                return True
+        current = self._fold_attempt(directory, job_id, number, self._files_of(job_id, number))
+        if state is AttemptState.RUNNING:  # started already: fill in only what that left blank
+            values = {k: v for k, v in values.items() if v is not None and getattr(current, k) is None}
+        else:  # only what changes (a mirror refreshing every second writes nothing new)
+            values = {k: v for k, v in values.items() if getattr(current, k) != v}
+        if not values:
+            return False
+        return self._publish(directory, event_name(f"{number}.event-"), {**values, "by": by})
+
+    # submissions
+
+    def submitter(self, job_id: str, number: int) -> Owner | None:
+        """Who holds the submission of attempt N now: whoever recorded it, or the newest takeover."""
+        directory = self.path / job_id / "attempts"
+        takeovers = sorted(int(m[3]) for n in self._attempt_files(job_id).get(number, {}).get("submit", [])
+                           if (m := _ATTEMPT_FILE.fullmatch(n)))
+        name = f"{number}.submit-{takeovers[-1]}.json" if takeovers else f"{number}.json"
+        return Owner.of(self._claim(directory / name, f"job {job_id}, attempt {number}").get("by"))
+
+    def claim_submit(self, job_id: str, number: int) -> bool:
+        """Take over the submission of attempt N (its owner died before submitting it): True for the one
+        writer that wins this generation; a loser, or a stale listing, gets False and submits nothing."""
+        files = self._files_of(job_id, number)
+        if "running.json" in files or "ended.json" in files:
+            return False  # submitted already: only a listing too old to show it could say otherwise
+        generation = max((int(m[3]) for n in files.get("submit", []) if (m := _ATTEMPT_FILE.fullmatch(n))),
+                         default=0) + 1
+        return self._publish(self.path / job_id / "attempts", f"{number}.submit-{generation}.json",
+                       {"by": Owner.me().as_json()})

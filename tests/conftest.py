@@ -36,4 +36,5 @@ def slurm_cluster() -> str:
         if os.environ.get("SHARDCTL_REQUIRE_SLURM") == "1":
             pytest.fail(f"SHARDCTL_REQUIRE_SLURM=1 but {problem}")
         pytest.skip(problem)
+    os.environ["SHARDCTL_ALLOW_NODE_LOCAL"] = "1"  # both nodes are this machine: its /tmp is theirs (fs_local.py)
     return os.environ["SLURM_CONF"]

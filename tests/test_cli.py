@@ -208,8 +208,6 @@ def test_finding_8_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) 
 
 
 def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) -> None:
-    import sqlite3
-
     from orchestrator.store import Store
 
     r = _invoke("list", "--limit", "99999999999999999999", home=tmp_path)
@@ -219,10 +217,11 @@ def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) 
                              checkpoint_dir=None) for i in range(4)]
     for j in jobs:
         store.finish_job(j.id, "succeeded", "done")
-    db = sqlite3.connect(tmp_path / "shardctl.db")
-    with db:
-        db.execute("UPDATE jobs SET spec = '{not json' WHERE id = ?", (jobs[1].id,))
-        db.execute("UPDATE jobs SET state = 'exploded' WHERE id = ?", (jobs[2].id,))
+    def damage(path: Path, **values) -> None:  # a record edited by hand, or a disk error
+        path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+    damage(store.jobs_dir() / jobs[1].id / "job.json", spec="{not json")
+    damage(store.jobs_dir() / jobs[2].id / "finished.json", state="exploded")
     r = _invoke("list", "--json", home=tmp_path)
     assert r.exit_code == 0, r.output
     listed = json.loads(r.stdout)
@@ -233,8 +232,7 @@ def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) 
     assert r.exit_code == 2 and "is damaged" in r.output and len(r.output.splitlines()) == 1, r.output
     store.add_attempt(jobs[3].id, 1, spec={}, rung=None, reason="r", run_dir="/r", log_path="/r/log", artifacts={},
                       warnings=[], resume_from=None)
-    with db:
-        db.execute("UPDATE attempts SET warnings = '[' WHERE job_id = ?", (jobs[3].id,))
+    damage(store.jobs_dir() / jobs[3].id / "attempts" / "1.json", warnings="[")
     r = _invoke("history", jobs[3].id, home=tmp_path)
     assert r.exit_code == 2 and "its record in the job store cannot be read" in r.output, r.output
     assert len(r.output.splitlines()) == 1
@@ -243,7 +241,7 @@ def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) 
 def test_finding_9_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "shardctl.db").write_bytes(os.urandom(4096))
-    (tmp_path / "dir" / "shardctl.db").mkdir(parents=True)
+    (tmp_path / "dir" / "shardctl.db").mkdir(parents=True)  # the job store of an earlier shardctl
     for home, needle in (("garbage", "file is not a database"), ("dir", "unable to open database file")):
         for args in (("list",), ("status", "x")):
             r = _invoke(*args, home=tmp_path / home)
@@ -256,10 +254,9 @@ def test_finding_9_a_read_only_store_is_one_line(tmp_path: Path) -> None:
     from orchestrator.store import Store
 
     Store(tmp_path).close()
-    (tmp_path / "shardctl.db").chmod(0o444)
     tmp_path.chmod(0o555)
     try:
-        r = _invoke("list", home=tmp_path)
+        r = _invoke("list", home=tmp_path / "home")  # a store that cannot even be created
     finally:
         tmp_path.chmod(0o755)
     assert r.exit_code == 1 and len(r.output.splitlines()) == 1, r.output
@@ -420,3 +417,74 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
     check()
     assert slowest[0] < 1.0
     assert exits.get(0, 0) >= 40 and exits.get(2, 0) >= 100, exits  # both kinds of input were generated
+
+
+# --set and --sweep (orchestrator/overrides.py, orchestrator/sweep.py) ---------------------------------
+
+
+@pytest.mark.parametrize("command", [("validate",), ("render", "--out", "OUT"), ("plan",), ("submit",)])
+def test_set_is_validated_like_the_file_and_a_bad_one_is_one_line(command: tuple[str, ...], tmp_path: Path) -> None:
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in command]
+    quick = str(ROOT / "examples/quickstart.yaml")
+    r = _invoke(args[0], quick, *args[1:], "--set", "spec.batch.micro=many", home=tmp_path / "home")
+    assert r.exit_code == 2, r.output
+    assert r.output.splitlines() == [
+        "--set spec.batch.micro=many: spec.batch.micro: Input should be a valid integer (got str 'many')"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "home" / "jobs").exists()
+
+
+def test_set_changes_what_is_validated_and_rendered(tmp_path: Path) -> None:
+    quick = str(ROOT / "examples/quickstart.yaml")
+    r = _invoke("validate", quick, "--set", "spec.batch.micro=16", "--set", "spec.sharding=full")
+    assert r.exit_code == 0, r.output
+    assert "ZeRO-3 (full)" in r.stdout and "micro 16 x accum 1 = global 32" in r.stdout
+    r = _invoke("render", quick, "--out", str(tmp_path / "out"), "--set", "spec.entrypoint.args.5=7")
+    assert r.exit_code == 0, r.output
+    assert "--steps 7 " in (tmp_path / "out" / "launch.sh").read_text()
+    r = _invoke("validate", quick, "--set", "spec.batch.micro=7")  # valid alone, breaks a rule with the file
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [f"{quick}:23: spec.batch.global: 32 is not a multiple of micro (7) x world "
+                                     "size (2) = 14 (with --set spec.batch.micro=7)"]
+
+
+def test_sweep_dry_run_shows_every_point_and_a_bad_point_submits_nothing(tmp_path: Path) -> None:
+    quick = str(ROOT / "examples/quickstart.yaml")
+    r = _invoke("submit", quick, "--dry-run", "--sweep", "spec.batch.micro=4,8", "--sweep",
+                "spec.sharding=grad_op,full", home=tmp_path / "home")
+    assert r.exit_code == 0, r.output
+    heads = [line for line in r.stdout.splitlines() if line.startswith("point ")]
+    assert heads == ['point 0: quickstart-0: spec.batch.micro=4 spec.sharding="grad_op"',
+                     'point 1: quickstart-1: spec.batch.micro=4 spec.sharding="full"',
+                     'point 2: quickstart-2: spec.batch.micro=8 spec.sharding="grad_op"',
+                     'point 3: quickstart-3: spec.batch.micro=8 spec.sharding="full"']
+    r = _invoke("submit", quick, "--sweep", "spec.batch.micro=4,7", home=tmp_path / "home")
+    assert r.exit_code == 2 and "(with --sweep spec.batch.micro=7)" in r.output, r.output
+    assert not (tmp_path / "home" / "jobs").exists() or not any((tmp_path / "home" / "jobs").iterdir())
+    r = _invoke("list", "--group", "nothing-here", home=tmp_path / "home")
+    assert r.exit_code == 0 and "no job in the group 'nothing-here'" in r.output, r.output
+
+
+IMPORT_DATA = ROOT / "tests/data/import"
+
+
+def test_import_writes_a_trainingjob_that_validates_and_lists_what_it_could_not_carry(tmp_path: Path) -> None:
+    """The whole on-ramp through the CLI: a real accelerate template with its DeepSpeed JSON in, a
+    TrainingJob out that `validate` accepts as is."""
+    config = IMPORT_DATA / "accelerate/examples/config_yaml_templates/deepspeed.yaml"
+    out = tmp_path / "job.yaml"
+    r = shardctl("import", str(config), "--name", "imported-ds", "--script", "train.py", "--out", str(out),
+                 cwd=config.parent)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert "backend: deepspeed" in text and "name: imported-ds" in text
+    assert text.lstrip().startswith("#")  # the header says where it came from and what differs
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    v = shardctl("validate", str(out), cwd=tmp_path)
+    assert v.returncode == 0, v.stderr
+
+
+def test_import_refuses_what_it_cannot_express_in_one_line(tmp_path: Path) -> None:
+    r = shardctl("import", str(IMPORT_DATA / "accelerate/examples/config_yaml_templates/multi_gpu.yaml"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "MULTI_GPU" in r.stderr

@@ -51,7 +51,7 @@ def test_dry_run_prints_the_request_and_records_nothing(home: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "--- launch.sh" in r.stdout and "--- attempt.json" in r.stdout
     assert '"memory_limit_bytes": 2415919104' in r.stdout  # 2304MiB, enforced for the whole run
-    assert not (home / "shardctl.db").exists() or Store(home).list_jobs() == []
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())  # no job directory at all
 
 
 def test_bad_spec_is_refused_before_anything_is_recorded(home: Path, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_bad_spec_is_refused_before_anything_is_recorded(home: Path, tmp_path: P
     bad.write_text((ROOT / "examples/quickstart.yaml").read_text().replace("micro: 8", "micro: 7"))
     r = cli("submit", str(bad))
     assert r.returncode == 2 and "spec.batch" in r.stderr
-    assert not (home / "shardctl.db").exists() or Store(home).list_jobs() == []
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())  # no job directory at all
 
 
 def test_unknown_job_is_a_clear_error(home: Path) -> None:
@@ -94,7 +94,7 @@ def test_oom_fallback_survives_a_killed_supervisor(home: Path) -> None:
     os.kill(supervisor, signal.SIGKILL)
     wrapper = read_json(Path(first.run_dir) / "wrapper.json")
     assert wrapper is not None and "launched_at" in wrapper  # running means the command was started
-    assert first.external_id == f"{wrapper['pid']}:{wrapper['start_ticks']}"
+    assert first.external_id == f"{wrapper['pid']}:{wrapper['start_ticks']}:{wrapper['launch']}"
     assert is_alive(wrapper["pid"], wrapper["start_ticks"])  # the run goes on without its supervisor
 
     # attempt 1 runs out of memory while nobody watches; nothing is recorded yet

@@ -16,7 +16,7 @@ from kubernetes import client  # noqa: E402
 
 from orchestrator.controller.kube import KubeApi  # noqa: E402
 from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.controller.test_controller import first_attempt_fails, training_job  # noqa: E402
+from tests.controller.test_controller import POLICY, first_attempt_fails, training_job  # noqa: E402
 from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
@@ -54,7 +54,7 @@ def job_file(tmp_path: Path) -> Path:
 def test_submit_status_history_logs_against_the_cluster(cluster: FakeApiServer, tmp_path: Path) -> None:
     with SimulatedCluster(cluster, first_attempt_fails(PodEnd.cuda_oom(), index=0)):
         controller = Controller(KubeApi(client.ApiClient(client.Configuration(host=cluster.url))), namespace="ml",
-                                workers=2, resync_s=2, watch_timeout_s=2).start()
+                                policy=POLICY, workers=2, resync_s=2, watch_timeout_s=2).start()
         try:
             r = cli("submit", str(job_file(tmp_path)), "--json")
             assert r.returncode == 0, r.stderr
@@ -79,7 +79,7 @@ def test_cancel_deletes_the_resource_and_garbage_collection_takes_the_rest(clust
                                                                           tmp_path: Path) -> None:
     with SimulatedCluster(cluster, run_s=60):
         controller = Controller(KubeApi(client.ApiClient(client.Configuration(host=cluster.url))), namespace="ml",
-                                workers=1, resync_s=2, watch_timeout_s=2).start()
+                                policy=POLICY, workers=1, resync_s=2, watch_timeout_s=2).start()
         try:
             job_id = json.loads(cli("submit", str(job_file(tmp_path)), "--json").stdout)["id"]
             wait_for(lambda: cluster.store.objects[cluster.resource("pods")], 20, "the pods to run")
@@ -101,8 +101,8 @@ def test_a_refused_resource_is_a_clear_error(cluster: FakeApiServer, tmp_path: P
 
 
 def run_controller(api: FakeApiServer) -> Controller:
-    return Controller(KubeApi(client.ApiClient(client.Configuration(host=api.url))), namespace="ml", workers=2,
-                      resync_s=2, watch_timeout_s=2).start()
+    return Controller(KubeApi(client.ApiClient(client.Configuration(host=api.url))), namespace="ml",
+                      policy=POLICY, workers=2, resync_s=2, watch_timeout_s=2).start()
 
 
 def test_submit_wait_streams_both_attempts_and_exits_0_when_the_fallback_succeeds(cluster: FakeApiServer,

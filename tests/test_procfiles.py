@@ -136,3 +136,25 @@ def test_finding_2_logs_are_private_and_never_opened_through_a_symlink(tmp_path:
     with pytest.raises(OSError):
         open_log(tmp_path / "wrapper.log")
     assert victim.read_text() == "mine\n"
+
+
+def test_finding3_directories_on_the_way_are_private_whatever_the_umask(tmp_path) -> None:
+    """`mkdir -p` gives the parents the umask's mode (0755 under 022): a job's directory under
+    SHARDCTL_HOME would be listable by everyone. Each missing one is created 0700, even under umask 0377."""
+    from orchestrator.procfiles import make_private_dirs
+
+    for umask, leaf in ((0o022, "a/b/c"), (0o377, "x/y")):
+        old = os.umask(umask)
+        try:
+            write_files(tmp_path / leaf, {"f": "secret"})
+        finally:
+            os.umask(old)
+        top = tmp_path / leaf.split("/")[0]
+        for d in [top, *[p for p in top.rglob("*") if p.is_dir()]]:
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700, (umask, d)
+        assert stat.S_IMODE((tmp_path / leaf / "f").stat().st_mode) == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    make_private_dirs(shared / "mine")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # an existing directory is left as it is

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from orchestrator.report import job_json
+from orchestrator.report import job_json, status_text
 from orchestrator.report_schema import schema
 from orchestrator.store import Store
 from tests.helpers import doc
@@ -32,10 +33,25 @@ def test_a_stored_job_with_a_failed_and_a_running_attempt_validates(tmp_path: Pa
                       artifacts={}, warnings=["cpu"], resume_from=None)
     store.update_attempt(record.id, 1, state="failed", failure_kind="host_oom", failure_reason="oom",
                          started_at=1.0, ended_at=2.0, exit_code=1)
+    log = tmp_path / "output.log"  # attempt 2 runs a Trainer: its real output, up to the last loss dict
+    trainer = (Path(__file__).parent / "data" / "progress" / "trainer.log").read_bytes()
+    log.write_bytes(trainer[:trainer.index(b"{'eval_loss'")])
     store.add_attempt(record.id, 2, spec=doc(), rung="shard_more", reason="oom", run_dir="/r/2",
-                      log_path="/r/2/log", artifacts={}, warnings=[], resume_from="step_8")
+                      log_path=str(log), artifacts={}, warnings=[], resume_from="step_8")
     view = job_json(store.get_job(record.id), store.attempts(record.id), supervised=True)
     validate(view)
+    assert view["attempts"][0]["progress"] is None  # its log does not exist
+    progress = view["attempts"][1]["progress"]
+    assert progress["step"] == progress["total"] == 12 and progress["format"] == "tqdm"
+    last_dict = [line for line in log.read_text().splitlines() if line.startswith("{'loss'")][-1]
+    assert progress["loss"] == float(ast.literal_eval(last_dict)["loss"]) and progress["rate_from"] == "log"
+    text = status_text(view)
+    assert "\nprogress: step 12/12 (100%), epoch " in text
+    assert f"steps/s, elapsed 0:00:00, ETA 0:00:00, loss {progress['loss']:.4g}\n" in text
+    view["attempts"][1]["progress"]["format"] = "guess"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(view)
+    view["attempts"][1]["progress"] = None
     view["state"] = "exploded"
     with pytest.raises(jsonschema.ValidationError):  # the schema can fail
         validate(view)

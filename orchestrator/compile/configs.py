@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.compile import rules
+from orchestrator.compile import passthrough, rules
 from orchestrator.spec.models import TrainingJobSpec
 
 DS_CONFIG_NAME = "ds_config.json"
@@ -37,6 +37,12 @@ def _machine_keys(spec: TrainingJobSpec) -> dict[str, Any]:
 
 
 def fsdp_config(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The fsdp_config section: what the spec renders, then spec.fsdp.config's pass-through keys."""
+    return dict(sorted({**fsdp_config_base(spec), **spec.fsdp.config}.items()))
+
+
+def fsdp_config_base(spec: TrainingJobSpec) -> dict[str, Any]:
+    """What the spec's fields render, without pass-through (the rules compare the pass-through with it)."""
     flags = rules.effective_fsdp_flags(spec)
     f = spec.fsdp
     cfg: dict[str, Any] = {"fsdp_version": f.version}
@@ -86,9 +92,15 @@ def _offload_section(device: str, nvme_path: str | None) -> dict[str, Any]:
 
 
 def deepspeed_json(spec: TrainingJobSpec) -> dict[str, Any] | None:
-    """The DeepSpeed config with concrete batch values (no "auto": every attempt states what it ran)."""
+    """The DeepSpeed config with concrete batch values (no "auto": every attempt states what it ran), with
+    spec.deepspeed.config's pass-through keys deep-merged in (the rules have checked they agree with the spec)."""
     if spec.backend != "deepspeed":
         return None
+    return passthrough.merged(deepspeed_json_base(spec), spec.deepspeed.config)
+
+
+def deepspeed_json_base(spec: TrainingJobSpec) -> dict[str, Any]:
+    """What the spec's fields render, without pass-through."""
     d = spec.deepspeed
     stage = rules.zero_stage(spec)
     zero: dict[str, Any] = {"stage": stage}

@@ -1,8 +1,10 @@
 """Turn an existing accelerate config into the other backend (`shardctl convert`).
 
 Reads what `accelerate config` writes: FSDP (`fsdp_config`), or DeepSpeed with
-inline keys or a `deepspeed_config_file`. Settings with a twin in accelerate's
-table are carried over; everything else is listed, never silently dropped.
+inline keys or a `deepspeed_config_file`, or a DeepSpeed JSON on its own. Settings with a
+twin in accelerate's table are carried over, and so is every top-level key that belongs to
+neither backend; a backend-only key is listed with the reason it has no counterpart, never
+silently dropped. A config that is already the target backend is written back unchanged.
 Pure: the caller reads the files and passes their parsed contents.
 """
 
@@ -14,15 +16,40 @@ from typing import Any
 from orchestrator.compile.rules import FSDP_STRATEGY_TO_LEVEL, PRECISION_WARNING, SHARDING_TABLE, ZERO_STAGE_TO_LEVEL
 from orchestrator.errors import ShardctlError
 
-_MACHINE_KEYS = ("compute_environment", "debug", "machine_rank", "main_process_ip", "main_process_port",
-                 "main_training_function", "num_machines", "num_processes", "rdzv_backend", "same_network",
-                 "use_cpu", "gpu_ids", "enable_cpu_affinity")
 _FSDP_NUMERIC = {1: "FULL_SHARD", 2: "SHARD_GRAD_OP", 3: "NO_SHARD", 4: "HYBRID_SHARD", 5: "HYBRID_SHARD_ZERO2"}
 # FSDP keys with a twin (handled) and without one (reported).
 _FSDP_TWINS = {"fsdp_sharding_strategy", "fsdp_reshard_after_forward", "fsdp_offload_params",
                "fsdp_cpu_ram_efficient_loading", "fsdp_version", "fsdp_state_dict_type"}
 _DS_TWINS = {"zero_stage", "offload_optimizer_device", "offload_param_device", "zero3_init_flag",
              "zero3_save_16bit_model", "deepspeed_config_file", "deepspeed_multinode_launcher"}
+
+
+# Why an FSDP key has no DeepSpeed counterpart, key by key (a wrong reason is worse than none).
+_FSDP_ONLY_WHY = {
+    "fsdp_activation_checkpointing": "DeepSpeed has no accelerate switch for it: the training script must enable "
+                                     "it, e.g. model.gradient_checkpointing_enable()",
+    "fsdp_activation_checkpointing_offload": "DeepSpeed has no accelerate switch for it: the training script must "
+                                             "enable activation checkpointing itself",
+    "fsdp_transformer_layer_cls_to_wrap": "DeepSpeed partitions parameters without a wrap policy",
+    "fsdp_auto_wrap_policy": "DeepSpeed partitions parameters without a wrap policy",
+    "fsdp_min_num_params": "DeepSpeed partitions parameters without a wrap policy",
+    "fsdp_backward_prefetch": "DeepSpeed prefetches by bucket size (zero_optimization.stage3_prefetch_bucket_size)",
+    "fsdp_backward_prefetch_policy": "an old spelling accelerate 1.x ignores; DeepSpeed prefetches by bucket size",
+    "fsdp_forward_prefetch": "DeepSpeed prefetches by bucket size (zero_optimization.stage3_prefetch_bucket_size)",
+    "fsdp_use_orig_params": "DeepSpeed needs no such switch, for torch.compile or several parameter groups",
+    "fsdp_sync_module_states": "DeepSpeed broadcasts the initial weights from rank 0 itself",
+}
+# accelerate config keys that belong to one backend; every other top-level key is carried over as it is.
+_BACKEND_KEYS = ("distributed_type", "fsdp_config", "deepspeed_config", "mixed_precision")
+# Keys that only a DeepSpeed JSON has: a file with one of these and no distributed_type is a DeepSpeed config.
+_DS_JSON_KEYS = ("zero_optimization", "train_batch_size", "train_micro_batch_size_per_gpu", "fp16", "bf16",
+                 "optimizer", "gradient_accumulation_steps")
+
+
+def is_deepspeed_json(config: Any) -> bool:
+    """A DeepSpeed JSON given where an accelerate config was expected."""
+    return (isinstance(config, dict) and "distributed_type" not in config
+            and any(key in config for key in _DS_JSON_KEYS))
 
 
 class ConvertError(ShardctlError, ValueError):
@@ -117,23 +144,28 @@ def _fsdp_level(cfg: dict[str, Any]) -> str:
     return FSDP_STRATEGY_TO_LEVEL[name]
 
 
+def _carried(config: dict[str, Any]) -> dict[str, Any]:
+    """Every top-level key that is not one backend's: machine, dynamo, downcast and the rest go across as they are."""
+    return {k: v for k, v in config.items() if k not in _BACKEND_KEYS}
+
+
 def read_fsdp(config: dict[str, Any]) -> tuple[Neutral, list[str]]:
     cfg = _mapping(config.get("fsdp_config"), "fsdp_config")
-    n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
+    n = Neutral(machine=_carried(config))
     n.sharding = _fsdp_level(cfg)
     offload = bool(cfg.get("fsdp_offload_params", False))
     n.offload_optimizer = n.offload_params = "cpu" if offload else "none"
     n.efficient_loading = bool(cfg.get("fsdp_cpu_ram_efficient_loading", False))
     n.full_weights_on_save = cfg.get("fsdp_state_dict_type") == "FULL_STATE_DICT"
     n.mixed_precision = _precision(config.get("mixed_precision"))
-    lost = [f"fsdp_config.{k}: {_shown(cfg[k])} (FSDP only; DeepSpeed partitions without it)"
+    lost = [f"fsdp_config.{k}: {_shown(cfg[k])} ({_FSDP_ONLY_WHY.get(k, 'FSDP only: DeepSpeed has no such setting')})"
             for k in sorted(cfg) if k not in _FSDP_TWINS]
     return n, lost
 
 
 def read_deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None) -> tuple[Neutral, list[str]]:
     inline = _mapping(config.get("deepspeed_config"), "deepspeed_config")
-    n = Neutral(machine={k: config[k] for k in _MACHINE_KEYS if k in config})
+    n = Neutral(machine=_carried(config))
     lost: list[str] = []
     if ds_json is not None:
         ds_json = _mapping(ds_json, "the DeepSpeed config file")
@@ -256,8 +288,15 @@ def to_fsdp(n: Neutral) -> tuple[dict[str, Any], list[str], list[str]]:
 def convert(config: dict[str, Any], to: str, ds_json: dict[str, Any] | None = None) -> Conversion:
     if not isinstance(config, dict):
         raise ConvertError("not an accelerate config: expected a mapping")
+    if is_deepspeed_json(config) and ds_json is None:  # a DeepSpeed JSON on its own
+        config, ds_json = {"distributed_type": "DEEPSPEED", "deepspeed_config": {}}, config
     config = _mapping(config, "the accelerate config")
     kind = config.get("distributed_type")
+    if kind in ("FSDP", "DEEPSPEED") and (kind == "FSDP") == (to == "fsdp"):
+        # Already the target backend: nothing to translate, so nothing may be lost. Written back unchanged.
+        _mapping(config.get("fsdp_config" if kind == "FSDP" else "deepspeed_config"), "fsdp_config"
+                 if kind == "FSDP" else "deepspeed_config")
+        return Conversion(dict(config), ds_json, [], [f"input is already {to}: written back unchanged"])
     if kind == "FSDP":
         neutral, lost = read_fsdp(config)
     elif kind == "DEEPSPEED":
@@ -271,6 +310,4 @@ def convert(config: dict[str, Any], to: str, ds_json: dict[str, Any] | None = No
         out_json = None
     else:
         raise ConvertError(f"--to {_shown(to)}: use fsdp or deepspeed")
-    if (kind == "FSDP") == (to == "fsdp"):
-        notes.insert(0, f"input is already {to}; rewritten through the neutral settings")
     return Conversion(cfg, out_json, lost + more, notes)

@@ -21,6 +21,7 @@ MACHINE_RANK = "MACHINE_RANK"
 MAIN_PROCESS_IP = "MAIN_PROCESS_IP"
 MAIN_PROCESS_PORT = "MAIN_PROCESS_PORT"
 DEFAULT_PORT = 29500
+MODULE_PREFIX = "-m "  # entrypoint.script "-m pkg.mod" runs a module, as python -m does
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,11 @@ def launch_command(job: TrainingJob, config_dir: str, attempt: int, checkpoint_d
         "--main_process_port", Var(MAIN_PROCESS_PORT),
     ]
     values = placeholder_values(job, attempt, checkpoint_dir)
-    argv.append(spec.entrypoint.script)
+    script = spec.entrypoint.script
+    if script.startswith(MODULE_PREFIX):  # a module (a Python function's runner): accelerate launch --module
+        argv += ["--module", script[len(MODULE_PREFIX):].strip()]
+    else:
+        argv.append(script)
     argv.extend(fill_placeholders(a, values) for a in spec.entrypoint.args)
     return LaunchCommand(tuple(argv))
 
@@ -92,7 +97,9 @@ def launch_command(job: TrainingJob, config_dir: str, attempt: int, checkpoint_d
 def script_environment(job: TrainingJob, attempt: int, checkpoint_dir: str) -> dict[str, str]:
     """What the training script can read (documented in README 'What your script sees')."""
     spec = job.spec
-    env = dict(spec.entrypoint.env)
+    # unbuffered: a script's stdout goes to a file, where Python would hold it back in 8 KiB blocks and
+    # progress lines (docs/progress.md) would reach `status` late and out of order with stderr
+    env = {"PYTHONUNBUFFERED": "1", **spec.entrypoint.env}
     env.update({
         "SHARDCTL_JOB_NAME": job.metadata.name,
         "SHARDCTL_ATTEMPT": str(attempt),

@@ -8,9 +8,9 @@ tests/compile/test_rules.py that fails if the rule changes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
-from orchestrator.spec.models import CONTAINER_TARGETS, TrainingJob, TrainingJobSpec
+from orchestrator.spec.models import CONTAINER_TARGETS, ENV_SOURCE_KINDS, TrainingJob, TrainingJobSpec
 
 Level = Literal["error", "warning", "note"]
 
@@ -36,6 +36,12 @@ PRECISION_WARNING = (
     "fp32 with bf16 mixed precision on both for equivalent runs (accelerate's guide 'Moving between FSDP and "
     "DeepSpeed', 'On Data Precision')."
 )
+
+_UNREACHABLE = {"secret": "a Kubernetes Secret exists only in its cluster",
+                "env": "the submitting shell's variables do not reach pods",
+                "file": "this machine's files do not reach pods"}
+_SOURCE_FORMS = {"secret": "`secret: NAME` (e.g. kubectl create secret generic NAME --from-env-file=FILE)",
+                 "env": "`env: NAME` (a variable of the submitting shell)", "file": "`file: PATH` (a private file)"}
 
 
 @dataclass(frozen=True)
@@ -186,13 +192,37 @@ def check(job: TrainingJob) -> list[Finding]:
         warn("spec.fallback.ladder", "halve_micro_batch will be skipped: entrypoint.args has no {micro_batch} "
                                      "placeholder, so the script cannot be told the new micro-batch")
 
+    _check_passthrough(spec, out)
+
     # Targets.
     if spec.target in CONTAINER_TARGETS and not spec.kubernetes.image:
         err("spec.kubernetes.image", f"target {spec.target} runs containers: it needs an image")
+    for i, source in enumerate(spec.entrypoint.env_from):  # secrets by reference: what each target can honour
+        if source.kind not in ENV_SOURCE_KINDS[spec.target]:
+            err(f"spec.entrypoint.env_from.{i}.{source.kind}",
+                f"cannot reach a {spec.target} run ({_UNREACHABLE[source.kind]}); use "
+                + " or ".join(_SOURCE_FORMS[k] for k in sorted(ENV_SOURCE_KINDS[spec.target])))
     ns_a, ns_b = job.metadata.namespace, spec.kubernetes.namespace
     if ns_a and ns_b and ns_a != ns_b:
         err("spec.kubernetes.namespace", f"conflicts with metadata.namespace ({ns_a})")
     return out
+
+
+def _check_passthrough(spec: TrainingJobSpec, out: list[Finding]) -> None:
+    """Backend pass-through keys: known to the backend, and never contradicting what the spec renders."""
+    from orchestrator.compile import configs, passthrough  # configs imports this module
+
+    def report(level: str, field: str, message: str) -> None:
+        out.append(Finding(cast(Level, level), field, message))
+
+    if spec.backend == "fsdp":
+        passthrough.check_fsdp(spec, configs.fsdp_config_base(spec), report)
+        idle, keys = "spec.deepspeed.config", [path for path, _ in passthrough.leaves(spec.deepspeed.config)]
+    else:
+        passthrough.check_deepspeed(spec, configs.deepspeed_json_base(spec), report)
+        idle, keys = "spec.fsdp.config", list(spec.fsdp.config)
+    if keys:
+        report("warning", idle, f"not used with backend {spec.backend}: {', '.join(keys)}")
 
 
 def errors(findings: list[Finding]) -> list[Finding]:

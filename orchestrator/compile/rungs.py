@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchestrator.compile import rules
+from orchestrator.compile import passthrough, rules
 from orchestrator.spec.models import Offload, OffloadDevice, TrainingJob
 from orchestrator.spec.states import FailureKind
 
@@ -43,6 +43,19 @@ def describe(job: TrainingJob) -> str:
     if s.offload.optimizer != "none" or s.offload.params != "none":
         parts.append(f"offload optimizer={s.offload.optimizer} params={s.offload.params}")
     return ", ".join(parts)
+
+
+def _switched(job: TrainingJob, backend: str, changes: dict) -> tuple[TrainingJob, str]:
+    """The job on the other backend. Pass-through keys belong to one backend: they are dropped, each named."""
+    s = job.spec
+    dropped = passthrough.dropped_on_switch(s)
+    changes = {**changes, "backend": backend}
+    if s.backend == "deepspeed":
+        changes["deepspeed"] = s.deepspeed.model_copy(update={"config": {}})
+    else:
+        changes["fsdp"] = s.fsdp.model_copy(update={"config": {}})
+    note = f"dropped {s.backend}-only pass-through keys: {', '.join(dropped)}" if dropped else ""
+    return job.with_spec(**changes), note
 
 
 def _shard_more(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, str] | None:
@@ -83,9 +96,10 @@ def _switch_backend(job: TrainingJob, kind: FailureKind) -> tuple[TrainingJob, s
         return None
     if kind is not FailureKind.CUDA_OOM:
         return None  # the fragmentation argument is about the GPU allocator
-    return (job.with_spec(backend="fsdp"),
-            f"deepspeed -> fsdp at the same level ({rules.SHARDING_TABLE[s.sharding][0]}): FSDP can fit where "
-            "ZeRO fragments GPU memory; optimizer state restarts (only model weights carry over)")
+    switched, dropped = _switched(job, "fsdp", {})
+    reason = (f"deepspeed -> fsdp at the same level ({rules.SHARDING_TABLE[s.sharding][0]}): FSDP can fit where "
+              "ZeRO fragments GPU memory; optimizer state restarts (only model weights carry over)")
+    return switched, "; ".join(filter(None, [reason, dropped]))
 
 
 def _offload(device: OffloadDevice, what: str) -> Rung:
@@ -102,8 +116,11 @@ def _offload(device: OffloadDevice, what: str) -> Rung:
             if not s.offload.nvme_path:
                 return None  # cannot invent a local NVMe path
             if s.backend == "fsdp":
-                changes["backend"] = "deepspeed"
+                switched, dropped = _switched(job, "deepspeed", {})
+                changes.update({k: v for k, v in switched.spec if k in ("backend", "fsdp")})
                 notes.append("fsdp -> deepspeed: only DeepSpeed offloads to NVMe; " + rules.PRECISION_WARNING)
+                if dropped:
+                    notes.append(dropped)
             offload = Offload(optimizer="nvme", params="nvme", nvme_path=s.offload.nvme_path)
             changes["sharding"] = "full"
         else:

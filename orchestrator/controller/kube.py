@@ -1,7 +1,10 @@
 """The few Kubernetes calls the controller makes, on the official client, as plain dicts.
 
 Nothing here knows whether the server is a real cluster or the test suite's fake: the
-controller is handed an ApiClient (in-cluster config, a kubeconfig, or a URL).
+controller is handed an ApiClient (in-cluster config, a kubeconfig, or a URL). Its requests carry the
+user agent `shardctl-controller/VERSION` (audit logs name it; the RBAC test tells its requests from a
+test's own by it). Children are deleted only when they are the TrainingJob's own, and conditionally
+on the uid that was checked, so a namesake created in between is never the one deleted.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from orchestrator import __version__
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+from orchestrator.targets.kubernetes import Deleted, controlled_by
 
 if TYPE_CHECKING:
     from orchestrator.controller.cache import Cache
 
 FIELD_MANAGER = "shardctl-controller"
+USER_AGENT = f"{FIELD_MANAGER}/{__version__}"
 
 
 class KubeApi:
@@ -33,6 +39,9 @@ class KubeApi:
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+
+    def identify(self) -> None:
+        self.client.user_agent = USER_AGENT
 
     def plain(self, obj: Any) -> dict:
         return obj if isinstance(obj, dict) else self.client.sanitize_for_serialization(obj)
@@ -128,17 +137,37 @@ class KubeApi:
         listing = self.core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={job_name}")
         return [self.plain(p) for p in listing.items]
 
-    def retire_attempt(self, ns: str, name: str) -> None:
-        """An ended attempt's Service and ConfigMap. Its Job stays (it runs nothing once ended) so that its
-        pods' logs stay readable (`shardctl logs --attempt N`); deleting the TrainingJob removes it."""
-        calls = ((self.core.delete_namespaced_service, name),
-                 (self.core.delete_namespaced_config_map, f"{name}-config"))
-        for call, obj_name in calls:
-            try:
-                call(obj_name, ns, propagation_policy="Background")
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+    def retire_attempt(self, ns: str, name: str, owner_uid: str) -> list[str]:
+        """An ended attempt's Service and ConfigMap, if they are the owner's. Its Job stays (it runs nothing once
+        ended) so that its pods' logs stay readable (`shardctl logs --attempt N`); deleting the TrainingJob
+        removes it. Returns what was left alone because it is not the owner's ("Service NAME")."""
+        foreign = []
+        for kind, obj_name in (("Service", name), ("ConfigMap", f"{name}-config")):
+            if self.delete_owned(kind, ns, obj_name, owner_uid) is Deleted.NOT_OWNED:
+                foreign.append(f"{kind} {obj_name}")
+        return foreign
+
+    def delete_owned(self, kind: str, ns: str, name: str, owner_uid: str) -> Deleted:
+        """Delete a child (Job, Service, ConfigMap) only if its controller ownerReference names `owner_uid`, and
+        only that very object (a uid precondition: a namesake created since the read answers 409, untouched).
+        A Job's pods go with it (Background propagation)."""
+        existing = self.read(kind, ns, name)
+        if existing is None:
+            return Deleted.ABSENT
+        if not controlled_by(existing, owner_uid):
+            return Deleted.NOT_OWNED
+        delete = {"Job": self.batch.delete_namespaced_job, "Service": self.core.delete_namespaced_service,
+                  "ConfigMap": self.core.delete_namespaced_config_map}[kind]
+        body: Any = {"propagationPolicy": "Background", "preconditions": {"uid": existing["metadata"]["uid"]}}
+        try:
+            delete(name, ns, body=body)
+        except ApiException as exc:
+            if exc.status == 404:
+                return Deleted.ABSENT
+            if exc.status == 409:  # the uid precondition failed: the name is a newer object's now
+                return Deleted.NOT_OWNED
+            raise
+        return Deleted.DELETED
 
     def read(self, kind: str, ns: str, name: str) -> dict | None:
         """One child by kind (a Job from the cache when there is one): who owns a name that already exists."""
@@ -152,14 +181,6 @@ class KubeApi:
             if exc.status == 404:
                 return None
             raise
-
-    def delete_job(self, ns: str, name: str) -> None:
-        """An attempt's Job and its pods (a refused attempt's Job would otherwise retry its pods forever)."""
-        try:
-            self.batch.delete_namespaced_job(name, ns, propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
 
     def event(self, tj: dict, reason: str, message: str, warning: bool = False) -> None:
         """A core/v1 Event on the TrainingJob. firstTimestamp/lastTimestamp/count are what `kubectl get events`

@@ -54,6 +54,7 @@ class LeaderElector:
                  wall_clock: Callable[[], datetime] = _now, on_contact: Callable[[], None] | None = None,
                  release_on_stop: bool = False) -> None:
         self.api, self.namespace, self.identity, self.name = api, namespace, identity, name
+        api.identify()  # its requests say who makes them
         self.lease_s, self.renew_s = lease_s, renew_s
         self.renew_deadline_s = renew_deadline_s if renew_deadline_s is not None else lease_s * 2 / 3
         if self.renew_deadline_s >= lease_s:

@@ -29,6 +29,7 @@ from orchestrator.controller.cache import Cache
 from orchestrator.controller.health import Contact
 from orchestrator.controller.kube import KubeApi
 from orchestrator.controller.metrics import Metrics
+from orchestrator.controller.policy import Policy
 from orchestrator.controller.reconcile import Reconciled, Reconciler
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
 
@@ -95,11 +96,12 @@ class WorkQueue:
 
 class Controller:
     """The watches, the work queue and its workers. `cache=False` reads everything from the API (for the
-    benchmark's before/after); `metrics` and `contact` are shared with the health server."""
+    benchmark's before/after); `metrics` and `contact` are shared with the health server; `policy` is what
+    TrainingJobs may ask of their pods (None: the safe default, controller.policy)."""
 
     def __init__(self, api: KubeApi, *, namespace: str | None = None, workers: int = 4, resync_s: float = 60.0,
                  watch_timeout_s: int = 60, max_backoff_s: float = 60.0, metrics: Metrics | None = None,
-                 contact: Contact | None = None, cache: bool = True) -> None:
+                 contact: Contact | None = None, cache: bool = True, policy: Policy | None = None) -> None:
         self.api = api
         self.namespace = namespace
         self.metrics = metrics if metrics is not None else Metrics()
@@ -108,7 +110,7 @@ class Controller:
         if cache:
             self.cache = api.cache if api.cache is not None else Cache()
             api.cache = self.cache
-        self.reconciler = Reconciler(api, metrics=self.metrics)
+        self.reconciler = Reconciler(api, metrics=self.metrics, policy=policy)
         self.queue = WorkQueue()
         self.metrics.track_queue(lambda: len(self.queue))
         self.workers = workers

@@ -1,5 +1,10 @@
-"""`shardctl controller`: load the cluster config, serve health and metrics, optionally win the leader
-Lease, run the loop; on SIGTERM stop promptly and hand the Lease over.
+"""`shardctl controller`: read the policy, load the cluster config, serve health and metrics, optionally win
+the leader Lease, run the loop; on SIGTERM stop promptly and hand the Lease over.
+
+The policy (`--policy FILE`, the chart's `policy` values mounted from a ConfigMap) is read once, before
+anything else: a policy that cannot be read stops the controller with one line (exit 2), and without one
+only the safe defaults hold (controller.policy). A changed policy takes effect at the next start (the chart
+rolls the Deployment when its values change).
 
 Exit status: 0 after SIGTERM/SIGINT; 1 when the leader could not renew its Lease (Kubernetes restarts
 the container, which then waits for the Lease like any candidate) or a thread it needs died.
@@ -35,15 +40,19 @@ def api_client(server: str | None, kubeconfig: str | None, context: str | None, 
 def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
         leader_election_namespace: str | None, resync_s: float, workers: int, log_level: str,
         watch_timeout_s: int = 60, health_port: int | None = 8081, cache: bool = True,
-        lease_s: int = 15, shutdown_s: float = 1.5) -> int:
+        lease_s: int = 15, shutdown_s: float = 1.5, policy: str | None = None) -> int:
     from orchestrator.controller.health import Contact, Health, HealthServer, probe_api
     from orchestrator.controller.kube import KubeApi
     from orchestrator.controller.leader import LeaderElector
     from orchestrator.controller.loop import Controller
     from orchestrator.controller.metrics import Metrics
+    from orchestrator.controller.policy import Policy, load_policy
 
+    allowed = load_policy(policy) if policy else Policy()  # a PolicyError (exit 2) before anything starts
     logging.basicConfig(level=getattr(logging, log_level.upper()), format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("shardctl.controller")
+    log.info("policy: %s", f"{policy}: {allowed.model_dump_json(by_alias=True, exclude_defaults=True)}" if policy
+             else "none given (--policy): TrainingJobs get the defaults only, and no image registry is allowed")
     client = api_client(server, kubeconfig, context, connections=workers + 6)
     api = KubeApi(client)
     stop = threading.Event()
@@ -70,7 +79,8 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
     code = 0
     if not stop.is_set():
         controller = Controller(api, namespace=namespace, workers=workers, resync_s=resync_s,
-                                watch_timeout_s=watch_timeout_s, metrics=metrics, contact=contact, cache=cache).start()
+                                watch_timeout_s=watch_timeout_s, metrics=metrics, contact=contact, cache=cache,
+                                policy=allowed).start()
         health.watch_threads(controller.dead_threads)
         log.info("controller running (namespace %s)", namespace or "all")
         while not stop.wait(0.2):

@@ -7,7 +7,10 @@ move, applies the move to the status, writes it conditional on the resourceVersi
 action (an attempt ended, the next one decided) are applied together and written once. An attempt
 is `starting` in the status before its children exist and `running` only after; children have
 deterministic names (`NAME-aN`), so a controller that dies after creating them and before
-recording it adopts them (AlreadyExists) instead of creating a second Job.
+recording it adopts them (AlreadyExists) instead of creating a second Job, and only if they are its own
+(their controller ownerReference names its uid). Before any child of an attempt is created, what the spec
+asks of the pods is checked against the platform team's policy (controller.policy): the controller's
+identity creates them, not the author's.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pydantic import ValidationError
 
 from orchestrator.compile import CompileError
 from orchestrator.compile.rungs import describe
-from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.kube import Deleted, KubeApi
+from orchestrator.controller.policy import Denial, Policy, check
 from orchestrator.errors import SubmitError
 from orchestrator.lifecycle.classify import Failure
 from orchestrator.lifecycle.fallback import RETRY_RUNG
@@ -48,6 +52,7 @@ from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
 from orchestrator.targets.base import AttemptRef, SubmitDeferred
 from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
+from orchestrator.targets.k8s_stalls import one_line
 from orchestrator.targets.kubernetes import RECHECK_S, KubernetesTarget
 
 
@@ -85,8 +90,11 @@ def training_job(obj: dict[str, Any]) -> TrainingJob:
 
 
 def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
+    """Without blockOwnerDeletion: setting it needs `update` on trainingjobs/finalizers (OwnerReferences-
+    PermissionEnforcement), a right the controller would hold only for that, and it only makes a foreground
+    deletion of the TrainingJob wait for its children, which garbage collection removes either way."""
     return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+            "uid": obj["metadata"]["uid"], "controller": True}
 
 
 ConditionValue = Literal["True", "False", "Unknown"]
@@ -123,9 +131,11 @@ def _failure(a: AttemptStatus) -> Failure | None:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, metrics: Any = None) -> None:
+    def __init__(self, api: KubeApi, metrics: Any = None, policy: Policy | None = None) -> None:
         self.api = api
+        api.identify()  # its requests say who makes them
         self.metrics = metrics  # controller.metrics.Metrics, when the loop runs one
+        self.policy = policy if policy is not None else Policy()  # none given: nothing beyond the defaults
 
     def reconcile(self, namespace: str, name: str) -> Result:
         """Moves the job as far as it can go now; returns what it did (for the loop, logs and tests)."""
@@ -195,6 +205,9 @@ class Reconciler:
         if isinstance(move, Submit):
             attempt = status.attempts[move.number - 1]
             spec = TrainingJob.model_validate(attempt.spec)
+            denials = check(self.policy, spec)
+            if denials:  # before any child exists, so nothing the author may not ask for is ever created
+                return self._deny(obj, status, job, target, move.number, denials, after)
             ref = self._ref(job, move.number)
             try:
                 target.submit(target.render(spec, ref), ref)
@@ -233,19 +246,31 @@ class Reconciler:
         last = status.attempts[-1] if status.attempts else None
         refused_for_good = last is not None and last.failure is not None and last.failure.kind == FailureKind.REFUSED
         if refused_for_good:  # its Job would retry the refused pods forever: deleted once the refusal is recorded
-            after.append(lambda: self._clean_up_refused(obj, status))
+            after.append(lambda: self._clean_up_refused(obj, status, announce=True))
         self._finish(obj, status, move, after, "Refused" if refused_for_good else None)
         return obj, status, True
 
-    def _clean_up_refused(self, obj: dict, status: TrainingJobStatus) -> None:
-        """The Job of an attempt refused for good (pods refused by admission) is deleted; looked up in the
-        cache first, so a finished job costs nothing once it is gone."""
+    def _deny(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget, number: int,
+              denials: list[Denial], after: list[Callable[[], None]]) -> tuple[dict, TrainingJobStatus, bool]:
+        """The attempt asks for more than the policy allows: a PolicyDenied condition naming each field, the
+        value asked and what is allowed, a Warning Event, and the attempt refused for good (so the job fails)."""
+        message = one_line("; ".join(d.message for d in denials))
+        reason = denials[0].reason if len({d.reason for d in denials}) == 1 else "PolicyDenied"
+        set_condition(status, "PolicyDenied", "True", reason, message, obj["metadata"].get("generation"))
+        after.append(partial(self.api.event, obj, "PolicyDenied", message, warning=True))
+        return self._apply(obj, status, job, target, refused(number, f"PolicyDenied: {message}"), after)
+
+    def _clean_up_refused(self, obj: dict, status: TrainingJobStatus, announce: bool = False) -> None:
+        """The Job of an attempt refused for good (pods refused by admission) is deleted if it is this
+        TrainingJob's; looked up in the cache first, so a finished job costs nothing once it is gone. A Job of
+        that name that is not ours is left alone (said once, by an Event, when the job ends)."""
         last = status.attempts[-1] if status.attempts else None
         if last is None or last.failure is None or last.failure.kind != FailureKind.REFUSED:
             return
         ns = obj["metadata"]["namespace"]
-        if self.api.get_job(ns, last.job_name) is not None:
-            self.api.delete_job(ns, last.job_name)
+        if self.api.delete_owned("Job", ns, last.job_name, obj["metadata"]["uid"]) is Deleted.NOT_OWNED and announce:
+            self.api.event(obj, "NotOwned", f"Job {last.job_name} is not this TrainingJob's: left as it is",
+                           warning=True)
 
     def _waiting(self, obj: dict, status: TrainingJobStatus, move: Wait, after: list[Callable[[], None]]) -> bool:
         """A stalled attempt says so in a condition (and an Event when it starts to); True when that changed."""

@@ -11,6 +11,12 @@ losing or repeating an attempt:
                                | EndAttempt cancelled (cancel came first)
     last attempt RUNNING    -> Wait (stop it if a cancel was asked) | EndAttempt (classified)
     last attempt ended      -> Finish (succeeded, or the fallback policy stops) | Start the next attempt
+
+A cancel never rewrites history. An attempt ends `cancelled` only when the target shows it was stopped
+from outside (the wrapper stopped it on a signal, Slurm says CANCELLED, the run vanished); an attempt
+that ended by itself before the stop reached it (its executor dead, or the two crossing) keeps its
+real outcome: a success stands, a user error fails the job. The job then ends cancelled only if the
+cancel stopped something: the running attempt, or the next attempt the fallback would have started.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Observation:
     stalled: bool = False  # not progressing, for a reason the user should see (detail says which)
     refusal: str | None = None  # ended because the target refused it for good (its own words)
     recheck_s: float | None = None  # look again this soon even if nothing announces a change
+    preemptions: int = 0  # times the target restarted the attempt in place (it resumed; not a new attempt)
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,10 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
         return Wait(stop_attempt=job.cancel_requested, detail=observed.detail, stalled=observed.stalled,
                     recheck_s=observed.recheck_s)
     outcome = observed.outcome or Outcome(exit_code=None)
-    if job.cancel_requested and classify(outcome) is not None:  # it ended because it was stopped; a success stands
-        outcome = replace(outcome, cancelled=True)
     failure = classify(outcome)
+    if job.cancel_requested and failure is not None and stopped_from_outside(outcome):
+        outcome = replace(outcome, cancelled=True)  # it ended because the cancel stopped it
+        failure = classify(outcome)
     if failure is not None and observed.detail and failure.kind is not FailureKind.CANCELLED:
         failure = Failure(failure.kind, f"{failure.reason} ({observed.detail})", failure.evidence)
     return EndAttempt(last.number, end_state(failure), failure, outcome, observed.peak_memory_bytes)
@@ -161,8 +169,15 @@ def _decide(job: JobView) -> Move:
         cancelled = last.failure.kind is FailureKind.CANCELLED
         return Finish(JobState.CANCELLED if cancelled else JobState.FAILED, decision.reason)
     if job.cancel_requested:
-        return Finish(JobState.CANCELLED, "cancelled by the user")
+        return Finish(JobState.CANCELLED, f"cancelled by the user before attempt {last.number + 1} started "
+                                          f"(attempt {last.number}: {last.failure.kind}: {last.failure.reason})")
     return Start(last.number + 1, decision.job, decision.rung, decision.reason)
+
+
+def stopped_from_outside(outcome: Outcome) -> bool:
+    """The target's evidence that the run did not end by itself: cancelled, terminated or vanished, or killed
+    by a signal that no out-of-memory killer sent."""
+    return outcome.cancelled or outcome.preempted or (outcome.signal is not None and not outcome.oom_killed)
 
 
 def refused(number: int, message: str) -> EndAttempt:

@@ -28,7 +28,7 @@ def starting_point(job: TrainingJob, on_gpu: bool) -> tuple[TrainingJob, str | N
     if not _applies(job, on_gpu):
         return job, None, AS_SUBMITTED
     try:
-        result = plan(job)
+        result = plan(job, hub=False)  # the cache only: an executor never waits on the Hub
     except ValueError as exc:
         return job, None, f"{AS_SUBMITTED} (not planned: {exc})"
     if result.chosen is None:

@@ -72,6 +72,7 @@ class Plan:
 
     def as_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": {"parameters": self.shape.params, "method": self.shape.method,
+                                            "source": self.shape.source,
                                             "layers": self.shape.layers, "hidden": self.shape.hidden},
                 "gpu_memory_bytes": self.gpu_memory, "margin": MARGIN, "seq_len": self.seq_len,
                 "target_len": self.target_len, "profile": {"name": CUDA.name, "source": CUDA.source},
@@ -139,12 +140,17 @@ def gpu_memory_of(job: TrainingJob, override: str | None = None) -> int:
     return parse_bytes(text)
 
 
-def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | None = None) -> Plan:
+def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | None = None,
+         hub: bool = True) -> Plan:
+    """`hub`: a config.json neither local nor cached may be fetched from the Hugging Face Hub
+    (`shardctl plan`; executors pass False: they never wait on the network)."""
     spec = job.spec
-    shape = shape or model_shape(spec.model.name_or_path, spec.model.parameters)
+    shape = shape or model_shape(spec.model.name_or_path, spec.model.parameters, hub=hub)
     seq = spec.batch.seq_len or DEFAULT_SEQ_LEN
     target = spec.batch.target_len
     result = Plan(shape, gpu_memory_of(job, gpu_memory), seq, target)
+    if shape.note:
+        result.notes.append(shape.note)
     if not spec.batch.seq_len:
         result.notes.append(f"batch.seq_len is unset: activations estimated at {DEFAULT_SEQ_LEN} tokens")
     if spec.model.parameters and abs(shape.params - spec.model.parameters) > 0.05 * shape.params:

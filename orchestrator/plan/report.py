@@ -103,6 +103,7 @@ def render(result: Plan, console: Console) -> None:
     color = console.color_system is not None
     console.print(Text(f"model: {result.shape.params / 1e9:.3g}B parameters ({result.shape.method}); GPU: "
                        f"{gib(result.gpu_memory)}, keeping {MARGIN:.0%} free; sequence length {result.seq_len}"))
+    console.print(Text(f"shape from: {result.shape.source}"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
     table.add_column("#", justify="right", no_wrap=True)
     table.add_column("config", overflow="fold", ratio=1, min_width=20)

@@ -1,5 +1,7 @@
 """How big is the model, without loading weights: from a Hugging Face config.json (analytic
-counts per family), else from spec.model.parameters (the shape then guessed). Pure and torch-free.
+counts per family), else from spec.model.parameters (the shape then guessed, and the plan says why
+there was no config). Torch-free; config.json is found by plan/model_config.py (a local path, the
+Hugging Face cache, or the Hub where asked) and its numbers are checked before any formula uses them.
 
 Families: Llama-style decoders (llama, mistral, mixtral-free qwen2/qwen3, gemma: grouped-query
 attention, gated MLP, RMSNorm), GPT-2, GPT-NeoX, BERT, T5 and BART-style encoder-decoders
@@ -8,10 +10,11 @@ attention, gated MLP, RMSNorm), GPT-2, GPT-NeoX, BERT, T5 and BART-style encoder
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import math
+from dataclasses import dataclass, replace
 from typing import Any
+
+from orchestrator.plan.model_config import FoundConfig, ModelConfigError, find
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class ModelShape:
     encoder_layers: int = 0  # encoder-decoder models: how many of `layers` read the source sequence
     gated_mlp: bool = False  # SwiGLU/GeGLU: three projections, three ffn-wide tensors kept for backward
     eager_attention: bool = False  # the config asks for eager attention: the s x s scores are kept
+    source: str = "spec.model.parameters"  # where the shape came from: the config.json read, or the spec's count
+    note: str | None = None  # what the plan should say about it (no config.json found, and why)
 
     @property
     def block_params(self) -> int:
@@ -121,11 +126,54 @@ def _bart(cfg: dict[str, Any], family: str) -> ModelShape:
                       f"config.json ({family})", encoder_layers=enc, eager_attention=_eager(cfg))
 
 
+# The numbers a formula reads, each a positive integer at most this (far above any real model; a typo or a
+# hostile file otherwise yields a plan for 10^30 parameters, or a crash deep in a formula).
+DIMENSIONS = {
+    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "d_ff", "encoder_ffn_dim",
+                     "decoder_ffn_dim", "head_dim", "d_kv"), 1 << 20),
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers", "encoder_layers",
+                     "decoder_layers", "num_attention_heads", "n_head", "num_heads", "decoder_attention_heads",
+                     "num_key_value_heads", "type_vocab_size", "relative_attention_num_buckets"), 1 << 16),
+    "vocab_size": 1 << 24,
+    **dict.fromkeys(("n_positions", "max_position_embeddings"), 1 << 26),
+}
+MAX_PARAMS = 10**15
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Refuse what no formula should read: a dimension that is not a positive integer in range."""
+    for key, limit in DIMENSIONS.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            raise ModelConfigError(f"config.json: {key} = {str(value)[:40]} is not a positive integer "
+                                   f"up to {limit}")
+        cfg[key] = value
+
+
 LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "phi3", "internlm2", "yi"}
 BART_LIKE = {"bart", "blenderbot", "blenderbot-small", "marian", "mbart", "pegasus"}
 
 
 def from_config(cfg: dict[str, Any]) -> ModelShape:
+    """The analytic count for a known family; ValueError for an unknown one, ModelConfigError for a
+    config whose numbers cannot be used."""
+    cfg = dict(cfg)
+    check_config(cfg)
+    try:
+        shape = _family(cfg)
+    except (KeyError, TypeError, ZeroDivisionError) as exc:
+        name = exc.args[0] if isinstance(exc, KeyError) else exc
+        raise ModelConfigError(f"config.json ({cfg.get('model_type')}): missing or unusable field {name}") from None
+    if not 0 < shape.params <= MAX_PARAMS:
+        raise ModelConfigError(f"config.json: these dimensions give {shape.params:.3g} parameters, not a real model")
+    return shape
+
+
+def _family(cfg: dict[str, Any]) -> ModelShape:
     kind = str(cfg.get("model_type", "")).lower()
     if kind in LLAMA_LIKE:
         return _decoder(cfg, "llama")
@@ -155,36 +203,39 @@ def from_parameters(params: float, note: str = "spec.model.parameters") -> Model
                       f"{note}; shape guessed (hidden {hidden}, {layers} layers)", gated_mlp=True)
 
 
-def load_config(name_or_path: str) -> dict[str, Any] | None:
-    path = Path(name_or_path)
-    candidate = path / "config.json" if path.is_dir() else path
-    if candidate.name.endswith(".json") and candidate.is_file():
-        return json.loads(candidate.read_text())
-    return None
-
-
-def model_shape(name_or_path: str, parameters: float | None) -> ModelShape:
-    """config.json when the model is a local path (analytic, torch-free; the meta device for other
-    families where the training extra is installed), else the spec's count."""
-    cfg = load_config(name_or_path)
-    if cfg is not None:
-        try:
-            return from_config(cfg)  # the config is the truth; the plan notes a spec count that disagrees
+def model_shape(name_or_path: str, parameters: float | None, hub: bool = False) -> ModelShape:
+    """config.json where one is found (plan/model_config.py: a local path, the Hugging Face cache, the
+    Hub when `hub`), counted analytically, or on the meta device for other families where the training
+    extra is installed; else the spec's count, with a note saying why there was no config."""
+    lookup = find(name_or_path, hub=hub)
+    found = lookup.found
+    if found is not None:
+        try:  # the config is the truth; the plan notes a spec count that disagrees
+            return replace(from_config(found.data), source=found.source)
+        except ModelConfigError:
+            raise
         except ValueError:
-            meta = from_meta(name_or_path)  # a family without a formula: transformers knows it, if installed
+            meta = from_meta(found)  # a family without a formula: transformers knows it, if installed
             if meta is not None:
-                return meta
+                return replace(meta, source=found.source)
+            if not parameters:
+                raise
     if parameters:
-        return from_parameters(parameters)
-    raise ValueError("the planner needs spec.model.parameters or a local config.json at spec.model.name_or_path")
+        why = (f"{found.source}: no formula for model_type {found.data.get('model_type')!r}" if found
+               else f"no config.json for {name_or_path}: {lookup.missing}")
+        return replace(from_parameters(parameters), note=f"{why}; the shape is guessed from spec.model.parameters")
+    raise ModelConfigError(f"spec.model.name_or_path: no config.json for {name_or_path} ({lookup.missing}); "
+                           "put it in the cache (`hf download ID config.json`) or set spec.model.parameters")
 
 
-def from_meta(name_or_path: str) -> ModelShape | None:
+def from_meta(source: FoundConfig | str) -> ModelShape | None:
     """Instantiate the model on torch's meta device (no memory, no weights) and count: exact for any
     architecture transformers knows. Only where the training extra is installed; None otherwise."""
-    cfg = load_config(name_or_path)
-    if cfg is None:
+    found = find(source).found if isinstance(source, str) else source
+    if found is None:
         return None
+    cfg = dict(found.data)
+    check_config(cfg)  # before building anything from it
     try:
         import torch
         import transformers

@@ -28,6 +28,10 @@ KIND = "TrainingJob"
 
 Target = Literal["local", "slurm", "kubernetes"]
 CONTAINER_TARGETS = frozenset({"kubernetes"})  # targets that run the job in a container image
+# Which entrypoint.env_from sources each target can honour: a cluster's Secrets where pods run; the submitting
+# shell's variables and private files where shardctl itself starts the run.
+ENV_SOURCE_KINDS: dict[str, frozenset[str]] = {"local": frozenset({"env", "file"}), "slurm": frozenset({"env", "file"}),
+                                               "kubernetes": frozenset({"secret"})}
 Backend = Literal["fsdp", "deepspeed"]
 # Backend-neutral sharding levels. `optimizer` is ZeRO-1, which has no FSDP twin.
 Sharding = Literal["none", "optimizer", "grad_op", "full", "hybrid"]
@@ -139,6 +143,53 @@ def _check_env_names(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# A variable whose name says it holds a credential. Its value under entrypoint.env would be copied into the
+# stored spec, launch.sh, job.sbatch and the Kubernetes Job, so it must come through entrypoint.env_from.
+# A name ending in _FILE, _PATH or _DIR names where a secret is, not the secret (GOOGLE_APPLICATION_CREDENTIALS
+# is a path too, so CREDENTIALS is not in the list).
+_SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|KEY|APIKEY|PASSWORD|PASSWD|SECRET)$|PASSWORD|SECRET")
+_REFERENCE_NAME = re.compile(r"_(?:FILE|PATH|DIR)$")
+# Secret names are DNS-1123 subdomains (Kubernetes object names).
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def looks_like_secret(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential (HF_TOKEN, WANDB_API_KEY, ...)."""
+    upper = name.upper()
+    return not _REFERENCE_NAME.search(upper) and bool(_SECRET_NAME.search(upper))
+
+
+def _refuse_secret_values(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        if looks_like_secret(name):
+            raise ValueError(
+                f"{name} looks like a secret, and a value here is copied into the stored spec, launch.sh, job.sbatch "
+                f"and the Kubernetes Job: pass it by reference with entrypoint.env_from (`- env: {name}` from the "
+                "submitting shell or `- file: PATH` on local and Slurm; `- secret: NAME` on Kubernetes)")
+    return env
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a valid environment variable name")
+    if value.startswith("SHARDCTL_"):
+        raise ValueError(f"{_shown(value)}: SHARDCTL_* variables are set by shardctl itself")
+    return value
+
+
+def _check_secret_name(value: str) -> str:
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a Kubernetes Secret name (a DNS-1123 subdomain: lower-case "
+                         "letters, digits, '-' and '.', at most 253 characters)")
+    return value
+
+
+def _check_file_path(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 or c in _LINE_BREAKS for c in value):
+        raise ValueError(f"{_shown(value)}: a file path here is one line without control characters")
+    return value
+
+
 def _scalar_to_str(value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
@@ -204,6 +255,7 @@ OffloadField = Annotated[OffloadDevice, BeforeValidator(_false_is("none"))]
 MixedField = Annotated[Mixed, BeforeValidator(_false_is("no"))]
 EnvMap = Annotated[dict[str, Annotated[str, BeforeValidator(_scalar_to_str)]], AfterValidator(_check_env_names)]
 DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
 class _Strict(BaseModel):
@@ -218,6 +270,49 @@ class Metadata(_Strict):
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form labels, copied to every child object.")
 
 
+class EnvSource(_Strict):
+    """One source of secret environment variables, by reference: exactly one of secret, env and file."""
+
+    secret: Annotated[str, AfterValidator(_check_secret_name)] | None = Field(
+        default=None,
+        description="Kubernetes: a Secret in the job's namespace; every key becomes a variable (envFrom secretRef), "
+                    "or only `keys` (secretKeyRef). Refused on local and Slurm.")
+    keys: list[EnvName] | None = Field(
+        default=None, min_length=1,
+        description="With `secret`: only these keys, each as the variable of the same name.")
+    env: EnvName | None = Field(
+        default=None,
+        description="Local and Slurm: this variable of the shell that runs `shardctl submit`, passed to the run "
+                    "through process environments only (on Slurm, sbatch --export). A later attempt started by a "
+                    "shardctl process without it fails with that reason.")
+    file: Annotated[str, AfterValidator(_check_file_path)] | None = Field(
+        default=None, min_length=1,
+        description="Local and Slurm: a file of KEY=VALUE lines (# comments, an optional `export `, one pair of "
+                    "surrounding quotes removed; nothing expanded), read when each attempt starts (on Slurm, on the "
+                    "node). It must be readable by its owner only (mode 0600 or 0400); `~` is your home, a relative "
+                    "path is relative to the directory of `shardctl submit`.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EnvSource:
+        given = [k for k in ("secret", "env", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("an env_from item is exactly one of `secret: NAME`, `env: NAME` or `file: PATH`"
+                             + (f", not {' and '.join(given)}" if given else ""))
+        if self.keys is not None and self.secret is None:
+            raise ValueError("`keys` selects keys of a `secret`; it does not apply to env or file")
+        if self.keys is not None and len(set(self.keys)) != len(self.keys):
+            raise ValueError("`keys` names a key twice")
+        return self
+
+    @property
+    def kind(self) -> Literal["secret", "env", "file"]:
+        return "secret" if self.secret is not None else "env" if self.env is not None else "file"
+
+    def names(self) -> list[str]:
+        """The variables this source is known to set before launch (a whole Secret's or a file's are not)."""
+        return list(self.keys or []) if self.secret is not None else [self.env] if self.env is not None else []
+
+
 class Entrypoint(_Strict):
     script: str = Field(min_length=1, description="The training script that `accelerate launch` runs.")
     args: Annotated[list[Annotated[str, BeforeValidator(_scalar_to_str)]], AfterValidator(_check_placeholders)] = Field(
@@ -225,12 +320,41 @@ class Entrypoint(_Strict):
         description="Script arguments. Placeholders {micro_batch}, {grad_accum}, {checkpoint_dir}, {attempt}, "
                     "{seq_len}, {world_size} are filled per attempt (the fallback may change micro_batch/grad_accum).",
     )
-    env: EnvMap = Field(default_factory=dict,
-                        description="Extra environment for the script (no secrets: use references).")
+    env: Annotated[EnvMap, AfterValidator(_refuse_secret_values)] = Field(
+        default_factory=dict,
+        description="Extra environment for the script, as plain values: they are copied into every record and "
+                    "rendered file, so a name that looks like a secret (*_TOKEN, *_KEY, *PASSWORD*, *SECRET*) is "
+                    "refused: use env_from.")
+    env_from: list[EnvSource] = Field(
+        default_factory=list,
+        description="Secret environment, by reference: the values never enter the spec, a record, a log shardctl "
+                    "writes, launch.sh, job.sbatch or a manifest. Each item is one of `secret` (target kubernetes), "
+                    "`env` or `file` (targets local and slurm). `submit` checks that each variable is set and each "
+                    "file private before anything is recorded.")
+    function: bool = Field(
+        default=False,
+        description="Set by `shardctl.submit(fn, *args, job=...)`, not by hand: the entrypoint is a pickled Python "
+                    "call run by `-m orchestrator.entry.run_pickled` on every rank. On target kubernetes the call "
+                    "is read from the Secret NAME-function-UID (created by the submitting user, owned by this "
+                    "TrainingJob) and rank 0's outcome is printed at the end of its log.")
+
+    @model_validator(mode="after")
+    def _distinct_sources(self) -> Entrypoint:
+        seen: set[str] = set()
+        for source in self.env_from:
+            for name in source.names():
+                if name in self.env:
+                    raise ValueError(f"env_from: {name} is also set in entrypoint.env: give it once")
+                if name in seen:
+                    raise ValueError(f"env_from: {name} is given twice")
+                seen.add(name)
+        return self
 
 
 class Model(_Strict):
-    name_or_path: str = Field(min_length=1, description="Hub id or local path; shardctl never downloads it.")
+    name_or_path: str = Field(min_length=1, description=(
+        "Hub id or local path. shardctl never downloads the weights; `plan` reads only the model's "
+        "config.json (from the local Hugging Face cache, else the Hub when reachable)."))
     parameters: ParamCount | None = Field(default=None,
                                           description="Parameter count, e.g. 6.7e9 or \"7B\" (used by plan).")
     layer_class: str | None = Field(
@@ -278,7 +402,9 @@ class Resources(_Strict):
                                description="GPUs per node: one training process each (nvidia.com/gpu on Kubernetes).")
     gpu_memory: ByteQuantity | None = Field(default=None, description="Memory of one GPU, e.g. 80GiB (used by plan).")
     cpus_per_node: int | None = Field(default=None, ge=1, le=INT32_MAX,
-                                      description="CPUs per node (sbatch --cpus-per-task; a Kubernetes CPU request).")
+                                      description="CPUs per node (sbatch --cpus-per-task; a Kubernetes CPU request). "
+                                                  "Unset on Slurm: the partition's CPUs per GPU x gpus_per_node, "
+                                                  "asked of sinfo at submit.")
     memory_per_node: ByteQuantity | None = Field(
         default=None, description="Host memory per node; enforced as a real limit by every target.",
     )
@@ -306,6 +432,49 @@ class Fallback(_Strict):
     )
 
 
+# Backend pass-through (fsdp.config, deepspeed.config): keys with no neutral twin, carried verbatim into the
+# rendered config. Bounded like the input itself: plain JSON values, shallow, a few hundred entries at most.
+PASSTHROUGH_MAX_DEPTH = 6
+PASSTHROUGH_MAX_ENTRIES = 500
+
+
+def _check_passthrough(value: dict[str, Any]) -> dict[str, Any]:
+    count = 0
+
+    def walk(node: Any, path: str, depth: int) -> None:
+        nonlocal count
+        count += 1
+        if count > PASSTHROUGH_MAX_ENTRIES:
+            raise ValueError(f"more than {PASSTHROUGH_MAX_ENTRIES} entries: a pass-through carries a few keys, "
+                             "not a whole config")
+        if depth > PASSTHROUGH_MAX_DEPTH:
+            raise ValueError(f"{path}: nested deeper than {PASSTHROUGH_MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                if not isinstance(key, str) or not key or len(key) > 100:
+                    raise ValueError(f"{path or 'config'}: key {_shown(str(key))} must be a string of 1-100 characters")
+                walk(sub, f"{path}.{key}" if path else key, depth + 1)
+        elif isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, f"{path}[{i}]", depth + 1)
+        elif isinstance(node, float) and node != node or node in (float("inf"), float("-inf")):
+            raise ValueError(f"{path}: {node} is not a JSON number")
+        elif isinstance(node, str) and len(node) > 4096:
+            raise ValueError(f"{path}: string longer than 4096 characters")
+        elif node is not None and not isinstance(node, (str, int, float, bool)):
+            raise ValueError(f"{path}: {type(node).__name__} is not a JSON value")
+
+    walk(value, "", 0)
+    return value
+
+
+PassThrough = Annotated[
+    dict[str, Any],
+    AfterValidator(_check_passthrough),
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class FsdpOptions(_Strict):
     """FSDP knobs. Unset means shardctl applies accelerate's FSDP guide's recommendation."""
 
@@ -323,6 +492,11 @@ class FsdpOptions(_Strict):
                                   "true with cpu_ram_efficient_loading.")
     state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"] = Field(
         default="SHARDED_STATE_DICT", description="fsdp_state_dict_type: how checkpoints are saved.")
+    config: PassThrough = Field(
+        default_factory=dict,
+        description="accelerate fsdp_config keys with no field here (e.g. fsdp_min_num_params), carried verbatim "
+                    "into the rendered fsdp_config; a key that contradicts the spec is an error, and the whole "
+                    "mapping is dropped, with a warning naming each key, when the job moves to DeepSpeed.")
 
 
 class DeepSpeedOptions(_Strict):
@@ -344,6 +518,12 @@ class DeepSpeedOptions(_Strict):
     stage3_max_live_parameters: int | None = Field(
         default=None, ge=1, le=JSON_INT_MAX,
         description="zero_optimization.stage3_max_live_parameters (ZeRO-3).")
+    config: PassThrough = Field(
+        default_factory=dict,
+        description="DeepSpeed config keys with no field here (e.g. optimizer, scheduler, "
+                    "zero_optimization.sub_group_size), deep-merged verbatim into the rendered DeepSpeed JSON; a key "
+                    "that contradicts the spec is an error, and the whole mapping is dropped, with a warning naming "
+                    "each key, when the job moves to FSDP.")
 
 
 class SlurmOptions(_Strict):
@@ -363,7 +543,8 @@ class SlurmOptions(_Strict):
     )
     supervisor_partition: SlurmName | None = Field(
         default=None,
-        description="Partition of the small CPU job that judges each attempt when it ends (default: partition).",
+        description="Partition of the small CPU job that judges each attempt when it ends (default: the site's "
+                    "default partition).",
     )
     extra: list[Annotated[str, AfterValidator(_check_directive)]] = Field(
         default_factory=list, description="Extra sbatch options passed through verbatim, e.g. --constraint=a100.",
@@ -411,7 +592,15 @@ class KubernetesOptions(_Strict):
     node_selector: dict[str, str] = Field(default_factory=dict, description="The pods' nodeSelector.")
     tolerations: list[Toleration] = Field(default_factory=list, description="The pods' tolerations.")
     priority_class: str | None = Field(default=None, description="The pods' priorityClassName.")
-    service_account: str | None = Field(default=None, description="The pods' serviceAccountName.")
+    service_account: str | None = Field(default=None, description="The pods' serviceAccountName (the namespace's "
+                                                                  "`default` unless the controller's policy allows "
+                                                                  "more).")
+    automount_service_account_token: bool = Field(
+        default=False, description="Mount the service account's API token into the pods (off: training code "
+                                   "rarely needs the Kubernetes API, and a token is a credential).")
+    run_as_user: int | None = Field(
+        default=None, ge=1, le=INT32_MAX,
+        description="The pods' user id, for images whose default user is root (pods always run as non-root).")
     volumes: list[Volume] = Field(
         default_factory=list, description="Volumes for the training container; put checkpoint.dir on a writable PVC "
                                           "so that a new attempt can resume.")
@@ -421,6 +610,13 @@ class TrainingJobSpec(_Strict):
     target: Target = Field(default="local", description="local | slurm | kubernetes: where `shardctl submit` runs "
                                                         "it. The controller runs every TrainingJob on Kubernetes.")
     entrypoint: Entrypoint = Field(description="The training script, its arguments and environment.")
+    workdir: str | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="Local and Slurm: the directory holding the code, relative to the spec file's directory or "
+                    "absolute. At submit its files (as git lists them: .gitignore respected; at most 256 MiB and "
+                    "20,000 files) are copied, read-only, into the job store, and every attempt starts in that "
+                    "copy: the script and relative paths resolve there, and editing the code never changes a "
+                    "submitted job. Unset: attempts start where `shardctl submit` ran, with the code as it is then.")
     model: Model = Field(description="The model: where it is, its size (for plan), its FSDP wrap class.")
     backend: Backend = Field(default="fsdp", description="fsdp | deepspeed: the same request compiles to either.")
     sharding: ShardingField = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -51,6 +51,15 @@ def _rows(model: type[BaseModel], schema: dict[str, Any], prefix: str, out: list
                    f"{desc.replace('|', '&#124;')} |")
         if nested:
             _rows(nested, _DEFS.get(nested.__name__, {}), path, out)
+        elif item := _list_item_model(annotation):  # each item's fields, as `list[].field`
+            _rows(item, _DEFS.get(item.__name__, {}), f"{path}[]", out)
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    if get_origin(annotation) is not list:
+        return None
+    (item,) = get_args(annotation)
+    return item if isinstance(item, type) and issubclass(item, BaseModel) else None
 
 
 _SCHEMA = json_schema()

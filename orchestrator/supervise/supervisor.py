@@ -2,8 +2,19 @@
 
 Every move is written to the store before it is acted on, and every step starts by reading the
 store, so a supervisor killed at any point is replaced by the next one without losing or
-repeating an attempt: a per-job file lock makes sure there is only ever one, and the target's
-`recover` finds an attempt that was submitted but not yet recorded. Works with any target.
+repeating an attempt, and the target's `recover` finds an attempt that was submitted but not yet
+recorded. Works with any target.
+
+Several supervisors may step one job at once, on several hosts: on Slurm the judge runs on a
+compute node while the user's CLI makes the same moves inline on the login node, both writing a
+shared filesystem where no lock holds. That is correct because every move that must happen once
+is a claim in the store that one writer wins (`orchestrator.store`), and a supervisor acts only on
+claims it won: it submits attempt N only after recording it (or, when its recorder died before
+submitting it, after winning a takeover of the submission), and a lost end, start or finish is
+left to the winner. An attempt recorded by another process that may still be submitting it (alive
+on this host; on another host, for SUBMIT_LEASE_S) is left alone until it is. The per-job flock
+(`JobLock`) is only a same-host convenience: one resident supervisor per job for the local target,
+and `is_supervised` tells the CLI whether one runs.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from orchestrator.targets.base import AttemptRef, DryRun, Target
 
 POLL_S = 0.1
 LOCK_NAME = "supervisor.lock"
+SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt and its judge: 2 x 120 s at most)
 
 
 def _log(message: str) -> None:
@@ -58,7 +70,10 @@ def job_to_json(job: TrainingJob) -> dict:
 
 
 class JobLock:
-    """flock on JOB_DIR/supervisor.lock, held for the supervisor's life; never inherited by attempts."""
+    """flock on JOB_DIR/supervisor.lock, held for the supervisor's life; never inherited by attempts.
+
+    Same-host only, by design: nothing depends on it for correctness (see the module docstring). Where
+    the filesystem refuses locks (ENOLCK), acquiring succeeds without one."""
 
     def __init__(self, job_dir: str) -> None:
         self.path = Path(job_dir) / LOCK_NAME
@@ -66,12 +81,15 @@ class JobLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError:  # no locks on this filesystem: the store's claims still keep the job right
+            os.close(fd)
+            return True
         self.fd = fd
         return True
 
@@ -119,7 +137,8 @@ class Supervisor:
         return AttemptRef(job.id, number, run_dir, job.checkpoint_dir, job.workdir, f"{run_dir}/output.log")
 
     def run(self) -> JobState | None:
-        """Until the job ends; returns its final state (None when another supervisor holds the job)."""
+        """Until the job ends; returns its final state (None when another resident supervisor on this host
+        holds the job: one watcher is enough)."""
         job = self.store.get_job(self.job_id)
         lock = JobLock(job.job_dir)
         if not lock.acquire():
@@ -140,7 +159,9 @@ class Supervisor:
 
     def advance(self) -> JobState | None:
         """Every move that needs no waiting, then return: how the Slurm judge and the CLI drive a job
-        whose target starts the next look itself. Returns the job's state (None when another holds it)."""
+        whose target starts the next look itself. Returns the job's state (None when another process on this
+        host is stepping it; one on another host may step it at the same time, which the store's claims
+        make safe)."""
         job = self.store.get_job(self.job_id)
         lock = JobLock(job.job_dir)
         if not lock.acquire():
@@ -154,12 +175,31 @@ class Supervisor:
             lock.release()
 
     def step(self, job: JobRecord) -> bool:
-        """One move of the lifecycle; False when there was nothing to do but wait."""
+        """One move of the lifecycle; False when there was nothing to do but wait (or another supervisor
+        recorded the move first)."""
         attempts = self.store.attempts(job.id)
         last = attempts[-1] if attempts else None
+        if last is not None and last.state is AttemptState.STARTING and self.submitting_elsewhere(job, last):
+            return False
         observed = self.observe(job, last) if last is not None and not last.ended else None
+        if observed is not None and last is not None and observed.preemptions > (last.preemptions or 0):
+            self.note_preemptions(job, last.number, observed.preemptions)
         move = next_move(job_view(job, attempts, self.target.on_gpu), observed)
         return self.apply(job, move)
+
+    def submitting_elsewhere(self, job: JobRecord, attempt: AttemptRecord) -> bool:
+        """Whether the process that holds this attempt's submission may still be submitting it: then
+        looking it up now could find nothing and submit it a second time."""
+        owner = self.store.submitter(job.id, attempt.number)
+        return owner is not None and owner.may_be_acting(SUBMIT_LEASE_S)
+
+    def note_preemptions(self, job: JobRecord, number: int, count: int) -> None:
+        """The target restarted the attempt in place (Slurm requeued it after a preemption, a node failure or
+        `scontrol requeue`): the same attempt, resuming from its checkpoint, so it is history of that attempt,
+        never a failure and a new one. A count only grows: a stale view never lowers it."""
+        if self.store.update_attempt(job.id, number, preemptions=count):
+            _log(f"job {job.id}: attempt {number} was preempted and requeued by {self.target.name} "
+                 f"({count}x so far); it resumes from its checkpoint")
 
     def observe(self, job: JobRecord, attempt: AttemptRecord) -> Observation:
         ref = self.ref(job, attempt.number)
@@ -181,40 +221,45 @@ class Supervisor:
                 self.cancel_sent = True
             return False
         if isinstance(move, Start):
-            self.start(job, move)
-        elif isinstance(move, Submit):
+            return self.start(job, move)
+        if isinstance(move, Submit):
+            if not self.store.claim_submit(job.id, move.number):
+                return False  # another supervisor took the submission over first
             attempt = self.store.attempts(job.id)[move.number - 1]
             ref = self.ref(job, move.number)
             self.launch(job, move.number, self.target.render(job_from_json(attempt.spec), ref), ref)
-        elif isinstance(move, Adopt):
-            self.store.update_attempt(job.id, move.number, state=AttemptState.RUNNING,
-                                      external_id=move.external_id, started_at=time.time())
-        elif isinstance(move, EndAttempt):
-            self.end(job, move)
-        elif isinstance(move, Finish):
-            _log(f"job {job.id}: {move.state}: {move.reason}")
-            self.store.finish_job(job.id, move.state, move.reason)
+            return True
+        if isinstance(move, Adopt):
+            return self.store.update_attempt(job.id, move.number, state=AttemptState.RUNNING,
+                                             external_id=move.external_id, started_at=time.time())
+        if isinstance(move, EndAttempt):
+            return self.end(job, move)
+        assert isinstance(move, Finish)
+        if not self.store.finish_job(job.id, move.state, move.reason):
+            return False  # it had ended already: its first ending stands
+        _log(f"job {job.id}: {move.state}: {move.reason}")
         return True
 
-    def start(self, job: JobRecord, move: Start) -> None:
+    def start(self, job: JobRecord, move: Start) -> bool:
+        """Record attempt N, and submit it only if this supervisor recorded it (False: another did)."""
         from orchestrator.compile import CompileError
 
         ref = self.ref(job, move.number)
-        if move.number > 1:
-            _log(f"job {job.id}: {move.reason}")
         try:
             dry = self.target.render(move.job, ref)
         except CompileError as exc:
-            self.apply(job, cannot_render(move.number, exc))
-            return
+            return self.apply(job, cannot_render(move.number, exc))
         try:
             self.store.add_attempt(job.id, move.number, spec=job_to_json(move.job), rung=move.rung,
                                    reason=move.reason, run_dir=ref.run_dir, log_path=ref.log_path,
                                    artifacts=dry.files, warnings=list(dry.warnings),
                                    resume_from=checkpoint_summary(job.checkpoint_dir))
         except StoreError:
-            return  # someone recorded it first: the next step reads it
+            return False  # someone recorded it first: the next step reads it
+        if move.number > 1:
+            _log(f"job {job.id}: {move.reason}")
         self.launch(job, move.number, dry, ref)
+        return True
 
     def launch(self, job: JobRecord, number: int, dry: DryRun, ref: AttemptRef) -> None:
         try:
@@ -234,14 +279,17 @@ class Supervisor:
             self.target.cancel(external_id, ref)
             self.cancel_sent = True
 
-    def end(self, job: JobRecord, move: EndAttempt) -> None:
+    def end(self, job: JobRecord, move: EndAttempt) -> bool:
+        """Record the attempt's end; False when another supervisor recorded it first (its end stands)."""
         f, outcome = move.failure, move.outcome
+        if not self.store.update_attempt(
+                job.id, move.number, state=move.state, ended_at=time.time(),
+                exit_code=outcome.exit_code if outcome else None, signal=outcome.signal if outcome else None,
+                failure_kind=f.kind if f else None, failure_reason=f.reason if f else None,
+                failure_evidence=(f.evidence or None) if f else None, peak_memory_bytes=move.peak_memory_bytes):
+            return False
         _log(f"job {job.id}: attempt {move.number} {move.state}" + (f": {f.kind}: {f.reason}" if f else ""))
-        self.store.update_attempt(
-            job.id, move.number, state=move.state, ended_at=time.time(),
-            exit_code=outcome.exit_code if outcome else None, signal=outcome.signal if outcome else None,
-            failure_kind=f.kind if f else None, failure_reason=f.reason if f else None,
-            failure_evidence=(f.evidence or None) if f else None, peak_memory_bytes=move.peak_memory_bytes)
+        return True
 
 
 def job_view(job: JobRecord, attempts: list[AttemptRecord], on_gpu: bool) -> JobView:

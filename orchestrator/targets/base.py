@@ -15,7 +15,7 @@ and reads the record the controller keeps there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -138,8 +138,9 @@ class JobSnapshot:
 class ControlledTarget(Protocol):
     """A target whose jobs an in-cluster controller drives: the CLI hands them over and reads them back."""
 
-    def hand_over(self, job: TrainingJob) -> dict[str, Any]:
-        """Create the job in the cluster; returns what to record to find it again. Raises TargetError."""
+    def hand_over(self, job: TrainingJob, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+        """Create the job in the cluster (with `files`: a pickled call, carried with it); returns what to record to
+        find it again. Raises TargetError."""
 
     def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
         """The controller's record of the job, or None when it is gone from the cluster."""

@@ -6,7 +6,9 @@ DNS name (`<job>-0.<service>`, the Service being headless with publishNotReadyAd
 resolves before it is Ready) is the rendezvous. accelerate ignores torchrun's PET_* variables,
 so every launch value is passed as a flag. `backoffLimit: 0`: retries are the controller's, with
 a classified failure and the fallback policy. Names are deterministic per attempt (`NAME-aN`),
-so a restarted controller finds what it created instead of creating it twice.
+so a restarted controller finds what it created instead of creating it twice. A Python function
+(`spec.entrypoint.function`) is read from its Secret, `NAME-function-UID` (this TrainingJob's uid:
+never another Secret), mounted read-only; rank 0 prints its outcome into the log.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 from orchestrator.compile import CompiledJob, compile_job, dump_yaml
 from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME, DS_CONFIG_NAME
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
+from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, FUNCTION_SECRET_KEY, RESULT_TO_ENV, function_secret
 from orchestrator.errors import ShardctlError
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets.base import DryRun
 
 CONFIG_DIR = "/etc/shardctl"
+FUNCTION_DIR = "/etc/shardctl-function"
 DEFAULT_CHECKPOINT_DIR = "/checkpoints"
 PORT = 29500
 MANIFESTS = "manifests.yaml"
@@ -83,7 +87,7 @@ def _launch_line(compiled: CompiledJob) -> str:
     return "exec " + " ".join(words)
 
 
-def _volumes(job: TrainingJob, config_map: str) -> tuple[list[dict], list[dict], list[str]]:
+def _volumes(job: TrainingJob, config_map: str, request: KubeRequest) -> tuple[list[dict], list[dict], list[str]]:
     k8s = job.spec.kubernetes
     volumes: list[dict] = [
         {"name": "shardctl-config", "configMap": {"name": config_map}},
@@ -92,6 +96,11 @@ def _volumes(job: TrainingJob, config_map: str) -> tuple[list[dict], list[dict],
     ]
     mounts: list[dict] = [{"name": "shardctl-config", "mountPath": CONFIG_DIR, "readOnly": True},
                           {"name": "dshm", "mountPath": "/dev/shm"}]
+    if job.spec.entrypoint.function:  # the pickled call: only this TrainingJob's own Secret, by its uid
+        secret = function_secret(job.metadata.name, (request.owner or {}).get("uid"))
+        volumes.append({"name": "shardctl-function", "secret": {
+            "secretName": secret, "items": [{"key": FUNCTION_SECRET_KEY, "path": FUNCTION_FILE}]}})
+        mounts.append({"name": "shardctl-function", "mountPath": FUNCTION_DIR, "readOnly": True})
     for v in k8s.volumes:
         if v.claim_name:
             source: dict = {"persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
@@ -110,6 +119,13 @@ def _volumes(job: TrainingJob, config_map: str) -> tuple[list[dict], list[dict],
         warnings.append(f"the checkpoint directory {ckpt} is not on a writable PersistentVolumeClaim "
                         "(spec.kubernetes.volumes): a new attempt cannot resume from it")
     return volumes, mounts, warnings
+
+
+def _pod_security(job: TrainingJob) -> dict:
+    """Pod Security's `restricted` profile at the pod level: never root, the runtime's default seccomp filter."""
+    run_as = job.spec.kubernetes.run_as_user
+    return {"runAsNonRoot": True, **({"runAsUser": run_as} if run_as else {}),
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _resources(job: TrainingJob) -> dict:
@@ -149,25 +165,36 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
                  "selector": {f"{GROUP_LABEL}/job": job.metadata.name, f"{GROUP_LABEL}/attempt": str(request.attempt)},
                  "ports": [{"name": "rendezvous", "port": PORT, "targetPort": PORT}]},
     }
-    volumes, mounts, warnings = _volumes(job, f"{name}-config")
-    env = [{"name": k, "value": v} for k, v in sorted(compiled.env.items())]
+    volumes, mounts, warnings = _volumes(job, f"{name}-config", request)
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(compiled.env.items())]
     env += [{"name": "MAIN_PROCESS_IP", "value": f"{name}-0.{name}"},  # pod 0 through the headless Service
             {"name": "MAIN_PROCESS_PORT", "value": str(PORT)},
             {"name": "SHARDCTL_RUN_DIR", "value": CONFIG_DIR}]
+    if spec.entrypoint.function:  # where the runner finds the call, and that its outcome goes to the log
+        env += [{"name": FUNCTION_FILE_ENV, "value": f"{FUNCTION_DIR}/{FUNCTION_FILE}"},
+                {"name": RESULT_TO_ENV, "value": "log"}]
+    # entrypoint.env_from: Secrets by reference only (a whole Secret, or chosen keys); no value is rendered
+    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": key}}}
+            for s in spec.entrypoint.env_from if s.secret is not None for key in s.keys or []]
+    env_from = [{"secretRef": {"name": s.secret}} for s in spec.entrypoint.env_from if s.secret and not s.keys]
     container = {
         "name": "trainer",
         "image": k8s.image,
         "command": ["bash", "-c", _launch_line(compiled)],
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "resources": _resources(job),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": PORT}],
         # the last lines of the log reach the pod status when the container fails without a message:
         # that is where a CUDA OOM's text is read from
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Pod Security's `restricted` profile for the container: no privilege escalation, no capability at all
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod_spec: dict[str, Any] = {"subdomain": name, "restartPolicy": "Never", "containers": [container],
-                                "volumes": volumes}
+                                "volumes": volumes, "securityContext": _pod_security(job),
+                                "automountServiceAccountToken": k8s.automount_service_account_token}
     if k8s.node_selector:
         pod_spec["nodeSelector"] = dict(k8s.node_selector)
     if k8s.tolerations:

@@ -11,9 +11,10 @@ condition and Event) and fails the job when it is permanent.
 Permanent means that retrying the same objects cannot succeed until a person changes the spec or
 the cluster's policy: a 400/403/422 refusal of a child (an invalid object, a forbidden one), a pod
 refused by Pod Security or a LimitRange or a quota that demands limits the template lacks, an
-image name that cannot be parsed. Everything that other workloads or time can clear is not: an
-exceeded quota (others finish), no node with room (autoscaling, others finish), an image pull
-(registry hiccup, image pushed later), a missing Secret (created later), a queue.
+image name that cannot be parsed, an image whose user is root (the pods always run as non-root).
+Everything that other workloads or time can clear is not: an exceeded quota (others finish), no
+node with room (autoscaling, others finish), an image pull (registry hiccup, image pushed later), a
+missing Secret (created later), a queue.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ _WAITING = {
     "CreateContainerConfigError": ("ContainerConfigError", False),
     "CreateContainerError": ("ContainerConfigError", False),
 }
+# The kubelet refusing to start a root image in a pod that must run as non-root (shardctl's always do): the same
+# image never starts, whatever the wait; the spec's run_as_user is the fix.
+_ROOT_IMAGE = re.compile(r"runAsNonRoot and image (will run as root|has non-numeric user)")
+ROOT_IMAGE_HINT = ("the image's default user is root, and the pods run as non-root: set spec.kubernetes.run_as_user "
+                   "to a user id the image can run as")
 # Most important first, after permanence: the earliest step of an attempt's start that is blocked.
 _ORDER = ("ChildRefused", "Suspended", "PodsRefused", "PodsNotCreated", "SchedulingGated", "Unschedulable",
           "NotScheduled", "ImagePullFailed", "ContainerConfigError")
@@ -225,7 +231,9 @@ def _pod_stalls(pods: list[dict], now: datetime) -> list[Stall]:
             kind = _WAITING.get(waiting.get("reason") or "")
             if kind:
                 text = f"pod {name}: container {c.get('name')}: {waiting['reason']}: {waiting.get('message') or ''}"
-                found.setdefault(kind[0], []).append((text.rstrip(": "), kind[1]))
+                root = _ROOT_IMAGE.search(waiting.get("message") or "") is not None
+                text = f"{text.rstrip(': ')} ({ROOT_IMAGE_HINT})" if root else text.rstrip(": ")
+                found.setdefault(kind[0], []).append((text, kind[1] or root))
                 break
     out = []
     for reason, hits in found.items():

@@ -3,14 +3,17 @@
 Two sides of one adapter. The CLI side (the user's own kubeconfig, never the controller's
 credentials) hands a TrainingJob over to the cluster, reads back the record the controller keeps in
 its status, reads pod logs and deletes the job. The controller side (handed the controller's API
-and the TrainingJob that owns the attempt) creates an attempt's children and observes how they run.
+and the TrainingJob that owns the attempt) creates an attempt's children and observes how they run; it
+adopts, reads as its own or deletes a child only when the child's controller ownerReference names that
+TrainingJob's uid (anyone who may create ConfigMaps, Services or Jobs could take an attempt's name first).
 Every failure to reach or use the cluster becomes one TargetError line that says how to fix it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from orchestrator.errors import SubmitError, TargetError
@@ -36,6 +39,14 @@ CONTROLLER_UID = "batch.kubernetes.io/controller-uid"  # the label a Job puts on
 EVENTS_AFTER_S = 2.0  # a Job younger than this has no pods yet for no reason worth asking about
 
 
+class Deleted(StrEnum):
+    """What deleting a child by name did."""
+
+    DELETED = "deleted"
+    ABSENT = "absent"
+    NOT_OWNED = "not_owned"  # the name is another object's: left alone
+
+
 class ClusterApi(Protocol):
     """What the controller side needs of the controller's API client (orchestrator.controller.kube.KubeApi)."""
 
@@ -43,9 +54,17 @@ class ClusterApi(Protocol):
     def get_job(self, ns: str, name: str) -> dict | None: ...
     def job_pods(self, ns: str, job_name: str) -> list[dict]: ...
     def job_events(self, ns: str, job_name: str) -> list[dict]: ...
-    def delete_job(self, ns: str, name: str) -> None: ...
+    def delete_owned(self, kind: str, ns: str, name: str, owner_uid: str) -> Deleted: ...
     def read(self, kind: str, ns: str, name: str) -> dict | None: ...
-    def retire_attempt(self, ns: str, name: str) -> None: ...
+    def retire_attempt(self, ns: str, name: str, owner_uid: str) -> list[str]: ...
+    def event(self, tj: dict, reason: str, message: str, warning: bool = False) -> None: ...
+
+
+def controlled_by(obj: dict, uid: str | None) -> bool:
+    """True when `obj`'s controller ownerReference names `uid` (what the API sets only for its creator's
+    owner, unlike a name, which anyone may take first)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("controller") and r.get("uid") == uid for r in refs)
 
 
 def resource(job: TrainingJob, namespace: str) -> dict[str, Any]:
@@ -250,7 +269,7 @@ class KubernetesTarget:
         assert self.api is not None and self.namespace, "submit runs in the controller, with its API"
         job = dryrun.compiled.job
         if ref.number > 1:  # the previous attempt's Service and ConfigMap (its Job stays, for its logs)
-            self.api.retire_attempt(self.namespace, f"{job.metadata.name}-a{ref.number - 1}")
+            self._retire(f"{job.metadata.name}-a{ref.number - 1}")
         objects, _ = manifests(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
         for obj in objects:
             try:
@@ -261,7 +280,7 @@ class KubernetesTarget:
                 if stall is None:
                     raise  # transient (or AlreadyExists, which create adopts): the executor retries
                 if stall.permanent:  # invalid, or forbidden by admission: resubmitting cannot help
-                    self.api.retire_attempt(self.namespace, f"{job.metadata.name}-a{ref.number}")
+                    self._retire(f"{job.metadata.name}-a{ref.number}")
                     raise SubmitError(f"{stall.reason}: {stall.message}") from None
                 raise SubmitDeferred(f"{stall.reason}: {stall.message}") from None
         return next(o["metadata"]["name"] for o in objects if o["kind"] == "Job")
@@ -270,8 +289,21 @@ class KubernetesTarget:
         """True when `existing` is controlled by this attempt's TrainingJob (same uid), or is gone."""
         if existing is None or not self.owner:
             return True
-        refs = (existing.get("metadata") or {}).get("ownerReferences") or []
-        return any(r.get("controller") and r.get("uid") == self.owner.get("uid") for r in refs)
+        return controlled_by(existing, self.owner.get("uid"))
+
+    def _retire(self, name: str) -> None:
+        """An attempt's Service and ConfigMap, if they are this TrainingJob's; a namesake is left alone, said once."""
+        assert self.api is not None and self.namespace and self.owner
+        foreign = self.api.retire_attempt(self.namespace, name, self.owner["uid"])
+        if foreign:
+            self._not_owned(foreign)
+
+    def _not_owned(self, what: list[str]) -> None:
+        assert self.api is not None and self.owner
+        tj = {"apiVersion": self.owner["apiVersion"], "kind": self.owner["kind"],
+              "metadata": {"name": self.owner["name"], "namespace": self.namespace, "uid": self.owner["uid"]}}
+        self.api.event(tj, "NotOwned", f"{', '.join(what)}: not this TrainingJob's (no ownerReference to it), "
+                                       "left as it is", warning=True)
 
     def _check_owned(self, obj: dict) -> None:
         """Adopt only what this TrainingJob owns: a Job left by an earlier TrainingJob of the same name (its
@@ -279,8 +311,9 @@ class KubernetesTarget:
         assert self.api is not None and self.namespace
         name = obj["metadata"]["name"]
         if not self._owned(self.api.read(obj["kind"], self.namespace, name)):
-            raise SubmitDeferred(f"NameTaken: {obj['kind']} {name} belongs to another object (an earlier "
-                                 "TrainingJob of this name, still being deleted?); waiting until it is gone")
+            raise SubmitDeferred(f"NameTaken: {obj['kind']} {name} is not this TrainingJob's (its ownerReferences "
+                                 "do not name it: someone else's object, or an earlier TrainingJob of this name still "
+                                 "being deleted); it is neither used nor changed: waiting until it is gone")
 
     def recover(self, ref: AttemptRef) -> str | None:
         return None  # submit is idempotent (deterministic names): submitting again adopts what exists
@@ -324,8 +357,9 @@ class KubernetesTarget:
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """Controller side: delete the attempt's Job (its pods go with it). Cancelling a whole job deletes
         the TrainingJob instead (withdraw), and garbage collection removes its Jobs and pods."""
-        if self.api is not None and self.namespace:
-            self.api.delete_job(self.namespace, external_id)
+        if self.api is not None and self.namespace and self.owner:
+            if self.api.delete_owned("Job", self.namespace, external_id, self.owner["uid"]) is Deleted.NOT_OWNED:
+                self._not_owned([f"Job {external_id}"])
 
     def log_source(self, ref: AttemptRef, external_id: str | None) -> PodLogs:
         from kubernetes import client
@@ -333,14 +367,57 @@ class KubernetesTarget:
         return PodLogs(client.CoreV1Api(self.client()), self.namespace or "default", external_id or "")
 
     # -- ControlledTarget ------------------------------------------------------------------------
-    def hand_over(self, job: TrainingJob) -> dict[str, Any]:
+    def hand_over(self, job: TrainingJob, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+        """Create the TrainingJob; with `files` (a pickled call) also its function Secret, owned by it. A Secret
+        that cannot be created takes the TrainingJob with it: nothing half-submitted stays."""
+        from orchestrator.entry import FUNCTION_FILE
+
+        if files and (set(files) != {FUNCTION_FILE} or not job.spec.entrypoint.function):
+            raise SubmitError(f"{self.name}: only a Python function's call ({FUNCTION_FILE}, with "
+                              f"spec.entrypoint.function) travels to the cluster, not {', '.join(files)}")
         ns = self.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or self.default_namespace()
         self.namespace = ns
         created = self.call(f"create TrainingJob {job.metadata.name} in namespace {ns}",
                             lambda: self._custom().create_namespaced_custom_object(
                                 GROUP, VERSION, ns, PLURAL, resource(job, ns), _request_timeout=TIMEOUT_S))
         self.uid = (created or {}).get("metadata", {}).get("uid")
+        if files:
+            self._function_secret(job, files[FUNCTION_FILE])
         return self.options()
+
+    def _function_secret(self, job: TrainingJob, data: bytes) -> None:
+        from kubernetes import client
+
+        from orchestrator.targets.k8s_function import secret_body
+
+        ns, name = self.namespace or "default", job.metadata.name
+        try:
+            if not self.uid:
+                raise SubmitError(f"the cluster created TrainingJob {name} without a uid: its function's Secret "
+                                  "cannot be owned by it")
+            body: Any = secret_body(name, ns, self.uid, data, dict(job.metadata.labels))  # the client sends a dict
+            self.call(f"create the function's Secret {body['metadata']['name']} in namespace {ns} (submitting a "
+                      "Python function needs create on secrets there)",
+                      lambda: client.CoreV1Api(self.client()).create_namespaced_secret(
+                          ns, body, _request_timeout=TIMEOUT_S))
+        except BaseException as exc:
+            try:
+                self.withdraw(self.options(), name)  # the TrainingJob, by uid; garbage collection takes the rest
+            except TargetError as undo:
+                raise TargetError(f"{' '.join(str(exc).split())}; and TrainingJob {name} could not be deleted again "
+                                  f"({undo}): delete it (kubectl delete trainingjob {name} -n {ns})") from None
+            raise
+
+    def read_outcome(self, options: dict[str, Any], external_id: str | None) -> tuple[str, Any] | None:
+        """A function's outcome from the marked lines of the attempt `external_id`'s rank-0 pod log (unpickled:
+        as trusted as the function itself); None when it printed none."""
+        from orchestrator.targets.k8s_function import outcome_from_log, rank0_log
+
+        if not external_id:
+            return None
+        ns = options.get("namespace") or "default"
+        log = rank0_log(self.client(), ns, external_id, options.get("uid"), CONTAINER)
+        return outcome_from_log(log, f"the rank-0 pod of Job {external_id} ({ns})")
 
     def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
         ns = options.get("namespace") or "default"

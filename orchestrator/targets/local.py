@@ -21,9 +21,12 @@ from pathlib import Path
 
 from orchestrator.compile import CompiledJob, CompileError, Finding
 from orchestrator.compile.launch import DEFAULT_PORT, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT
+from orchestrator.errors import SubmitError
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
+from orchestrator.secretenv import check as check_secret_source
+from orchestrator.secretenv import references, resolve_path
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets import local_wrapper
@@ -151,6 +154,9 @@ class LocalTarget:
             "memory_limit_bytes": limit,
             "memory_mode": self.memory_mode,
             "cgroup_name": f"shardctl-{ref.job_id}-{ref.number}",
+            # secrets by reference: the wrapper adds their values to the run's environment at launch
+            "env_from": [{kind: resolve_path(value, ref.workdir) if kind == "file" else value}
+                         for source in references(job.spec.entrypoint.env_from) for kind, value in source.items()],
         }
         warnings = list(dry.warnings)
         if limit is None:
@@ -159,18 +165,32 @@ class LocalTarget:
         return DryRun(self.name, dry.compiled, files, dry.command, tuple(warnings))
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
+        """Start the wrapper. Each launch has a nonce, in the request and in every record the wrapper writes,
+        so that a record of an earlier launch of this attempt (a resubmission after a crash) is never read."""
         run_dir = Path(ref.run_dir)
-        write_files(run_dir, dryrun.files)
+        request = json.loads(dryrun.files[local_wrapper.ATTEMPT_FILE])
+        for source in request.get("env_from", []):  # a supervisor restarted from a shell without the variable
+            if (why := check_secret_source(source, os.environ, ref.workdir)) is not None:
+                raise SubmitError(f"entrypoint.env_from: {why}; attempt {ref.number} was not started")
+        nonce = os.urandom(8).hex()
+        request["launch"] = nonce
+        files = {**dryrun.files, local_wrapper.ATTEMPT_FILE: json.dumps(request, indent=1) + "\n"}
+        for stale in (local_wrapper.WRAPPER_FILE, local_wrapper.EXIT_FILE):
+            try:
+                (run_dir / stale).unlink()
+            except FileNotFoundError:
+                pass
+        write_files(run_dir, files, executable=(LAUNCH_SCRIPT,))  # 0700, the rest 0600, whatever the umask
         proc = spawn_detached("orchestrator.targets.local_wrapper", [str(run_dir)], cwd=ref.workdir,
                               log_path=run_dir / "wrapper.log")
         self._children[proc.pid] = proc
-        external_id = f"{proc.pid}:{local_wrapper.start_ticks(proc.pid)}"
+        external_id = f"{proc.pid}:{local_wrapper.start_ticks(proc.pid)}:{nonce}"
         # "running" must mean launched: wait until the wrapper has joined its memory limit and started the
         # command (or already ended), so callers never see a running attempt without its wrapper.json
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline and proc.poll() is None:
-            info = read_json(run_dir / local_wrapper.WRAPPER_FILE)
-            if (info and "launched_at" in info) or (run_dir / local_wrapper.EXIT_FILE).exists():
+            info = _own(read_json(run_dir / local_wrapper.WRAPPER_FILE), nonce)
+            if (info and "launched_at" in info) or _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce):
                 break
             time.sleep(0.02)
         return external_id
@@ -179,24 +199,25 @@ class LocalTarget:
         run_dir = Path(ref.run_dir)
         if not (run_dir / local_wrapper.ATTEMPT_FILE).exists():
             return None  # never got as far as writing the request
+        nonce = (read_json(run_dir / local_wrapper.ATTEMPT_FILE) or {}).get("launch")
         deadline = time.monotonic() + 5.0  # a wrapper that was just started writes wrapper.json at once
         while time.monotonic() < deadline:
-            info = read_json(run_dir / local_wrapper.WRAPPER_FILE)
+            info = _own(read_json(run_dir / local_wrapper.WRAPPER_FILE), nonce)
             if info:
-                return f"{info['pid']}:{info['start_ticks']}"
+                return f"{info['pid']}:{info['start_ticks']}" + (f":{nonce}" if nonce else "")
             time.sleep(0.1)
         return None
 
     def describe(self, external_id: str, ref: AttemptRef) -> Observation:
-        pid, ticks = _parse_id(external_id)
+        pid, ticks, nonce = _parse_id(external_id)
         if pid in self._children:
             if self._children[pid].poll() is not None:  # reap our own child
                 del self._children[pid]
         run_dir = Path(ref.run_dir)
-        result = read_json(run_dir / local_wrapper.EXIT_FILE)
+        result = _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce)
         if result is None and local_wrapper.is_alive(pid, ticks):
             return Observation(Seen.RUNNING)
-        result = result or read_json(run_dir / local_wrapper.EXIT_FILE)  # it may just have ended
+        result = result or _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce)  # it may just have ended
         tail = read_tail(ref.log_path, TAIL_BYTES)
         if result is None:
             return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, log_tail=tail, preempted=True),
@@ -210,7 +231,7 @@ class LocalTarget:
         )
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
-        pid, ticks = _parse_id(external_id)
+        pid, ticks, _ = _parse_id(external_id)
         if local_wrapper.is_alive(pid, ticks):
             try:
                 os.kill(pid, signal.SIGTERM)  # the wrapper stops the whole tree, then writes exit.json
@@ -218,9 +239,18 @@ class LocalTarget:
                 pass
 
 
-def _parse_id(external_id: str) -> tuple[int, int | None]:
-    pid, _, ticks = external_id.partition(":")
-    return int(pid), (int(ticks) if ticks and ticks != "None" else None)
+def _parse_id(external_id: str) -> tuple[int, int | None, str | None]:
+    """`PID:START_TICKS:LAUNCH` (ids recorded before launches had a nonce have no third part)."""
+    pid, _, rest = external_id.partition(":")
+    ticks, _, nonce = rest.partition(":")
+    return int(pid), (int(ticks) if ticks and ticks != "None" else None), (nonce or None)
+
+
+def _own(record: dict | None, nonce: str | None) -> dict | None:
+    """A wrapper's record, if it is this launch's (any record when the launch has no nonce)."""
+    if record is None or (nonce is not None and record.get("launch") != nonce):
+        return None
+    return record
 
 
 __all__ = ["LAUNCH_SCRIPT", "LocalTarget", "free_port", "has_gpu", "launch_script", "render"]

@@ -6,8 +6,12 @@ The supervisor starts this in a new session, so it leads the attempt's process g
 the run under the memory limit (memlimit), starts RUN_DIR's command with output to the log,
 waits, and writes `exit.json` atomically: exit code, signal, OOM kills, peak memory. A supervisor
 that dies mid-run loses nothing: the next one reads `wrapper.json` (is it still running?) and
-`exit.json` (how did it end?). SIGTERM (cancel, shutdown) stops the whole process tree:
-torchrun starts its workers in sessions of their own, so a process-group kill alone would miss them.
+`exit.json` (how did it end?). Both carry the launch nonce of the request, so a record of an earlier
+launch of the same attempt is never taken for this one's. SIGTERM (cancel, shutdown) stops the whole
+process tree: torchrun starts its workers in sessions of their own, so a process-group kill alone
+would miss them; `terminated_by` is recorded only when the run was really stopped (not when it had
+already ended by itself). Secrets named by entrypoint.env_from are added to the run's environment
+here, at launch, and never written anywhere.
 Stdlib only, so the gap between two attempts stays short.
 """
 
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 from orchestrator.procfiles import open_log, write_json
+from orchestrator.secretenv import SecretSourceError, environment
 from orchestrator.targets import memlimit
 
 ATTEMPT_FILE = "attempt.json"
@@ -101,7 +106,8 @@ def _kill(pid: int, sig: int) -> None:
 def run(run_dir: Path) -> int:
     request = json.loads((run_dir / ATTEMPT_FILE).read_text())
     me = os.getpid()
-    info: dict = {"pid": me, "start_ticks": start_ticks(me), "started_at": time.time()}
+    launch = request.get("launch")
+    info: dict = {"pid": me, "start_ticks": start_ticks(me), "started_at": time.time(), "launch": launch}
     write_json(run_dir / WRAPPER_FILE, info)
 
     limit, parent = memlimit.create(request["cgroup_name"], request.get("memory_limit_bytes"),
@@ -121,16 +127,28 @@ def run(run_dir: Path) -> int:
 
     log = open_log(run_dir / request["log"], buffering=0)  # held for the whole run; never through a symlink
     try:
+        secrets = environment(request.get("env_from", []), os.environ, request["cwd"])
+    except SecretSourceError as exc:  # the line names the variable or file, never a value
+        log.write(f"[shardctl] cannot start the run: entrypoint.env_from: {exc}\n".encode())
+        log.close()
+        limit.remove(parent)
+        write_json(run_dir / EXIT_FILE, {"exit_code": 2, "signal": None, "oom_kills": 0, "peak_bytes": None,
+                                         "memory": info["memory"], "terminated_by": None, "ended_at": time.time(),
+                                         "error": f"entrypoint.env_from: {exc}", "launch": launch})
+        return 1
+    try:
         child = subprocess.Popen(request["command"], cwd=request["cwd"], stdin=subprocess.DEVNULL, stdout=log,
-                                 stderr=subprocess.STDOUT, preexec_fn=limit.apply_rlimit, close_fds=True)
+                                 stderr=subprocess.STDOUT, preexec_fn=limit.apply_rlimit, close_fds=True,
+                                 env={**os.environ, **secrets} if secrets else None)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:  # still leave a result behind
         log.write(f"[shardctl] could not start the run: {exc}\n".encode())
         log.close()
         limit.remove(parent)
         write_json(run_dir / EXIT_FILE, {"exit_code": 127, "signal": None, "oom_kills": 0, "peak_bytes": None,
                                          "memory": info["memory"], "terminated_by": None, "ended_at": time.time(),
-                                         "error": str(exc)})
+                                         "error": str(exc), "launch": launch})
         return 1
+    del secrets
     info.update(child_pid=child.pid, launched_at=time.time())
     write_json(run_dir / WRAPPER_FILE, info)
 
@@ -153,8 +171,9 @@ def run(run_dir: Path) -> int:
         "oom_kills": limit.oom_kills(),
         "peak_bytes": limit.peak_bytes(),
         "memory": info["memory"],
-        "terminated_by": terminated[0] if terminated else None,
+        "terminated_by": terminated[0] if stopping else None,  # a signal after the run ended stopped nothing
         "ended_at": ended,
+        "launch": launch,
     }
     log.close()
     limit.remove(parent)

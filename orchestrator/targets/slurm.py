@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import orchestrator
+from orchestrator.errors import SubmitError
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.paths import state_dir as default_state_dir
@@ -27,6 +28,7 @@ from orchestrator.targets.slurm_accounting import (
     Poller,
     SlurmError,
     SlurmTimeout,
+    node_shapes,
     run_once,
     run_slurm,
 )
@@ -56,27 +58,38 @@ class SlurmTarget:
     driver = Driver.JUDGE
 
     def __init__(self, *, cpu: bool = False, state_dir: str | None = None, python: str | None = None,
-                 poller: Poller | None = None) -> None:
+                 poller: Poller | None = None, cpus_per_gpu: int | None = None, cpus_basis: str = "") -> None:
         self.cpu = cpu
         self.state_dir = state_dir or str(default_state_dir())
         self.python = python or sys.executable
         self.poller = poller or POLLER
+        self.cpus_per_gpu = cpus_per_gpu  # learnt from sinfo at submit, then kept with the job (options)
+        self.cpus_basis = cpus_basis
 
     @classmethod
     def from_options(cls, options: dict) -> SlurmTarget:
         """The login node's GPUs say nothing about the compute nodes': CPU runs only when forced."""
         cpu = options["cpu"] if "cpu" in options else os.environ.get("SHARDCTL_FORCE_CPU") == "1"
-        return cls(cpu=bool(cpu), state_dir=options.get("state_dir"))
+        per_gpu = options.get("cpus_per_gpu")
+        return cls(cpu=bool(cpu), state_dir=options.get("state_dir"),
+                   cpus_per_gpu=int(per_gpu) if per_gpu else None, cpus_basis=str(options.get("cpus_basis") or ""))
 
     @property
     def on_gpu(self) -> bool:
         return not self.cpu
 
     def options(self) -> dict:
-        return {"cpu": self.cpu}
+        """Kept with the job: every attempt and judge renders with the CPUs figure derived at submit."""
+        out: dict = {"cpu": self.cpu}
+        if self.cpus_basis:
+            out.update(cpus_per_gpu=self.cpus_per_gpu, cpus_basis=self.cpus_basis)
+        return out
 
     def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
-        """`sbatch --test-only` of attempt 1: partition, GPU count, memory and time checked by slurmctld."""
+        """Derive the CPUs per task when the spec sets none, then `sbatch --test-only` of attempt 1 and of its
+        judge: partition, GPU count, CPUs, memory and time checked by slurmctld before anything is recorded."""
+        if not job.spec.resources.cpus_per_node:
+            self.cpus_per_gpu, self.cpus_basis = derive_cpus_per_gpu(job.spec.slurm.partition)
         with tempfile.TemporaryDirectory(prefix="shardctl-check-") as scratch:
             run_dir = f"{scratch}/attempt-1"
             ref = AttemptRef("check", 1, run_dir, f"{scratch}/checkpoints", workdir, f"{run_dir}/output.log")
@@ -91,18 +104,31 @@ class SlurmTarget:
             job_id=ref.job_id, attempt=ref.number, run_dir=ref.run_dir, checkpoint_dir=ref.checkpoint_dir,
             workdir=ref.workdir, log_path=ref.log_path, state_dir=self.state_dir, python=self.python,
             package_root=str(Path(orchestrator.__file__).resolve().parent.parent),
-            bin_dir=str(Path(self.python).parent), cpu=self.cpu)
+            bin_dir=str(Path(self.python).parent), cpu=self.cpu, cpus_per_gpu=self.cpus_per_gpu,
+            cpus_basis=self.cpus_basis)
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         return slurm_render.render(job, self.request(ref))
 
     def check(self, dry: DryRun, scratch_dir: str) -> str:
-        """Ask the controller whether it would accept this attempt, before anything is recorded."""
-        path = Path(scratch_dir) / slurm_render.JOB_SCRIPT
-        write_files(path.parent, {path.name: dry.files[slurm_render.JOB_SCRIPT]})
-        return test_only(str(path))
+        """Ask the controller whether it would accept this attempt and its judge (on its own partition), before
+        anything is recorded."""
+        names = (slurm_render.JOB_SCRIPT, slurm_render.JUDGE_SCRIPT)
+        write_files(Path(scratch_dir), {name: dry.files[name] for name in names})
+        message = test_only(str(Path(scratch_dir) / slurm_render.JOB_SCRIPT))
+        try:
+            test_only(str(Path(scratch_dir) / slurm_render.JUDGE_SCRIPT))
+        except SlurmError as exc:
+            raise SlurmError(f"the judge job that follows each attempt: {exc} (slurm.supervisor_partition names "
+                             "the partition for it; unset, Slurm's default partition)") from None
+        return message
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
+        missing = [n for n in slurm_render.exported_names(dryrun.compiled.job) if n not in os.environ]
+        if missing:  # sbatch would start the job without them: the judge or a shell that lacks them submits this
+            raise SubmitError(f"entrypoint.env_from: {', '.join(missing)} not set in the environment of the process "
+                              f"submitting attempt {ref.number} (export it in the shell that runs shardctl); nothing "
+                              "was submitted")
         run_dir = Path(ref.run_dir)
         write_files(run_dir, dryrun.files)
         job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
@@ -141,7 +167,9 @@ class SlurmTarget:
         if info is None or info.phase == "unknown":
             return Observation(Seen.PENDING, detail=f"Slurm does not report job {external_id} yet")
         if info.phase != "ended":
-            return Observation(Seen(info.phase), detail=f"Slurm {info.state} {info.reason}".strip())
+            requeued = f" (requeued {info.requeues}x: the attempt resumes from its checkpoint)" if info.requeues else ""
+            return Observation(Seen(info.phase), detail=f"Slurm {info.state} {info.reason}".strip() + requeued,
+                               preemptions=info.requeues)
         tail = read_tail(ref.log_path, TAIL_BYTES)
         outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
@@ -150,13 +178,33 @@ class SlurmTarget:
         detail = f"Slurm job {external_id}: {info.summary()}"
         if info.state == "CANCELLED":
             detail = f"Slurm job {external_id} was cancelled (scancel, or an administrator)"
-        return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail)
+        return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail,
+                           preemptions=info.requeues)
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """The attempt and its judge: the caller records the end itself, nothing is left to resubmit."""
         submitted = read_json(Path(ref.run_dir) / SUBMITTED_FILE) or {}
         ids = [external_id] + ([str(submitted["judge"])] if submitted.get("judge") else [])
         run_slurm(["scancel", *ids])
+
+
+def derive_cpus_per_gpu(partition: str | None) -> tuple[int | None, str]:
+    """CPUs per GPU of the partition's nodes (the fewest, if they differ) and where that came from; (None, why)
+    when Slurm cannot say (no GPUs there, sinfo failing)."""
+    try:
+        text = run_slurm(["sinfo", "-h", "--exact", "-o", "%P|%c|%G"])
+    except (SlurmError, SlurmTimeout) as exc:
+        return None, f"sinfo failed: {exc}"
+    name, shapes = node_shapes(text, partition)
+    if name is None:
+        return None, "no partition named and Slurm has no default partition"
+    if not shapes:
+        return None, f"sinfo lists no nodes in partition {name}"
+    with_gpus = [(cpus, gpus) for cpus, gpus in shapes if gpus > 0]
+    if not with_gpus:
+        return None, f"sinfo reports no GPUs on partition {name}'s nodes"
+    cpus, gpus = min(with_gpus, key=lambda s: s[0] // s[1])
+    return max(1, cpus // gpus), f"partition {name}'s nodes: {cpus} CPUs, {gpus} GPUs each"
 
 
 def _job_name(script: str) -> str:

@@ -4,11 +4,17 @@ Parsing is pure (tested on captured output). The poller batches: however many jo
 one refresh is one `sacct -j ID,ID,...` (plus one `squeue` only for ids that accounting does not
 know yet: slurmctld hands a new job to slurmdbd a moment after `sbatch` returns). Like submitit,
 it never asks more often than its interval. Steps are read too: when only a step (`srun`) runs
-out of memory the job is FAILED and the step is OUT_OF_MEMORY.
+out of memory the job is FAILED and the step is OUT_OF_MEMORY. `sacct -D` lists every run of a
+requeued job (a REQUEUED record per restart, then the current one): the current one decides,
+the earlier ones are counted as requeues.
+
+`node_shapes` reads `sinfo` for the CPUs and GPUs of a partition's nodes (the target derives
+--cpus-per-task from them when the spec sets none).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -50,6 +56,7 @@ class JobInfo:
     steps: tuple[tuple[str, str], ...] = ()  # (step id, state), e.g. ("0", "OUT_OF_MEMORY")
     max_rss_bytes: int | None = None
     source: str = "sacct"
+    requeues: int = 0  # earlier runs of this job id (scontrol requeue, a preemption or node failure with --requeue)
 
     @property
     def phase(self) -> Phase:
@@ -68,7 +75,8 @@ class JobInfo:
     def summary(self) -> str:
         code = f" {self.exit_code}:{self.signal or 0}" if self.exit_code is not None else ""
         odd = [f"step {step} {state}" for step, state in self.steps if state not in (self.state, "CANCELLED")]
-        return ", ".join([f"{self.state}{code}", *odd])
+        requeued = [f"requeued {self.requeues} time{'s' if self.requeues > 1 else ''}"] if self.requeues else []
+        return ", ".join([f"{self.state}{code}", *odd, *requeued])
 
 
 def parse_exit_code(text: str) -> tuple[int | None, int | None]:
@@ -95,10 +103,12 @@ def parse_rss(text: str) -> int | None:
 
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:
-    """`sacct -n -P -o JobID,State,ExitCode,MaxRSS,Reason` output -> one JobInfo per job (steps folded in)."""
+    """`sacct -n -P -D -o JobID,State,ExitCode,MaxRSS,Reason` output -> one JobInfo per job (steps folded in).
+    With -D a requeued job has a record per run, oldest first: the last one and its steps are the job now."""
     jobs: dict[str, dict] = {}
     steps: dict[str, list[tuple[str, str]]] = {}
     rss: dict[str, int] = {}
+    requeues: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split("|")
         if len(parts) < 3:
@@ -106,15 +116,22 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
         job_id, state_text, exit_text = parts[0], parts[1], parts[2]
         state = state_text.split()[0] if state_text.strip() else "UNKNOWN"
         parent, _, step = job_id.partition(".")
-        if len(parts) > 3 and (value := parse_rss(parts[3])) is not None:
-            rss[parent] = max(rss.get(parent, 0), value)
         if step:
             steps.setdefault(parent, []).append((step, state))
+            if len(parts) > 3 and (value := parse_rss(parts[3])) is not None:
+                rss[parent] = max(rss.get(parent, 0), value)
             continue
+        if parent in jobs:  # a newer run of a requeued job: what the earlier run did is history
+            requeues[parent] = requeues.get(parent, 0) + 1
+            steps.pop(parent, None)
+            rss.pop(parent, None)
+        if len(parts) > 3 and (value := parse_rss(parts[3])) is not None:
+            rss[parent] = value
         code, sig = parse_exit_code(exit_text)
         jobs[parent] = {"state": state, "exit_code": code, "signal": sig,
                         "reason": parts[4] if len(parts) > 4 and parts[4] != "None" else ""}
-    return {job_id: JobInfo(job_id, steps=tuple(steps.get(job_id, ())), max_rss_bytes=rss.get(job_id), **fields)
+    return {job_id: JobInfo(job_id, steps=tuple(steps.get(job_id, ())), max_rss_bytes=rss.get(job_id),
+                            requeues=requeues.get(job_id, 0), **fields)
             for job_id, fields in jobs.items()}
 
 
@@ -125,6 +142,27 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         if len(parts) >= 2 and parts[0]:
             out[parts[0]] = JobInfo(parts[0], parts[1], reason=parts[2] if len(parts) > 2 else "", source="squeue")
     return out
+
+
+_GPUS = re.compile(r"\bgpu(?::[^:,(\s]+)?:(\d+)")
+
+
+def node_shapes(text: str, partition: str | None) -> tuple[str | None, list[tuple[int, int]]]:
+    """`sinfo -h --exact -o "%P|%c|%G"` -> (the partition, [(CPUs, GPUs) of each kind of node in it]).
+    No partition named: the site's default one (sinfo marks it with `*`). (None, []) when there is none."""
+    shapes: dict[str, list[tuple[int, int]]] = {}
+    default = None
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[1].strip().isdigit():
+            continue
+        name = parts[0].strip()
+        if name.endswith("*"):
+            name = default = name[:-1]
+        gpus = sum(int(n) for n in _GPUS.findall(parts[2]))  # gpu:8, gpu:a100:4(S:0-1), gpu:a:4,gpu:b:4
+        shapes.setdefault(name, []).append((int(parts[1]), gpus))
+    chosen = partition or default
+    return (chosen, shapes.get(chosen, [])) if chosen else (None, [])
 
 
 def run_once(argv: list[str], *, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess:
@@ -185,7 +223,8 @@ class Poller:
         if not ids:
             return {}
         self.calls["sacct"] += 1
-        found = parse_sacct(run_slurm(["sacct", "-n", "-P", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)]))
+        found = parse_sacct(run_slurm(["sacct", "-n", "-P", "-D", "-j", ",".join(ids),
+                                       "-o", ",".join(SACCT_FIELDS)]))
         missing = [i for i in ids if i not in found]
         if missing:  # too new for accounting: slurmctld knows it
             self.calls["squeue"] += 1

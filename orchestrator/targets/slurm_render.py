@@ -9,6 +9,11 @@ judge.sbatch is the supervision without a terminal: a one-CPU job submitted with
 `--dependency=afterany:<attempt>`, so Slurm itself starts it when the attempt ends, however it
 ends. It records the outcome and, if the fallback policy says so, submits the next attempt with
 its own judge. See docs/design.md, "Slurm".
+
+Secrets by reference (entrypoint.env_from) never appear in either script: a variable of the
+submitting shell is named in `--export=ALL,NAME` (sbatch sends its value to slurmctld, the judge
+passes it on to the next attempt), and a file is read by the batch script on the node when the
+attempt starts, with the same rules as secretenv's reader.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from orchestrator.compile import CompiledJob
+from orchestrator.compile import CompiledJob, CompileError, Finding
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
+from orchestrator.secretenv import resolve_path
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets.base import DryRun
@@ -53,6 +59,11 @@ class SlurmRequest:
     package_root: str
     bin_dir: str
     cpu: bool = False
+    # resources.cpus_per_node unset: the target asks Slurm at submit (the render never does) how many
+    # CPUs the partition's nodes have per GPU; `cpus_basis` says where the figure came from, or why
+    # there is none ("" when nobody asked: a dry run).
+    cpus_per_gpu: int | None = None
+    cpus_basis: str = ""
 
 
 def slurm_job_name(name: str, job_id: str, attempt: int) -> str:
@@ -85,13 +96,103 @@ def _site(job: TrainingJob, partition: str | None) -> list[str]:
     return out
 
 
+def exported_names(job: TrainingJob) -> list[str]:
+    """The variables of the submitting shell that must reach the job (entrypoint.env_from `env`)."""
+    return [s.env for s in job.spec.entrypoint.env_from if s.env is not None]
+
+
+def export_directive(job: TrainingJob) -> list[str]:
+    """`--export=ALL,NAME,...`: sbatch's default is ALL, but a site may change it (SBATCH_EXPORT); the named
+    variables reach the job either way, and their values are in no file."""
+    names = exported_names(job)
+    return [f"--export=ALL,{','.join(names)}"] if names else []
+
+
+def check_export(job: TrainingJob) -> None:
+    """CompileError when slurm.extra sets --export too: one of the two would silently lose."""
+    if not exported_names(job):
+        return
+    for i, extra in enumerate(job.spec.slurm.extra):
+        if extra.split("=", 1)[0].strip() == "--export":
+            raise CompileError([Finding(
+                "error", f"spec.slurm.extra.{i}",
+                f"{extra} conflicts with entrypoint.env_from, whose variables shardctl passes with "
+                f"{export_directive(job)[0]}: remove it from slurm.extra")])
+
+
+_ENV_FILE_READER = r"""# entrypoint.env_from files: KEY=VALUE lines read here, on the node, when the attempt starts;
+# shardctl never copies them. Blank lines and # comments are skipped, `export ` is allowed, one pair
+# of surrounding quotes is removed, nothing is expanded.
+shardctl_env_file() {
+  local file=$1 line key value n=0 re='^[[:blank:]]*(export[[:blank:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$'
+  if [ ! -f "$file" ] || [ ! -r "$file" ]; then
+    echo "[shardctl] cannot start the run: entrypoint.env_from: $file cannot be read on $(hostname)" >&2
+    exit 2
+  fi
+  if [ -n "$(find "$file" -maxdepth 0 \( ! -user "$(id -u)" -o -perm /077 \))" ]; then
+    echo "[shardctl] cannot start the run: entrypoint.env_from: $file must be yours and private (chmod 600)" >&2
+    exit 2
+  fi
+  while IFS= read -r line || [ -n "$line" ]; do
+    n=$((n + 1))
+    line=${line%$'\r'}
+    [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+    if [[ ! $line =~ $re ]]; then
+      echo "[shardctl] cannot start the run: entrypoint.env_from: $file, line $n: not a KEY=VALUE line" >&2
+      exit 2
+    fi
+    key=${BASH_REMATCH[2]}
+    value=${BASH_REMATCH[3]}
+    if [ ${#value} -ge 2 ] && { [[ $value == \"*\" ]] || [[ $value == \'*\' ]]; }; then
+      value=${value:1:${#value}-2}
+    fi
+    export "$key=$value"
+  done < "$file"
+}"""
+
+
+def env_file_lines(job: TrainingJob, workdir: str) -> list[str]:
+    """The batch script's lines that read entrypoint.env_from files (none without any)."""
+    files = [resolve_path(s.file, workdir) for s in job.spec.entrypoint.env_from if s.file is not None]
+    if not files:
+        return []
+    return [_ENV_FILE_READER] + [f"shardctl_env_file {shlex.quote(f)}" for f in files]
+
+
+def cpus_per_task(job: TrainingJob, req: SlurmRequest) -> int | None:
+    """The spec's CPUs per node, else the node's CPUs per GPU times the GPUs of the one task per node: without
+    --cpus-per-task Slurm gives a task one CPU, which starves the data loaders of a GPU job."""
+    res = job.spec.resources
+    if res.cpus_per_node:
+        return res.cpus_per_node
+    return req.cpus_per_gpu * res.gpus_per_node if req.cpus_per_gpu else None
+
+
+def cpus_warning(job: TrainingJob, req: SlurmRequest) -> str | None:
+    """What the render says when the spec sets no CPUs: the derived figure, why there is none, or (a dry run)
+    that it is only known at submit."""
+    res = job.spec.resources
+    if res.cpus_per_node:
+        return None
+    if req.cpus_per_gpu:
+        return (f"resources.cpus_per_node is unset: --cpus-per-task={cpus_per_task(job, req)} ({req.cpus_per_gpu} "
+                f"CPUs per GPU x {res.gpus_per_node} GPUs per node, derived from {req.cpus_basis}); set "
+                "resources.cpus_per_node to choose")
+    if req.cpus_basis:
+        return (f"resources.cpus_per_node is unset and cannot be derived ({req.cpus_basis}): no --cpus-per-task, "
+                "so each task gets the partition's default (often 1 CPU); set resources.cpus_per_node")
+    return ("resources.cpus_per_node is unset: submit derives --cpus-per-task from the CPUs per GPU of the "
+            "partition's nodes (sinfo); a dry run does not ask Slurm, so this script has none")
+
+
 def directives(job: TrainingJob, req: SlurmRequest) -> list[str]:
     spec = job.spec
     res = spec.resources
     out = [f"--job-name={slurm_job_name(job.metadata.name, req.job_id, req.attempt)}",
            f"--nodes={res.nodes}", "--ntasks-per-node=1", f"--gpus-per-node={res.gpus_per_node}"]
-    if res.cpus_per_node:
-        out.append(f"--cpus-per-task={res.cpus_per_node}")
+    cpus = cpus_per_task(job, req)
+    if cpus:
+        out.append(f"--cpus-per-task={cpus}")
     if res.memory_per_node:
         out.append(f"--mem={memory_directive(res.memory_per_node)}")
     if spec.slurm.time:
@@ -101,6 +202,7 @@ def directives(job: TrainingJob, req: SlurmRequest) -> list[str]:
     out += [f"--output={_directive_path(req.log_path)}", f"--error={_directive_path(req.log_path)}",
             "--open-mode=append"]  # a requeued attempt appends to the same log
     out.append("--requeue" if requeue(job) else "--no-requeue")
+    out += export_directive(job)
     out += list(spec.slurm.extra)  # last, verbatim: the user's word wins
     return out
 
@@ -142,6 +244,7 @@ def job_script(compiled: CompiledJob, req: SlurmRequest) -> str:
         f"export PATH={q(req.bin_dir)}:\"$PATH\"",
     ]
     lines += [f"export {k}={q(v)}" for k, v in sorted(env.items())]
+    lines += env_file_lines(job, req.workdir)
     world = spec.world_size
     lines += [
         f"NUM_PROCESSES=$((SLURM_JOB_NUM_NODES * {spec.resources.gpus_per_node}))",
@@ -185,13 +288,16 @@ def judge_script(job: TrainingJob, req: SlurmRequest) -> str:
     lines = ["#!/bin/bash"]
     lines += [f"#SBATCH {d}" for d in [
         f"--job-name={name}", "--nodes=1", "--ntasks=1", "--cpus-per-task=1", f"--mem={JUDGE_MEMORY}",
-        f"--time={JUDGE_TIME}", *_site(job, slurm.supervisor_partition or slurm.partition),
+        f"--time={JUDGE_TIME}", *_site(job, slurm.supervisor_partition),
         f"--output={_directive_path(req.run_dir + '/' + JUDGE_LOG)}", "--open-mode=append",
-        "--kill-on-invalid-dep=yes", "--no-requeue"]]
+        "--kill-on-invalid-dep=yes", "--no-requeue", *export_directive(job)]]
     lines += [
         f"# shardctl: judges attempt {req.attempt} of job {job.metadata.name} ({req.job_id}) once it has ended.",
         "# Submitted with --dependency=afterany:<the attempt's Slurm job id>. It records how the attempt",
         "# ended and, if the fallback policy says so, submits the next attempt with its own judge.",
+        *([] if slurm.supervisor_partition else [
+            "# No --partition: Slurm's default partition runs this one-CPU job, not the attempt's GPU",
+            "# partition (slurm.supervisor_partition names another)."]),
         "set -euo pipefail",
         f"cd {q(req.workdir)}",
         f"export SHARDCTL_HOME={q(req.state_dir)}",
@@ -202,10 +308,13 @@ def judge_script(job: TrainingJob, req: SlurmRequest) -> str:
 
 
 def render(job: TrainingJob, req: SlurmRequest) -> DryRun:
+    check_export(job)
     compiled, warnings = compile_maybe_on_cpu(job, req.run_dir, req.checkpoint_dir, req.attempt, req.cpu)
     files = compiled.files()
     files[JOB_SCRIPT] = job_script(compiled, req)
     files[JUDGE_SCRIPT] = judge_script(compiled.job, req)
+    if (cpus := cpus_warning(job, req)) is not None:
+        warnings.append(cpus)
     if job.spec.resources.memory_per_node is None:
         warnings.append("resources.memory_per_node is unset: the job gets the partition's default memory")
     if job.spec.slurm.time is None:

@@ -1,14 +1,15 @@
-"""The Helm chart, linted by real Helm (helm-sdkpy ships Helm's Go library), and its least privilege."""
+"""The Helm chart, linted by real Helm (helm-sdkpy ships Helm's Go library), its least privilege and its policy."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.charts.rbac_rules import chart_rules
 
 helm = pytest.importorskip("helm_sdkpy", reason="scripts/bootstrap installs helm-sdkpy")
 
@@ -39,15 +40,69 @@ def test_helm_lint_catches_a_broken_chart(tmp_path: Path, breakage: tuple[str, s
     assert result["Errors"], result
 
 
-def test_rbac_grants_no_wildcards_and_no_secrets() -> None:
-    text = (CHART / "templates" / "rbac.yaml").read_text()
-    rules = [yaml.safe_load(line.strip()[2:]) for line in text.splitlines()
-             if re.match(r"\s+- apiGroups:", line)]
+def test_rbac_grants_no_wildcards_no_secrets_and_no_pod_logs() -> None:
+    rules = chart_rules()
     assert rules
-    for line in text.splitlines():
-        if "verbs:" in line or "resources:" in line:
-            assert "*" not in line and "secrets" not in line, line
-    assert 'verbs: ["get", "list", "watch", "create", "delete"]' in text  # jobs: never update/patch a pod spec
+    for rule in rules:
+        words = rule["apiGroups"] + rule["resources"] + rule["verbs"] + rule.get("resourceNames", [])
+        assert "*" not in words and not {"secrets", "pods/log", "pods/exec"} & set(rule["resources"]), rule
+    assert not any({"update", "patch"} & set(r["verbs"]) and {"jobs", "pods"} & set(r["resources"]) for r in rules)
+
+
+def test_the_roles_are_the_rule_files_whatever_the_scope() -> None:
+    """templates/rbac.yaml puts files/rbac/*.yaml in the Roles verbatim (what tests/controller/test_rbac.py
+    compares with the controller's requests); lint renders it namespaced and cluster-wide."""
+    text = (CHART / "templates" / "rbac.yaml").read_text()
+    assert text.count('.Files.Get "files/rbac/controller.yaml"') == 1
+    assert text.count('.Files.Get "files/rbac/leader-election.yaml"') == 1
+    assert "verbs:" not in text  # no rule written anywhere else
+
+
+@pytest.mark.parametrize("values", [
+    {"rbac": {"clusterWide": True}},
+    {"policy": {"serviceAccounts": ["trainer"], "imageRegistries": ["registry.example.com/ml", "nvcr.io"],
+                "priorityClasses": ["batch"], "secrets": ["hf-token"],
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+])
+def test_the_chart_lints_cluster_wide_and_with_a_policy(tmp_path: Path, values: dict) -> None:
+    copy = tmp_path / "shardctl"
+    shutil.copytree(CHART, copy)
+    merged = yaml.safe_load((copy / "values.yaml").read_text())
+    for key, value in values.items():
+        merged[key] = {**merged[key], **value}
+    (copy / "values.yaml").write_text(yaml.safe_dump(merged))
+    result = lint(copy)
+    assert not result["Errors"] and not result["Messages"], result
+
+
+@pytest.mark.parametrize("policy", [
+    {"imageRegistries": "registry.example.com"},  # a string, not a list
+    {"imageRegistry": ["registry.example.com"]},  # a typo: never silently ignored
+    {"serviceAccounts": ["Admin User"]},
+    {"tolerations": [{"key": "a", "operator": "Maybe"}]},
+])
+def test_a_policy_the_controller_would_refuse_fails_lint(tmp_path: Path, policy: dict) -> None:
+    copy = tmp_path / "shardctl"
+    shutil.copytree(CHART, copy)
+    merged = yaml.safe_load((copy / "values.yaml").read_text())
+    merged["policy"] = policy
+    (copy / "values.yaml").write_text(yaml.safe_dump(merged))
+    assert lint(copy)["Errors"]
+
+
+def test_the_controller_reads_the_policy_the_chart_mounts() -> None:
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    policy = (CHART / "templates" / "policy.yaml").read_text()
+    assert "- --policy=/etc/shardctl/policy.yaml" in deployment
+    assert "mountPath: /etc/shardctl" in deployment and 'name: {{ include "shardctl.fullname" . }}-policy' in deployment
+    assert "checksum/policy: {{ toYaml .Values.policy | sha256sum }}" in deployment  # a new policy restarts it
+    assert "policy.yaml: |" in policy and "toYaml .Values.policy" in policy
+
+
+def test_the_default_policy_is_the_safe_one() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["policy"] == {"serviceAccounts": [], "imageRegistries": [], "priorityClasses": [],
+                                "tolerations": [], "secrets": []}
 
 
 def test_the_controller_runs_unprivileged_and_read_only() -> None:

@@ -185,3 +185,20 @@ def test_launch_leaves_multinode_values_to_the_target() -> None:
     assert argv[-4:] == ["--micro-batch", "2", "--grad-accum", "1"]
     with pytest.raises(KeyError):
         c.launch.resolve({})
+
+
+# --- secrets by reference: each target takes the sources it can honour (finding 3)
+@pytest.mark.parametrize("target,source,ok", [
+    ("local", {"env": "HF_TOKEN"}, True), ("local", {"file": "s.env"}, True), ("local", {"secret": "hf"}, False),
+    ("slurm", {"env": "HF_TOKEN"}, True), ("slurm", {"file": "s.env"}, True), ("slurm", {"secret": "hf"}, False),
+    ("kubernetes", {"secret": "hf"}, True), ("kubernetes", {"env": "HF_TOKEN"}, False),
+    ("kubernetes", {"file": "s.env"}, False),
+])
+def test_env_from_sources_per_target(target: str, source: dict, ok: bool) -> None:
+    found = findings(target=target, kubernetes={"image": "img"},
+                     entrypoint={"script": "t.py", "env_from": [source]})
+    kind = next(iter(source))
+    key = ("error", f"spec.entrypoint.env_from.0.{kind}")
+    assert (key not in found) == ok
+    if not ok:
+        assert f"cannot reach a {target} run" in found[key]

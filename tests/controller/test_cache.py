@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("kubernetes")
 from orchestrator.controller.cache import Cache  # noqa: E402
 from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.controller.test_controller import NS, kube, submit, training_job  # noqa: E402
+from tests.controller.test_controller import NS, POLICY, kube, submit, training_job  # noqa: E402
 from tests.fakekube.cluster import SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
@@ -107,7 +107,7 @@ def lifecycle_requests(server: FakeApiServer, cache: bool, fault: tuple | None =
     watches excluded (they are opened before it and outlive it: one per watch for all jobs)."""
     with SimulatedCluster(server, run_s=0.3):
         controller = Controller(kube(server), namespace=NS, workers=2, resync_s=0.2, watch_timeout_s=60,
-                                cache=cache).start()
+                                cache=cache, policy=POLICY).start()
         try:
             wait_for(lambda: controller.cache is None or controller.cache.synced(), 5, "the caches to fill")
             time.sleep(0.3)
@@ -147,7 +147,8 @@ def test_a_conflict_is_retried_from_one_fresh_read_and_does_not_loop(api: FakeAp
 def test_a_job_deleted_and_recreated_under_its_name_is_seen_afresh(api: FakeApiServer) -> None:
     """The tombstone of the deleted TrainingJob must not hide the new one with the same name."""
     with SimulatedCluster(api, run_s=0.2):
-        controller = Controller(kube(api), namespace=NS, workers=2, resync_s=5, watch_timeout_s=60).start()
+        controller = Controller(kube(api), namespace=NS, workers=2, resync_s=5, watch_timeout_s=60,
+                                policy=POLICY).start()
         try:
             submit(api)
             wait_for(lambda: phase(api) == "Succeeded", 30, "the first job to succeed")

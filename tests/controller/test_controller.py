@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
 
 from orchestrator.controller.kube import KubeApi  # noqa: E402
 from orchestrator.controller.loop import Controller  # noqa: E402
+from orchestrator.controller.policy import Policy  # noqa: E402
 from orchestrator.controller.reconcile import Reconciler  # noqa: E402
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION  # noqa: E402
+from orchestrator.targets.kubernetes import Deleted  # noqa: E402
 from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
 
 NS = "ml"
+POLICY = Policy(imageRegistries=["registry.example.com"])  # the test jobs' image, nothing else beyond the defaults
+
+
+def policy_file(directory: Path) -> str:
+    """POLICY as the file `shardctl controller --policy` reads (what the chart mounts)."""
+    path = directory / "policy.yaml"
+    path.write_text(yaml.safe_dump(POLICY.model_dump(by_alias=True)))
+    return str(path)
 
 
 def training_job(name: str = "llm") -> dict:
@@ -65,7 +77,7 @@ def submit(server: FakeApiServer, body: dict | None = None) -> None:
 
 
 def run_controller(server: FakeApiServer) -> Controller:
-    return Controller(kube(server), namespace=NS, workers=2, resync_s=2, watch_timeout_s=2).start()
+    return Controller(kube(server), namespace=NS, workers=2, resync_s=2, watch_timeout_s=2, policy=POLICY).start()
 
 
 @pytest.mark.parametrize("end,kind", [(PodEnd.oom_killed(), "host_oom"), (PodEnd.cuda_oom(), "cuda_oom")])
@@ -135,15 +147,17 @@ class CrashingApi(KubeApi):
         self._after_write()
         return out
 
-    def retire_attempt(self, ns: str, name: str) -> None:
-        super().retire_attempt(ns, name)
-        self._after_write()
+    def delete_owned(self, kind: str, ns: str, name: str, owner_uid: str) -> Deleted:
+        out = super().delete_owned(kind, ns, name, owner_uid)
+        if out is Deleted.DELETED:
+            self._after_write()
+        return out
 
 
 def drive(server: FakeApiServer, crash_at: int, timeout: float = 30) -> int:
     """Reconcile until the job ends, with a fresh controller after the crash; returns the crashes seen."""
     api_client = client.ApiClient(client.Configuration(host=server.url))
-    reconciler = Reconciler(CrashingApi(api_client, crash_at))
+    reconciler = Reconciler(CrashingApi(api_client, crash_at), policy=POLICY)
     crashes = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,7 +166,7 @@ def drive(server: FakeApiServer, crash_at: int, timeout: float = 30) -> int:
                 return crashes
         except Crash:
             crashes += 1
-            reconciler = Reconciler(KubeApi(api_client))  # the restarted controller knows nothing
+            reconciler = Reconciler(KubeApi(api_client), policy=POLICY)  # the restarted controller knows nothing
         time.sleep(0.02)
     raise AssertionError(f"the job did not end (crash at write {crash_at})")
 
@@ -167,7 +181,7 @@ def test_a_controller_killed_between_any_two_steps_creates_exactly_one_job_per_a
             submit(server)
             if total_writes is None:  # a run without a crash counts the writes
                 counting = CrashingApi(client.ApiClient(client.Configuration(host=server.url)), crash_at=-1)
-                reconciler = Reconciler(counting)
+                reconciler = Reconciler(counting, policy=POLICY)
                 wait_for(lambda r=reconciler: r.reconcile(NS, "llm").what == "done", 30, "an uncrashed run")
                 total_writes = counting.writes
                 assert total_writes >= 10
@@ -229,17 +243,16 @@ def test_only_one_replica_leads_and_another_takes_over_when_it_stops(api: FakeAp
     assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
 
 
-def test_the_controller_process_survives_sigkill_and_restart(api: FakeApiServer) -> None:
+def test_the_controller_process_survives_sigkill_and_restart(api: FakeApiServer, tmp_path: Path) -> None:
     """`shardctl controller` as a process (what the chart runs), SIGKILLed while attempt 1 runs; a new
     process adopts the attempt, falls back after its OOM and finishes, with one Job per attempt."""
     import signal
     import subprocess
     import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     argv = [sys.executable, "-m", "orchestrator", "controller", "--server", api.url, "--namespace", NS,
-            "--resync-seconds", "2", "--watch-timeout-seconds", "2", "--leader-election-namespace", NS]
+            "--resync-seconds", "2", "--watch-timeout-seconds", "2", "--leader-election-namespace", NS,
+            "--policy", policy_file(tmp_path)]
     with SimulatedCluster(api, first_attempt_fails(PodEnd.oom_killed()), run_s=3.0):
         first = subprocess.Popen(argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:

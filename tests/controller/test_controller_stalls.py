@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("kubernetes")
 
 from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.controller.test_controller import NS, kube, status, submit, training_job  # noqa: E402
+from tests.controller.test_controller import NS, POLICY, kube, status, submit, training_job  # noqa: E402
 from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
@@ -27,7 +27,7 @@ def validating_api() -> Iterator[FakeApiServer]:
 
 
 def controller(server: FakeApiServer) -> Controller:
-    return Controller(kube(server), namespace=NS, workers=2, resync_s=60, watch_timeout_s=2).start()
+    return Controller(kube(server), namespace=NS, workers=2, resync_s=60, watch_timeout_s=2, policy=POLICY).start()
 
 
 def events(server: FakeApiServer, reason: str) -> list[dict]:
@@ -66,7 +66,10 @@ def test_a_job_refused_by_the_api_fails_with_its_words_within_5_s(validating_api
 
 
 def test_pods_refused_by_pod_security_fail_the_job_with_the_admission_message(api: FakeApiServer) -> None:
-    api.refuse_pods(NS)
+    # a refusal in Pod Security's words (shardctl's own pods pass `restricted`:
+    # test_finding4_pods_pass_pod_security_restricted), as when a mutating webhook took a setting away
+    api.refuse_pods(NS, 'violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container '
+                        '"trainer" must set securityContext.allowPrivilegeEscalation=false)')
     with SimulatedCluster(api, retry_s=0.5):
         ctl = controller(api)
         try:

@@ -28,7 +28,7 @@ from orchestrator.controller.kube import KubeApi  # noqa: E402
 from orchestrator.controller.loop import Controller  # noqa: E402
 from orchestrator.controller.metrics import Metrics  # noqa: E402
 from orchestrator.controller.reconcile import Reconciler  # noqa: E402
-from tests.controller.test_controller import NS, first_attempt_fails, kube, submit  # noqa: E402
+from tests.controller.test_controller import NS, POLICY, first_attempt_fails, kube, policy_file, submit  # noqa: E402
 from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
@@ -65,7 +65,8 @@ def test_probes_and_metrics_follow_the_controller_and_the_api_server() -> None:
     controller = None
     try:
         with SimulatedCluster(server, first_attempt_fails(PodEnd.oom_killed()), run_s=0.2):
-            controller = Controller(api, namespace=NS, workers=2, resync_s=5, watch_timeout_s=30, metrics=metrics,
+            controller = Controller(api, namespace=NS, workers=2, resync_s=5, watch_timeout_s=30, policy=POLICY,
+                                    metrics=metrics,
                                     contact=contact).start()
             health.watch_threads(controller.dead_threads)
             wait_for(lambda: get(http.port, "/readyz")[0] == 200, 5, "ready")
@@ -121,27 +122,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def controller_process(server: FakeApiServer, name: str, port: int) -> subprocess.Popen:
+def controller_process(server: FakeApiServer, name: str, port: int, policy: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "orchestrator", "controller", "--server", server.url, "--namespace", NS,
             "--leader-election-namespace", NS, "--health-port", str(port), "--watch-timeout-seconds", "60",
-            "--resync-seconds", "60"]
+            "--resync-seconds", "60", "--policy", policy]
     return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "POD_NAME": name}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_sigterm_stops_the_process_within_two_seconds_and_hands_the_lease_over() -> None:
+def test_sigterm_stops_the_process_within_two_seconds_and_hands_the_lease_over(tmp_path: Path) -> None:
     """The watches are open (60 s timeouts) and a job runs; SIGTERM must not wait for any of them. The
     standby replica takes over as soon as the Lease is released, not after the 15 s lease."""
     leases = None
     with FakeApiServer(bookmark_s=0.5) as server, SimulatedCluster(server, run_s=30):
         leases = server.resource("leases", "coordination.k8s.io")
         first_port, second_port = free_port(), free_port()
-        first = controller_process(server, "replica-1", first_port)
+        first = controller_process(server, "replica-1", first_port, policy_file(tmp_path))
         second = None
         try:
             wait_for(lambda: server.store.objects[leases].get((NS, "shardctl-controller")), 20, "a Lease")
             wait_for(lambda: get(first_port, "/readyz")[0] == 200, 20, "the first replica to be ready")
-            second = controller_process(server, "replica-2", second_port)
+            second = controller_process(server, "replica-2", second_port, policy_file(tmp_path))
             wait_for(lambda: get(second_port, "/readyz")[0] == 200, 20, "the standby to be ready")
             submit(server)
             wait_for(lambda: phase(server) == "Running", 20, "the attempt to run")
@@ -213,7 +214,7 @@ def test_shutdown_lets_the_reconcile_in_flight_finish(wait_s: float, finished: b
     the Lease to expire, so that no successor acts while a reconcile of ours still runs."""
     with FakeApiServer() as server:
         api = SlowFirstStatusWrite(client.ApiClient(client.Configuration(host=server.url)))
-        controller = Controller(api, namespace=NS, workers=1, resync_s=60, watch_timeout_s=30).start()
+        controller = Controller(api, namespace=NS, workers=1, resync_s=60, watch_timeout_s=30, policy=POLICY).start()
         submit(server)
         assert api.writing.wait(10)
         began = time.monotonic()

@@ -4,9 +4,11 @@
 never meets another engineer's cluster on this machine), installs the CRD, runs the fake kubelet,
 and can stop and restart the API server alone (an outage). `Tenant` is one namespace with the Helm
 chart installed for real (`helm install` through helm-sdkpy), a token for the chart's
-ServiceAccount (the TokenRequest API) and a user with a kubeconfig of their own.
+ServiceAccount (the TokenRequest API) and a user with a kubeconfig of their own; its chart values
+allow the test jobs' image registry (TEST_POLICY) unless a test gives a policy of its own.
 `ControllerProcess` runs `python -m orchestrator controller` with the arguments of the chart's
-Deployment, under that ServiceAccount's token: what the chart would run, outside a pod.
+Deployment, under that ServiceAccount's token, reading the policy the chart rendered into its
+ConfigMap: what the chart would run, outside a pod.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 RULES_CM = ("kube-system", "fake-kubelet-rules")
 # the chart's own Deployment: the fake kubelet keeps its pod Running (nothing runs in it; the real
 # controller is a process on this machine with the same ServiceAccount's token)
+TEST_POLICY = {"imageRegistries": ["registry.example.com"]}  # the test jobs' image, nothing else
 CHART_POD_RULE = {"match": {"labels": {"app.kubernetes.io/name": "shardctl",
                                        "app.kubernetes.io/component": "controller"}}, "outcome": "run"}
 
@@ -368,7 +371,7 @@ def make_tenant(cp: ControlPlane, namespace: str, workdir: Path, labels: dict[st
     wait_for(lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(namespace).items),
              30, f"serviceaccount {namespace}/default")
     tenant = Tenant(cp, namespace, workdir)
-    tenant.objects = helm_install(cp, namespace, chart_values)
+    tenant.objects = helm_install(cp, namespace, {"policy": TEST_POLICY, **(chart_values or {})})
     token = core.create_namespaced_service_account_token(
         tenant.service_account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
     tenant.controller_kubeconfig = write_kubeconfig(workdir / "controller.kubeconfig", cp.server, cp.ca, namespace,
@@ -424,6 +427,13 @@ class ControllerProcess:
             if "value" in var:
                 env[var["name"]] = _expand(var["value"], env)
         args = [_expand(a, env) for a in container.get("args") or []]
+        for i, a in enumerate(args):  # the chart mounts its policy ConfigMap there: here it is a local file
+            if a.startswith("--policy="):
+                policy = next(o for o in tenant.objects if o["kind"] == "ConfigMap"
+                              and o["metadata"]["name"].endswith("-policy"))
+                path = log_path.parent / f"policy-{tenant.namespace}.yaml"
+                path.write_text(policy["data"]["policy.yaml"])
+                args[i] = f"--policy={path}"
         self.ports: dict[str, int] = {}
         for i, a in enumerate(args):  # a fixed port from the chart would clash between two replicas here
             m = re.fullmatch(r"(--[a-z-]*port)=(\d+)", a)

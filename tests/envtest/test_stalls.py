@@ -65,20 +65,23 @@ def test_a_job_without_an_image_is_refused_with_the_words(tenant, controllers, k
         assert_timestamped(kube.events(ns, name))
 
 
-def test_pods_refused_by_pod_security_show_the_admission_words_and_fail_the_job(tenant, controllers,
-                                                                                kube: Kube) -> None:
-    t = tenant(labels={"pod-security.kubernetes.io/enforce": "restricted"})
-    ns, name = t.namespace, "psa"
-    # the chart's own controller pod is admitted under restricted (its Deployment's ReplicaSet made it)
-    wait_for(lambda: kube.core.list_namespaced_pod(ns, label_selector="app.kubernetes.io/component=controller").items,
-             SHOWN_S, "the chart's controller pod to be admitted under enforce=restricted")
+def test_pods_refused_by_admission_show_the_admission_words_and_fail_the_job(tenant, controllers,
+                                                                            kube: Kube) -> None:
+    """A LimitRange the pods exceed: the real Job controller's FailedCreate is the only word of it. (Pod Security
+    no longer refuses them: test_trust_boundary.py runs them under enforce=restricted.)"""
+    t = tenant()
+    ns, name = t.namespace, "limited"
+    kube.core.create_namespaced_limit_range(ns, {"metadata": {"name": "small"}, "spec": {"limits": [
+        {"type": "Container", "max": {"memory": "1Gi"}}]}})
     c = controllers(t)
-    user_kube(t).create_tj(ns, training_job(name))
+    body = training_job(name)
+    body["spec"]["resources"]["memory_per_node"] = "2Gi"
+    user_kube(t).create_tj(ns, body)
 
     def refused() -> str | None:  # the Job controller's FailedCreate event: the API server's words
         e = next((e for e in kube.events(ns, f"{name}-a1", kind="Job") if e["reason"] == "FailedCreate"), None)
         return e and e["message"]
-    words = re.escape('violates PodSecurity "restricted:latest"')
+    words = r"maximum memory usage per Container is"
     with explained(kube, ns, name, c):
         api_words = wait_for(refused, 30, "the Job controller's FailedCreate event")
         assert re.search(words, api_words), api_words
@@ -112,8 +115,8 @@ def test_a_suspended_job_says_it_waits_for_admission(tenant, controllers, kube: 
 
 
 def test_children_pass_owner_reference_enforcement_with_the_charts_rbac(tenant, controllers, kube: Kube) -> None:
-    """OwnerReferencesPermissionEnforcement: an ownerReference with blockOwnerDeletion needs `update` on the
-    owner's finalizers subresource; the chart's Role must grant it, or no child is ever created."""
+    """OwnerReferencesPermissionEnforcement: an ownerReference with blockOwnerDeletion would need `update` on the
+    owner's finalizers subresource, which the chart does not grant; the children are created without it."""
     t = tenant()
     c = controllers(t)
     ns, name = t.namespace, "owned"
@@ -122,7 +125,7 @@ def test_children_pass_owner_reference_enforcement_with_the_charts_rbac(tenant, 
         job = wait_for(lambda: kube.job(ns, f"{name}-a1"), 20, "the attempt's Job")
         assert job["metadata"]["ownerReferences"] == [
             {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingJob", "name": name,
-             "uid": created["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+             "uid": created["metadata"]["uid"], "controller": True}]
         wait_for(lambda: kube.status(ns, name).get("phase") == "Succeeded", 30, "the job to succeed")
         assert_timestamped(kube.events(ns, name))
 

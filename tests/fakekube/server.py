@@ -13,7 +13,8 @@ fake honours, each pinned to the API documentation by tests/fakekube/test_contra
 - The status subresource: writes to the main resource ignore `status`, writes to `/status`
   ignore everything else; metadata.generation moves only when the spec changes.
 - Deletion with ownerReference garbage collection (Background, Foreground, Orphan; batch/v1
-  Jobs default to Orphan when no propagationPolicy is given, as the real API does).
+  Jobs default to Orphan when no propagationPolicy is given, as the real API does), and the uid
+  precondition (`preconditions: {uid}`: 409 Conflict when the object's uid differs).
 - Label selectors (equality, `key`, `!key`, `key in (...)`) on list and watch.
 - Field selectors (`a=b`, `a==b`, `a!=b`) on list and watch, only on the fields each resource
   supports (`metadata.name`, `metadata.namespace`, and e.g. events' `involvedObject.*`, `reason`,
@@ -33,6 +34,10 @@ Admission, opt-in (the default admits everything, as before):
 
 Faults for tests: `fail_next(method, plural, code)` makes the next matching request fail, and
 `expire_watches()` ends every open watch with 410 Gone and compacts the history.
+
+Every request is also handed, as a `Call` (the RBAC verb, API group, resource, subresource,
+namespace, name and the client's User-Agent), to each function in `RECORDERS`: what RBAC would be
+asked to authorize, so a test can compare what a client did with the Roles it is given.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ RESOURCES = [
     Resource("", "v1", "pods", "Pod", status_subresource=True),
     Resource("", "v1", "services", "Service", status_subresource=True),
     Resource("", "v1", "configmaps", "ConfigMap"),
+    Resource("", "v1", "secrets", "Secret"),
     Resource("", "v1", "events", "Event"),
     Resource("events.k8s.io", "v1", "events", "Event"),
     Resource("batch", "v1", "jobs", "Job", status_subresource=True, default_propagation="Orphan"),
@@ -95,6 +101,33 @@ class ApiError(Exception):
 
 
 Admission = Callable[[Resource, str, dict], None]  # (resource, namespace, object to create): raises ApiError
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as RBAC sees it (the attributes an authorizer is asked about), and who sent it."""
+
+    verb: str  # get, list, watch, create, update, patch, delete, deletecollection
+    group: str
+    resource: str
+    subresource: str
+    namespace: str  # "" for a cluster-wide request
+    name: str
+    agent: str  # the User-Agent header
+
+
+RECORDERS: list[Callable[[Call], None]] = []  # every request of every FakeApiServer is handed to each
+
+
+def rbac_verb(method: str, name: str | None, query: dict) -> str:
+    """The verb RBAC authorizes for an HTTP request (the API server's request info resolver)."""
+    if method == "GET":
+        if name is not None:
+            return "get"
+        return "watch" if query.get("watch", ["false"])[0] in ("1", "true") else "list"
+    if method == "DELETE":
+        return "delete" if name is not None else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
 
 # Field selectors the real API server accepts besides metadata.name and metadata.namespace (its per-resource
 # field label conversion functions); a value is read at the dotted path, or at the path given here.
@@ -317,11 +350,16 @@ class Store:
             self._bump(res, "MODIFIED", new)
             return copy.deepcopy(new)
 
-    def delete(self, res: Resource, ns: str, name: str, propagation: str | None) -> dict:
+    def delete(self, res: Resource, ns: str, name: str, propagation: str | None, uid: str | None = None) -> dict:
         with self.lock:
-            obj = self.objects[res].pop((ns, name), None)
+            obj = self.objects[res].get((ns, name))
             if obj is None:
                 raise ApiError(404, "NotFound", f'{res.plural} "{name}" not found')
+            if uid is not None and uid != obj["metadata"]["uid"]:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res.plural} "{name}": '
+                                                f"Precondition failed: UID in precondition: {uid}, UID in object "
+                                                f"meta: {obj['metadata']['uid']}")
+            del self.objects[res][(ns, name)]
             self._bump(res, "DELETED", obj)
             self._collect(obj["metadata"]["uid"], propagation or res.default_propagation)
             return copy.deepcopy(obj)
@@ -518,6 +556,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             raw_body = self._body() if method in ("POST", "PUT", "PATCH", "DELETE") else {}  # always drain it
             res, ns, name, sub, query = self._route()
+            call = Call(rbac_verb(method, name, query), res.group, res.plural, sub or "", ns or "", name or "",
+                        self.headers.get("User-Agent", ""))
+            for record in list(RECORDERS):
+                record(call)
             with store.lock:
                 store.requests[(method, res.plural)] += 1
                 for i, (f_method, f_plural, code, f_sub) in enumerate(store.faults):
@@ -560,7 +602,8 @@ class _Handler(BaseHTTPRequestHandler):
                 propagation = body.get("propagationPolicy") or query.get("propagationPolicy", [None])[0]
                 if body.get("orphanDependents") is True:
                     propagation = "Orphan"
-                return self._send(200, store.delete(res, ns, name, propagation))
+                uid = (body.get("preconditions") or {}).get("uid")
+                return self._send(200, store.delete(res, ns, name, propagation, uid))
             raise ApiError(405, "MethodNotAllowed", method)
         except ApiError as exc:
             self._send(exc.code, exc.status())

@@ -335,3 +335,49 @@ def test_pods_that_never_start_look_as_the_scheduler_and_kubelet_leave_them(api)
         assert backoff.status.phase == "Pending" and backoff.spec.node_name
         assert backoff.status.container_statuses[0].state.waiting.message == (
             'Back-off pulling image "registry.example.com/t:1"')
+
+
+def test_a_delete_with_a_uid_precondition_spares_a_namesake(api) -> None:
+    """DeleteOptions.preconditions.uid: "If not possible, a 409 Conflict status will be returned" (the
+    object of that name is another one now); the right uid deletes it."""
+    _, c = api
+    core = client.CoreV1Api(c)
+    first = core.create_namespaced_config_map("ns", {"metadata": {"name": "cm"}})
+    core.delete_namespaced_config_map("cm", "ns")
+    core.create_namespaced_config_map("ns", {"metadata": {"name": "cm"}, "data": {"owner": "someone else"}})
+    with pytest.raises(ApiException) as exc:
+        core.delete_namespaced_config_map("cm", "ns", body={"preconditions": {"uid": first.metadata.uid}})
+    assert exc.value.status == 409 and "Precondition failed: UID in precondition" in exc.value.body
+    current = core.read_namespaced_config_map("cm", "ns")
+    assert current.data == {"owner": "someone else"}
+    core.delete_namespaced_config_map("cm", "ns", body={"preconditions": {"uid": current.metadata.uid}})
+    assert not core.list_namespaced_config_map("ns").items
+
+
+def test_every_request_reaches_the_recorders_as_rbac_sees_it(api) -> None:
+    """The authorizer's attributes of a resource request: verb (get/list/watch from GET, create, update, patch,
+    delete), API group, resource, subresource, namespace and name; plus the client's User-Agent."""
+    from tests.fakekube.server import RECORDERS, Call
+
+    _, c = api
+    c.user_agent = "recorded/1"
+    calls: list[Call] = []
+    RECORDERS.append(calls.append)
+    try:
+        custom = client.CustomObjectsApi(c)
+        obj = custom.create_namespaced_custom_object(G, V, "ns", P, tj("a"))
+        custom.get_namespaced_custom_object(G, V, "ns", P, "a")
+        custom.list_cluster_custom_object(G, V, P)
+        custom.list_namespaced_custom_object(G, V, "ns", P, watch=True, timeout_seconds=1,
+                                             resource_version=obj["metadata"]["resourceVersion"],
+                                             _preload_content=False).release_conn()
+        custom.replace_namespaced_custom_object_status(G, V, "ns", P, "a", {**obj, "status": {"phase": "Pending"}})
+        custom.patch_namespaced_custom_object(G, V, "ns", P, "a", {"metadata": {"labels": {"x": "1"}}})
+        custom.delete_namespaced_custom_object(G, V, "ns", P, "a")
+    finally:
+        RECORDERS.remove(calls.append)
+    assert [(x.verb, x.group, x.resource, x.subresource, x.namespace, x.name) for x in calls] == [
+        ("create", G, P, "", "ns", ""), ("get", G, P, "", "ns", "a"), ("list", G, P, "", "", ""),
+        ("watch", G, P, "", "ns", ""), ("update", G, P, "status", "ns", "a"), ("patch", G, P, "", "ns", "a"),
+        ("delete", G, P, "", "ns", "a")]
+    assert {x.agent for x in calls} == {"recorded/1"}

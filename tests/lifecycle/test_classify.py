@@ -74,3 +74,73 @@ def test_cgroup_oom_kill_of_a_deepspeed_worker_captured_here() -> None:
     without = classify(Outcome(exit_code=1, log_tail=tail))
     assert without.kind == "unknown" and "killed by SIGKILL" in without.reason  # not a preemption
     assert "exitcode  : -9" in without.evidence
+
+
+# Finding 6: classification reads what the run died of, not everything it printed.
+
+def test_finding6_keyerror_after_an_enomem_notice_is_a_user_error_not_host_oom() -> None:
+    """The finding's script, captured: it logged 'Cannot allocate memory (falling back...)' and then raised
+    KeyError on both ranks. It was relaunched 8 times as host_oom; it died of the KeyError."""
+    tail = read("finding6_keyerror_after_enomem_notice.txt")
+    assert "Cannot allocate memory" in tail
+    f = classify(Outcome(exit_code=1, log_tail=tail))
+    assert f.kind == "user_error" and not f.is_oom
+    assert f.evidence == "KeyError: 'labels'"
+
+
+def test_finding6_a_notice_printed_between_a_peer_traceback_and_the_end_is_not_the_cause() -> None:
+    """Ranks interleave in one stream: rank 0 logs the notice after rank 1 died, then torchrun stops it."""
+    tail = ("Traceback (most recent call last):\n  File \"/w/train.py\", line 7, in <module>\n"
+            "    labels = batch[\"labels\"]\nKeyError: 'labels'\n"
+            "[rank 0] pinned host buffer: Cannot allocate memory (falling back to a pageable buffer)\n"
+            "step 3/10 loss 4.7000\n")
+    assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "user_error"
+
+
+def test_a_caught_oom_long_before_the_end_is_not_what_the_run_died_of() -> None:
+    caught = read("cuda_oom_h100.txt").split("E1123")[0].replace("[rank0]: ", "")  # the worker's traceback only
+    went_on = "".join(f"step {i}/500 loss 3.1\n" for i in range(200))
+    tail = caught + went_on + "Traceback (most recent call last):\n  File \"t.py\", line 9\nNameError: name 'x'\n"
+    assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "user_error"
+    # ... but the same OOM as the run's last words is its cause
+    assert classify(Outcome(exit_code=1, log_tail=went_on + caught)).kind == "cuda_oom"
+
+
+def test_an_oom_chained_to_the_final_exception_counts() -> None:
+    tail = ("Traceback (most recent call last):\n  File \"t.py\", line 3, in step\n"
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity\n\n"
+            "During handling of the above exception, another exception occurred:\n\n"
+            "Traceback (most recent call last):\n  File \"t.py\", line 9, in <module>\n"
+            "RuntimeError: the step failed\n")
+    assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "cuda_oom"
+
+
+def test_nccl_out_of_memory_in_the_continuation_of_a_generic_exception() -> None:
+    tail = ("[rank1]: Traceback (most recent call last):\n[rank1]:   File \"t.py\", line 5, in <module>\n"
+            "[rank1]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda "
+            "error (run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5\n"
+            "[rank1]: ncclUnhandledCudaError: Call to CUDA function failed.\n[rank1]: Last error:\n"
+            "[rank1]: Cuda failure 2 'out of memory'\n")
+    assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "cuda_oom"
+
+
+def test_a_cpp_abort_of_one_rank_before_a_peer_traceback_is_the_oom() -> None:
+    tail = ("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n"
+            "Traceback (most recent call last):\n  File \"t.py\", line 5, in <module>\n"
+            "torch.distributed.DistBackendError: Connection reset by peer\n")
+    assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "host_oom"
+
+
+def test_the_simple_launchers_called_process_error_is_set_aside() -> None:
+    tail = ("Traceback (most recent call last):\n  File \"t.py\", line 2, in <module>\nKeyError: 'labels'\n"
+            "Traceback (most recent call last):\n  File \"/venv/bin/accelerate\", line 8, in <module>\n"
+            "    sys.exit(main())\n"
+            "subprocess.CalledProcessError: Command '['/venv/bin/python', 't.py']' returned non-zero exit status 1.\n")
+    f = classify(Outcome(exit_code=1, log_tail=tail))
+    assert f.kind == "user_error" and "KeyError" in f.evidence
+
+
+def test_shardctls_own_refusal_to_start_is_a_user_error() -> None:
+    tail = "[shardctl] cannot start the run: entrypoint.env_from: HF_TOKEN is not set in the environment\n"
+    f = classify(Outcome(exit_code=2, log_tail=tail))
+    assert f.kind == "user_error" and "HF_TOKEN" in f.evidence

@@ -76,3 +76,34 @@ def test_an_oom_starts_the_next_rung_and_a_success_finishes() -> None:
 def test_a_stall_waits_and_asks_to_be_looked_at_again() -> None:
     move = next_move(view(running()), Observation(Seen.PENDING, detail="Suspended: waits", stalled=True, recheck_s=3))
     assert move == Wait(detail="Suspended: waits", stalled=True, recheck_s=3)
+
+
+def test_finding11_cancel_after_end_keeps_outcome() -> None:
+    """The attempt raised KeyError by itself while its supervisor was dead; then came the cancel. The new
+    supervisor records the KeyError, and the job fails with it: the cancel stopped nothing."""
+    died = Outcome(exit_code=1, log_tail="Traceback (most recent call last):\n  File \"t.py\", line 2\nKeyError: 'x'\n")
+    end = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=died))
+    assert isinstance(end, EndAttempt) and end.state is AttemptState.FAILED
+    assert end.failure is not None and end.failure.kind is FailureKind.USER_ERROR
+    finish = next_move(view(AttemptView(1, end.state, SPEC, end.failure), cancel=True))
+    assert isinstance(finish, Finish) and finish.state is JobState.FAILED
+    assert "user_error" in finish.reason
+
+
+def test_finding11_an_oom_that_ended_by_itself_keeps_it_and_the_cancel_stops_the_next_attempt() -> None:
+    oom = Outcome(exit_code=1, log_tail="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB\n")
+    end = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=oom))
+    assert isinstance(end, EndAttempt) and end.failure is not None and end.failure.kind is FailureKind.CUDA_OOM
+    finish = next_move(view(AttemptView(1, end.state, SPEC, end.failure), cancel=True))
+    assert isinstance(finish, Finish) and finish.state is JobState.CANCELLED
+    assert "before attempt 2 started" in finish.reason and "cuda_oom" in finish.reason
+
+
+def test_finding11_only_an_attempt_that_was_stopped_from_outside_becomes_cancelled() -> None:
+    for stopped in (Outcome(exit_code=143, preempted=True), Outcome(exit_code=None, signal=9),
+                    Outcome(exit_code=0, cancelled=True)):
+        move = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=stopped))
+        assert isinstance(move, EndAttempt) and move.state is AttemptState.CANCELLED, stopped
+    killed_for_memory = Outcome(exit_code=None, signal=9, oom_killed=True)
+    move = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=killed_for_memory))
+    assert isinstance(move, EndAttempt) and move.failure is not None and move.failure.kind is FailureKind.HOST_OOM

@@ -338,3 +338,46 @@ def test_finding_9_a_pipe_that_sends_nothing_is_given_up_on(tmp_path, monkeypatc
         assert time.perf_counter() - start < 1.0
     finally:
         os.close(writer)
+
+
+# Finding 3: secrets by reference. A value under entrypoint.env is copied everywhere; names that say
+# "credential" are refused there, and env_from items are one well-formed reference each.
+
+@pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD",
+                                  "hf_token", "DB_PASSWD", "MY_SECRET"])
+def test_finding3_a_secret_looking_value_under_env_is_refused_pointing_to_env_from(name: str) -> None:
+    out = problems(GOOD.replace("    script: train.py\n", f"    script: train.py\n    env: {{{name}: hf_x}}\n"))
+    assert len(out) == 1 and out[0].startswith(f"job.yaml:8: spec.entrypoint.env: {name} looks like a secret")
+    assert "entrypoint.env_from" in out[0] and "hf_x" not in out[0]
+
+
+@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "GOOGLE_APPLICATION_CREDENTIALS",
+                                  "HF_TOKEN_PATH", "SECRETS_DIR", "NCCL_IB_HCA", "MONKEY"])
+def test_finding3_names_that_only_point_at_secrets_are_plain_values(name: str) -> None:
+    text = GOOD.replace("    script: train.py\n", f"    script: train.py\n    env: {{{name}: x}}\n")
+    assert parse_spec_text(text).job.spec.entrypoint.env == {name: "x"}
+
+
+def test_finding3_env_from_items_are_one_reference_each_located_by_line() -> None:
+    ok = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from:\n      - env: HF_TOKEN\n"
+                      "      - file: ~/.config/shardctl/hf.env\n      - secret: wandb.creds\n"
+                      "        keys: [WANDB_API_KEY]\n")
+    sources = parse_spec_text(ok).job.spec.entrypoint.env_from
+    assert [s.kind for s in sources] == ["env", "file", "secret"] and sources[2].names() == ["WANDB_API_KEY"]
+    bad = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from:\n      - env: HF_TOKEN\n"
+                       "        file: x.env\n      - env: 1BAD\n      - secret: Not_A_Name\n      - file: x.env\n"
+                       "        keys: [A]\n      - {}\n")
+    out = problems(bad)
+    assert out[0].startswith("job.yaml:9: spec.entrypoint.env_from.0: an env_from item is exactly one of")
+    assert out[1].startswith("job.yaml:11: spec.entrypoint.env_from.1.env: '1BAD' is not a valid environment")
+    assert out[2].startswith("job.yaml:12: spec.entrypoint.env_from.2.secret: 'Not_A_Name' is not a Kubernetes Secret")
+    assert out[3].startswith("job.yaml:13: spec.entrypoint.env_from.3: `keys` selects keys of a `secret`")
+    assert out[4].startswith("job.yaml:15: spec.entrypoint.env_from.4: an env_from item is exactly one of")
+
+
+def test_finding3_a_variable_given_twice_or_reserved_is_refused() -> None:
+    twice = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from: [{env: HF_TOKEN}, "
+                         "{secret: s, keys: [HF_TOKEN]}]\n")
+    assert "HF_TOKEN is given twice" in problems(twice)[0]
+    reserved = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from: [{env: SHARDCTL_ATTEMPT}]\n")
+    assert "set by shardctl itself" in problems(reserved)[0]

@@ -8,14 +8,21 @@ is submitted twice, and the decisions match the fallback policy.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
+import secrets
+import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator import store_files
 from orchestrator.compile import compile_job
 from orchestrator.lifecycle.classify import Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.store import JobRecord, Store
+from orchestrator.supervise import supervisor as supervisor_module
 from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
 from orchestrator.targets.base import AttemptRef, DryRun
 from tests.helpers import job
@@ -271,13 +278,15 @@ class CrashingStore(Store):
         self._after_write()
         return out
 
-    def update_attempt(self, *args, **kwargs) -> None:
-        super().update_attempt(*args, **kwargs)
+    def update_attempt(self, *args, **kwargs) -> bool:
+        out = super().update_attempt(*args, **kwargs)
         self._after_write()
+        return out
 
-    def finish_job(self, *args, **kwargs) -> None:
-        super().finish_job(*args, **kwargs)
+    def finish_job(self, *args, **kwargs) -> bool:
+        out = super().finish_job(*args, **kwargs)
         self._after_write()
+        return out
 
 
 def _fallback_run(store: Store, record, target: FakeTarget, restart) -> int:
@@ -320,3 +329,192 @@ def test_a_supervisor_killed_after_any_write_gives_exactly_one_submit_per_attemp
         assert [a.state for a in fresh.attempts(record.id)] == ["failed", "succeeded"], crash_at
         assert target.submits == {1: 1, 2: 1}, crash_at
         assert fresh.get_job(record.id).state == "succeeded"
+
+
+# several supervisors on one job at once (the Slurm judge on a compute node, the CLI on the login node)
+
+
+def as_host(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    """What follows is written as if by a process on another host (whose processes cannot be seen)."""
+    monkeypatch.setattr(store_files, "HOST", host)
+
+
+def test_an_attempt_another_host_is_submitting_is_left_alone(store: Store, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    record = new_job(store, tmp_path)
+    here = store_files.HOST
+    as_host(monkeypatch, "login-node")
+    store.add_attempt(record.id, 1, spec=job_to_json(job(backend="deepspeed", sharding="grad_op",
+                                                         batch={"micro": 8, "global": 16},
+                                                         resources={"gpus_per_node": 2})),
+                      rung=None, reason="first", run_dir="/r", log_path="/r/log", artifacts={}, warnings=[],
+                      resume_from=None)
+    as_host(monkeypatch, here)
+    target = FakeTarget()
+    sup = Supervisor(store, record.id, target)
+    assert not sup.step(store.get_job(record.id))  # it may be in sbatch right now: looking it up could miss it
+    assert target.submits == {} and store.attempts(record.id)[0].state == "starting"
+    monkeypatch.setattr(supervisor_module, "SUBMIT_LEASE_S", 0.0)  # ... until its lease runs out: it died
+    drive(sup)
+    assert target.submits == {1: 1} and store.attempts(record.id)[0].state == "running"
+    owner = store.submitter(record.id, 1)
+    assert owner is not None and owner.is_me()  # the takeover is recorded: it holds the submission now
+
+
+def test_a_takeover_won_by_another_host_is_not_submitted_again(store: Store, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    record = new_job(store, tmp_path)
+
+    class DiesBeforeSubmit(FakeTarget):
+        def submit(self, dry, ref):
+            raise Crash
+
+    with pytest.raises(Crash):
+        drive(Supervisor(store, record.id, DiesBeforeSubmit()))
+    here = store_files.HOST
+    as_host(monkeypatch, "compute-7")
+    assert store.claim_submit(record.id, 1)  # the judge took the submission over a moment ago
+    as_host(monkeypatch, here)
+    target = FakeTarget()
+    assert not Supervisor(store, record.id, target).step(store.get_job(record.id))
+    assert target.submits == {}
+
+    class Stale(Store):  # a cached listing that misses the judge's takeover: it tries the same generation
+        def _attempt_files(self, job_id):
+            return {n: {k: v for k, v in files.items() if k != "submit"}
+                    for n, files in super()._attempt_files(job_id).items()}
+
+    monkeypatch.setattr(supervisor_module, "SUBMIT_LEASE_S", 0.0)
+    assert not Supervisor(Stale(store.root), record.id, target).step(store.get_job(record.id))
+    assert target.submits == {}  # generation 1 was the judge's: nobody else submits
+
+
+def test_an_end_or_finish_recorded_first_elsewhere_is_left_standing(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    drive(Supervisor(store, record.id, target))
+    target.results[1] = Outcome(exit_code=0)
+    slow = Supervisor(store, record.id, target)
+    job = store.get_job(record.id)
+    attempts = store.attempts(record.id)
+    from orchestrator.lifecycle.moves import next_move
+    from orchestrator.supervise.supervisor import job_view
+
+    move = next_move(job_view(job, attempts, True), slow.observe(job, attempts[0]))  # decided, not yet written
+    drive(Supervisor(store, record.id, target))  # another supervisor records the end and the finish
+    assert not slow.apply(job, move)  # its end comes second: dropped
+    (a,) = store.attempts(record.id)
+    assert a.state == "succeeded" and store.get_job(record.id).state == "succeeded"
+
+
+class FileTarget:
+    """A scheduler that several processes share: its submissions and results are files."""
+
+    name = "fake"
+    on_gpu = True
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def render(self, spec, ref: AttemptRef) -> DryRun:
+        compiled = compile_job(spec, config_dir=ref.run_dir, checkpoint_dir=ref.checkpoint_dir, attempt=ref.number)
+        return DryRun(self.name, compiled, compiled.files(), ["true"])
+
+    def submit(self, dry: DryRun, ref: AttemptRef) -> str:
+        time.sleep(0.05)  # sbatch takes a while: the window in which nobody else may submit it
+        (self.root / f"submit-{ref.number}-{os.getpid()}-{secrets.token_hex(4)}").touch()
+        (self.root / f"running-{ref.number}").touch()
+        return f"fake-{ref.number}"
+
+    def recover(self, ref: AttemptRef) -> str | None:
+        return f"fake-{ref.number}" if (self.root / f"running-{ref.number}").exists() else None
+
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
+        result = self.root / f"result-{ref.number}"
+        if not result.exists():
+            return Observation(Seen.RUNNING)
+        ok = result.read_text() == "ok"
+        return Observation(Seen.ENDED, outcome=Outcome(exit_code=0) if ok else Outcome(exit_code=1, log_tail=OOM_TAIL))
+
+    def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        (self.root / f"result-{ref.number}").write_text("cancelled")
+
+
+def _stepper(root: str, targets: str, job_id: str, host: str, go: str, out) -> None:
+    store_files.HOST = host  # each process is a host of its own: none can see the others' processes
+    store = Store(Path(root))
+    sup = Supervisor(store, job_id, FileTarget(targets))
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and not store.get_job(job_id).terminal:
+        if not sup.step(store.get_job(job_id)):
+            time.sleep(random.uniform(0, 0.02))
+    out.put(store.get_job(job_id).state)
+
+
+def test_four_hosts_stepping_one_job_submit_each_attempt_once(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state")
+    record = new_job(store, tmp_path)
+    targets = tmp_path / "scheduler"
+    targets.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    go = str(tmp_path / "go")
+    procs = [ctx.Process(target=_stepper, args=(str(store.root), str(targets), record.id, f"host{i}", go, out))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    Path(go).touch()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not store.get_job(record.id).terminal:
+        for a in store.attempts(record.id):  # the scheduler ends each attempt once it runs: an OOM, then success
+            if a.state == "running" and not (targets / f"result-{a.number}").exists():
+                (targets / f"result-{a.number}").write_text("oom" if a.number == 1 else "ok")
+        time.sleep(0.02)
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    submits = sorted(p.name.split("-")[1] for p in targets.glob("submit-*"))
+    assert submits == ["1", "2"]  # each attempt submitted exactly once, by whichever host recorded it
+    attempts = store.attempts(record.id)
+    assert [(a.state, a.failure_kind) for a in attempts] == [("failed", "host_oom"), ("succeeded", None)]
+    assert results == ["succeeded"] * 4 and store.get_job(record.id).reason == "attempt 2 succeeded"
+
+
+class RequeuingTarget(FakeTarget):
+    """A scheduler that restarts attempts in place (Slurm --requeue), with a view that may be stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requeues: dict[int, int] = {}
+
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
+        seen = super().describe(external_id, ref)
+        return Observation(seen.seen, outcome=seen.outcome, peak_memory_bytes=seen.peak_memory_bytes,
+                           preemptions=self.requeues.get(ref.number, 0))
+
+
+def test_a_requeued_attempt_is_one_attempt_with_its_preemptions_recorded(store: Store, tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = RequeuingTarget()
+    sup = Supervisor(store, record.id, target)
+    drive(sup)
+    target.requeues[1] = 2
+    drive(sup)
+    assert [(a.number, a.state, a.preemptions) for a in store.attempts(record.id)] == [(1, "running", 2)]
+    target.requeues[1] = 1  # a stale view never lowers the count
+    drive(sup)
+    assert store.attempts(record.id)[0].preemptions == 2
+    target.results[1] = Outcome(exit_code=0)
+    target.requeues[1] = 3
+    drive(sup)
+    [attempt] = store.attempts(record.id)
+    assert (attempt.state, attempt.preemptions) == ("succeeded", 3)
+    assert store.get_job(record.id).state == "succeeded" and target.submits == {1: 1}
+    from orchestrator.report import history_text, job_json
+
+    view = job_json(store.get_job(record.id), store.attempts(record.id))
+    assert view["attempts"][0]["preemptions"] == 3
+    assert "requeued 3x" in history_text(view)

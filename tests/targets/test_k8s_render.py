@@ -124,3 +124,42 @@ def test_render_command_writes_one_multi_document_file(tmp_path: Path) -> None:
     assert [d["kind"] for d in docs] == ["ConfigMap", "Service", "Job"]
     assert render(example_as_kubernetes(ROOT / "examples/hybrid-zero-pp.yaml")).files["manifests.yaml"] == \
         (tmp_path / "manifests.yaml").read_text()
+
+
+def test_finding3_env_from_secrets_are_references_in_the_job() -> None:
+    spec = kube_job(entrypoint={"script": "t.py", "env_from": [
+        {"secret": "hf-credentials"}, {"secret": "wandb", "keys": ["WANDB_API_KEY"]}]})
+    objects, _ = manifests(spec)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    container = objects[2]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "hf-credentials"}}]
+    assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "WANDB_API_KEY"}}} \
+        in container["env"]
+    assert "envFrom" not in manifests(kube_job())[0][2]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_a_function_runs_the_runner_on_the_call_from_this_trainingjobs_own_secret() -> None:
+    from orchestrator.entry import MODULE_SCRIPT
+
+    uid = "0b5e3a7c-1f2d-4e6a-9c8b-7d6e5f4a3b21"
+    owner = {"apiVersion": "shardctl.dev/v1alpha1", "kind": "TrainingJob", "name": "t", "uid": uid,
+             "controller": True}
+    spec = kube_job(entrypoint={"script": MODULE_SCRIPT, "function": True})
+    objects, _ = manifests(spec, KubeRequest(attempt=2, owner=owner))
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    pod = objects[2]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--module orchestrator.entry.run_pickled" in container["command"][2]
+    volume = next(v for v in pod["volumes"] if v["name"] == "shardctl-function")
+    assert volume == {"name": "shardctl-function", "secret": {
+        "secretName": f"t-function-{uid}", "items": [{"key": "function.pkl", "path": "function.pkl"}]}}
+    assert {"name": "shardctl-function", "mountPath": "/etc/shardctl-function", "readOnly": True} \
+        in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SHARDCTL_FUNCTION_FILE"] == "/etc/shardctl-function/function.pkl"
+    assert env["SHARDCTL_RESULT_TO"] == "log"
+    plain = manifests(kube_job())[0][2]["spec"]["template"]["spec"]  # a script mounts no call
+    assert all(v["name"] != "shardctl-function" for v in plain["volumes"])
+    assert "SHARDCTL_RESULT_TO" not in {e["name"] for e in plain["containers"][0]["env"]}

@@ -8,6 +8,7 @@ run another shardctl command until the end: only the judge jobs move those jobs 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from orchestrator.store import Store
+from orchestrator.targets.slurm_accounting import Poller
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +164,64 @@ def test_sbatch_test_only_accepts_every_rendered_example(tmp_path: Path, slurm_c
     for script in ("job.sbatch", "judge.sbatch"):
         check = subprocess.run(["sbatch", "--test-only", str(out / script)], capture_output=True, text=True)
         assert check.returncode == 0 and "to start at" in check.stderr, (script, check.stderr)
+
+
+def _squeue_state(slurm_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def test_a_requeued_attempt_resumes_from_its_checkpoint_as_the_same_attempt(home: Path) -> None:
+    """`scontrol requeue` of a running attempt (what a preemption with --requeue does): Slurm restarts the
+    same job id, the script resumes from its newest checkpoint, the judge waits for the real end, and the
+    record keeps one attempt that succeeds. Slurm holds a requeued job ~2 min (BeginTime); the test releases
+    it at once with `scontrol update StartTime=now`, as an admin may."""
+    path = spec_file(home.parent, "oom-fallback.yaml", **{
+        "entrypoint.args": ["--steps", "30", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
+                            "--step-sleep", "0.5", "--checkpoint-dir", "{checkpoint_dir}"],
+        "resources": {"nodes": 1, "gpus_per_node": 1, "memory_per_node": "2GiB"},
+        "batch": {"micro": 2, "global": 2}, "checkpoint": {"every_steps": 5}, "slurm.partition": "gpu"})
+    job_id = submit(path)
+    store = Store(home)
+    log = Path(store.attempts(job_id)[0].log_path)
+    wait_for(lambda: log.exists() and "checkpoint saved" in log.read_text(), 180, "a first checkpoint")
+    slurm_id = store.attempts(job_id)[0].external_id
+    assert slurm_id and "#SBATCH --requeue" in (log.parent / "job.sbatch").read_text()
+    # the site defaults on the way: CPUs per task from the nodes' CPUs per GPU (96 / 8 = 12, x 1 GPU), with a
+    # warning kept with the attempt; the attempt on partition gpu, its judge on the site's default (debug)
+    assert "#SBATCH --cpus-per-task=12" in (log.parent / "job.sbatch").read_text()
+    assert any("--cpus-per-task=12 (12 CPUs per GPU x 1 GPUs per node, derived from partition gpu's nodes: 96 "
+               "CPUs, 8 GPUs each)" in w
+               for w in json.loads(store.attempts(job_id)[0].warnings))
+    scontrol = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True).stdout
+    assert "NumCPUs=12" in scontrol and "Partition=gpu" in scontrol, scontrol
+    r = subprocess.run(["scontrol", "requeue", slurm_id], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: _squeue_state(slurm_id) == "PENDING", 60, "Slurm to requeue the attempt")
+    wait_for(lambda: (info := Poller(interval_s=0).get(slurm_id)) is not None and info.requeues == 1, 30,
+             "accounting to list the earlier run (sacct -D)")
+    pending = Poller(interval_s=0).get(slurm_id)
+    assert pending is not None and pending.phase == "pending", pending  # an open attempt, not an end
+    # while it waits, a CLI read makes its moves inline: the attempt must stay open, nothing resubmitted
+    status = cli("status", job_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "running", status.stdout
+    assert [(a.number, a.state.value) for a in store.attempts(job_id)] == [(1, "running")]
+    subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+    wait_for(lambda: store.get_job(job_id).terminal, 300, "the requeued attempt to finish")
+    attempts = store.attempts(job_id)
+    text = log.read_text()
+    assert store.get_job(job_id).state == "succeeded", text[-3000:]
+    assert [(a.number, a.state.value, a.external_id) for a in attempts] == [(1, "succeeded", slurm_id)]
+    assert attempts[0].preemptions == 1  # recorded as a preemption of the attempt, not a failure and a new one
+    assert "DUE TO JOB REQUEUE" in text and f"Slurm job {slurm_id} on" in text and "(restart 1)" in text
+    resumed = re.findall(r"resumed from \S*step_(\d+)", text)
+    assert len(resumed) == 1 and int(resumed[0]) >= 5 and text.count("no checkpoint: starting from step 0") == 1
+    assert text.count("training complete") == 1
+    runs = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "-j", slurm_id, "-o", "State"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs
+    info = Poller(interval_s=0).get(slurm_id)
+    assert info is not None and (info.state, info.requeues) == ("COMPLETED", 1), info
+    judge = ["sacct", "-n", "-P", "-D", "-X", "--name", f"oom-fallback.{job_id}.1.judge", "-o", "State,Partition"]
+    wait_for(lambda: subprocess.run(judge, capture_output=True, text=True).stdout.split() == ["COMPLETED|debug"], 60,
+             "the one judge to have run once, after the real end, on the default partition")

@@ -155,3 +155,138 @@ def test_usr1_before_the_time_limit_asks_for_a_checkpoint_and_the_step_status_su
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 3
     assert (tmp_path / "checkpoint-requested").exists() and "requesting a checkpoint" in out
+
+
+def test_finding3_env_from_reaches_the_job_by_name_and_the_file_on_the_node(tmp_path: Path) -> None:
+    """A shell variable is named in --export (of the attempt and of its judge, which submits the next one);
+    a file is read by the batch script on the node: job.sbatch holds names and a path, no value, and the
+    accelerate stand-in sees both values."""
+    from orchestrator.secretenv import parse_env_file
+
+    env_file = tmp_path / "wandb.env"
+    env_file.write_text("WANDB_API_KEY='w-from-a-file'\n")
+    env_file.chmod(0o600)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    seen = tmp_path / "seen.txt"
+    _fake(bin_dir, "srun", 'while [[ "$1" == --* ]]; do shift; done\nSLURM_NODEID=0 "$@"\n')
+    _fake(bin_dir, "scontrol", 'printf "nodeA\\n"\n')
+    _fake(bin_dir, "accelerate", f'printf "%s|%s" "$HF_TOKEN" "$WANDB_API_KEY" > {seen}\n')
+    spec = slurm_job(resources={"nodes": 1, "gpus_per_node": 4}, slurm={},
+                     entrypoint={"script": "t.py", "env_from": [{"env": "HF_TOKEN"}, {"file": "wandb.env"}]})
+    dry = render(spec, request(tmp_path, bin_dir=str(bin_dir), workdir=str(tmp_path)))
+    job_script, judge = dry.files[JOB_SCRIPT], dry.files[JUDGE_SCRIPT]
+    assert "#SBATCH --export=ALL,HF_TOKEN" in job_script.splitlines()
+    assert "#SBATCH --export=ALL,HF_TOKEN" in judge.splitlines()
+    assert f"shardctl_env_file {env_file}" in job_script  # relative to the submit directory
+    assert "w-from-a-file" not in job_script and parse_env_file(env_file.read_text(), "f")
+    script = tmp_path / "job.sbatch"
+    script.write_text(job_script)
+    env = {**os.environ, "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "nodeA", "SLURM_JOB_ID": "7",
+           "HF_TOKEN": "hf-from-the-shell"}  # what sbatch --export=ALL,HF_TOKEN hands the batch shell
+    out = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert seen.read_text() == "hf-from-the-shell|w-from-a-file"
+
+
+def test_an_export_of_ones_own_would_drop_env_from_and_is_refused(tmp_path: Path) -> None:
+    from orchestrator.compile import CompileError
+
+    spec = slurm_job(entrypoint={"script": "t.py", "env_from": [{"env": "HF_TOKEN"}]},
+                     slurm={"extra": ["--exclusive", "--export=NONE"]})
+    with pytest.raises(CompileError) as caught:
+        render(spec, request(tmp_path))
+    assert caught.value.findings[0].field == "spec.slurm.extra.1"
+    plain = slurm_job(slurm={"extra": ["--export=NONE"]})  # without env_from it is the user's call
+    assert "#SBATCH --export=NONE" in render(plain, request(tmp_path)).files[JOB_SCRIPT]
+
+
+def test_a_judge_without_the_variable_refuses_to_submit_the_next_attempt(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import SubmitError
+    from orchestrator.targets.base import AttemptRef
+    from orchestrator.targets.slurm import SlurmTarget
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    spec = slurm_job(entrypoint={"script": "t.py", "env_from": [{"env": "HF_TOKEN"}]})
+    target = SlurmTarget(state_dir=str(tmp_path / "state"))
+    ref = AttemptRef("ab12", 2, str(tmp_path / "attempt-2"), str(tmp_path), str(tmp_path), str(tmp_path / "o.log"))
+    with pytest.raises(SubmitError, match="HF_TOKEN not set"):
+        target.submit(target.render(spec, ref), ref)
+    assert not (tmp_path / "attempt-2").exists()  # sbatch was never called
+
+
+# --- site defaults: CPUs per task, the judge's partition, requeued runs --------------------------------------
+
+SINFO = """debug*|96|gpu:8
+gpu|96|gpu:a100:4(S:0),gpu:h100:4(S:1)
+gpu|64|gpu:h100:8(S:0-1)
+cpu|128|(null)
+"""
+
+
+def test_node_shapes_reads_the_default_partition_and_every_gpu_spelling() -> None:
+    from orchestrator.targets.slurm_accounting import node_shapes
+
+    assert node_shapes(SINFO, None) == ("debug", [(96, 8)])  # no partition named: sinfo's `*`
+    assert node_shapes(SINFO, "gpu") == ("gpu", [(96, 8), (64, 8)])
+    assert node_shapes(SINFO, "cpu") == ("cpu", [(128, 0)])
+    assert node_shapes(SINFO, "nope") == ("nope", [])
+    assert node_shapes("gpu|96|gpu:8\n", None) == (None, [])  # no default partition at this site
+
+
+def test_cpus_per_task_is_derived_per_gpu_and_the_spec_wins(tmp_path: Path) -> None:
+    no_cpus = {"nodes": 2, "gpus_per_node": 4, "memory_per_node": "500GiB"}
+    derived = request(tmp_path, cpus_per_gpu=12, cpus_basis="partition gpu's nodes: 96 CPUs, 8 GPUs each")
+    dry = render(slurm_job(resources=no_cpus), derived)
+    assert "#SBATCH --cpus-per-task=48" in dry.files[JOB_SCRIPT]  # 12 per GPU x the 4 GPUs of the node's one task
+    assert any("--cpus-per-task=48 (12 CPUs per GPU x 4 GPUs per node, derived from partition gpu's nodes" in w
+               for w in dry.warnings), dry.warnings
+    spec_says = render(slurm_job(), derived)  # cpus_per_node: 32
+    assert "#SBATCH --cpus-per-task=32" in spec_says.files[JOB_SCRIPT]
+    assert not any("cpus_per_node" in w for w in spec_says.warnings)
+    offline = render(slurm_job(resources=no_cpus), request(tmp_path))  # the dry run: nobody asked Slurm
+    assert "--cpus-per-task" not in offline.files[JOB_SCRIPT]
+    assert any("a dry run does not ask Slurm" in w for w in offline.warnings), offline.warnings
+    unknown = render(slurm_job(resources=no_cpus), request(tmp_path, cpus_basis="sinfo reports no GPUs on partition "
+                                                                                "cpu's nodes"))
+    assert "--cpus-per-task" not in unknown.files[JOB_SCRIPT]
+    assert any("cannot be derived (sinfo reports no GPUs" in w for w in unknown.warnings), unknown.warnings
+
+
+def test_the_derived_figure_travels_with_the_job_to_every_judge(tmp_path: Path) -> None:
+    """What submit learnt from sinfo is kept in the job's options: a judge rebuilding the target from them renders
+    the next attempt with the same --cpus-per-task, without asking Slurm again."""
+    from orchestrator.targets.base import AttemptRef
+    from orchestrator.targets.slurm import SlurmTarget
+
+    at_submit = SlurmTarget(cpu=True, state_dir=str(tmp_path), cpus_per_gpu=12, cpus_basis="partition debug's nodes")
+    judge = SlurmTarget.from_options(json.loads(json.dumps(at_submit.options())))  # as the store keeps them
+    ref = AttemptRef("ab12cd34", 2, str(tmp_path / "attempt-2"), str(tmp_path / "ckpt"), str(tmp_path),
+                     str(tmp_path / "attempt-2/output.log"))
+    job_ = slurm_job(resources={"nodes": 1, "gpus_per_node": 2, "memory_per_node": "4GiB"})
+    assert "#SBATCH --cpus-per-task=24" in judge.render(job_, ref).files[JOB_SCRIPT]
+    assert "cpus_per_gpu" not in SlurmTarget(cpu=True).options()  # nothing derived, nothing kept
+
+
+def test_the_judge_goes_to_the_sites_default_partition_unless_one_is_named(tmp_path: Path) -> None:
+    judge = render(slurm_job(slurm={"partition": "gpu"}), request(tmp_path)).files[JUDGE_SCRIPT]
+    assert "--partition" not in judge.replace("No --partition", "")  # Slurm's default partition, not gpu
+    assert "#SBATCH --partition=gpu" in render(slurm_job(slurm={"partition": "gpu"}), request(tmp_path)).files[
+        JOB_SCRIPT]
+    named = render(slurm_job(slurm={"partition": "gpu", "supervisor_partition": "cpu"}), request(tmp_path))
+    assert "#SBATCH --partition=cpu" in named.files[JUDGE_SCRIPT]
+
+
+def test_a_requeued_job_is_its_newest_run_with_the_earlier_ones_counted() -> None:
+    """`sacct -D` after `scontrol requeue` (captured on the dev cluster): the earlier run's REQUEUED record and its
+    cancelled batch step are history, not the job's state."""
+    from orchestrator.targets.slurm_accounting import parse_sacct
+
+    text = ("479|REQUEUED|0:0||None\n479.batch|CANCELLED|0:15|2048K|\n"
+            "479|RUNNING|0:0||BeginTime\n479.batch|RUNNING|0:0|1024K|\n")
+    info = parse_sacct(text)["479"]
+    assert (info.state, info.phase, info.requeues, info.steps) == ("RUNNING", "running", 1, (("batch", "RUNNING"),))
+    assert info.max_rss_bytes == 1024 << 10 and "requeued 1 time" in info.summary()
+    once = parse_sacct("480|COMPLETED|0:0||None\n480.batch|COMPLETED|0:0|1024K|\n")["480"]
+    assert once.requeues == 0 and "requeued" not in once.summary()

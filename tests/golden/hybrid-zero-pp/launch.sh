@@ -3,6 +3,7 @@
 set -euo pipefail
 cd /work
 export HF_HUB_OFFLINE=1
+export PYTHONUNBUFFERED=1
 export SHARDCTL_ACTIVATION_CHECKPOINTING=0
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=deepspeed

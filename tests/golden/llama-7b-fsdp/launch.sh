@@ -2,6 +2,7 @@
 # shardctl: job llama-7b-fsdp, attempt 1, target local. Exactly what submit runs.
 set -euo pipefail
 cd /work
+export PYTHONUNBUFFERED=1
 export SHARDCTL_ACTIVATION_CHECKPOINTING=1
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=fsdp

@@ -2,6 +2,7 @@
 # shardctl: job slurm-2node, attempt 1, target local. Exactly what submit runs.
 set -euo pipefail
 cd /work
+export PYTHONUNBUFFERED=1
 export SHARDCTL_ACTIVATION_CHECKPOINTING=0
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=deepspeed

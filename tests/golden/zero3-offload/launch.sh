@@ -2,6 +2,7 @@
 # shardctl: job gpt2-xl-zero3-offload, attempt 1, target local. Exactly what submit runs.
 set -euo pipefail
 cd /work
+export PYTHONUNBUFFERED=1
 export SHARDCTL_ACTIVATION_CHECKPOINTING=0
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=deepspeed

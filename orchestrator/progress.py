@@ -1,0 +1,328 @@
+"""How far a run is, read from what training scripts really print (docs/progress.md).
+
+Recognised: tqdm bars (redrawn with `\\r`, as the Hugging Face Trainer and accelerate's examples
+draw them), the Trainer's log dicts (`{'loss': ..., 'epoch': ...}`), `step N/M ... loss X` lines
+(accelerate's `get_logger` with any prefix), and one line for custom scripts:
+`shardctl: step=120 total=1000 loss=2.34`. `status` and `submit --wait` read it over and over while
+a run writes, so it is pure, stdlib-only and bounded: only the end of a log is read, a half-written
+last line and a line cut by the read are skipped, and where several ranks print, the highest step
+among the last few readings is taken (consistent, not whichever rank wrote last).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any
+
+TAIL_BYTES = 256 * 1024  # the end of the log that is read; a tqdm bar redrawn for hours fills far more
+HEAD_BYTES = 64 * 1024  # the start, read only to find the first step of the attempt (for an average rate)
+WINDOW = 16  # the last readings of a step among which the highest is taken (interleaved ranks agree)
+MAX_INT = 10**15
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+TQDM_BAR = re.compile(
+    r"(?<![\d.])(?P<n>\d{1,15})(?:/(?P<total>\d{1,15}|\?)|[A-Za-z]*)\s*"
+    r"\[(?P<elapsed>\d+(?::\d\d){1,2})(?:<(?P<remaining>\d+(?::\d\d){1,2}|\?))?,\s*"
+    r"(?P<rate>\d+(?:\.\d+)?|\?)\s*(?P<unit>s/[A-Za-z]*|[A-Za-z]*/s)(?P<postfix>,[^\]]*)?\]")
+_DICT_LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE)
+_DICT_EPOCH = re.compile(r"""['"]epoch['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE)
+_STEP = re.compile(r"\bstep\s+(?P<n>\d{1,15})(?:\s*/\s*(?P<total>\d{1,15}))?", re.IGNORECASE)
+_LOSS = re.compile(r"\bloss\b\s*[:=]?\s*(?P<v>" + _NUMBER + r")(?![\w.])", re.IGNORECASE)
+_SHARDCTL = re.compile(r"\bshardctl:\s+(?P<pairs>(?:[a-z_]+=\S+\s*)+)$")
+_PAIR = re.compile(r"([a-z_]+)=(\S+)")
+_TOTAL_HINT = re.compile(r"Total optimization steps\s*=\s*(?P<v>\d[\d,]{0,20})")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the end of a log says. `format` names the kind of line the step came from: `shardctl`,
+    `tqdm`, `step`, or `trainer` when only a loss dict was seen (no step)."""
+
+    step: int | None
+    total: int | None
+    loss: float | None
+    epoch: float | None
+    format: str
+    rate: float | None = None  # steps per second
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    rate_from: str | None = None  # "log" (the bar's own), "attempt" (average since it started), "watch" (measured)
+
+    def with_rate(self, rate: float | None, rate_from: str, elapsed_s: float | None = None) -> Progress:
+        """The same reading with a rate found elsewhere, and the ETA that follows from it."""
+        if rate is None or not rate > 0 or not math.isfinite(rate):
+            return replace(self, elapsed_s=self.elapsed_s if elapsed_s is None else elapsed_s)
+        eta = (self.total - self.step) / rate if self.total is not None and self.step is not None else None
+        return replace(self, rate=rate, rate_from=rate_from, eta_s=max(0.0, eta) if eta is not None else None,
+                       elapsed_s=self.elapsed_s if elapsed_s is None else elapsed_s)
+
+    def as_json(self) -> dict[str, Any]:
+        def finite(x: float | None, digits: int) -> float | None:
+            return round(x, digits) if x is not None and math.isfinite(x) else None
+
+        return {"step": self.step, "total": self.total, "loss": finite(self.loss, 6), "epoch": finite(self.epoch, 4),
+                "steps_per_s": finite(self.rate, 4), "elapsed_s": finite(self.elapsed_s, 1),
+                "eta_s": finite(self.eta_s, 1), "rate_from": self.rate_from, "format": self.format}
+
+
+@dataclass(frozen=True)
+class Reading:
+    kind: str
+    step: int | None = None
+    total: int | None = None
+    loss: float | None = None
+    epoch: float | None = None
+    rate: float | None = None
+    elapsed_s: float | None = None
+    remaining_s: float | None = None
+    total_hint: int | None = None
+
+
+def _float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _seconds(text: str | None) -> float | None:
+    """tqdm's `MM:SS` or `H:MM:SS`."""
+    if not text or text == "?":
+        return None
+    out = 0
+    for part in text.split(":"):
+        out = out * 60 + int(part)
+    return float(out)
+
+
+def _int(text: str | None) -> int | None:
+    if text is None or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= MAX_INT else None
+
+
+def last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    return deque(pattern.finditer(text), maxlen=1).pop() if pattern.search(text) else None
+
+
+def _tqdm(segment: str) -> tuple[int, Reading] | None:
+    m = last_match(TQDM_BAR, segment)  # a line may hold several redraws
+    if m is None:
+        return None
+    rate = _float(m["rate"]) if m["rate"] != "?" else None
+    if rate is not None and m["unit"].startswith("s/"):
+        rate = 1 / rate if rate > 0 else None
+    postfix = _LOSS.search(m["postfix"] or "")
+    return m.start(), Reading("tqdm", _int(m["n"]), _int(m["total"]), _float(postfix["v"]) if postfix else None,
+                               rate=rate, elapsed_s=_seconds(m["elapsed"]), remaining_s=_seconds(m["remaining"]))
+
+
+def _shardctl(segment: str) -> tuple[int, Reading] | None:
+    m = _SHARDCTL.search(segment.rstrip())
+    if not m:
+        return None
+    pairs = dict(_PAIR.findall(m["pairs"]))
+    step = _int(pairs.get("step"))
+    if step is None:
+        return None
+    loss, epoch = (_float(pairs[k]) if k in pairs else None for k in ("loss", "epoch"))
+    return m.start(), Reading("shardctl", step, _int(pairs.get("total")), loss, epoch)
+
+
+def _trainer(segment: str) -> tuple[int, Reading] | None:
+    loss = _DICT_LOSS.search(segment)
+    if not loss:
+        return None
+    epoch = _DICT_EPOCH.search(segment)
+    return loss.start(), Reading("trainer", loss=_float(loss["v"]), epoch=_float(epoch["v"]) if epoch else None)
+
+
+def _step(segment: str) -> tuple[int, Reading] | None:
+    m = last_match(_STEP, segment)
+    if m is None:
+        hint = _TOTAL_HINT.search(segment)
+        return (hint.start(), Reading("hint", total_hint=_int(hint["v"].replace(",", "")))) if hint else None
+    loss = _LOSS.search(segment, m.end())
+    return m.start(), Reading("step", _int(m["n"]), _int(m["total"]), _float(loss["v"]) if loss else None)
+
+
+def readings(segment: str) -> list[Reading]:
+    """What one line (one `\\r`-separated piece of a line) says about progress, in the order it says
+    it: a piece may hold two kinds (a bar and then a loss dict or a log line, with no newline between)."""
+    text = ANSI.sub("", segment)
+    found = [f for f in (_shardctl(text) if "shardctl:" in text else None,
+                         _tqdm(text) if "[" in text else None,
+                         _trainer(text) if "{" in text else None,
+                         _step(text)) if f is not None]
+    return [r for _, r in sorted(found, key=lambda f: f[0])]
+
+
+def reading(segment: str) -> Reading | None:
+    """The newest thing a piece says about progress, if anything."""
+    found = readings(segment)
+    return found[-1] if found else None
+
+
+def segments(text: str, cut_at_start: bool) -> list[str]:
+    """The pieces of `text` between `\\r` and `\\n`. The first is dropped when the read started
+    mid-line; a last piece without its end is kept only when it is a whole tqdm bar (tqdm ends
+    each redraw without a newline), since a half-written `step=12` of `step=120` would mislead."""
+    pieces = re.split(r"[\r\n]", text)
+    if cut_at_start and pieces:
+        pieces = pieces[1:]
+    if pieces and not text.endswith(("\n", "\r")):
+        last = ANSI.sub("", pieces.pop()).rstrip()
+        if any(m.end() == len(last) for m in TQDM_BAR.finditer(last)):
+            pieces.append(last)
+    return [p for p in pieces if p.strip()]
+
+
+def parse(text: str, cut_at_start: bool = False) -> Progress | None:
+    """The progress the text shows: the highest step among the last WINDOW readings that have one
+    (of the bar with the largest total: a Trainer's evaluation bar does not replace the training
+    bar), the last loss and epoch printed; None when nothing is recognised."""
+    steps: deque[tuple[int, Reading]] = deque(maxlen=WINDOW)
+    loss: float | None = None
+    epoch: float | None = None
+    hint: int | None = None
+    for i, r in enumerate(r for seg in segments(text, cut_at_start) for r in readings(seg)):
+        if r.total_hint is not None:
+            hint = r.total_hint
+            continue
+        if r.step is not None:
+            steps.append((i, r))
+        if r.loss is not None:
+            loss = r.loss
+        if r.epoch is not None:
+            epoch = r.epoch
+    if not steps:
+        if loss is None:
+            return None
+        return Progress(None, hint, loss, epoch, "trainer")
+    _, best = max(steps, key=lambda ir: (ir[1].total or 0, ir[1].step or 0, ir[0]))
+    total = best.total if best.total is not None else hint
+    out = Progress(best.step, total, loss, epoch, best.kind)
+    if best.rate is not None:
+        out = out.with_rate(best.rate, "log", best.elapsed_s)
+        if best.remaining_s is not None and best.total == total:
+            out = replace(out, eta_s=best.remaining_s)
+    elif best.elapsed_s is not None:
+        out = replace(out, elapsed_s=best.elapsed_s)
+    return out
+
+
+def _read(path: str, offset_from_end: int | None, limit: int) -> tuple[str, bool]:
+    """Up to `limit` bytes from the end (or the start, offset_from_end None) of a regular file, and
+    whether the read began mid-file. Never blocks on a FIFO or a device: those read as empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return "", False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "", False
+        start = max(0, info.st_size - limit) if offset_from_end is not None else 0
+        os.lseek(fd, start, os.SEEK_SET)
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data.decode("utf-8", "replace"), start > 0
+    except OSError:
+        return "", False
+    finally:
+        os.close(fd)
+
+
+def first_step(path: str, limit: int = HEAD_BYTES) -> int | None:
+    """The first step the log names (where this attempt started: 0 or a resumed step)."""
+    text, _ = _read(path, None, limit)
+    for seg in segments(text, False):
+        for r in readings(seg):
+            if r.step is not None:
+                return r.step
+    return None
+
+
+def read(path: str, elapsed_s: float | None = None, running: bool = True, limit: int = TAIL_BYTES) -> Progress | None:
+    """The progress of the log at `path`. Where the log gives no rate (no tqdm bar), the rate is the
+    average since the attempt started `elapsed_s` ago (steps since the first one it printed: a
+    little low, as start-up counts too); an ETA only while the attempt runs."""
+    text, cut = _read(path, 0, limit)
+    progress = parse(text, cut)
+    if progress is None:
+        return None
+    if progress.rate is None and progress.step is not None and elapsed_s:
+        first = first_step(path)
+        done = progress.step - (first or 0)
+        progress = progress.with_rate(done / elapsed_s if done > 0 else None, "attempt", elapsed_s)
+    elif progress.elapsed_s is None and elapsed_s is not None:
+        progress = replace(progress, elapsed_s=elapsed_s)
+    return progress if running else replace(progress, eta_s=None)
+
+
+class RateMeter:
+    """Steps per second over the last minute of readings, measured while following a run."""
+
+    def __init__(self, span_s: float = 60.0) -> None:
+        self.span_s = span_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, step: int | None, now: float | None = None) -> None:
+        if step is None:
+            return
+        now = time.monotonic() if now is None else now
+        if self.samples and step < self.samples[-1][1]:
+            self.samples.clear()  # restarted (a resumed run): measure afresh
+        if not self.samples or step != self.samples[-1][1]:
+            self.samples.append((now, step))
+        while len(self.samples) > 2 and now - self.samples[0][0] > self.span_s:
+            self.samples.popleft()
+
+    def rate(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.samples[0], self.samples[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    days, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{days}d " if days else "") + f"{h}:{m:02d}:{s:02d}"
+
+
+def describe(p: dict[str, Any]) -> str:
+    """One line from the JSON form (`status`, the live view): step, total, rate, elapsed, ETA, loss."""
+    parts = []
+    if p.get("step") is not None:
+        total = p.get("total")
+        pct = f" ({100 * p['step'] / total:.0f}%)" if total else ""
+        parts.append(f"step {p['step']}" + (f"/{total}" if total else "") + pct)
+    if p.get("epoch") is not None:
+        parts.append(f"epoch {p['epoch']:g}")
+    if p.get("steps_per_s"):
+        rate = p["steps_per_s"]
+        parts.append(f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step")
+    if p.get("elapsed_s") is not None:
+        parts.append(f"elapsed {duration(p['elapsed_s'])}")
+    if p.get("eta_s") is not None:
+        parts.append(f"ETA {duration(p['eta_s'])}")
+    if p.get("loss") is not None:
+        parts.append(f"loss {p['loss']:.4g}")
+    return ", ".join(parts) or "-"

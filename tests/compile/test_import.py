@@ -1,0 +1,174 @@
+"""`shardctl import` on real configs from accelerate's and DeepSpeed's repositories and docs (tests/data/import,
+SOURCES.md): each one imports, renders, and accelerate's and DeepSpeed's own parsers read the render as the
+same setup as the original, except for what `import` itself listed; or it is refused with a reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.compile import compile_job
+from orchestrator.compile.importer import ImportRefused, import_configs, import_files
+from orchestrator.compile.setup import STRUCTURED
+from orchestrator.spec.models import TrainingJob
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "import"
+
+# (accelerate config, DeepSpeed JSON, import options); every file under tests/data/import appears here.
+CASES: list[tuple[str | None, str | None, dict[str, Any]]] = [
+    ("accelerate/examples/config_yaml_templates/fsdp.yaml", None, {}),
+    ("accelerate/examples/config_yaml_templates/deepspeed.yaml", None, {}),  # its JSON by relative path
+    ("accelerate/examples/slurm/fsdp_config.yaml", None, {}),
+    ("accelerate/tests/distributed/accelerate_configs/fsdp2.yaml", None, {}),
+    ("accelerate/tests/test_configs/latest_fsdp.yaml", None, {}),
+    ("accelerate/tests/tp/fsdp2_tp_preparation_config.yaml", None, {}),
+    ("accelerate/docs/usage_guides/fsdp/fsdp_config.yaml", None, {}),
+    ("accelerate/docs/usage_guides/deepspeed/zero2_plugin.yaml", None, {}),
+    ("accelerate/docs/usage_guides/deepspeed/zero3_offload_plugin.yaml", None, {}),
+    ("accelerate/docs/usage_guides/deepspeed/zero2_config_file.yaml",
+     "accelerate/examples/deepspeed_config_templates/zero_stage2_config.json", {}),
+    (None, "accelerate/docs/usage_guides/deepspeed/zeropp.json", {"nodes": 2, "gpus_per_node": 8}),
+    (None, "accelerate/examples/deepspeed_config_templates/zero_stage1_config.json", {}),
+    (None, "accelerate/examples/deepspeed_config_templates/zero_stage2_offload_config.json", {"gpus_per_node": 4}),
+    (None, "accelerate/examples/deepspeed_config_templates/zero_stage3_config.json", {"gpus_per_node": 8}),
+    (None, "accelerate/examples/deepspeed_config_templates/zero_stage3_offload_config.json", {}),
+    (None, "accelerate/tests/deepspeed/ds_config_zero2.json", {}),
+    (None, "accelerate/tests/deepspeed/ds_config_zero2_model_only.json", {}),
+    (None, "accelerate/tests/deepspeed/ds_config_zero3.json", {"nodes": 2, "gpus_per_node": 2}),
+    (None, "accelerate/tests/deepspeed/ds_config_zero3_model_only.json", {}),
+    (None, "DeepSpeedExamples/autotuning/hf/dsconfigs/ds_config_fp16_z0.json", {}),
+    (None, "DeepSpeedExamples/autotuning/hf/dsconfigs/ds_config_z1.json", {}),
+    (None, "DeepSpeedExamples/autotuning/hf/dsconfigs/ds_config_fp16_z3.json", {}),
+    (None, "DeepSpeedExamples/Megatron-LM/scripts/ds_zero2_config.json", {"gpus_per_node": 4}),
+    (None, "DeepSpeedExamples/Megatron-LM/scripts/ds_zero-offload_config.json", {"gpus_per_node": 2}),
+    (None, "DeepSpeedExamples/cifar/ds_config.json", {"gpus_per_node": 2}),
+    (None, "DeepSpeed/deepspeed/autotuning/config_templates/template_zero3.json", {}),
+]
+# Refused, with the words that say why.
+REFUSED = [
+    ("accelerate/examples/config_yaml_templates/multi_gpu.yaml", "MULTI_GPU"),
+    ("accelerate/tests/test_configs/fsdp.yaml", "MEGATRON_LM"),
+    ("DeepSpeedExamples/bing_bert/deepspeed_bsz4k_onebit_config_seq128.json", "no zero_optimization section"),
+    ("DeepSpeedExamples/Megatron-LM-v1.1.5-ZeRO3/examples/ds_zero_stage_3_config.json",
+     "did you mean stage3_param_persistence_threshold"),
+    ("DeepSpeedExamples/Megatron-LM-v1.1.5-ZeRO3/examples/ds_zero_stage_infinity_config.json",
+     "did you mean stage3_param_persistence_threshold"),
+]
+
+
+def _path(rel: str | None) -> str | None:
+    return str(DATA / rel) if rel else None
+
+
+def test_every_stored_config_is_a_case() -> None:
+    stored = {str(p.relative_to(DATA)) for p in DATA.rglob("*") if p.suffix in (".yaml", ".json")}
+    named = {r for c, d, _ in CASES for r in (c, d) if r} | {r for r, _ in REFUSED}
+    assert stored == named
+    assert len(CASES) + len(REFUSED) >= 20
+    sources = (DATA / "SOURCES.md").read_text()
+    for rel in stored:
+        assert rel in sources, f"{rel} has no source in SOURCES.md"
+
+
+@pytest.mark.parametrize("rel,needle", REFUSED, ids=[r for r, _ in REFUSED])
+def test_refused_with_a_reason(rel: str, needle: str) -> None:
+    with pytest.raises(ImportRefused, match=needle):
+        import_files(_path(rel))
+
+
+@pytest.mark.parametrize("config,ds,options", CASES, ids=[c or d for c, d, _ in CASES])
+def test_imports_renders_and_reads_back(config: str | None, ds: str | None, options: dict) -> None:
+    imported = import_files(_path(config), _path(ds), **options)
+    text = imported.text()
+    job = TrainingJob.model_validate(yaml.safe_load(text))
+    assert job.model_dump(by_alias=True, exclude_unset=True)["spec"]["backend"] in ("fsdp", "deepspeed")
+    # Every "auto" the original leaves to run time is said to be filled, never silently.
+    if ds and json.loads(Path(_path(ds) or "").read_text()).get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        assert any(line.startswith("train_micro_batch_size_per_gpu: 'auto") for line in imported.differences)
+
+
+def test_pass_through_keys_reach_the_render(tmp_path: Path) -> None:
+    imported = import_files(None, _path("accelerate/examples/deepspeed_config_templates/zero_stage3_config.json"))
+    job = TrainingJob.model_validate(yaml.safe_load(imported.text()))
+    ds = compile_job(job, config_dir=str(tmp_path), checkpoint_dir="/c").ds_config
+    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}
+    assert ds["scheduler"]["type"] == "WarmupDecayLR"
+    zero = ds["zero_optimization"]
+    assert zero["sub_group_size"] == 1e9 and zero["stage3_max_live_parameters"] == 1e9
+    assert zero["stage3_param_persistence_threshold"] == "auto" and zero["reduce_bucket_size"] == "auto"
+
+
+def test_fsdp_without_wrap_policy_keeps_no_wrap() -> None:
+    """accelerate runs NO_WRAP when fsdp_auto_wrap_policy is absent; shardctl's default would change that."""
+    imported = import_configs({"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_version": 2}})
+    assert imported.document["spec"]["fsdp"]["config"] == {"fsdp_auto_wrap_policy": "NO_WRAP"}
+    assert imported.differences == []
+
+
+def test_a_difference_is_listed() -> None:
+    """cpu_ram_efficient_loading without sync_module_states does not load right; shardctl forces sync on."""
+    imported = import_configs({"distributed_type": "FSDP", "num_processes": 2,
+                               "fsdp_config": {"fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                               "fsdp_cpu_ram_efficient_loading": True,
+                                               "fsdp_sync_module_states": False}})
+    assert imported.differences == ["sync_module_states: False -> True"]
+    assert "# differs after a render: sync_module_states: False -> True" in imported.text()
+
+
+# -- the same setup, as accelerate's and DeepSpeed's own parsers read it --------------------------------------
+
+def _original_for_parsers(config: str | None, ds: str | None, imported, tmp_path: Path) -> Path:
+    """The original as `accelerate launch` would get it: a JSON alone is run with a minimal accelerate config;
+    a deepspeed_config_file points at the JSON import read."""
+    spec = imported.document["spec"]
+    doc: dict[str, Any] = yaml.safe_load(Path(config).read_text()) if config else {
+        "distributed_type": "DEEPSPEED", "deepspeed_config": {},
+        "num_machines": spec["resources"]["nodes"],
+        "num_processes": spec["resources"]["nodes"] * spec["resources"]["gpus_per_node"]}
+    inline = doc.get("deepspeed_config") or {}
+    if ds or "deepspeed_config_file" in inline:
+        source = Path(ds) if ds else (Path(config or "").parent / inline["deepspeed_config_file"])
+        inline["deepspeed_config_file"] = str(source.resolve())
+        inline.pop("zero_stage", None)
+        doc["deepspeed_config"] = inline
+    if "main_process_ip" in doc and doc.get("num_machines", 1) == 1:
+        doc.pop("main_process_ip")
+    out = tmp_path / "original.yaml"
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
+@pytest.mark.parametrize("config,ds,options", CASES, ids=[c or d for c, d, _ in CASES])
+def test_parsers_read_the_same_setup(config: str | None, ds: str | None, options: dict, tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    pytest.importorskip("deepspeed")
+    from tests.compile.backend_setup import real_setup
+
+    config, ds = _path(config), _path(ds)
+    imported = import_files(config, ds, **options)
+    job = TrainingJob.model_validate(yaml.safe_load(imported.text()))
+    spec = job.spec
+    compiled = compile_job(job, config_dir=str(tmp_path), checkpoint_dir=str(tmp_path / "c"))
+    for name, text in compiled.files().items():
+        (tmp_path / name).write_text(text)
+    accum = (spec.batch.global_ or spec.batch.micro * spec.world_size) // (spec.batch.micro * spec.world_size)
+    fill = {"micro": spec.batch.micro, "accum": accum}  # the run-time values the spec states
+    render = real_setup(tmp_path / "accelerate_config.yaml", [], **fill)
+    given = yaml.safe_load(Path(config).read_text()) if config else {}
+    # A config without num_processes is launched with the flag (accelerate's Slurm example does so).
+    flags = [] if "num_processes" in given or not config else ["--num_processes", str(spec.world_size)]
+    original = real_setup(_original_for_parsers(config, ds, imported, tmp_path), flags, **fill)
+    listed = " ".join(imported.differences)
+    for key, value in original.items():
+        if key == "json":
+            continue
+        assert render[key] == value or key in listed, f"{key}: {value!r} -> {render[key]!r} and not listed"
+    for path, value in original.get("json", {}).items():
+        if path.endswith((".device", ".nvme_path")) or path in STRUCTURED or path == "steps_per_print":
+            continue  # compared as offload above; steps_per_print is accelerate's own (inf)
+        there = render["json"].get(path, "unset")
+        assert there == value or path in listed, f"{path}: {value!r} -> {there!r} and not listed"
