@@ -159,12 +159,15 @@ def render(checked: Checked, run_dir: str) -> DryRun:
     import os
 
     from orchestrator.compile import CompileError
-    from orchestrator.jobs import dry_run
+    from orchestrator.jobs import checkpoint_dir, dry_run
 
     job = checked.job
-    ckpt = None if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
+    # with spec.workdir the run's directory is the code snapshot submit makes (named by its digest); a
+    # relative checkpoint.dir still resolves against the directory submit runs from, never inside the copy
+    workdir = "<state-dir>/snapshots/<digest>/code" if job.spec.workdir else os.getcwd()
+    ckpt = checkpoint_dir(job, os.getcwd()) if job.spec.checkpoint.dir else f"{run_dir}/checkpoints"
     try:
-        return dry_run(job, os.getcwd(), run_dir=run_dir, checkpoint=ckpt)
+        return dry_run(job, workdir, run_dir=run_dir, checkpoint=ckpt)
     except CompileError as exc:
         raise InvalidSpec(located_findings(checked, exc.findings)) from None
     except ShardctlError as exc:  # the spec cannot become the target's objects (a name too long, say)

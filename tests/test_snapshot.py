@@ -244,3 +244,22 @@ def test_editing_the_script_after_submit_does_not_change_attempt_2(tmp_path: Pat
     assert store.get_job(job_id).workdir == view["code"]["path"]
     assert (Path(view["code"]["path"]) / "train.py").read_text() == SCRIPT  # the copy kept the submitted code
     assert time.time() - store.get_job(job_id).created_at < 180
+
+
+def test_the_dry_run_shows_the_snapshot_not_the_current_directory(tmp_path: Path) -> None:
+    """A dry run copies nothing, so it names the snapshot submit would make, while a relative checkpoint
+    directory still resolves against the directory submit runs from."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "train_tiny.py").write_text("print('hi')\n")
+    text = (root / "examples/quickstart.yaml").read_text().replace("examples/train_tiny.py", "train_tiny.py")
+    text = text.replace("\nspec:\n", "\nspec:\n  workdir: code\n", 1)
+    text = text.replace("  checkpoint:\n", "  checkpoint:\n    dir: ckpt\n")
+    (tmp_path / "job.yaml").write_text(text)
+    env = {**os.environ, "SHARDCTL_HOME": str(tmp_path / "h")}
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "submit", "job.yaml", "--dry-run"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "cd '<state-dir>/snapshots/<digest>/code'" in r.stdout
+    assert f"SHARDCTL_CHECKPOINT_DIR={tmp_path / 'ckpt'}" in r.stdout
+    assert str(tmp_path / "code") not in r.stdout.split("--- attempt.json")[0].replace(str(tmp_path / "ckpt"), "")

@@ -256,6 +256,13 @@ class Supervisor:
                                    resume_from=checkpoint_summary(job.checkpoint_dir))
         except StoreError:
             return False  # someone recorded it first: the next step reads it
+        if self.store.get_job(job.id).terminal:
+            # another host ended the job (a cancel, say) while this one decided from a view that was older:
+            # the claim is won but nothing may run; the attempt ends as never submitted
+            self.store.update_attempt(job.id, move.number, state=AttemptState.CANCELLED, ended_at=time.time(),
+                                      failure_kind=FailureKind.CANCELLED,
+                                      failure_reason="the job had ended before this attempt was submitted")
+            return True
         if move.number > 1:
             _log(f"job {job.id}: {move.reason}")
         self.launch(job, move.number, dry, ref)

@@ -407,6 +407,31 @@ def test_an_end_or_finish_recorded_first_elsewhere_is_left_standing(store: Store
     assert a.state == "succeeded" and store.get_job(record.id).state == "succeeded"
 
 
+def test_an_attempt_claimed_after_another_host_ended_the_job_is_never_submitted(store: Store,
+                                                                               tmp_path: Path) -> None:
+    """Host A decides attempt 2 from a view older than host B's cancel: A wins the claim, but the job
+    has ended, so nothing may run."""
+    record = new_job(store, tmp_path)
+    target = FakeTarget()
+    drive(Supervisor(store, record.id, target))
+    target.results[1] = Outcome(exit_code=1, log_tail=OOM_TAIL)
+    stale = Supervisor(store, record.id, target)
+    drive(stale, steps=1)  # attempt 1's end recorded; attempt 2 not decided yet
+    job = store.get_job(record.id)
+    attempts = store.attempts(record.id)
+    from orchestrator.lifecycle.moves import Start, next_move
+    from orchestrator.supervise.supervisor import job_view
+
+    move = next_move(job_view(job, attempts, True), None)
+    assert isinstance(move, Start) and move.number == 2
+    store.request_cancel(record.id)
+    store.finish_job(record.id, "cancelled", "cancelled by the user")  # host B, meanwhile
+    assert stale.apply(job, move)
+    attempts = store.attempts(record.id)
+    assert [a.state for a in attempts] == ["failed", "cancelled"] and 2 not in target.submits
+    assert store.get_job(record.id).state == "cancelled"
+
+
 class FileTarget:
     """A scheduler that several processes share: its submissions and results are files."""
 

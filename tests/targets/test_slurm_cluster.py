@@ -127,7 +127,10 @@ def test_a_timeout_resumes_the_same_config(home: Path) -> None:
     assert resumed == sorted(resumed) and resumed[0] >= 5  # each attempt goes on from further along
 
 
-def test_cancel_ends_the_attempt_and_its_judge(home: Path) -> None:
+def cancel_while_training(home: Path, start_timeout_s: float = 120) -> tuple[str, Store]:
+    """Submit a long job, cancel it from the CLI once it trains, and check that the attempt and its judge
+    are gone and nothing is resubmitted (shared with tests/twohosts: the same with the judges on another
+    mount). Returns the job's id and the store it is in."""
     path = spec_file(home.parent, "oom-fallback.yaml", **{
         "entrypoint.args": ["--steps", "1000", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
                             "--step-sleep", "0.5", "--checkpoint-dir", "{checkpoint_dir}"],
@@ -136,7 +139,7 @@ def test_cancel_ends_the_attempt_and_its_judge(home: Path) -> None:
     job_id = submit(path)
     store = Store(home)
     log = Path(store.attempts(job_id)[0].log_path)
-    wait_for(lambda: log.exists() and "step 2/" in log.read_text(), 120, "training to start")
+    wait_for(lambda: log.exists() and "step 2/" in log.read_text(), start_timeout_s, "training to start")
     assert len(slurm_names(job_id)) == 2  # the attempt and its judge
     r = cli("cancel", job_id)
     assert r.returncode == 0 and "cancelled" in r.stdout, r.stderr
@@ -144,6 +147,11 @@ def test_cancel_ends_the_attempt_and_its_judge(home: Path) -> None:
     time.sleep(5)  # nothing resubmits after a cancel
     assert slurm_names(job_id) == [] and len(store.attempts(job_id)) == 1
     assert store.get_job(job_id).state == "cancelled" and store.attempts(job_id)[0].state == "cancelled"
+    return job_id, store
+
+
+def test_cancel_ends_the_attempt_and_its_judge(home: Path) -> None:
+    cancel_while_training(home)
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store import Store
-from tests.helpers import wait_for
-from tests.targets.test_slurm_cluster import cli, slurm_names, spec_file, submit
+from tests.targets.test_slurm_cluster import cancel_while_training, cli, spec_file, submit
 from tests.twohosts.conftest import TwoHosts
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -134,22 +133,7 @@ def test_oom_fallback_judged_through_b_while_the_cli_reads_through_a(two_hosts: 
 
 
 def test_cancel_from_the_cli_through_a_while_the_attempt_runs(two_hosts: TwoHosts, home: Path) -> None:
-    path = spec_file(home.parent, "oom-fallback.yaml", **{
-        "entrypoint.args": ["--steps", "1000", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
-                            "--step-sleep", "0.5", "--checkpoint-dir", "{checkpoint_dir}"],
-        "resources": {"nodes": 1, "gpus_per_node": 1, "memory_per_node": "2GiB"},
-        "batch": {"micro": 2, "global": 2}})
-    job_id = submit(path)
-    store = Store(home)
-    log = Path(store.attempts(job_id)[0].log_path)
-    wait_for(lambda: log.exists() and "step 2/" in log.read_text(), 180, "training to start")
-    assert len(slurm_names(job_id)) == 2  # the attempt and its judge
-    r = cli("cancel", job_id)
-    assert r.returncode == 0 and "cancelled" in r.stdout, r.stderr
-    wait_for(lambda: slurm_names(job_id) == [], 60, "Slurm to finish stopping the attempt (KillWait)")
-    time.sleep(5)  # nothing resubmits after a cancel
-    assert slurm_names(job_id) == [] and len(store.attempts(job_id)) == 1
-    assert store.get_job(job_id).state == "cancelled" and store.attempts(job_id)[0].state == "cancelled"
+    job_id, store = cancel_while_training(home, start_timeout_s=180)
     names = attempt_files(two_hosts, home, job_id)
     assert {x.split(".")[0] for x in names} == {"1"} and "1.ended.json" in names, names
     status = json.loads(cli("status", job_id, "--json").stdout)
