@@ -189,6 +189,16 @@ class _NotAJob(Exception):
     """A directory under jobs/ without job.json: a job being created, or one whose creation was refused."""
 
 
+def _check_changes(what: str, changes: dict[str, Any], columns: tuple[str, ...], facts: tuple[str, ...]) -> None:
+    """A change names only columns that exist and that may change after the record was made."""
+    unknown = set(changes) - set(columns)
+    if unknown:
+        raise StoreError(f"unknown {what}s columns: {sorted(unknown)}")
+    fixed = set(changes) & set(facts)
+    if fixed:
+        raise StoreError(f"{what} columns {sorted(fixed)} are fixed when the {what} is recorded")
+
+
 class Store:
     """The job store under `root` (default: the state directory). Cheap to make: nothing is held open."""
 
@@ -432,12 +442,7 @@ class Store:
         """Change what may change. States only move forward: a terminal state is `finish_job` (the first
         ending stands), running is `mark_running`; cancel_requested is `request_cancel`; the rest
         (supervisor_pid) is an event, the newest of which wins. What the job was submitted as is fixed."""
-        unknown = set(changes) - set(_JOB_COLUMNS)
-        if unknown:
-            raise StoreError(f"unknown jobs columns: {sorted(unknown)}")
-        fixed = set(changes) & set(_JOB_FACTS)
-        if fixed:
-            raise StoreError(f"job columns {sorted(fixed)} are fixed when the job is recorded")
+        _check_changes("job", changes, _JOB_COLUMNS, _JOB_FACTS)
         directory = self._existing(job_id)
         state, reason, _ = changes.pop("state", None), changes.pop("reason", None), changes.pop("finished_at", None)
         if state is not None:
@@ -549,12 +554,7 @@ class Store:
         Its end is recorded once (the first one stands: a cancel that comes after a real end never
         rewrites it), its start once (a second writer only fills in what the first left blank), and a
         change without a state is an event whose newest value wins until the attempt ends."""
-        unknown = set(changes) - set(_ATTEMPT_COLUMNS)
-        if unknown:
-            raise StoreError(f"unknown attempts columns: {sorted(unknown)}")
-        fixed = set(changes) & set(_ATTEMPT_FACTS)
-        if fixed:
-            raise StoreError(f"attempt columns {sorted(fixed)} are fixed when the attempt is recorded")
+        _check_changes("attempt", changes, _ATTEMPT_COLUMNS, _ATTEMPT_FACTS)
         directory = self.path / job_id / "attempts"
         if not (directory / f"{number}.json").exists():
             raise StoreError(f"job {job_id} has no attempt {number}")

@@ -17,7 +17,7 @@ from kubernetes import client  # noqa: E402
 from orchestrator.controller.kube import KubeApi  # noqa: E402
 from orchestrator.controller.loop import Controller  # noqa: E402
 from tests.controller.test_controller import POLICY, first_attempt_fails, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
+from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 from tests.helpers import wait_for  # noqa: E402
 
@@ -27,12 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     with FakeApiServer(bookmark_s=0.5) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-            "users": [{"name": "me", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": "ml"}}]}))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, "ml")
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
         yield api

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("kubernetes")
 from kubernetes import client  # noqa: E402
@@ -27,7 +26,7 @@ from orchestrator.controller.policy import Policy, check  # noqa: E402
 from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, RESULT_TO_ENV, function_secret  # noqa: E402
 from orchestrator.spec.models import TrainingJob  # noqa: E402
 from tests.controller.test_controller import NS, POLICY, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
+from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig  # noqa: E402
 from tests.fakekube.server import FakeApiServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +44,7 @@ def broken(step: int) -> None:
 @pytest.fixture()
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeApiServer, str]]:
     with FakeApiServer(bookmark_s=0.5) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
-            "users": [{"name": "me", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": NS}}]}))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.url, NS)
         monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
         yield api, str(kubeconfig)
 

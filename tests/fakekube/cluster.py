@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.fakekube.server import ApiError, FakeApiServer, Resource, now
 
@@ -291,3 +292,15 @@ class SimulatedCluster:
                           {"name": container, "image": image, "imageID": "", "ready": False, "restartCount": 0,
                            "started": False, "state": {"waiting": waiting}}])
         self.store._bump(self.pods, "MODIFIED", pod)
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str) -> Path:
+    """A kubeconfig for the fake API server, as a user's would be: one context, no credentials."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me", "namespace": namespace}}]}))
+    return path
