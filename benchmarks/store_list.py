@@ -32,15 +32,19 @@ def fill(root: Path, jobs: int, legacy: bool) -> None:
         from tests.legacy_sqlite_store import LegacySqliteStore as Store
     else:
         from orchestrator.store import Store  # type: ignore[assignment]
+    from orchestrator.spec.failure import Failure
+    from orchestrator.spec.states import AttemptState, FailureKind
+
     store = Store(root)
+    oom = Failure(FailureKind.HOST_OOM, "host_oom")
     for i in range(jobs):
         j = store.create_job(name=f"bench-{i}", target="local", spec=SPEC, source="/job.yaml", workdir="/w",
                              checkpoint_dir=None, options={"port": 29500})
-        for n, (state, kind) in enumerate((("failed", "host_oom"), ("succeeded", None)), 1):
+        for n, failure in enumerate((oom, None), 1):
             store.add_attempt(j.id, n, spec=SPEC, **ATTEMPT)
-            store.update_attempt(j.id, n, state="running", external_id=str(1000 + n), started_at=time.time())
-            store.update_attempt(j.id, n, state=state, ended_at=time.time(), exit_code=0 if kind is None else 1,
-                                 failure_kind=kind, failure_reason=kind)
+            store.start_attempt(j.id, n, external_id=str(1000 + n), started_at=time.time())
+            store.end_attempt(j.id, n, failure.end_state if failure else AttemptState.SUCCEEDED, failure,
+                              ended_at=time.time(), exit_code=1 if failure else 0)
         store.finish_job(j.id, "succeeded", "attempt 2 succeeded")
 
 

@@ -20,14 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import EXIT_FAILED, ShardctlError, StoreError, TargetError, located
+from orchestrator.errors import (
+    EXIT_FAILED,
+    BadInput,
+    FunctionFailed,
+    InvalidSpec,
+    JobFailed,
+    Located,
+    ShardctlError,
+    StoreError,
+    TargetError,
+    WaitTimeout,
+    located,
+)
 from orchestrator.overrides import Override, OverrideError, apply_loaded, as_overrides, locate
 from orchestrator.spec.loader import LoadedSpec, SpecError, _friendly, _loc_to_path
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import JobState
 
 if TYPE_CHECKING:
-    from orchestrator.compile.rules import Finding
     from orchestrator.store import JobRecord, Store
     from orchestrator.sweep import Axis
     from orchestrator.targets.base import DryRun
@@ -38,29 +49,6 @@ __all__ = ["Checked", "InvalidSpec", "Job", "JobFailed", "ShardctlError", "Sweep
 log = logging.getLogger("shardctl")
 SpecSource = str | Path | Mapping[str, Any] | TrainingJob
 Overrides = Mapping[str, Any] | Iterable[str | Override] | None
-
-
-class InvalidSpec(ShardctlError):
-    """The spec, with its overrides, breaks the schema or a cross-field rule: one line per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self._lines = lines
-
-    def lines(self) -> list[str]:
-        return list(self._lines)
-
-
-class WaitTimeout(ShardctlError):
-    """`wait(timeout=...)` ran out before the job ended (the job goes on)."""
-
-    exit_code = EXIT_FAILED
-
-
-class JobFailed(ShardctlError):
-    """`result()` of a job that ended without a result (failed, cancelled, or its function left none)."""
-
-    exit_code = EXIT_FAILED
 
 
 # --- specs ---------------------------------------------------------------------------------------------
@@ -140,7 +128,7 @@ def check(source: SpecSource, overrides: Overrides = None, target: str | None = 
     return Checked(loaded, given, tuple(checked.locate(f.field, f"{f.level}: {f.message}") for f in findings))
 
 
-def located_findings(checked: Checked, findings: Iterable[Finding]) -> list[str]:
+def located_findings(checked: Checked, findings: Iterable[Located]) -> list[str]:
     return [checked.locate(f.field, f.message) for f in findings]
 
 
@@ -179,13 +167,11 @@ def render(checked: Checked, run_dir: str) -> DryRun:
 
 def open_store() -> Store:
     """The job store ($SHARDCTL_HOME, else the XDG state directory); StoreError when it cannot be opened."""
-    import sqlite3
-
     from orchestrator.store import Store, state_dir
 
     try:
         return Store()
-    except (StoreError, OSError, sqlite3.Error) as exc:
+    except (StoreError, OSError) as exc:
         err = StoreError(f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable "
                          "directory)")
         err.exit_code = EXIT_FAILED
@@ -283,8 +269,8 @@ class Job:
             for kind, payload in events(self.store, self.id, overrides=self.cluster):
                 if kind == "event":
                     yield f"[shardctl] {payload}"
-                else:
-                    yield payload[1]  # type: ignore[index]  # ("line", (attempt, text))
+                elif kind == "line":
+                    yield payload[1]  # type: ignore[index]  # ("line", (attempt, text)); a "tick" is no line
             return
         from orchestrator.jobs import ref_of, target_of
 
@@ -305,29 +291,21 @@ class Job:
         return cancel(self.store, self.record(), wait_s=wait_s, overrides=self.cluster).state
 
     def _outcome(self) -> tuple[str, Any] | None:
-        """The final attempt's outcome: from its run directory, or, for a job run by a cluster's controller, from
-        the marked lines of its rank-0 pod's log (unpickled: as trusted as the function itself)."""
-        from orchestrator.entry import read_outcome
-        from orchestrator.jobs import target_of
+        """The final attempt's outcome, as its job's driver reads it: from its run directory, or, for a job run by
+        a cluster's controller, from the marked lines of its rank-0 pod's log (unpickled: as trusted as the
+        function itself)."""
+        from orchestrator.jobs import driving, target_of
 
         attempts = self.store.attempts(self.id)
         if not attempts:
             return None
-        run_dir = attempts[-1].run_dir
-        if not run_dir:
-            record = self.record()
-            reader = getattr(target_of(record, self.cluster), "read_outcome", None)
-            if reader is None:
-                raise JobFailed(f"job {self.id}: its attempts run where this machine cannot read their results")
-            outcome: tuple[str, Any] | None = reader(record.option_data, attempts[-1].external_id)
-            return outcome
-        return read_outcome(run_dir)
+        record = self.record()
+        target = target_of(record, self.cluster)
+        return driving(target).outcome(target, record, attempts[-1])
 
     def result(self, timeout: float | None = None) -> Any:
         """Rank 0's return value of the submitted function (waits for the end first). Raises FunctionFailed
         with the function's traceback, or JobFailed when the job ended without a result."""
-        from orchestrator.entry import FunctionFailed
-
         state = self.wait(timeout)
         outcome = self._outcome()
         if outcome is not None and outcome[0] == "error":
@@ -377,7 +355,7 @@ def submit(what: SpecSource | Callable[..., Any], *args: Any, job: SpecSource | 
     Raises InvalidSpec, OverrideError, TargetError (the target refused: nothing was submitted)."""
     if callable(what) and not isinstance(what, str | Path | Mapping | TrainingJob):
         if job is None:
-            raise ShardctlError("submit(fn, ...): job= is required: the TrainingJob (file, dict or TrainingJob) "
+            raise BadInput("submit(fn, ...): job= is required: the TrainingJob (file, dict or TrainingJob) "
                                 "whose resources and backend the function runs with")
         from orchestrator.entry import FUNCTION_FILE, pickle_call
 
@@ -389,7 +367,7 @@ def submit(what: SpecSource | Callable[..., Any], *args: Any, job: SpecSource | 
         return submit_checked(checked, kubeconfig=kubeconfig, context=context, workdir=workdir,
                               job_files={FUNCTION_FILE: call})
     if job is not None or args or kwargs:
-        raise ShardctlError("submit(spec, ...): positional arguments, job= and other keywords are for a function "
+        raise BadInput("submit(spec, ...): positional arguments, job= and other keywords are for a function "
                             "entrypoint (submit(fn, *args, job=spec))")
     return submit_checked(check(what, overrides, target), kubeconfig=kubeconfig, context=context, workdir=workdir)
 
@@ -439,7 +417,7 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
     records = []
     for record in store.list_jobs(None if group else limit, damaged=damaged):  # a damaged row is reported, skipped
         try:
-            if group is not None and group_of(record.spec_data) != group:
+            if group is not None and group_of(record.spec) != group:
                 continue
             job_json(record, store.attempts(record.id))  # everything its rows say can be read
             records.append(record)
@@ -497,7 +475,7 @@ class Sweep:
         from orchestrator.sweep import point_of, summary_rows
 
         return summary_rows([j.status() for j in self.jobs], self.settings,
-                            [point_of(j.record().spec_data) for j in self.jobs])
+                            [point_of(j.record().spec) for j in self.jobs])
 
     def summary_text(self) -> str:
         from orchestrator.sweep import summary_text
@@ -517,7 +495,7 @@ def get_sweep(group: str, *, kubeconfig: str | None = None, context: str | None 
             for v in list_views(None, group, kubeconfig=kubeconfig, context=context, store=store)]
     if not jobs:
         raise StoreError(f"no job in the group {group!r} in {store.path}")
-    jobs.sort(key=lambda j: (point_of(j.record().spec_data) or 0, j.record().created_at))
+    jobs.sort(key=lambda j: (point_of(j.record().spec) or 0, j.record().created_at))
     return Sweep(group, jobs)
 
 

@@ -238,7 +238,7 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
     if record.state == "failed":
         _fail([f"job {record.id}: {record.reason}"], EXIT_FAILED)
     for attempt in store.attempts(record.id)[:1]:
-        for w in json.loads(attempt.warnings):
+        for w in attempt.warnings:
             _err(f"warning: {w}")
     if not wait:
         if as_json:

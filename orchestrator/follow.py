@@ -132,7 +132,8 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
                 yield "event", f"attempt {a['number']} started: {describe_config(a)}\n  why: {a['reason']}{resumes}"
                 readers[a["number"]] = target.log_source(ref_of(job, rec), rec.external_id)
             reader = readers.get(a["number"])
-            due = time.monotonic() - last_read.get(a["number"], float("-inf")) >= getattr(reader, "poll_s", 0.0)
+            every = reader.poll_s if reader is not None else 0.0
+            due = time.monotonic() - last_read.get(a["number"], float("-inf")) >= every
             if reader is not None and (due or rec.ended):
                 last_read[a["number"]] = time.monotonic()
                 try:

@@ -21,17 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import NodeLocalPath
 
 ALLOW_ENV = "SHARDCTL_ALLOW_NODE_LOCAL"
 NODE_LOCAL_TYPES = frozenset({"tmpfs", "ramfs", "devtmpfs", "overlay"})
 NODE_LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 MOUNTINFO = "/proc/self/mountinfo"
 _ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-class NodeLocalPath(ShardctlError):
-    """A directory the job's other nodes must read is on this machine only."""
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from orchestrator.errors import StoreError, SubmitError, TargetError
+from orchestrator.errors import Refused, StoreError, TargetError
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
-from orchestrator.spec.states import AttemptState, JobState
-from orchestrator.store import JobRecord, Store
+from orchestrator.spec.states import AttemptState, FailureKind, JobState
+from orchestrator.store import AttemptRecord, JobRecord, Store
 from orchestrator.supervise.supervisor import (
     Supervisor,
     ensure_supervised,
@@ -52,7 +53,7 @@ def target_for(job: TrainingJob, overrides: dict[str, Any] | None = None) -> Tar
 
 def target_of(record: JobRecord, overrides: dict[str, Any] | None = None) -> Target:
     """The target a recorded job runs on, rebuilt from what was recorded (plus --kubeconfig/--context)."""
-    return get_target(record.target, {**record.option_data, **(overrides or {})})
+    return get_target(record.target, {**record.options, **(overrides or {})})
 
 
 def dry_run(job: TrainingJob, workdir: str, run_dir: str = "<run-dir>/attempt-1",
@@ -73,19 +74,64 @@ def ref_of(record: JobRecord, attempt) -> AttemptRef:
 
 class Driving(Protocol):
     refresh_every_s: float  # how often a follower (submit --wait, logs -f) refreshes the record
+    # the job's record is kept in the cluster and the store only mirrors it: the API server keeps names unique, and
+    # nothing of the store (a spec.workdir snapshot, a function's call) reaches the attempts but what hand_over carries
+    mirrored: bool
 
-    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord: ...
+    def hand_over(self, target: Target, job: TrainingJob, files: Mapping[str, bytes] | None) -> dict[str, Any]:
+        """Before the job is recorded: what to record with it to rebuild its target (and find it again)."""
+        ...
+
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
+              files: Mapping[str, bytes] | None) -> JobRecord: ...
     def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None: ...
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None: ...
     def supervised(self, record: JobRecord) -> bool | None: ...
 
+    def outcome(self, target: Target, record: JobRecord, attempt: AttemptRecord) -> tuple[str, Any] | None:
+        """A submitted function's outcome from this attempt: ("success", value) or ("error", traceback), or None."""
+        ...
 
-class BySupervisor:
+
+class InStore:
+    """What the drivers of jobs the store itself keeps share: the record is made here, and so are the files."""
+
+    mirrored = False
+
+    def hand_over(self, target: Target, job: TrainingJob, files: Mapping[str, bytes] | None) -> dict[str, Any]:
+        return target.options()  # nothing leaves this machine before the record is made
+
+    @staticmethod
+    def keep_files(store: Store, record: JobRecord, files: Mapping[str, bytes] | None) -> bool:
+        """`files` (a pickled call) into the job's directory before attempt 1 starts; False, the job failed, when
+        they cannot be written."""
+        if not files:
+            return True
+        from orchestrator.procfiles import write_files
+
+        try:
+            write_files(Path(record.job_dir), files)
+        except (OSError, ValueError) as exc:
+            store.finish_job(record.id, JobState.FAILED, f"cannot write {', '.join(files)} into {record.job_dir}: "
+                             f"{exc}")
+            return False
+        return True
+
+    def outcome(self, target: Target, record: JobRecord, attempt: AttemptRecord) -> tuple[str, Any] | None:
+        from orchestrator.entry import read_outcome
+
+        return read_outcome(attempt.run_dir)
+
+
+class BySupervisor(InStore):
     """One detached supervisor per job; any command that finds an unfinished job without one starts one."""
 
     refresh_every_s = 5.0
 
-    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
+              files: Mapping[str, bytes] | None) -> JobRecord:
+        if not self.keep_files(store, record, files):
+            return store.get_job(record.id)
         proc = spawn(store, record)
         wait_caught_up(store, record.id, proc, 10.0)  # attempt 1 is started and recorded when this returns
         return store.get_job(record.id)
@@ -103,12 +149,15 @@ class BySupervisor:
         return None if record.terminal else is_supervised(record)
 
 
-class ByJudge:
+class ByJudge(InStore):
     """Short-lived steps: the target's judge jobs, and the same moves inline whenever the job is read."""
 
     refresh_every_s = 5.0
 
-    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
+              files: Mapping[str, bytes] | None) -> JobRecord:
+        if not self.keep_files(store, record, files):
+            return store.get_job(record.id)
         Supervisor(store, record.id, target).advance()  # attempt 1 and its judge are submitted when this returns
         return store.get_job(record.id)
 
@@ -129,28 +178,40 @@ class ByJudge:
         return None
 
 
+def controlled(target: Target) -> ControlledTarget:
+    """A target of the controller driver as what it is: every such target implements ControlledTarget (mypy checks
+    each registered class, targets/__init__.py); only ByController asks."""
+    return cast(ControlledTarget, target)
+
+
 class ByController:
     """A controller in the cluster moves the job; the store mirrors the record it keeps there."""
 
     refresh_every_s = 1.0
+    mirrored = True
 
-    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord) -> JobRecord:
-        return record  # handed over before the record was made (see submit)
+    def hand_over(self, target: Target, job: TrainingJob, files: Mapping[str, bytes] | None) -> dict[str, Any]:
+        """Create the job in the cluster (with `files`, a pickled call, carried with it): the options to find it."""
+        cluster = controlled(target)
+        return cluster.hand_over(job, files) if files else cluster.hand_over(job)
+
+    def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
+              files: Mapping[str, bytes] | None) -> JobRecord:
+        return record  # handed over, files and all, before the record was made (see submit)
 
     def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
         """Mirror the controller's record, forward only: an attempt that ended here, or a job that ended,
         is never moved back by a snapshot read before a concurrent cancel."""
-        assert isinstance(target, ControlledTarget)
         if record.terminal:
             return None
-        snap = target.fetch(record.option_data, record.name)
+        snap = controlled(target).fetch(record.options, record.name)
         if snap is None:
             if store.get_job(record.id).cancel_requested:
                 store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job "
                                  "was deleted")
             else:
                 store.finish_job(record.id, JobState.FAILED, f"the {target.name} job is gone "
-                                 f"({record.option_data.get('namespace') or 'its namespace'}) and nobody recorded "
+                                 f"({record.options.get('namespace') or 'its namespace'}) and nobody recorded "
                                  "why")
             self._close_open_attempts(store, record, "the job ended")
             return None
@@ -164,10 +225,13 @@ class ByController:
                     pass  # another reader mirrored it first
             elif known[a.number].ended:
                 continue
-            kind, why, evidence = a.failure or (None, None, None)
-            store.update_attempt(record.id, a.number, state=a.state, external_id=a.external_id,
-                                 started_at=a.started_at, ended_at=a.ended_at, failure_kind=kind,
-                                 failure_reason=why, failure_evidence=evidence or None)
+            if a.state.ended:
+                store.end_attempt(record.id, a.number, a.state, a.failure, ended_at=a.ended_at,
+                                  external_id=a.external_id, started_at=a.started_at)
+            elif a.state is AttemptState.RUNNING:
+                store.start_attempt(record.id, a.number, external_id=a.external_id, started_at=a.started_at)
+            elif a.external_id:  # starting: the cluster names its Job before creating it
+                store.note_attempt(record.id, a.number, external_id=a.external_id)
         if snap.state.terminal:
             store.finish_job(record.id, snap.state, snap.reason or "")
             return None
@@ -178,12 +242,11 @@ class ByController:
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
         """Read the cluster first (the job may have ended there: then nothing is deleted and its end stands),
         record the request, then delete the job (only the one recorded: its uid is a precondition)."""
-        assert isinstance(target, ControlledTarget)
         self.refresh(store, target, record)
         if store.get_job(record.id).terminal:
             return
         store.request_cancel(record.id)
-        target.withdraw(record.option_data, record.name)
+        controlled(target).withdraw(record.options, record.name)
         self._close_open_attempts(store, record, "cancelled by the user")
         store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job was deleted")
 
@@ -191,11 +254,14 @@ class ByController:
     def _close_open_attempts(store: Store, record: JobRecord, why: str) -> None:
         for a in store.attempts(record.id):
             if not a.ended:
-                store.update_attempt(record.id, a.number, state=AttemptState.CANCELLED, ended_at=time.time(),
-                                     failure_kind="cancelled", failure_reason=why)
+                closed = Failure(FailureKind.CANCELLED, why)
+                store.end_attempt(record.id, a.number, closed.end_state, closed, ended_at=time.time())
 
     def supervised(self, record: JobRecord) -> bool | None:
         return None
+
+    def outcome(self, target: Target, record: JobRecord, attempt: AttemptRecord) -> tuple[str, Any] | None:
+        return controlled(target).read_outcome(record.options, attempt.external_id)  # no run directory here
 
 
 DRIVERS: dict[Driver, Driving] = {Driver.SUPERVISOR: BySupervisor(), Driver.JUDGE: ByJudge(),
@@ -224,9 +290,9 @@ def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Targ
     from orchestrator.compile import CompileError, Finding
     from orchestrator.snapshot import SnapshotError, prepare
 
-    if job.spec.workdir is not None and isinstance(target, ControlledTarget):
-        raise SubmitError(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
-                          "from the image (spec.kubernetes.image): leave spec.workdir unset")
+    if job.spec.workdir is not None and driving(target).mirrored:
+        raise Refused(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
+                      "from the image (spec.kubernetes.image): leave spec.workdir unset")
     try:
         return prepare(job, source, workdir)
     except SnapshotError as exc:
@@ -272,7 +338,7 @@ def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str |
            overrides: dict[str, Any] | None = None, job_files: Mapping[str, bytes] | None = None) -> JobRecord:
     """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept.
     `job_files` (a pickled function call) are written into the job's directory before attempt 1 starts;
-    a target whose jobs live in a cluster has no such directory: they travel with the job (hand_over)."""
+    a job whose record lives in a cluster has no such directory: they travel with it (the driver's hand_over)."""
     workdir = workdir or os.getcwd()
     target = target_for(job, overrides)
     frozen = freeze_code(job, source, workdir, target)
@@ -283,24 +349,12 @@ def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str |
     check_nodes_read(store, job, workdir, target, frozen is not None)
     target.preflight(job, code_dir)
     snap = take_snapshot(store, frozen) if frozen else None  # the last check: a copy that fails leaves nothing
-    if isinstance(target, ControlledTarget):
-        options = target.hand_over(job, job_files) if job_files else target.hand_over(job)
-    else:
-        options = target.options()
+    drive = driving(target)
+    options = drive.hand_over(target, job, job_files)
     record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
                               workdir=snap.path if snap else workdir, checkpoint_dir=checkpoint_dir(job, workdir),
-                              options=options,
-                              exclusive_name=not isinstance(target, ControlledTarget))  # the API server does that
-    if job_files and not isinstance(target, ControlledTarget):
-        from orchestrator.procfiles import write_files
-
-        try:
-            write_files(Path(record.job_dir), job_files)
-        except (OSError, ValueError) as exc:
-            store.finish_job(record.id, JobState.FAILED, f"cannot write {', '.join(job_files)} into {record.job_dir}: "
-                             f"{exc}")
-            return store.get_job(record.id)
-    return driving(target).start(store, target, job, record)
+                              options=options, exclusive_name=not drive.mirrored)  # else the API server does that
+    return drive.start(store, target, job, record, job_files)
 
 
 def refresh(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
@@ -321,10 +375,7 @@ def refresh_all(store: Store, records: list[JobRecord], overrides: dict[str, Any
                 if a.state is AttemptState.RUNNING and a.external_id:
                     watch.setdefault(r.target, []).append(a.external_id)
     for name, ids in watch.items():
-        poller = getattr(get_target(name, {}), "poller", None)
-        if poller is not None:
-            poller.watch(ids)
-            poller.refresh()
+        get_target(name, {}).prefetch(ids)
     notes = []
     for r in records:
         try:
@@ -357,4 +408,4 @@ def cancel(store: Store, record: JobRecord, wait_s: float = 60.0,
     return store.get_job(record.id)
 
 
-__all__ = ["SubmitError", "cancel", "dry_run", "refresh", "refresh_all", "submit", "supervised", "target_of"]
+__all__ = ["cancel", "dry_run", "refresh", "refresh_all", "submit", "supervised", "target_of"]

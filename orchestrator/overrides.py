@@ -18,24 +18,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from orchestrator.errors import ShardctlError, located
+from orchestrator.errors import OverrideError, located
 from orchestrator.spec.loader import LoadedSpec, _friendly, _loc_to_path, load_yaml, yaml_problem
 from orchestrator.spec.models import TrainingJob
 
 MAX_VALUE_CHARS = 4096  # one field's value; a list of script arguments fits many times over
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]{1,4}$")  # a field name, or a list index
 ROOTS = ("metadata", "spec")
-
-
-class OverrideError(ShardctlError):
-    """An override that cannot be read or applied, or that makes the spec invalid: one line each."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self._lines = lines
-
-    def lines(self) -> list[str]:
-        return list(self._lines)
 
 
 @dataclass(frozen=True)

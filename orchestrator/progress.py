@@ -7,6 +7,10 @@ draw them), the Trainer's log dicts (`{'loss': ..., 'epoch': ...}`), `step N/M .
 a run writes, so it is pure, stdlib-only and bounded: only the end of a log is read, a half-written
 last line and a line cut by the read are skipped, and where several ranks print, the highest step
 among the last few readings is taken (consistent, not whichever rank wrote last).
+
+A log is untrusted input: whatever a script prints, reading it never raises. Digits are ASCII only
+(`²` or `٣` are no step), every number has a bounded number of digits, a number that does not fit is
+no reading, and `read` gives None rather than an error for anything it cannot make sense of.
 """
 
 from __future__ import annotations
@@ -25,19 +29,20 @@ HEAD_BYTES = 64 * 1024  # the start, read only to find the first step of the att
 WINDOW = 16  # the last readings of a step among which the highest is taken (interleaved ranks agree)
 MAX_INT = 10**15
 
+A = re.ASCII  # \d is 0-9 only: str.isdigit and Unicode digits ("²", "٣") are not step counts
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
+_NUMBER = r"[-+]?(?:\d{1,40}\.?\d{0,40}(?:[eE][-+]?\d{1,4})?|\.\d{1,40}(?:[eE][-+]?\d{1,4})?|nan|inf)"
 TQDM_BAR = re.compile(
     r"(?<![\d.])(?P<n>\d{1,15})(?:/(?P<total>\d{1,15}|\?)|[A-Za-z]*)\s*"
-    r"\[(?P<elapsed>\d+(?::\d\d){1,2})(?:<(?P<remaining>\d+(?::\d\d){1,2}|\?))?,\s*"
-    r"(?P<rate>\d+(?:\.\d+)?|\?)\s*(?P<unit>s/[A-Za-z]*|[A-Za-z]*/s)(?P<postfix>,[^\]]*)?\]")
-_DICT_LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE)
-_DICT_EPOCH = re.compile(r"""['"]epoch['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE)
-_STEP = re.compile(r"\bstep\s+(?P<n>\d{1,15})(?:\s*/\s*(?P<total>\d{1,15}))?", re.IGNORECASE)
-_LOSS = re.compile(r"\bloss\b\s*[:=]?\s*(?P<v>" + _NUMBER + r")(?![\w.])", re.IGNORECASE)
-_SHARDCTL = re.compile(r"\bshardctl:\s+(?P<pairs>(?:[a-z_]+=\S+\s*)+)$")
-_PAIR = re.compile(r"([a-z_]+)=(\S+)")
-_TOTAL_HINT = re.compile(r"Total optimization steps\s*=\s*(?P<v>\d[\d,]{0,20})")
+    r"\[(?P<elapsed>\d{1,9}(?::\d\d){1,2})(?:<(?P<remaining>\d{1,9}(?::\d\d){1,2}|\?))?,\s*"
+    r"(?P<rate>\d{1,15}(?:\.\d{1,15})?|\?)\s*(?P<unit>s/[A-Za-z]*|[A-Za-z]*/s)(?P<postfix>,[^\]]*)?\]", A)
+_DICT_LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE | A)
+_DICT_EPOCH = re.compile(r"""['"]epoch['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE | A)
+_STEP = re.compile(r"\bstep\s+(?P<n>\d{1,15})(?:\s*/\s*(?P<total>\d{1,15}))?(?!\d)", re.IGNORECASE | A)
+_LOSS = re.compile(r"\bloss\b\s*[:=]?\s*(?P<v>" + _NUMBER + r")(?![\w.])", re.IGNORECASE | A)
+_SHARDCTL = re.compile(r"\bshardctl:\s+(?P<pairs>(?:[a-z_]+=\S+\s*)+)$", A)
+_PAIR = re.compile(r"([a-z_]+)=(\S+)", A)
+_TOTAL_HINT = re.compile(r"Total optimization steps\s*=\s*(?P<v>\d[\d,]{0,20})", A)
 
 
 @dataclass(frozen=True)
@@ -87,23 +92,27 @@ class Reading:
 
 def _float(text: str) -> float | None:
     try:
-        return float(text)
-    except ValueError:
+        return float(text) if len(text) <= 64 else None
+    except (ValueError, OverflowError):
         return None
 
 
 def _seconds(text: str | None) -> float | None:
-    """tqdm's `MM:SS` or `H:MM:SS`."""
+    """tqdm's `MM:SS` or `H:MM:SS` (the pattern bounds the hours to 9 digits)."""
     if not text or text == "?":
         return None
     out = 0
     for part in text.split(":"):
+        if not (part.isascii() and part.isdigit()):
+            return None
         out = out * 60 + int(part)
     return float(out)
 
 
 def _int(text: str | None) -> int | None:
-    if text is None or not text.isdigit():
+    """A count as scripts print it: ASCII digits, at most MAX_INT (str.isdigit also takes "²", which int()
+    then refuses)."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 16:
         return None
     value = int(text)
     return value if value <= MAX_INT else None
@@ -120,6 +129,8 @@ def _tqdm(segment: str) -> tuple[int, Reading] | None:
     rate = _float(m["rate"]) if m["rate"] != "?" else None
     if rate is not None and m["unit"].startswith("s/"):
         rate = 1 / rate if rate > 0 else None
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        rate = None
     postfix = _LOSS.search(m["postfix"] or "")
     return m.start(), Reading("tqdm", _int(m["n"]), _int(m["total"]), _float(postfix["v"]) if postfix else None,
                                rate=rate, elapsed_s=_seconds(m["elapsed"]), remaining_s=_seconds(m["remaining"]))
@@ -260,7 +271,10 @@ def read(path: str, elapsed_s: float | None = None, running: bool = True, limit:
     average since the attempt started `elapsed_s` ago (steps since the first one it printed: a
     little low, as start-up counts too); an ETA only while the attempt runs."""
     text, cut = _read(path, 0, limit)
-    progress = parse(text, cut)
+    try:
+        progress = parse(text, cut)
+    except (ValueError, ArithmeticError):  # a log is untrusted: what cannot be read is no progress, never a crash
+        return None
     if progress is None:
         return None
     if progress.rate is None and progress.step is not None and elapsed_s:

@@ -10,13 +10,12 @@ import copy
 import json
 import time
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from orchestrator import progress as progress_of
 from orchestrator import snapshot
 from orchestrator.compile import rules
-from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.models import TrainingJob, TrainingJobSpec
 from orchestrator.store import AttemptRecord, JobRecord
 
 FORMAT = 1
@@ -26,9 +25,11 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
 
 
-@lru_cache(maxsize=256)
-def _config(spec_json: str) -> dict[str, Any]:
-    spec = TrainingJob.model_validate_json(spec_json).spec
+_CONFIGS: dict[str, dict[str, Any]] = {}  # an attempt's spec (as sorted JSON text) -> its knobs
+_CONFIGS_MAX = 256
+
+
+def _config(spec: TrainingJobSpec) -> dict[str, Any]:
     return {
         "backend": spec.backend,
         "sharding": spec.sharding,
@@ -42,10 +43,16 @@ def _config(spec_json: str) -> dict[str, Any]:
     }
 
 
-def attempt_config(spec_json: str) -> dict[str, Any]:
-    """The knobs the fallback turns, from an attempt's spec (JSON text). An attempt's spec never
-    changes, so it is parsed once: `--wait` and `logs -f` rebuild the view several times a second."""
-    return copy.deepcopy(_config(spec_json))
+def attempt_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The knobs the fallback turns, from an attempt's spec (a TrainingJob's JSON form). An attempt's spec
+    never changes, so it is validated once: `--wait` and `logs -f` rebuild the view several times a second."""
+    key = json.dumps(spec, sort_keys=True)
+    found = _CONFIGS.get(key)
+    if found is None:
+        if len(_CONFIGS) >= _CONFIGS_MAX:
+            _CONFIGS.clear()
+        found = _CONFIGS[key] = _config(TrainingJob.model_validate(spec).spec)
+    return copy.deepcopy(found)
 
 
 def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]:
@@ -63,11 +70,12 @@ def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]
         "duration_s": duration,
         "exit_code": a.exit_code,
         "signal": a.signal,
-        "failure": None if a.failure_kind in (None, "succeeded") else
-        {"kind": a.failure_kind, "reason": a.failure_reason, "evidence": a.failure_evidence},
+        "failure": a.failure.to_json() if a.failure else None,
         "peak_memory_bytes": a.peak_memory_bytes,
         "preemptions": a.preemptions or 0,  # restarted in place by the target (Slurm requeue); resumed
-        "warnings": json.loads(a.warnings),
+        "warnings": list(a.warnings),
+        "supervisor_error": a.supervisor_error,
+        "target_state": None if a.ended else a.target_state,
         "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
         "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
         "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
@@ -92,9 +100,9 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "finished_at": iso(job.finished_at),
         "checkpoint_dir": job.checkpoint_dir,
         "code": snapshot.describe(job.workdir),  # the code every attempt ran (spec.workdir), None without one
-        "max_attempts": job.spec_data["spec"].get("fallback", {}).get("max_attempts"),
+        "max_attempts": job.spec["spec"].get("fallback", {}).get("max_attempts"),
         "supervised": supervised,
-        "namespace": job.option_data.get("namespace"),
+        "namespace": job.options.get("namespace"),
         "attempts": [attempt_json(a, with_progress) for a in attempts],
     }
 
@@ -150,6 +158,8 @@ def history_text(view: dict[str, Any]) -> str:
                 out.append(f"    evidence: {f['evidence']}")
         elif a["state"] == "succeeded" and a["peak_memory_bytes"]:
             out.append(f"    peak memory {fmt_bytes(a['peak_memory_bytes'])}")
+        if a.get("supervisor_error"):
+            out.append(f"    supervision failed: {a['supervisor_error']}")
         if a["log"]:
             out.append(f"    log: {a['log']}")
     return "\n".join(out)
@@ -163,8 +173,12 @@ def status_text(view: dict[str, Any]) -> str:
         out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
         if a.get("progress"):
             out.append(f"progress: {progress_of.describe(a['progress'])}")
+        if a.get("target_state"):
+            out.append(f"{view['target']}: {a['target_state']}")
         if a["failure"]:
             out.append(f"failure: {a['failure']['kind']}: {a['failure']['reason']}")
+        if a.get("supervisor_error") and view["state"] not in ("succeeded", "failed", "cancelled"):
+            out.append(f"supervision failed: {a['supervisor_error']}")
         out.append(f"log: {a['log']}" if a["log"] else f"log: shardctl logs {view['id']}")
     if view.get("code"):
         out.append(code_text(view["code"]))

@@ -69,6 +69,14 @@ class AttemptJson(_Open):
     preemptions: int = Field(ge=0, description="Times the target restarted the attempt in place (Slurm requeued "
                              "it after a preemption or `scontrol requeue`); it resumed from its checkpoint each time.")
     warnings: list[str]
+    supervisor_error: str | None = Field(
+        default=None, description="Why the attempt's supervisor stopped without making its move (a Slurm judge job "
+        "that could not submit the next attempt, say), in its own words; the next shardctl command that reads the "
+        "job carries on from there.")
+    target_state: str | None = Field(
+        default=None, description="What the target last said of the attempt while it is open, when that says more "
+        "than its state: why Slurm keeps it pending (a QOS or account limit, resources), that it was requeued, that "
+        "no judge job follows it. Null once it ended.")
     run_dir: str | None
     log: str | None
     external_id: str | None

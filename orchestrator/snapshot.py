@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import SnapshotError
 from orchestrator.spec.models import TrainingJob
 
 MAX_BYTES = 256 * 2**20
@@ -48,14 +48,6 @@ _CHUNK = 1 << 20
 _SHOWN = 5  # offenders named in a cap error
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class SnapshotError(ShardctlError):
-    """The code cannot be snapshotted; `field` is the spec field to name (spec.workdir, the script)."""
-
-    def __init__(self, message: str, field: str = "spec.workdir") -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ mkdir, create with O_EXCL, link, never a lock), and read by folding what is ther
     jobs/<id>/attempts/<N>.submit-<g>.json  a takeover of its submission after its owner died (once each)
     jobs/<id>/attempts/<N>.running.json     the target has it: its id, when it started (once)
     jobs/<id>/attempts/<N>.ended.json       how it ended (once: a late cancel never rewrites a real end)
-    jobs/<id>/attempts/<N>.event-<stamp>.json  a blank filled in later (an id learnt after the start)
+    jobs/<id>/attempts/<N>.event-<stamp>.json  a fact learnt later (an id, a requeue: note_attempt)
     names/<name>/<k>.json              generation k of a job name: the job holding it (once each)
 
 Every decision that must happen once is a link that exactly one writer on one host wins; the
@@ -29,7 +29,6 @@ others. A `shardctl.db` of the SQLite store that came before is migrated on firs
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import secrets
@@ -39,14 +38,15 @@ import typing
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from orchestrator.errors import StoreError
 from orchestrator.paths import private_state_dir, state_dir
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, JobState
 from orchestrator.store_files import Owner, event_name, make_dir, name_key, publish, read_record
 
-__all__ = ["AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
+__all__ = ["AttemptNote", "AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
 
 _R = TypeVar("_R")
 NAME_CLAIM_WAIT_S = 5.0  # how long a job that holds a name may take to appear after its claim
@@ -58,17 +58,17 @@ class JobRecord:
     name: str
     target: str
     state: JobState
-    spec: str
+    spec: dict[str, Any]  # the TrainingJob as submitted, in its JSON form (TrainingJob.model_validate reads it)
     source: str | None
     workdir: str
     job_dir: str
     checkpoint_dir: str
-    options: str
+    options: dict[str, Any]  # what rebuilds its target (Target.options, get_target(target, options))
     created_at: float
     updated_at: float
     finished_at: float | None
     reason: str | None
-    cancel_requested: int
+    cancel_requested: bool
     supervisor_pid: int | None
 
     def __post_init__(self) -> None:
@@ -78,27 +78,19 @@ class JobRecord:
     def terminal(self) -> bool:
         return self.state.terminal
 
-    @property
-    def spec_data(self) -> dict[str, Any]:
-        return _json_column(self.spec, f"job {self.id}: its spec")
-
-    @property
-    def option_data(self) -> dict[str, Any]:
-        return _json_column(self.options, f"job {self.id}: its options")
-
 
 @dataclass(frozen=True)
 class AttemptRecord:
     job_id: str
     number: int
     state: AttemptState
-    spec: str
+    spec: dict[str, Any]  # the TrainingJob this attempt ran, in its JSON form
     rung: str | None
     reason: str
     run_dir: str
     log_path: str
-    artifacts: str
-    warnings: str
+    artifacts: dict[str, str]  # file name -> text, exactly as submitted
+    warnings: list[str]
     resume_from: str | None
     external_id: str | None
     created_at: float
@@ -106,11 +98,11 @@ class AttemptRecord:
     ended_at: float | None
     exit_code: int | None
     signal: int | None
-    failure_kind: str | None
-    failure_reason: str | None
-    failure_evidence: str | None
+    failure: Failure | None  # how it ended, unless it succeeded (or is open)
     peak_memory_bytes: int | None
     preemptions: int | None = None  # times the target restarted it in place (Slurm --requeue)
+    supervisor_error: str | None = None  # why its supervisor (a Slurm judge, the local daemon) stopped, its words
+    target_state: str | None = None  # what the target last said of it while open ("Slurm PENDING (QOS...Limit)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", AttemptState(self.state))
@@ -119,30 +111,25 @@ class AttemptRecord:
     def ended(self) -> bool:
         return self.state.ended
 
-    @property
-    def spec_data(self) -> dict[str, Any]:
-        return _json_column(self.spec, f"job {self.job_id}, attempt {self.number}: its spec")
+
+class AttemptNote(TypedDict, total=False):
+    """What `note_attempt` records of an attempt, any time: the newest value of each wins until it ends."""
+
+    preemptions: int
+    supervisor_error: str | None
+    target_state: str | None
+    external_id: str | None  # known before the start (a mirror: the cluster names the Job it will create)
 
 
-def _json_column(text: Any, what: str) -> dict[str, Any]:
-    """A JSON object column; a damaged one (edited by hand, a disk error) is a StoreError naming the record."""
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} in the job store is damaged ({exc})") from None
-    if not isinstance(data, dict):
-        raise StoreError(f"{what} in the job store is damaged (not a JSON object)")
-    return data
-
-
-_JOB_COLUMNS = tuple(f.name for f in fields(JobRecord))
 _ATTEMPT_COLUMNS = tuple(f.name for f in fields(AttemptRecord))
-# fixed when the record is made (job.json, <N>.json); JSON-valued ones are kept as JSON in the files
+# fixed when the record is made (job.json, <N>.json)
 _JOB_FACTS = ("id", "name", "target", "spec", "source", "workdir", "job_dir", "checkpoint_dir", "options",
               "created_at")
 _ATTEMPT_FACTS = ("job_id", "number", "spec", "rung", "reason", "run_dir", "log_path", "artifacts", "warnings",
                   "resume_from", "created_at")
-_JSON_VALUED = ("spec", "options", "artifacts", "warnings")
+_ATTEMPT_CHANGES = frozenset(_ATTEMPT_COLUMNS) - set(_ATTEMPT_FACTS) - {"state"}  # what later files may set
+# how versions before the one `failure` value recorded it: three fields, in <N>.ended.json (and the SQLite rows)
+_OLD_FAILURE = ("failure_kind", "failure_reason", "failure_evidence")
 _ATTEMPT_FILE = re.compile(r"(\d+)\.(json|running\.json|ended\.json|submit-(\d+)\.json|event-[^/]+\.json)")
 _CLAIM_FILE = re.compile(r"(\d+)\.json")
 
@@ -150,11 +137,11 @@ _CLAIM_FILE = re.compile(r"(\d+)\.json")
 @functools.cache
 def _field_types(cls: type) -> tuple[tuple[str, tuple[type, ...]], ...]:
     """Each field and the types its value may have in a record file (an enum is its text, a float may be
-    written as an int)."""
+    written as an int, a dict[str, Any] is a dict)."""
     out = []
     for name, hint in typing.get_type_hints(cls).items():
         allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        kinds = tuple(str if issubclass(a, Enum) else a for a in allowed)
+        kinds = tuple(typing.get_origin(a) or (str if issubclass(a, Enum) else a) for a in allowed)
         out.append((name, (*kinds, int) if float in kinds else kinds))
     return tuple(out)
 
@@ -170,33 +157,26 @@ def _check_types(cls: type, data: dict[str, Any]) -> None:
 
 def _record(cls: type[_R], data: dict[str, Any], what: str) -> _R:
     try:
+        if "failure" in data:
+            data = {**data, "failure": Failure.from_json(data["failure"])}
         _check_types(cls, data)
         return cls(**{f.name: data[f.name] for f in fields(cls)})  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:  # a state no shardctl writes, a missing field
         raise StoreError(f"{what} in the job store is damaged ({exc})") from None
 
 
-def _as_text(value: Any) -> Any:
-    """A JSON-valued column as the records carry it: JSON text (text kept as it came: a damaged one stays so)."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.value if isinstance(value, Enum) else value
+def _attempt_changes(written: dict[str, Any]) -> dict[str, Any]:
+    """What a file written after attempt N's record (its start, an event, its end) sets. One written before the
+    one `failure` value has the failure as three fields: read as that value."""
+    out = {k: v for k, v in written.items() if k in _ATTEMPT_CHANGES}
+    if any(k in written for k in _OLD_FAILURE):
+        kind, reason, evidence = (written.get(k) for k in _OLD_FAILURE)
+        out["failure"] = None if kind is None else {"kind": kind, "reason": reason or "", "evidence": evidence or ""}
+    return out
 
 
 class _NotAJob(Exception):
     """A directory under jobs/ without job.json: a job being created, or one whose creation was refused."""
-
-
-def _check_changes(what: str, changes: dict[str, Any], columns: tuple[str, ...], facts: tuple[str, ...]) -> None:
-    """A change names only columns that exist and that may change after the record was made."""
-    unknown = set(changes) - set(columns)
-    if unknown:
-        raise StoreError(f"unknown {what}s columns: {sorted(unknown)}")
-    fixed = set(changes) & set(facts)
-    if fixed:
-        raise StoreError(f"{what} columns {sorted(fixed)} are fixed when the {what} is recorded")
 
 
 class Store:
@@ -213,9 +193,6 @@ class Store:
             from orchestrator.store_migrate import migrate
 
             migrate(self.root, legacy)
-
-    def close(self) -> None:
-        """Nothing to close (kept for callers of the SQLite store)."""
 
     # writing: a write the filesystem refuses (read-only, full, another user's directory) is a StoreError
 
@@ -272,16 +249,14 @@ class Store:
         data: dict[str, Any] = {k: facts.get(k) for k in _JOB_FACTS}
         if facts.get("id") != job_id:
             raise StoreError(f"{what} in the job store is damaged (job.json names job {facts.get('id')!r})")
-        for k in ("spec", "options"):
-            data[k] = _as_text(data[k])
         times = [facts.get("created_at")]
-        data.update(state=JobState.QUEUED.value, finished_at=None, reason=None, cancel_requested=0,
+        data.update(state=JobState.QUEUED.value, finished_at=None, reason=None, cancel_requested=False,
                     supervisor_pid=None)
         if "running.json" in present:
             data["state"] = JobState.RUNNING.value
             times.append(self._claim(directory / "running.json", what).get("at"))
         if "cancel.json" in present:
-            data["cancel_requested"] = 1
+            data["cancel_requested"] = True
             times.append(self._claim(directory / "cancel.json", what).get("at"))
         if "finished.json" in present:
             end = self._claim(directory / "finished.json", what)
@@ -438,26 +413,10 @@ class Store:
             raise StoreError(f"no job {job_id!r}")
         return directory
 
-    def update_job(self, job_id: str, **changes: Any) -> None:
-        """Change what may change. States only move forward: a terminal state is `finish_job` (the first
-        ending stands), running is `mark_running`; cancel_requested is `request_cancel`; the rest
-        (supervisor_pid) is an event, the newest of which wins. What the job was submitted as is fixed."""
-        _check_changes("job", changes, _JOB_COLUMNS, _JOB_FACTS)
-        directory = self._existing(job_id)
-        state, reason, _ = changes.pop("state", None), changes.pop("reason", None), changes.pop("finished_at", None)
-        if state is not None:
-            state = self._state(JobState, state)
-            if state.terminal:
-                self.finish_job(job_id, state, reason or "")
-            elif state is JobState.RUNNING:
-                self.mark_running(job_id)
-        elif reason is not None:
-            raise StoreError("a job's reason is recorded with its end: give its terminal state too")
-        if changes.pop("cancel_requested", 0):
-            self.request_cancel(job_id)
-        changes.pop("updated_at", None)  # the time of the newest record, always
-        if changes:
-            self._publish(self._dir(directory / "events"), event_name(), {**changes, "at": time.time()})
+    def note_supervisor(self, job_id: str, pid: int) -> None:
+        """The process that watches the job now (a resident supervisor): an event, the newest of which wins."""
+        self._publish(self._dir(self._existing(job_id) / "events"), event_name(),
+                      {"supervisor_pid": pid, "at": time.time()})
 
     @staticmethod
     def _state(kind: type[_R], value: Any) -> _R:
@@ -473,7 +432,7 @@ class Store:
     def request_cancel(self, job_id: str) -> None:
         self._publish(self._existing(job_id), "cancel.json", {"at": time.time(), "by": Owner.me().as_json()})
 
-    def finish_job(self, job_id: str, state: str, reason: str) -> bool:
+    def finish_job(self, job_id: str, state: JobState | str, reason: str) -> bool:
         """Idempotent: a job that already ended keeps its first ending. True when this call ended it."""
         ending = self._state(JobState, state)
         if not ending.terminal:
@@ -518,21 +477,18 @@ class Store:
         what = f"job {job_id}, attempt {number}"
         base = self._claim(directory / f"{number}.json", what)
         data: dict[str, Any] = {k: base.get(k) for k in _ATTEMPT_FACTS}
-        for k in ("spec", "artifacts", "warnings"):
-            data[k] = _as_text(data[k])
-        data.update({k: None for k in _ATTEMPT_COLUMNS if k not in _ATTEMPT_FACTS}, state=AttemptState.STARTING.value)
-        mutable = set(_ATTEMPT_COLUMNS) - set(_ATTEMPT_FACTS) - {"state"}
+        data.update(dict.fromkeys(_ATTEMPT_CHANGES), state=AttemptState.STARTING.value)
         if "running.json" in files:
-            data.update({k: v for k, v in self._claim(directory / f"{number}.running.json", what).items()
-                         if k in mutable}, state=AttemptState.RUNNING.value)
+            data.update(_attempt_changes(self._claim(directory / f"{number}.running.json", what)),
+                        state=AttemptState.RUNNING.value)
         for name in sorted(files.get("event", [])):
             try:
-                data.update({k: v for k, v in self._read(directory / name).items() if k in mutable})
+                data.update(_attempt_changes(self._read(directory / name)))
             except (OSError, ValueError):
                 continue  # a blank filled in later, damaged: it stays blank
         if "ended.json" in files:
             end = self._claim(directory / f"{number}.ended.json", what)
-            data.update({k: v for k, v in end.items() if k in mutable}, state=end.get("state"))
+            data.update(_attempt_changes(end), state=end.get("state"))
         return _record(AttemptRecord, data, what)
 
     def add_attempt(self, job_id: str, number: int, *, spec: dict, rung: str | None, reason: str, run_dir: str,
@@ -548,34 +504,53 @@ class Store:
             raise StoreError(f"job {job_id} already has attempt {number}")
         return self._fold_attempt(directory / "attempts", job_id, number, {"json": [f"{number}.json"]})
 
-    def update_attempt(self, job_id: str, number: int, **changes: Any) -> bool:
-        """Record what happened to an attempt; True when this call recorded something.
-
-        Its end is recorded once (the first one stands: a cancel that comes after a real end never
-        rewrites it), its start once (a second writer only fills in what the first left blank), and a
-        change without a state is an event whose newest value wins until the attempt ends."""
-        _check_changes("attempt", changes, _ATTEMPT_COLUMNS, _ATTEMPT_FACTS)
+    def _attempt_dir(self, job_id: str, number: int) -> Path:
         directory = self.path / job_id / "attempts"
-        if not (directory / f"{number}.json").exists():
+        if job_id.startswith(".") or "/" in job_id or not (directory / f"{number}.json").exists():
             raise StoreError(f"job {job_id} has no attempt {number}")
-        state = changes.pop("state", None)
-        values = {k: _plain(v) for k, v in changes.items()}
+        return directory
+
+    def _current(self, job_id: str, number: int) -> AttemptRecord:
+        return self._fold_attempt(self.path / job_id / "attempts", job_id, number, self._files_of(job_id, number))
+
+    def start_attempt(self, job_id: str, number: int, *, external_id: str | None, started_at: float | None) -> bool:
+        """The target has attempt N: its id there, when it started. Recorded once; a second writer only fills in
+        what the first left blank (an id learnt after the start). True when this call recorded something."""
+        directory = self._attempt_dir(job_id, number)
+        values = {"external_id": external_id, "started_at": started_at}
         by = Owner.me().as_json()
-        if state is not None:
-            state = self._state(AttemptState, state)
-            if state.ended:
-                return self._publish(directory, f"{number}.ended.json", {**values, "state": state.value, "by": by})
-            if state is AttemptState.RUNNING and self._publish(directory, f"{number}.running.json",
-                                                                 {**values, "by": by}):
-                return True
-        current = self._fold_attempt(directory, job_id, number, self._files_of(job_id, number))
-        if state is AttemptState.RUNNING:  # started already: fill in only what that left blank
-            values = {k: v for k, v in values.items() if v is not None and getattr(current, k) is None}
-        else:  # only what changes (a mirror refreshing every second writes nothing new)
-            values = {k: v for k, v in values.items() if getattr(current, k) != v}
-        if not values:
-            return False
-        return self._publish(directory, event_name(f"{number}.event-"), {**values, "by": by})
+        if self._publish(directory, f"{number}.running.json", {**values, "by": by}):
+            return True
+        current = self._current(job_id, number)
+        values = {k: v for k, v in values.items() if v is not None and getattr(current, k) is None}
+        return bool(values) and self._publish(directory, event_name(f"{number}.event-"), {**values, "by": by})
+
+    def end_attempt(self, job_id: str, number: int, state: AttemptState, failure: Failure | None, *,
+                    ended_at: float | None, exit_code: int | None = None, signal: int | None = None,
+                    peak_memory_bytes: int | None = None, external_id: str | None = None,
+                    started_at: float | None = None) -> bool:
+        """How attempt N ended. Recorded once: the first end stands (a cancel that comes after a real end never
+        rewrites it); True when this call recorded it. `external_id` and `started_at` are kept with the end when
+        given: a mirror that first sees the attempt ended learns them then."""
+        directory = self._attempt_dir(job_id, number)
+        ending = self._state(AttemptState, state)
+        if not ending.ended:
+            raise StoreError(f"{ending.value!r} is not how an attempt ends")
+        start = {k: v for k, v in (("external_id", external_id), ("started_at", started_at)) if v is not None}
+        return self._publish(directory, f"{number}.ended.json", {
+            **start, "state": ending.value, "ended_at": ended_at, "exit_code": exit_code, "signal": signal,
+            "failure": failure.to_json() if failure else None, "peak_memory_bytes": peak_memory_bytes,
+            "by": Owner.me().as_json()})
+
+    def note_attempt(self, job_id: str, number: int, **facts: Unpack[AttemptNote]) -> bool:
+        """What is learnt of attempt N on the way (requeues, what the target says of it, why its supervisor
+        stopped): an event, the newest value of each fact winning until the attempt ends. Only what changes is
+        written (a mirror refreshing every second writes nothing new); True when this call wrote something."""
+        directory = self._attempt_dir(job_id, number)
+        current = self._current(job_id, number)
+        values = {k: v for k, v in facts.items() if getattr(current, k) != v}
+        return bool(values) and self._publish(directory, event_name(f"{number}.event-"),
+                                              {**values, "by": Owner.me().as_json()})
 
     # submissions
 

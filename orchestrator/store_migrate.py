@@ -125,6 +125,8 @@ def _write_attempt(jobs: Path, row: dict[str, Any]) -> None:
         publish(directory, f"{number}.running.json",
                 {"external_id": row["external_id"], "started_at": row["started_at"], "by": by})
     if state not in (AttemptState.STARTING, AttemptState.RUNNING):  # ended, or damaged: the fold says which
+        # the failure as the row has it, in three fields (as the first directory store wrote it too): the fold
+        # reads that layout as the one `failure` value
         publish(directory, f"{number}.ended.json", {
             **{k: row[k] for k in ("ended_at", "exit_code", "signal", "failure_kind", "failure_reason",
                                    "failure_evidence", "peak_memory_bytes")},

@@ -26,13 +26,23 @@ from orchestrator.api import (
     submit,
     sweep,
 )
-from orchestrator.entry import FunctionFailed, FunctionPickleError
-from orchestrator.errors import ShardctlError, StoreError, SubmitError, TargetError
-from orchestrator.overrides import OverrideError
+from orchestrator.errors import (
+    BadInput,
+    Conflict,
+    FunctionFailed,
+    FunctionPickleError,
+    OverrideError,
+    Refused,
+    ShardctlError,
+    StoreError,
+    SubmitError,
+    TargetError,
+    Unavailable,
+)
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, JobState
 
-__all__ = ["AttemptState", "Checked", "FunctionFailed", "FunctionPickleError", "InvalidSpec", "Job", "JobFailed",
-           "JobState", "OverrideError", "ShardctlError", "StoreError", "SubmitError", "Sweep", "TargetError",
-           "TrainingJob", "WaitTimeout", "__version__", "build", "check", "get_job", "get_sweep", "list_jobs", "load",
-           "submit", "sweep"]
+__all__ = ["AttemptState", "BadInput", "Checked", "Conflict", "FunctionFailed", "FunctionPickleError", "InvalidSpec",
+           "Job", "JobFailed", "JobState", "OverrideError", "Refused", "ShardctlError", "StoreError", "SubmitError",
+           "Sweep", "TargetError", "TrainingJob", "Unavailable", "WaitTimeout", "__version__", "build", "check",
+           "get_job", "get_sweep", "list_jobs", "load", "submit", "sweep"]

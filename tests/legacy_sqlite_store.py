@@ -1,4 +1,5 @@
-"""The SQLite job store shardctl used before the per-job directory store (kept verbatim for tests).
+"""The SQLite job store shardctl used before the per-job directory store (kept verbatim for tests, plus today's
+attempt writers and failure value, marked "Not of the old store", so that the same code drives both).
 
 Used as "the old store": to make a legacy `shardctl.db` for the migration tests, and by the two-host
 proof tests to show what the old design loses on a shared filesystem. Original docstring follows.
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 
 from orchestrator.errors import StoreError
 from orchestrator.paths import state_dir
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, JobState
 
 __all__ = ["AttemptRecord", "JobRecord", "LegacySqliteStore", "StoreError", "state_dir"]
@@ -152,6 +154,12 @@ class AttemptRecord:
     @property
     def spec_data(self) -> dict[str, Any]:
         return _json_column(self.spec, f"job {self.job_id}, attempt {self.number}: its spec")
+
+    @property
+    def failure(self) -> Failure | None:
+        """Not of the old store: its three failure columns as today's one value, for the code that reads both."""
+        return Failure.from_json({"kind": self.failure_kind, "reason": self.failure_reason or "",
+                                  "evidence": self.failure_evidence or ""}) if self.failure_kind else None
 
 
 def _json_column(text: Any, what: str) -> dict[str, Any]:
@@ -313,6 +321,20 @@ class LegacySqliteStore:
 
     def update_attempt(self, job_id: str, number: int, **changes: Any) -> None:
         self._update("attempts", "job_id = ? AND number = ?", (job_id, number), _ATTEMPT_COLUMNS, changes)
+
+    # Not of the old store: today's writers, for the code that drives both (tests/twohosts, benchmarks/store_list.py)
+
+    def start_attempt(self, job_id: str, number: int, *, external_id: str | None, started_at: float | None) -> None:
+        self.update_attempt(job_id, number, state="running", external_id=external_id, started_at=started_at)
+
+    def end_attempt(self, job_id: str, number: int, state: str, failure: Failure | None, *, ended_at: float | None,
+                    exit_code: int | None = None, signal: int | None = None,
+                    peak_memory_bytes: int | None = None) -> None:
+        self.update_attempt(job_id, number, state=state, ended_at=ended_at, exit_code=exit_code, signal=signal,
+                            failure_kind=failure.kind.value if failure else None,
+                            failure_reason=failure.reason if failure else None,
+                            failure_evidence=(failure.evidence or None) if failure else None,
+                            peak_memory_bytes=peak_memory_bytes)
 
     def _update(self, table: str, where: str, key: tuple, columns: tuple[str, ...], changes: dict[str, Any]) -> None:
         unknown = set(changes) - set(columns)

@@ -133,7 +133,6 @@ def test_a_function_for_kubernetes_without_a_cluster_records_nothing(home: Path)
 
 @pytest.mark.slow
 def test_a_function_on_the_local_target_returns_rank_0s_value(home: Path) -> None:
-    pytest.importorskip("accelerate")
     job = shardctl.submit(add, 2, b=3, job=QUICKSTART, overrides={"spec.batch.micro": 4}, workdir=str(ROOT))
     assert job.result(timeout=240) == {"sum": 5, "rank": 0, "world": "2", "micro": "4"}
     record = job.record()
@@ -141,11 +140,15 @@ def test_a_function_on_the_local_target_returns_rank_0s_value(home: Path) -> Non
     assert job.exception() is None
     view = job.status()
     assert view["state"] == "succeeded" and json.loads(json.dumps(view)) == view  # the CLI's JSON types
+    # the README's loop over a finished job's output: every line a string, the events marked, no KeyError
+    lines = list(job.logs(follow=True))
+    assert lines and all(isinstance(line, str) for line in lines)
+    assert lines[0].startswith("[shardctl] attempt 1 started") and lines[-1].startswith(f"[shardctl] job {job.id}")
+    assert any(not line.startswith("[shardctl]") for line in lines)  # the run's own output is among them
 
 
 @pytest.mark.slow
 def test_a_failing_function_gives_its_traceback_and_is_not_retried(home: Path) -> None:
-    pytest.importorskip("accelerate")
     job = shardctl.submit(fails, "no data", job=QUICKSTART, workdir=str(ROOT))
     error = job.exception(timeout=240)
     assert isinstance(error, shardctl.FunctionFailed)

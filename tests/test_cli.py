@@ -136,7 +136,7 @@ def test_the_supervision_path_never_imports_the_training_stack() -> None:
     assert r.stdout.strip() == "[]"
 
 
-# Issue 12, hostile and careless input: the CLI's side of each finding, and a fuzz test of the whole path.
+# Hostile and careless input: the CLI's side of each kind, and a fuzz test of the whole path.
 
 def _invoke(*args: str, home: Path | None = None):
     from click.testing import CliRunner
@@ -155,7 +155,7 @@ def _slurm_spec(**fields: str) -> str:
     return text
 
 
-def test_finding_5_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
+def test_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
     """A value ending in a newline once put a line of its own into job.sbatch, after which sbatch ignored every
     later #SBATCH directive. Every such value is refused, naming its field; a valid render has exactly the
     directives shardctl writes, each on its own line."""
@@ -169,7 +169,9 @@ def test_finding_5_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
         spec.write_text(text)
         r = _invoke("render", str(spec), "--out", str(tmp_path / "out"))
         assert r.exit_code == 2, (field, r.output)
-        assert f".{field}" in r.output.splitlines()[0] or f"{field}:" in r.output, r.output
+        path = {"name": "metadata.name", "extra": "spec.slurm.extra.0"}.get(field, f"spec.slurm.{field}")
+        assert len(r.output.splitlines()) == 1 and r.output.startswith(f"{spec}:"), r.output
+        assert f": {path}: " in r.output, (field, r.output)  # names its field
         assert not (tmp_path / "out").exists()
     spec.write_text(_slurm_spec(account="acct", qos="high", extra='["--constraint=a100"]'))
     r = _invoke("render", str(spec), "--out", str(tmp_path / "out"))
@@ -185,13 +187,13 @@ def test_finding_5_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
     assert "#SBATCH --constraint=a100" in (tmp_path / "out" / "job.sbatch").read_text()
 
 
-def test_finding_7_plan_needs_a_unit_for_the_gpu_memory() -> None:
+def test_plan_needs_a_unit_for_the_gpu_memory() -> None:
     r = _invoke("plan", str(ROOT / "examples/zero3-offload.yaml"), "--gpu-memory", "24")
     assert r.exit_code == 2 and "unit" in r.output and len(r.output.splitlines()) == 1, r.output
     assert _invoke("plan", str(ROOT / "examples/zero3-offload.yaml"), "--gpu-memory", "24GiB").exit_code == 0
 
 
-def test_finding_8_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) -> None:
+def test_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) -> None:
     spec = tmp_path / "big.yaml"
     spec.write_text((ROOT / "examples/quickstart.yaml").read_text()
                     .replace("nodes: 1", "nodes: 4096").replace("gpus_per_node: 2 ", "gpus_per_node: 64 ")
@@ -207,7 +209,7 @@ def test_finding_8_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) 
     assert r.exit_code == 0, r.output  # a cluster target takes it
 
 
-def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) -> None:
+def test_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) -> None:
     from orchestrator.store import Store
 
     r = _invoke("list", "--limit", "99999999999999999999", home=tmp_path)
@@ -234,32 +236,61 @@ def test_finding_9_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) 
                       warnings=[], resume_from=None)
     damage(store.jobs_dir() / jobs[3].id / "attempts" / "1.json", warnings="[")
     r = _invoke("history", jobs[3].id, home=tmp_path)
-    assert r.exit_code == 2 and "its record in the job store cannot be read" in r.output, r.output
+    assert r.exit_code == 2 and f"job {jobs[3].id}, attempt 1 in the job store is damaged" in r.output, r.output
     assert len(r.output.splitlines()) == 1
 
 
-def test_finding_9_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+def test_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "shardctl.db").write_bytes(os.urandom(4096))
     (tmp_path / "dir" / "shardctl.db").mkdir(parents=True)  # the job store of an earlier shardctl
     for home, needle in (("garbage", "file is not a database"), ("dir", "unable to open database file")):
         for args in (("list",), ("status", "x")):
             r = _invoke(*args, home=tmp_path / home)
-            assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.output
+            # a StoreError's exit (SystemExit 1), not an exception that escaped the CLI
+            assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (r.exception, r.output)
             assert len(r.output.splitlines()) == 1 and needle in r.output, r.output
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only modes")
-def test_finding_9_a_read_only_store_is_one_line(tmp_path: Path) -> None:
+# What root may not do: write through permission bits (CAP_DAC_OVERRIDE) or read through them
+# (CAP_DAC_READ_SEARCH). setpriv drops both for one command, so root can see a read-only directory as a user does.
+_NO_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _as_a_user_sees_permissions(read_only: Path) -> list[str]:
+    """The argv prefix under which `read_only` (mode 0555) cannot be written: none for a user; setpriv for root."""
+    if os.geteuid() != 0:
+        return []
+    probe = read_only / "probe"
+    try:
+        r = subprocess.run([*_NO_OVERRIDE, sys.executable, "-c", f"open({str(probe)!r}, 'x')"], capture_output=True,
+                           text=True, timeout=60)
+    except FileNotFoundError:
+        r = None
+    if r is None or probe.exists() or "PermissionError" not in r.stderr:
+        probe.unlink(missing_ok=True)
+        pytest.skip("root writes through read-only modes, and setpriv cannot drop CAP_DAC_OVERRIDE here: "
+                    + (r.stderr.strip()[-300:] if r is not None else "no setpriv (util-linux)"))
+    return _NO_OVERRIDE
+
+
+def test_a_store_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     from orchestrator.store import Store
 
-    Store(tmp_path).close()
+    Store(tmp_path)
+    home = tmp_path / "home"
     tmp_path.chmod(0o555)
     try:
-        r = _invoke("list", home=tmp_path / "home")  # a store that cannot even be created
+        prefix = _as_a_user_sees_permissions(tmp_path)
+        r = subprocess.run([*prefix, sys.executable, "-m", "orchestrator", "list"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "SHARDCTL_HOME": str(home)})
     finally:
         tmp_path.chmod(0o755)
-    assert r.exit_code == 1 and len(r.output.splitlines()) == 1, r.output
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    assert len(r.stderr.splitlines()) == 1, r.stderr  # one line, no traceback
+    assert f"cannot open the job store in {home}: [Errno 13] Permission denied" in r.stderr, r.stderr
+    assert not home.exists()
 
 
 @pytest.mark.parametrize("name,text,needle", [
@@ -288,7 +319,7 @@ def test_finding_9_a_read_only_store_is_one_line(tmp_path: Path) -> None:
     ("mixed.yaml", "distributed_type: FSDP\nmixed_precision: [bf16]\n", "mixed_precision must be"),
     ("dup.yaml", "distributed_type: FSDP\ndistributed_type: DEEPSPEED\n", "duplicate key"),
 ])
-def test_finding_9_convert_reads_hostile_configs_as_one_line(tmp_path: Path, name: str, text: str,
+def test_convert_reads_hostile_configs_as_one_line(tmp_path: Path, name: str, text: str,
                                                              needle: str) -> None:
     (tmp_path / "ds.json").write_text("[1, 2]")
     src = tmp_path / name

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
 
-pytest.importorskip("kubernetes")
-from kubernetes import client  # noqa: E402
-
-from orchestrator.controller.kube import KubeApi  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.controller.test_controller import POLICY, first_attempt_fails, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.loop import Controller
+from tests.controller.test_controller import POLICY, first_attempt_fails, training_job
+from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +90,8 @@ def test_a_refused_resource_is_a_clear_error(cluster: FakeApiServer, tmp_path: P
     path = job_file(tmp_path)
     assert cli("submit", str(path)).returncode == 0
     again = cli("submit", str(path))  # the same name twice
-    assert again.returncode == 2 and "AlreadyExists" in again.stderr or "already exists" in again.stderr
+    assert again.returncode == 2, again.stderr
+    assert '(409 Conflict): trainingjobs "llm" already exists' in again.stderr, again.stderr
 
 
 def run_controller(api: FakeApiServer) -> Controller:
@@ -187,7 +186,47 @@ def test_a_missing_crd_and_forbidden_verbs_are_one_clear_line(cluster: FakeApiSe
     cluster.fail_next("GET", "trainingjobs", 404)
     r = cli("submit", str(job_file(tmp_path)))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "helm install" in r.stderr or "not found" in r.stderr.lower()
+    assert "the cluster has no TrainingJob resource type (shardctl.dev/v1alpha1)" in r.stderr, r.stderr
+    assert "helm install shardctl charts/shardctl" in r.stderr, r.stderr
     cluster.fail_next("POST", "trainingjobs", 403)
     r = cli("submit", str(job_file(tmp_path)))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "RBAC" in r.stderr, r.stderr
+
+
+def test_each_answer_of_the_cluster_says_what_to_do(cluster: FakeApiServer, tmp_path: Path) -> None:
+    """KubernetesTarget.call: a 409 is a Conflict, a 5xx or 429 Unavailable, any other refusal Refused, each with
+    the cluster's words. withdraw leaves a namesake alone on its uid precondition's 409, known by its type."""
+    from orchestrator.errors import Conflict, Refused, SubmitError, Unavailable
+    from orchestrator.spec.models import TrainingJob
+    from orchestrator.targets.kubernetes import KubernetesTarget
+
+    job = TrainingJob.model_validate(training_job())
+    kubeconfig = str(tmp_path / "kubeconfig")  # the fixture's
+    target = KubernetesTarget(kubeconfig=kubeconfig)
+    options = target.hand_over(job)
+    with pytest.raises(Conflict, match=r'refused to create TrainingJob llm .*\(409 Conflict\): trainingjobs "llm" '
+                                       "already exists") as taken:
+        KubernetesTarget(kubeconfig=kubeconfig).hand_over(job)
+    assert not isinstance(taken.value, Refused | Unavailable)
+    for code in (500, 503, 429):
+        cluster.fail_next("GET", "trainingjobs", code)
+        with pytest.raises(Unavailable, match=rf"refused to read TrainingJob llm in namespace ml \({code} "):
+            target.fetch(options, "llm")
+    cluster.fail_next("POST", "trainingjobs", 422)
+    with pytest.raises(Refused, match=r"\(422 Unprocessable Entity\): injected fault") as invalid:
+        KubernetesTarget(kubeconfig=kubeconfig).hand_over(job)
+    assert isinstance(invalid.value, SubmitError) and not isinstance(invalid.value, Conflict | Unavailable)
+    cluster.fail_next("POST", "trainingjobs", 403)
+    with pytest.raises(Refused, match="ask for RBAC access"):
+        KubernetesTarget(kubeconfig=kubeconfig).hand_over(job)
+
+    target.withdraw({**options, "uid": "an-older-uid"}, "llm")  # 409: a newer TrainingJob of that name, not ours
+    assert target.fetch(options, "llm") is not None
+    cluster.fail_next("DELETE", "trainingjobs", 500)
+    with pytest.raises(Unavailable, match=r"delete TrainingJob llm in namespace ml \(500 Internal Server Error\)"):
+        target.withdraw(options, "llm")
+    cluster.fail_next("DELETE", "trainingjobs", 403)
+    with pytest.raises(Refused, match="ask for RBAC access"):
+        target.withdraw(options, "llm")
+    target.withdraw(options, "llm")
+    assert target.fetch(options, "llm") is None

@@ -15,7 +15,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def test_finding_2_a_symlink_at_the_target_name_is_replaced_not_followed(tmp_path: Path) -> None:
+def test_a_symlink_at_the_target_name_is_replaced_not_followed(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("mine\n")
     victim.chmod(0o600)
@@ -28,7 +28,7 @@ def test_finding_2_a_symlink_at_the_target_name_is_replaced_not_followed(tmp_pat
     assert _mode(out / "launch.sh") == 0o700
 
 
-def test_finding_2_a_symlink_at_the_old_fixed_temporary_name_is_never_used(tmp_path: Path) -> None:
+def test_a_symlink_at_the_old_fixed_temporary_name_is_never_used(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("mine\n")
     victim.chmod(0o600)
@@ -41,7 +41,7 @@ def test_finding_2_a_symlink_at_the_old_fixed_temporary_name_is_never_used(tmp_p
     assert sorted(p.name for p in out.iterdir()) == [".launch.sh.tmp", "launch.sh"]  # no temporary left behind
 
 
-def test_finding_2_render_into_a_planted_directory(tmp_path: Path) -> None:
+def test_render_into_a_directory_of_planted_symlinks_changes_nothing_else(tmp_path: Path) -> None:
     """`render --out DIR` where someone planted symlinks at every name it writes: nothing else changes."""
     from click.testing import CliRunner
 
@@ -65,7 +65,7 @@ def test_finding_2_render_into_a_planted_directory(tmp_path: Path) -> None:
         assert _mode(out / name) == (0o700 if name == "launch.sh" else 0o600)
 
 
-def test_finding_2_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0o000)
     try:
         write_files(tmp_path / "new", {"a.txt": "a", "run.sh": "b"}, executable=("run.sh",))
@@ -77,7 +77,7 @@ def test_finding_2_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     assert _mode(tmp_path / "new/exit.json") == 0o600
 
 
-def test_finding_2_all_or_nothing(tmp_path: Path) -> None:
+def test_write_files_writes_all_or_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.txt").write_text("old a\n")
@@ -90,7 +90,7 @@ def test_finding_2_all_or_nothing(tmp_path: Path) -> None:
         write_files(out, {"../escape.txt": "x"})
 
 
-def test_finding_2_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+def test_a_directory_others_may_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)  # no sticky bit: anyone could replace what we write
@@ -102,7 +102,7 @@ def test_finding_2_a_directory_others_may_write_is_refused(tmp_path: Path) -> No
     assert (shared / "launch.sh").read_text() == "x"
 
 
-def test_finding_2_a_symlink_in_place_of_the_directory_is_refused(tmp_path: Path) -> None:
+def test_a_symlink_in_place_of_the_directory_is_refused(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "out").symlink_to(elsewhere)
@@ -112,7 +112,7 @@ def test_finding_2_a_symlink_in_place_of_the_directory_is_refused(tmp_path: Path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
-def test_finding_2_another_users_directory_is_refused(tmp_path: Path) -> None:
+def test_another_users_directory_is_refused(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs"
     theirs.mkdir(mode=0o755)
     os.chown(theirs, 54321, 54321)
@@ -121,7 +121,7 @@ def test_finding_2_another_users_directory_is_refused(tmp_path: Path) -> None:
     assert list(theirs.iterdir()) == []
 
 
-def test_finding_2_logs_are_private_and_never_opened_through_a_symlink(tmp_path: Path) -> None:
+def test_logs_are_private_and_never_opened_through_a_symlink(tmp_path: Path) -> None:
     from orchestrator.procfiles import open_log
 
     with open_log(tmp_path / "supervisor.log") as log:
@@ -138,7 +138,7 @@ def test_finding_2_logs_are_private_and_never_opened_through_a_symlink(tmp_path:
     assert victim.read_text() == "mine\n"
 
 
-def test_finding3_directories_on_the_way_are_private_whatever_the_umask(tmp_path) -> None:
+def test_directories_on_the_way_are_private_whatever_the_umask(tmp_path) -> None:
     """`mkdir -p` gives the parents the umask's mode (0755 under 022): a job's directory under
     SHARDCTL_HOME would be listable by everyone. Each missing one is created 0700, even under umask 0377."""
     from orchestrator.procfiles import make_private_dirs

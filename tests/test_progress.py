@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import progress
 from orchestrator.progress import Progress, RateMeter, describe, parse, read
@@ -173,3 +175,69 @@ def test_one_line_of_text() -> None:
                      "loss": 2.3412, "epoch": None})
     assert line == "step 120/1000 (12%), 4 s/step, elapsed 1:02:05, ETA 1d 1:01:01, loss 2.341"
     assert describe({}) == "-"
+
+
+# -- A log is untrusted input: whatever a script prints, reading it never raises --------------------------
+
+HOSTILE_LINES = [
+    " 10%|#  | 1/10 [" + "9" * 400 + ":00<00:00,  1.00it/s]",  # a counter of 400 digits
+    " 10%|#  | 1/10 [00:01<" + "9" * 400 + ":00,  1.00it/s]",
+    " 10%|#  | 1/10 [00:01<00:09,  " + "9" * 400 + ".5it/s]",
+    " 10%|#  | 1/10 [00:01<00:09,  0." + "0" * 400 + "1s/it]",  # a rate that rounds to zero
+    " " + "9" * 400 + "/" + "9" * 400 + " [00:01<00:09,  1.00it/s]",
+    "shardctl: step=² total=10",  # a superscript digit: str.isdigit says yes, int() says no
+    "shardctl: step=٣ total=١٠ loss=٠.٥",  # Arabic-Indic digits
+    "shardctl: step=１２ total=１００",  # fullwidth digits
+    "shardctl: step=" + "9" * 400 + " total=" + "9" * 400 + " loss=" + "9" * 400 + " epoch=1e999",
+    "step " + "9" * 400 + "/" + "9" * 400 + " loss " + "9" * 400,
+    "step ³/10 loss 1.0",
+    "{'loss': 1e99999, 'epoch': " + "9" * 400 + "}",
+    "{'loss': nan, 'epoch': inf}",
+    "Total optimization steps = " + "9," * 200,
+    "step 3/10\x00\x00 loss \x00 1.0",
+]
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES)
+def test_hostile_progress_lines_never_raise_and_never_give_a_non_finite_or_foreign_reading(line: str) -> None:
+    for text in (line + "\n", f"step 1/10 loss 2.0\n{line}\n", f"{line}\r{line}\n"):
+        got = parse(text)
+        if got is None:
+            continue
+        view = got.as_json()
+        assert view["step"] is None or 0 <= view["step"] <= 10**15, view
+        assert view["total"] is None or 0 <= view["total"] <= 10**15, view
+        describe(view)  # the one-line form never raises either
+
+
+def test_a_superscript_step_is_no_step() -> None:
+    assert parse("shardctl: step=² total=10\n") is None
+    got = parse("shardctl: step=4 total=10\nshardctl: step=² total=10\n")
+    assert got is not None and got.step == 4
+
+
+def test_a_tqdm_bar_with_a_huge_elapsed_counter_is_read_without_its_times(tmp_path) -> None:
+    log = tmp_path / "output.log"
+    log.write_text(HOSTILE_LINES[0] + "\n")
+    got = read(str(log), elapsed_s=5.0)
+    assert got is None or (got.step == 1 and got.total == 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_bytes_in_a_log_read_as_progress_or_nothing(tmp_path_factory, data: bytes) -> None:
+    log = tmp_path_factory.mktemp("log") / "output.log"
+    log.write_bytes(data)
+    got = read(str(log), elapsed_s=3.0)
+    if got is not None:
+        describe(got.as_json())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["step ", "/", "shardctl: ", "step=", "total=", "loss=", " loss ", "[", "]", "<",
+                                 ":", ",", "it/s", "s/it", "\r", "\n", "{'loss': ", "'epoch': ", "}", " ",
+                                 "9" * 30, "²", "٣", "1e999", "nan", "0.", "\x1b[2K", "|"]), max_size=40))
+def test_any_mix_of_progress_fragments_parses_or_gives_nothing(parts: list[str]) -> None:
+    got = parse("".join(parts))
+    if got is not None:
+        describe(got.as_json())

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.report import job_json, status_text
 from orchestrator.report_schema import schema
+from orchestrator.spec.failure import Failure
 from orchestrator.store import Store
 from tests.helpers import doc
 
@@ -31,8 +32,7 @@ def test_a_stored_job_with_a_failed_and_a_running_attempt_validates(tmp_path: Pa
                               checkpoint_dir=None)
     store.add_attempt(record.id, 1, spec=doc(), rung=None, reason="first", run_dir="/r/1", log_path="/r/1/log",
                       artifacts={}, warnings=["cpu"], resume_from=None)
-    store.update_attempt(record.id, 1, state="failed", failure_kind="host_oom", failure_reason="oom",
-                         started_at=1.0, ended_at=2.0, exit_code=1)
+    store.end_attempt(record.id, 1, "failed", Failure("host_oom", "oom"), started_at=1.0, ended_at=2.0, exit_code=1)
     log = tmp_path / "output.log"  # attempt 2 runs a Trainer: its real output, up to the last loss dict
     trainer = (Path(__file__).parent / "data" / "progress" / "trainer.log").read_bytes()
     log.write_bytes(trainer[:trainer.index(b"{'eval_loss'")])

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import store as store_module
+from orchestrator.spec.failure import Failure
 from orchestrator.store import Store, StoreError, state_dir
 from tests.legacy_sqlite_store import LegacySqliteStore
 
@@ -64,8 +65,8 @@ def test_default_checkpoint_dir_job_dir_and_private_files(tmp_path: Path) -> Non
         store = Store(tmp_path / "home")
         j = make(store)
         store.add_attempt(j.id, 1, **ATTEMPT)
-        store.update_attempt(j.id, 1, state="running", external_id="x", started_at=1.0)
-        store.update_job(j.id, supervisor_pid=7)
+        store.start_attempt(j.id, 1, external_id="x", started_at=1.0)
+        store.note_supervisor(j.id, 7)
     finally:
         os.umask(old)
     assert j.checkpoint_dir == str(tmp_path / "home" / "jobs" / j.id / "checkpoints")
@@ -81,21 +82,19 @@ def test_an_attempt_number_is_recorded_once(tmp_path: Path) -> None:
     store = Store(tmp_path)
     j = make(store)
     first = store.add_attempt(j.id, 1, **ATTEMPT)
-    assert (first.number, first.state, first.artifacts) == (1, "starting", '{"a": "b"}')
+    assert (first.number, first.state, first.artifacts) == (1, "starting", {"a": "b"})
     with pytest.raises(StoreError, match="already has attempt 1"):
         store.add_attempt(j.id, 1, **ATTEMPT)
     assert store.get_job(j.id).state == "running"
-    assert store.update_attempt(j.id, 1, state="failed", exit_code=1, failure_kind="host_oom")
+    assert store.end_attempt(j.id, 1, "failed", Failure("host_oom"), ended_at=2.0, exit_code=1)
     (a,) = store.attempts(j.id)
-    assert (a.state, a.exit_code, a.failure_kind) == ("failed", 1, "host_oom")
-    with pytest.raises(StoreError, match="unknown"):
-        store.update_attempt(j.id, 1, bogus=1)
-    with pytest.raises(StoreError, match="fixed when the attempt is recorded"):
-        store.update_attempt(j.id, 1, spec="{}")
+    assert (a.state, a.exit_code, a.failure) == ("failed", 1, Failure("host_oom"))
     with pytest.raises(StoreError, match="has no attempt 2"):
-        store.update_attempt(j.id, 2, state="running")
+        store.start_attempt(j.id, 2, external_id=None, started_at=None)
     with pytest.raises(StoreError, match="not a valid AttemptState"):
-        store.update_attempt(j.id, 1, state="melted")
+        store.end_attempt(j.id, 1, "melted", None, ended_at=None)
+    with pytest.raises(StoreError, match="not how an attempt ends"):
+        store.end_attempt(j.id, 1, "running", None, ended_at=None)
     with pytest.raises(StoreError, match="no job"):
         store.add_attempt("nojob000", 1, **ATTEMPT)
     assert store.attempts("nojob000") == []
@@ -105,30 +104,45 @@ def test_an_end_is_recorded_once_and_a_late_cancel_never_rewrites_it(tmp_path: P
     store = Store(tmp_path)
     j = make(store)
     store.add_attempt(j.id, 1, **ATTEMPT)
-    assert store.update_attempt(j.id, 1, state="running", external_id="slurm-1", started_at=1.0)
-    assert store.update_attempt(j.id, 1, state="failed", ended_at=2.0, exit_code=137, failure_kind="host_oom",
-                                failure_reason="oom", peak_memory_bytes=5)
+    assert store.start_attempt(j.id, 1, external_id="slurm-1", started_at=1.0)
+    assert store.end_attempt(j.id, 1, "failed", Failure("host_oom", "oom"), ended_at=2.0, exit_code=137,
+                             peak_memory_bytes=5)
     # the user's cancel read the attempt as open a moment before: its end comes second and is dropped
-    assert not store.update_attempt(j.id, 1, state="cancelled", ended_at=3.0, failure_kind="cancelled",
-                                    failure_reason="cancelled by the user")
+    assert not store.end_attempt(j.id, 1, "cancelled", Failure("cancelled", "cancelled by the user"), ended_at=3.0)
     (a,) = store.attempts(j.id)
-    assert (a.state, a.ended_at, a.exit_code, a.failure_kind, a.failure_reason, a.peak_memory_bytes) == (
-        "failed", 2.0, 137, "host_oom", "oom", 5)
+    assert (a.state, a.ended_at, a.exit_code, a.failure, a.peak_memory_bytes) == (
+        "failed", 2.0, 137, Failure("host_oom", "oom"), 5)
     assert (a.external_id, a.started_at) == ("slurm-1", 1.0)
+
+
+def test_an_end_written_before_the_one_failure_value_is_read_as_it(tmp_path: Path) -> None:
+    """Versions before it wrote the failure as three fields (and a success as the kind "succeeded")."""
+    store = Store(tmp_path)
+    j = make(store)
+    attempts = Path(j.job_dir) / "attempts"
+    for n, (state, kind, reason, evidence) in enumerate((("failed", "host_oom", "oom", None),
+                                                          ("succeeded", "succeeded", None, None),
+                                                          ("failed", None, None, None)), 1):
+        store.add_attempt(j.id, n, **ATTEMPT)
+        (attempts / f"{n}.ended.json").write_text(json.dumps({
+            "state": state, "ended_at": 2.0, "exit_code": 1, "signal": None, "failure_kind": kind,
+            "failure_reason": reason, "failure_evidence": evidence, "peak_memory_bytes": None}))
+    assert [a.failure for a in Store(tmp_path).attempts(j.id)] == [Failure("host_oom", "oom"), None, None]
 
 
 def test_a_start_is_recorded_once_and_a_second_writer_only_fills_blanks(tmp_path: Path) -> None:
     store = Store(tmp_path)
     j = make(store)
     store.add_attempt(j.id, 1, **ATTEMPT)
-    assert store.update_attempt(j.id, 1, state="running", external_id=None, started_at=1.0)
-    assert not store.update_attempt(j.id, 1, state="running", started_at=9.0)  # nothing blank to fill
-    assert store.update_attempt(j.id, 1, state="running", external_id="t-a1", started_at=9.0)  # the id came later
+    assert store.start_attempt(j.id, 1, external_id=None, started_at=1.0)
+    assert not store.start_attempt(j.id, 1, external_id=None, started_at=9.0)  # nothing blank to fill
+    assert store.start_attempt(j.id, 1, external_id="t-a1", started_at=9.0)  # the id came later
     (a,) = store.attempts(j.id)
     assert (a.state, a.external_id, a.started_at) == ("running", "t-a1", 1.0)
-    assert store.update_attempt(j.id, 1, failure_evidence="x")  # no state: an event, the newest wins
-    assert store.update_attempt(j.id, 1, failure_evidence="y")
-    assert store.attempts(j.id)[0].failure_evidence == "y" and store.attempts(j.id)[0].state == "running"
+    assert store.note_attempt(j.id, 1, target_state="x")  # a note: an event, the newest wins
+    assert store.note_attempt(j.id, 1, target_state="y")
+    assert not store.note_attempt(j.id, 1, target_state="y")  # nothing new: nothing written
+    assert store.attempts(j.id)[0].target_state == "y" and store.attempts(j.id)[0].state == "running"
 
 
 def test_finish_is_idempotent_first_ending_wins(tmp_path: Path) -> None:
@@ -151,23 +165,15 @@ def test_job_updates_only_move_forward(tmp_path: Path) -> None:
     store.mark_running(j.id)
     store.mark_running(j.id)
     assert store.get_job(j.id).state == "running"
-    store.update_job(j.id, state="queued")  # never back
-    assert store.get_job(j.id).state == "running"
-    store.update_job(j.id, supervisor_pid=11)
-    store.update_job(j.id, supervisor_pid=12)
+    store.note_supervisor(j.id, 11)
+    store.note_supervisor(j.id, 12)
     assert store.get_job(j.id).supervisor_pid == 12  # the newest event wins
     store.request_cancel(j.id)
     store.request_cancel(j.id)
-    assert store.get_job(j.id).cancel_requested == 1
-    store.update_job(j.id, state="succeeded", reason="done")
-    store.update_job(j.id, state="running")  # a finished job stays finished
+    assert store.get_job(j.id).cancel_requested is True
+    store.finish_job(j.id, "succeeded", "done")
+    store.mark_running(j.id)  # a finished job stays finished
     assert (store.get_job(j.id).state, store.get_job(j.id).reason) == ("succeeded", "done")
-    with pytest.raises(StoreError, match="unknown jobs columns"):
-        store.update_job(j.id, bogus=1)
-    with pytest.raises(StoreError, match="fixed when the job is recorded"):
-        store.update_job(j.id, name="other")
-    with pytest.raises(StoreError, match="with its end"):
-        store.update_job(j.id, reason="why")
 
 
 def test_a_name_is_held_by_one_unfinished_job(tmp_path: Path) -> None:
@@ -234,7 +240,6 @@ def test_who_holds_a_submission(tmp_path: Path) -> None:
 def test_records_survive_reopening(tmp_path: Path) -> None:
     store = Store(tmp_path)
     j = make(store)
-    store.close()
     again = Store(tmp_path)
     assert again.get_job(j.id) == j
     assert not (tmp_path / "shardctl.db").exists()
@@ -264,8 +269,9 @@ def test_damaged_records_are_reported_and_skipped(tmp_path: Path) -> None:
     store = Store(tmp_path)  # a fresh reader: records once read are cached, as they never change
     damaged: list[str] = []
     listed = store.list_jobs(damaged=damaged)
-    assert sorted(j.id for j in listed) == sorted([good.id, bad_spec.id, bad_event.id])  # its spec is read later
+    assert sorted(j.id for j in listed) == sorted([good.id, bad_event.id])
     assert sorted(damaged) == sorted([
+        f"job {bad_spec.id} in the job store is damaged (spec is str, not dict)",
         f"job {bad_event.id}: an update in the job store is damaged (events/1-h-1-x.json: Expecting property name "
         "enclosed in double quotes: line 1 column 2 (char 1)); left out",
         f"job {bad_json.id} in the job store is damaged (jobs/{bad_json.id}/job.json: Expecting value: line 1 "
@@ -273,8 +279,8 @@ def test_damaged_records_are_reported_and_skipped(tmp_path: Path) -> None:
         f"job {bad_state.id} in the job store is damaged ('exploded' is not a valid JobState)"])
     with pytest.raises(StoreError, match=f"job {bad_state.id} in the job store is damaged"):
         store.get_job(bad_state.id)
-    with pytest.raises(StoreError, match=f"job {bad_spec.id}: its spec in the job store is damaged"):
-        _ = store.get_job(bad_spec.id).spec_data
+    with pytest.raises(StoreError, match=f"job {bad_spec.id} in the job store is damaged \\(spec is str"):
+        store.get_job(bad_spec.id)
     attempt = jobs / good.id / "attempts" / "1.json"
     attempt.write_text(json.dumps({**json.loads(attempt.read_text()), "created_at": "yesterday"}))
     store = Store(tmp_path)
@@ -317,13 +323,26 @@ def _legacy(root: Path) -> tuple[LegacySqliteStore, list[str]]:
 def _legacy_fields(a) -> dict:
     """An attempt as the legacy store had it (fields added since are not in its database: they start unset)."""
     out = dataclasses.asdict(a)
-    assert out.pop("preemptions") is None
+    for added in ("preemptions", "supervisor_error", "target_state"):
+        assert out.pop(added) is None
+    return out
+
+
+def _typed(old) -> dict:
+    """A legacy record as today's store types it: its JSON text read, its three failure columns one value."""
+    out = dataclasses.asdict(old)
+    out.update({k: json.loads(out[k]) for k in ("spec", "options", "artifacts", "warnings") if k in out})
+    if "cancel_requested" in out:
+        out["cancel_requested"] = bool(out["cancel_requested"])
+    if "failure_kind" in out:
+        del out["failure_kind"], out["failure_reason"], out["failure_evidence"]
+        out["failure"] = dataclasses.asdict(old.failure) if old.failure else None
     return out
 
 
 def test_a_legacy_database_is_migrated_once_with_every_field(tmp_path: Path) -> None:
     old, ids = _legacy(tmp_path)
-    before = {i: (dataclasses.asdict(old.get_job(i)), [dataclasses.asdict(a) for a in old.attempts(i)]) for i in ids}
+    before = {i: (_typed(old.get_job(i)), [_typed(a) for a in old.attempts(i)]) for i in ids}
     old.close()
     store = Store(tmp_path)
     after = {i: (dataclasses.asdict(store.get_job(i)), [_legacy_fields(a) for a in store.attempts(i)])
@@ -342,8 +361,7 @@ def test_a_migration_cut_short_is_finished_by_the_next_one(tmp_path: Path, monke
     from orchestrator import store_migrate
 
     old, ids = _legacy(tmp_path)
-    expected = {i: (dataclasses.asdict(old.get_job(i)), [dataclasses.asdict(a) for a in old.attempts(i)])
-                for i in ids}
+    expected = {i: (_typed(old.get_job(i)), [_typed(a) for a in old.attempts(i)]) for i in ids}
     old.close()
     write_attempt, written = store_migrate._write_attempt, []
 
@@ -401,12 +419,12 @@ def _mover(root: str, jobs: list[str], seed: int, moves: int, go: str, out) -> N
         if rng.random() < 0.04:  # the user's cancel: record it, then close what looks open (a stale read)
             store.request_cancel(job_id)
             for a in attempts:
-                if not a.ended and store.update_attempt(job_id, a.number, state="cancelled", ended_at=time.time(),
-                                                        failure_kind="cancelled", failure_reason=f"cancel {tag}"):
+                cancelled = Failure("cancelled", f"cancel {tag}")
+                if not a.ended and store.end_attempt(job_id, a.number, "cancelled", cancelled, ended_at=time.time()):
                     won["cancel_ends"].append((job_id, a.number, f"cancel {tag}"))
         elif last is not None and not last.ended:
-            if store.update_attempt(job_id, last.number, state="failed", ended_at=time.time(), exit_code=1,
-                                    failure_kind="host_oom", failure_reason=f"oom {tag}"):
+            if store.end_attempt(job_id, last.number, "failed", Failure("host_oom", f"oom {tag}"), ended_at=time.time(),
+                                 exit_code=1):
                 won["ends"].append((job_id, last.number, f"oom {tag}"))
         elif last is not None and (last.number >= 4 or job.cancel_requested):
             if store.finish_job(job_id, "failed", f"done {tag}"):
@@ -418,7 +436,7 @@ def _mover(root: str, jobs: list[str], seed: int, moves: int, go: str, out) -> N
             except StoreError:
                 continue
             won["attempts"].append((job_id, number, f"claimed {tag}"))
-            store.update_attempt(job_id, number, state="running", external_id=f"ext-{tag}", started_at=time.time())
+            store.start_attempt(job_id, number, external_id=f"ext-{tag}", started_at=time.time())
     out.put(won)
 
 
@@ -453,7 +471,7 @@ def test_four_processes_move_ten_jobs_and_every_claim_has_one_winner(tmp_path: P
             total += 1
             assert a.reason == claimed[(job_id, a.number)]  # the record is the winner's
             if a.ended:
-                assert a.failure_reason == enders[(job_id, a.number)]  # the first end stands
+                assert a.failure.reason == enders[(job_id, a.number)]  # the first end stands
         job = fresh.get_job(job_id)
         if job.terminal:
             assert job.reason == finished[job_id]

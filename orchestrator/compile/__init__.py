@@ -6,7 +6,7 @@ Never imports targets, supervise, store or cli.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -20,16 +20,8 @@ from orchestrator.compile.configs import (
 )
 from orchestrator.compile.launch import LaunchCommand, launch_command, script_environment
 from orchestrator.compile.rules import Finding
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import CompileError
 from orchestrator.spec.models import TrainingJob
-
-
-@dataclass
-class CompileError(ShardctlError):
-    findings: list[Finding] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "\n".join(str(f) for f in self.findings)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.compile.rules import FSDP_STRATEGY_TO_LEVEL, PRECISION_WARNING, SHARDING_TABLE, ZERO_STAGE_TO_LEVEL
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import ConvertError
 
 _FSDP_NUMERIC = {1: "FULL_SHARD", 2: "SHARD_GRAD_OP", 3: "NO_SHARD", 4: "HYBRID_SHARD", 5: "HYBRID_SHARD_ZERO2"}
 # FSDP keys with a twin (handled) and without one (reported).
@@ -50,10 +50,6 @@ def is_deepspeed_json(config: Any) -> bool:
     """A DeepSpeed JSON given where an accelerate config was expected."""
     return (isinstance(config, dict) and "distributed_type" not in config
             and any(key in config for key in _DS_JSON_KEYS))
-
-
-class ConvertError(ShardctlError, ValueError):
-    """The input is not an accelerate FSDP/DeepSpeed config we can read."""
 
 
 # The input is someone's file: every value is checked for the type it must have before it is used,

@@ -100,6 +100,10 @@ DS_OWNED = {
     "zero_optimization.allgather_bucket_size": "spec.deepspeed.allgather_bucket_size",
     "zero_optimization.stage3_prefetch_bucket_size": "spec.deepspeed.stage3_prefetch_bucket_size",
     "zero_optimization.stage3_max_live_parameters": "spec.deepspeed.stage3_max_live_parameters",
+    # The same settings under DeepSpeed's field names (its parser reads them beside the "stage3_" aliases).
+    "zero_optimization.gather_16bit_weights_on_model_save": "spec.deepspeed.save_16bit_model",
+    "zero_optimization.prefetch_bucket_size": "spec.deepspeed.stage3_prefetch_bucket_size",
+    "zero_optimization.max_live_parameters": "spec.deepspeed.stage3_max_live_parameters",
     # DeepSpeed's older spellings of offload, which would fight the spec's offload settings.
     "zero_optimization.cpu_offload": "spec.offload.optimizer",
     "zero_optimization.cpu_offload_param": "spec.offload.params",

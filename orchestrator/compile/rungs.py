@@ -25,6 +25,10 @@ AUTO_LADDER = ("shard_more", "activation_checkpointing", "halve_micro_batch", "s
                "offload_optimizer_cpu", "offload_params_cpu", "offload_nvme")
 
 Rung = Callable[[TrainingJob, FailureKind], "tuple[TrainingJob, str] | None"]
+# Rungs whose point is not a lower memory estimate: switch_backend trades ZeRO's fragmentation, which the planner
+# does not model, for FSDP's layout, whose estimate is often higher (FSDP keeps parameters, gradients and Adam
+# states in the load dtype and steps them all at once). The fallback judges them by the fit alone.
+NOT_ABOUT_THE_ESTIMATE = frozenset({"switch_backend"})
 
 
 def config_key(job: TrainingJob) -> tuple:

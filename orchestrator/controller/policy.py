@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.entry import is_function_secret
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import PolicyError
 from orchestrator.spec.models import Toleration, TrainingJob
 
 ANY = "*"
@@ -46,10 +46,6 @@ _PATH = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
 _REFERENCE = re.compile(rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH}(?:/{_PATH})*)"
                         r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[a-fA-F0-9]{32,})?")
 _MAX_IMAGE = 512
-
-
-class PolicyError(ShardctlError):
-    """The policy file cannot be read or is not a policy."""
 
 
 class AllowedToleration(BaseModel):

@@ -28,8 +28,7 @@ from orchestrator.compile import CompileError
 from orchestrator.compile.rungs import describe
 from orchestrator.controller.kube import Deleted, KubeApi
 from orchestrator.controller.policy import Denial, Policy, check
-from orchestrator.errors import SubmitError
-from orchestrator.lifecycle.classify import Failure
+from orchestrator.errors import Conflict, Refused, SubmitDeferred
 from orchestrator.lifecycle.fallback import RETRY_RUNG
 from orchestrator.lifecycle.moves import (
     Adopt,
@@ -47,10 +46,11 @@ from orchestrator.lifecycle.moves import (
     next_move,
     refused,
 )
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
-from orchestrator.spec.status import AttemptStatus, Condition, FailureStatus, TrainingJobStatus
-from orchestrator.targets.base import AttemptRef, SubmitDeferred
+from orchestrator.spec.status import AttemptStatus, Condition, TrainingJobStatus
+from orchestrator.targets.base import AttemptRef
 from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
 from orchestrator.targets.k8s_stalls import one_line
 from orchestrator.targets.kubernetes import RECHECK_S, KubernetesTarget
@@ -119,15 +119,9 @@ def set_condition(status: TrainingJobStatus, kind: str, value: ConditionValue, r
 
 def _view(job: TrainingJob, status: TrainingJobStatus) -> JobView:
     return JobView(spec=job, on_gpu=True, attempts=[
-        AttemptView(a.number, AttemptState(a.state), TrainingJob.model_validate(a.spec), _failure(a))
+        AttemptView(a.number, AttemptState(a.state), TrainingJob.model_validate(a.spec),
+                    Failure.of_attempt(AttemptState(a.state), a.failure))
         for a in status.attempts])
-
-
-def _failure(a: AttemptStatus) -> Failure | None:
-    if a.state != AttemptState.FAILED and a.state != AttemptState.CANCELLED:
-        return None
-    f = a.failure
-    return Failure(FailureKind(f.kind) if f else FailureKind.UNKNOWN, f.reason if f else "", f.evidence if f else "")
 
 
 class Reconciler:
@@ -211,11 +205,12 @@ class Reconciler:
             ref = self._ref(job, move.number)
             try:
                 target.submit(target.render(spec, ref), ref)
-            except SubmitDeferred as exc:  # not now (an exceeded quota): say so, and the loop retries with backoff
+            except (SubmitDeferred, Conflict) as exc:  # not now (an exceeded quota, a name still taken): say so, and
+                # the loop retries with backoff
                 if self._waiting(obj, status, Wait(detail=str(exc), stalled=True), after):
                     self._write(obj, status, after)
                 raise
-            except SubmitError as exc:
+            except Refused as exc:
                 return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"),
                                    after)
             attempt.state = AttemptState.RUNNING
@@ -234,8 +229,7 @@ class Reconciler:
             attempt = status.attempts[move.number - 1]
             attempt.state = move.state
             attempt.ended_at = _now()
-            f = move.failure
-            attempt.failure = FailureStatus(kind=f.kind, reason=f.reason, evidence=f.evidence) if f else None
+            attempt.failure = f = move.failure
             if self.metrics is not None:
                 after.append(lambda: self.metrics.attempt_ended(f.kind if f else "succeeded"))
             if f is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import FunctionPickleError, ShardctlError
 
 FUNCTION_FILE = "function.pkl"
 RESULT_FILE = "result.pkl"
@@ -48,16 +48,6 @@ def function_secret(job_name: str, uid: str | None) -> str:
 def is_function_secret(name: str) -> bool:
     """True for a name shaped like any TrainingJob's function Secret (which only that TrainingJob mounts)."""
     return bool(_FUNCTION_SECRET.fullmatch(name))
-
-
-class FunctionPickleError(ShardctlError):
-    """The function or its arguments cannot be pickled, or the pickle is over the size cap."""
-
-
-class FunctionFailed(ShardctlError):
-    """The submitted function raised: the message is the failing rank's traceback."""
-
-    exit_code = 1
 
 
 def pickle_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any],

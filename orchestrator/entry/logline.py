@@ -18,16 +18,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import ResultTooBig as ResultTooBig  # kept importable here (tests)
 
 MARK = "SHARDCTL-RESULT v1"
 # A log is not a store: a bigger value belongs on a volume (its path is the result). Base64 adds a third.
 MAX_RESULT_BYTES = 256 << 10
 CHUNK = 3000  # base64 characters per line: with the header, under PIPE_BUF (4096), one atomic write
-
-
-class ResultTooBig(ShardctlError):
-    """The function's return value was over what a pod's log carries: it was not kept."""
 
 
 @dataclass(frozen=True)

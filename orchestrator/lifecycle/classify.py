@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, FailureKind
 
 K = FailureKind
@@ -50,6 +51,14 @@ PATTERNS: tuple[tuple[FailureKind, re.Pattern[str], str], ...] = tuple(
         (K.TIMEOUT, r"DUE TO TIME LIMIT", "time limit reached"),
         # Not "Signal 15 (SIGTERM) received": torchrun sends SIGTERM to every rank once one fails.
         (K.PREEMPTED, r"DUE TO PREEMPTION", "preempted by the scheduler"),
+        # Slurm refusing to start the step or a submission, in its own words (srun's fatal() and error() from
+        # src/srun and src/common: "Unable to create step for job N: ...", "Unable to allocate resources: ...",
+        # the SLURM_MEM_PER_* conflict; sbatch's "Batch job submission failed: ..."). Not "srun: error: NODE:
+        # task N: Exited with exit code N": that is how srun reports a worker that failed.
+        (K.REFUSED, r"^srun: fatal: ", "Slurm's srun refused to start the job step"),
+        (K.REFUSED, r"^srun: error: (?:Unable to (?:create step|allocate resources)|Invalid )",
+         "Slurm refused the job step"),
+        (K.REFUSED, r"^(?:sbatch|salloc): (?:error|fatal): ", "Slurm refused a submission of the job script"),
         (K.USER_ERROR, r"^(?:\[rank\d+\]: )?(?:ModuleNotFoundError|ImportError|SyntaxError|IndentationError)\b",
          "the script cannot be imported"),
         (K.USER_ERROR, r"error: (?:unrecognized arguments|argument |the following arguments are required)",
@@ -77,7 +86,8 @@ _LAUNCHER_ERROR = re.compile(r"(?:torch\.distributed\.elastic\.multiprocessing\.
 _RULE = re.compile(r"=+")
 # lines that announce a death whoever printed them: a C++ exception ending the process, Slurm's step
 # daemon, shardctl's own wrapper or batch script
-_DEATH_NOTICE = re.compile(r"terminate called after throwing|slurmstepd: error:|srun: error:|\[shardctl\] ")
+_DEATH_NOTICE = re.compile(r"terminate called after throwing|slurmstepd: error:|srun: (?:error|fatal):|"
+                           r"(?:sbatch|salloc): (?:error|fatal):|\[shardctl\] ")
 
 
 # torchrun's "Root Cause (first observed failure)" block: the worker that died first, by a signal.
@@ -96,27 +106,6 @@ class Outcome:
     timed_out: bool = False
     cancelled: bool = False
     preempted: bool = False
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why an attempt did not succeed (a success has no Failure)."""
-
-    kind: FailureKind
-    reason: str  # one line, for the history
-    evidence: str = ""  # the log line or fact that decided it
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", FailureKind(self.kind))  # a kind read back from a record is a str
-
-    @property
-    def is_oom(self) -> bool:
-        return self.kind.is_oom
-
-    @property
-    def end_state(self) -> AttemptState:
-        """The state an attempt ends in after this."""
-        return AttemptState.CANCELLED if self.kind is FailureKind.CANCELLED else AttemptState.FAILED
 
 
 def end_state(failure: Failure | None) -> AttemptState:
@@ -214,17 +203,21 @@ def evidence(tail: str) -> Evidence:
     return Evidence(tuple(out["exceptions"]), tuple(out["continuations"]), tuple(out["final_lines"]))
 
 
-def _first_match(lines: tuple[str, ...], oom: bool) -> tuple[FailureKind, str, str] | None:
+def _first_match(lines: tuple[str, ...], oom: bool) -> Failure | None:
+    """The first pattern that matches one of `lines`: its kind and meaning, the line as the evidence."""
     for kind, pattern, meaning in PATTERNS:
         if kind.is_oom != oom:
             continue
         for line in lines:
             if pattern.search(line):
-                return kind, meaning, line.strip()[:300]
+                line = line.strip()[:300]
+                if kind is K.REFUSED:  # the cluster's own words are the reason
+                    return Failure(kind, f"{meaning}: {line}", line)
+                return Failure(kind, meaning, line)
     return None
 
 
-def _cause(found: Evidence) -> tuple[FailureKind, str, str] | None:
+def _cause(found: Evidence) -> Failure | None:
     """An out-of-memory error anywhere in the final words first (OOMs before the errors they cause), then any
     other known cause; the exception lines (with their continuations when needed) before the other lines."""
     messages: list[str] = []
@@ -252,14 +245,14 @@ def classify(outcome: Outcome) -> Failure | None:
         return Failure(K.HOST_OOM, "killed by the out-of-memory killer (memory limit reached)", "oom_kill event")
     found = evidence(tail)
     matched = _cause(found)
-    if matched and matched[0].is_oom:
-        return Failure(matched[0], matched[1], matched[2])
+    if matched and matched.is_oom:
+        return matched
     if outcome.timed_out:
         return Failure(K.TIMEOUT, "time limit reached")
     if outcome.preempted:
         return Failure(K.PREEMPTED, "preempted or terminated by the cluster")
     if matched:
-        return Failure(matched[0], matched[1], matched[2])
+        return matched
     if outcome.signal is not None:
         return Failure(K.UNKNOWN, f"killed by signal {outcome.signal} with no out-of-memory evidence")
     root = _ROOT_CAUSE_SIGNAL.search(tail)

@@ -3,7 +3,8 @@
 The rungs themselves (what each one changes) are in compile/rungs.py; this module decides which one
 applies after a failure: a timeout or a preemption resumes the same config, an OOM walks the
 ladder (skipping rungs that change nothing, were tried, break a rule, or that the planner predicts
-will not fit), anything else stops. No target is imported here: one policy serves all.
+will not fit or, after a CUDA OOM, to need more GPU memory than the config that ran out), anything
+else stops. No target is imported here: one policy serves all.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.compile import rules
-from orchestrator.compile.rungs import RUNG_FUNCTIONS, config_key, describe, ladder
-from orchestrator.lifecycle.classify import Failure
+from orchestrator.compile.rungs import NOT_ABOUT_THE_ESTIMATE, RUNG_FUNCTIONS, config_key, describe, ladder
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import FailureKind
 
@@ -34,9 +35,13 @@ class Stop:
 
 
 def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Failure,
-              fits: Callable[[TrainingJob], bool] | None = None) -> Next | Stop:
+              fits: Callable[[TrainingJob], bool] | None = None,
+              needs: Callable[[TrainingJob], int] | None = None) -> Next | Stop:
     """Decide what follows a failed attempt. `tried` holds every attempt's job so far, the last one last.
-    `fits` (the memory planner's prediction, when it applies) skips rungs predicted not to fit."""
+    `fits` (the memory planner's prediction, when it applies) skips rungs predicted not to fit; `needs` (its
+    estimate per GPU) skips, after a CUDA OOM, rungs predicted to need more GPU memory than the config that ran
+    out: DeepSpeed's buckets are fixed sizes, so sharding a small model more, or on one GPU, costs more than it
+    saves. Rungs whose point is not the estimate (rungs.NOT_ABOUT_THE_ESTIMATE) are judged by `fits` alone."""
     current = tried[-1] if tried else original
     spec = original.spec
     if failure.kind is FailureKind.CANCELLED:
@@ -55,7 +60,9 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
     if not spec.fallback.enabled:
         return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
     seen = {config_key(j) for j in tried}
+    ceiling = needs(current) if needs is not None and failure.kind is FailureKind.CUDA_OOM else None
     skipped: list[str] = []
+    costlier: list[str] = []
     for rung in ladder(original):
         proposal = RUNG_FUNCTIONS[rung](current, failure.kind)
         if proposal is None:
@@ -66,9 +73,19 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         if fits is not None and not fits(candidate):
             skipped.append(rung)
             continue
-        note = f" (skipped, predicted not to fit: {', '.join(skipped)})" if skipped else ""
+        if ceiling is not None and needs is not None and rung not in NOT_ABOUT_THE_ESTIMATE \
+                and needs(candidate) > ceiling:
+            costlier.append(rung)
+            continue
+        notes = ([f"skipped, predicted not to fit: {', '.join(skipped)}"] if skipped else []) + \
+            ([f"skipped, predicted to need more GPU memory: {', '.join(costlier)}"] if costlier else [])
+        note = f" ({'; '.join(notes)})" if notes else ""
         return Next(candidate, rung,
                     f"{failure.kind} ({failure.reason}) on {describe(current)} -> {rung}: {why}{note}")
+    if costlier:
+        also = f"; predicted not to fit: {', '.join(skipped)}" if skipped else ""
+        return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted to need more GPU "
+                    f"memory than it ({', '.join(costlier)}){also}")
     if skipped:
         return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted not to fit "
                     f"({', '.join(skipped)})")

@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from orchestrator.lifecycle.classify import Failure, Outcome, classify, end_state
+from orchestrator.lifecycle.classify import Outcome, classify, end_state
 from orchestrator.lifecycle.fallback import Next, next_step
-from orchestrator.plan.choose import fit_predicate, starting_point
+from orchestrator.plan.choose import fit_predicate, need_estimate, starting_point
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 
@@ -164,7 +165,7 @@ def _decide(job: JobView) -> Move:
     if last.failure is None:
         return Finish(JobState.SUCCEEDED, f"attempt {last.number} succeeded")
     decision = next_step(job.spec, [a.spec for a in job.attempts], last.failure,
-                         fits=fit_predicate(job.spec, job.on_gpu))
+                         fits=fit_predicate(job.spec, job.on_gpu), needs=need_estimate(job.spec, job.on_gpu))
     if not isinstance(decision, Next):
         cancelled = last.failure.kind is FailureKind.CANCELLED
         return Finish(JobState.CANCELLED if cancelled else JobState.FAILED, decision.reason)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.compile.rungs import describe
+from orchestrator.plan.memory import estimate
 from orchestrator.plan.planner import DEFAULT_SEQ_LEN, plan, predicts_fit
 from orchestrator.plan.report import gib
-from orchestrator.plan.size import model_shape
+from orchestrator.plan.size import ModelShape, model_shape
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 
@@ -44,16 +45,31 @@ def starting_point(job: TrainingJob, on_gpu: bool) -> tuple[TrainingJob, str | N
             f"{summary} ({predicted}); spec.fallback.plan: off starts from the spec instead")
 
 
-def fit_predicate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], bool] | None:
-    """For next_step: False for a config the planner is sure will not fit; None when it does not apply."""
+def _shape(job: TrainingJob, on_gpu: bool) -> ModelShape | None:
     if not _applies(job, on_gpu):
         return None
     try:
-        shape = model_shape(job.spec.model.name_or_path, job.spec.model.parameters)
+        return model_shape(job.spec.model.name_or_path, job.spec.model.parameters)
     except ValueError:
+        return None
+
+
+def fit_predicate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], bool] | None:
+    """For next_step: False for a config the planner is sure will not fit; None when it does not apply."""
+    shape = _shape(job, on_gpu)
+    if shape is None:
         return None
     gpu_memory = job.spec.resources.gpu_memory
     assert gpu_memory, "_applies checked it"
     gpu = parse_bytes(gpu_memory)
     seq = job.spec.batch.seq_len or DEFAULT_SEQ_LEN
     return lambda candidate: predicts_fit(candidate, shape, gpu, seq, job.spec.batch.target_len)
+
+
+def need_estimate(job: TrainingJob, on_gpu: bool) -> Callable[[TrainingJob], int] | None:
+    """For next_step: the planner's estimate per GPU of a config (bytes); None when the planner does not apply."""
+    shape = _shape(job, on_gpu)
+    if shape is None:
+        return None
+    seq = job.spec.batch.seq_len or DEFAULT_SEQ_LEN
+    return lambda candidate: estimate(shape, candidate, seq, target_len=job.spec.batch.target_len).total

@@ -138,8 +138,10 @@ def activation_bytes(shape: ModelShape, job: TrainingJob, seq: int, target_len: 
     cross = ACTIVATION["per_hidden"] * shape.hidden / 2 if enc else 0.0  # decoder's cross-attention
     groups = [(enc, seq, _per_token_layer(shape, seq)), (dec, dec_len, _per_token_layer(shape, dec_len) + cross)]
     if spec.activation_checkpointing:
-        kept = sum(n * b * s * ACTIVATION["checkpointed_input"] * shape.hidden for n, s, _ in groups)
-        kept += max(b * s * per for n, s, per in groups if n)  # one layer recomputed at a time
+        kept_input = ACTIVATION["checkpointed_input"] * shape.hidden
+        kept = sum(n * b * s * kept_input for n, s, _ in groups)
+        # One layer recomputed at a time; the recomputation reads its kept input (already counted), not a copy.
+        kept += max(b * s * max(0.0, per - kept_input) for n, s, per in groups if n)
     else:
         kept = sum(n * b * s * per for n, s, per in groups)
     # 16-bit logits are upcast to fp32 for the loss; fp32 logits are not, so they cost the same bytes.
@@ -222,11 +224,11 @@ def _fsdp(shape: ModelShape, job: TrainingJob, profile: DeviceProfile, est: Esti
           phases: dict[str, dict[str, int]]) -> None:
     spec = job.spec
     n, g, p = spec.world_size, spec.resources.gpus_per_node, shape.params
-    level = spec.sharding
+    # On one process FSDP runs NO_SHARD whatever was asked (torch/distributed/fsdp/_init_utils.py).
+    level = "none" if n == 1 else spec.sharding
     compute = 2 if spec.precision.mixed != "no" else 4
     pb = 4 if spec.precision.params == "fp32" else 2
-    # On one process FSDP runs NO_SHARD whatever was asked (torch/distributed/fsdp/_init_utils.py).
-    shards = 1 if n == 1 else {"full": n, "grad_op": n, "hybrid": g, "none": 1, "optimizer": n}[level]
+    shards = {"full": n, "grad_op": n, "hybrid": g, "none": 1, "optimizer": n}[level]
     offload = spec.offload.params != "none" or spec.offload.optimizer != "none"
     state = pb * p // shards
     if offload:
@@ -239,12 +241,13 @@ def _fsdp(shape: ModelShape, job: TrainingJob, profile: DeviceProfile, est: Esti
         # torch's multi-tensor Adam takes sqrt(v) of every parameter at once; one at a time elsewhere.
         largest = pb * min(p, shape.largest_layer_params) // shards
         step["optimizer_temporaries"] = state if profile.foreach_optimizer else largest
+    two_units = min(p, 2 * shape.largest_layer_params)  # never more than the whole model
     if level in ("full", "hybrid") or offload:
-        backward["gathered_parameters"] = 2 * shape.largest_layer_params * compute  # this unit + the prefetched
+        backward["gathered_parameters"] = two_units * compute  # this unit + the prefetched
     elif level == "grad_op" and shards > 1:
         backward["gathered_parameters"] = p * compute  # unsharded from forward until backward
     elif pb != compute:
-        backward["gathered_parameters"] = 2 * shape.largest_layer_params * compute  # the per-unit cast
+        backward["gathered_parameters"] = two_units * compute  # the per-unit cast
 
 
 def unattributed_kind(job: TrainingJob) -> str | None:

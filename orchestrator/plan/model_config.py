@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import ModelConfigError
 
 MAX_BYTES = 4 << 20  # real configs are a few KiB; the largest seen (with vision/audio sub-configs) under 100 KiB
 HUB_TIMEOUT_S = 5.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 _TRUE = {"1", "ON", "YES", "TRUE"}
-
-
-class ModelConfigError(ShardctlError, ValueError):
-    """config.json cannot be used: unreadable, too big, not JSON, absurd values, or nowhere to be found."""
 
 
 @dataclass(frozen=True)

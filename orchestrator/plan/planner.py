@@ -165,7 +165,9 @@ def plan(job: TrainingJob, gpu_memory: str | None = None, shape: ModelShape | No
                                            max_micro_batch(cand, shape, result.gpu_memory, seq, target)))
     fitting = [i for i, c in enumerate(result.candidates) if c.fits]
     if fitting:
-        result.chosen = min(fitting, key=lambda i: (result.candidates[i].cost, i))
+        # Equal costs keep the earlier candidate (the spec first). Rounded: the products differ in their last
+        # bits by the order of the factors (1.6 x 2.5 against 4.0), which must not break a tie.
+        result.chosen = min(fitting, key=lambda i: (round(result.candidates[i].cost, 9), i))
     else:
         result.notes.append("no candidate is predicted to fit: more GPUs, a smaller micro-batch or a shorter "
                             "sequence are the remaining levers")

@@ -24,7 +24,7 @@ import json
 import os
 import select
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from orchestrator.errors import ShardctlError, located
+from orchestrator.errors import SpecError, located
 from orchestrator.spec.models import TrainingJob
 
 if TYPE_CHECKING:
@@ -219,17 +219,6 @@ class Problem:
 
     def __str__(self) -> str:
         return located(_one_line(self.source, 500), self.line, _one_line(self.field, 200), _one_line(self.message))
-
-
-@dataclass
-class SpecError(ShardctlError):
-    problems: list[Problem] = field(default_factory=list)
-    # The spec with every invalid field taken out (its reads raise InvalidFieldRead), when that much is
-    # valid: the caller can then run the cross-field rules and report their errors in the same round.
-    partial: LoadedSpec | None = None
-
-    def __str__(self) -> str:
-        return "\n".join(str(p) for p in self.problems)
 
 
 class InvalidFieldRead(Exception):

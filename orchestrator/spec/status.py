@@ -1,29 +1,21 @@
 """The TrainingJob status as the Kubernetes controller writes it (the status subresource).
 
 Kubernetes-style camelCase; the CRD's status schema is generated from these models, like the
-spec's. On Kubernetes this is the job's record (there is no SQLite store there).
+spec's. On Kubernetes this is the job's record (there is no job store there).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, Phase
 
 
 class _Status(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class FailureStatus(_Status):
-    """A plain string kind, not the enum: statuses written by earlier versions carry kind 'succeeded'."""
-
-    kind: str = Field(description="How the attempt failed: cuda_oom, host_oom, preempted, timeout, cancelled, "
-                                  "user_error, refused or unknown. An attempt that succeeded has no failure.")
-    reason: str = Field(default="", description="One line: why the attempt ended so.")
-    evidence: str = Field(default="", description="The log line or fact that decided it.")
 
 
 class AttemptStatus(_Status):
@@ -37,10 +29,16 @@ class AttemptStatus(_Status):
     spec_hash: str | None = Field(default=None, alias="specHash", description="Hash of the attempt's full spec.")
     started_at: str | None = Field(default=None, alias="startedAt", description="When its Job was created (RFC 3339).")
     ended_at: str | None = Field(default=None, alias="endedAt", description="When it was seen to end (RFC 3339).")
-    failure: FailureStatus | None = Field(default=None, description="How it ended, once it has.")
+    failure: Failure | None = Field(default=None, description="How it ended, once it has.")
     spec: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
         description="The attempt's full TrainingJob (the fallback policy reads every earlier attempt's).")
+
+    @field_validator("failure", mode="before")
+    @classmethod
+    def _failure(cls, value: Any) -> Failure | None:
+        """Failure's one JSON form; a success written by an earlier version (kind 'succeeded') is no failure."""
+        return Failure.from_json(value)
 
 
 class Condition(_Status):

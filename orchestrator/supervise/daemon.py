@@ -7,13 +7,30 @@ With --once it makes every move that needs no waiting and exits: the Slurm judge
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 import time
 
 from orchestrator.store import Store
 from orchestrator.supervise.supervisor import Supervisor
 from orchestrator.targets import get_target
+
+
+def record_failure(store: Store, job_id: str, who: str, exc: BaseException) -> None:
+    """Put this process's failure on the job's newest attempt (`supervisor_error`), so that `status` and
+    `history` say why nothing moved, in its own words, and not only this log. Best effort: the store may
+    be what failed."""
+    words = " ".join(str(exc).split())[:1000]  # one line: status shows it as one
+    message = f"the {who} (pid {os.getpid()} on {socket.gethostname()}) failed: {type(exc).__name__}: {words}"
+    try:
+        attempts = store.attempts(job_id)
+        if attempts:
+            store.note_attempt(job_id, attempts[-1].number, supervisor_error=message)
+    except Exception as again:  # noqa: BLE001 - nothing more to be done than to say so here
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} could not record that in the job store: {again}",
+              file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -23,11 +40,15 @@ def main() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     store = Store()
     job = store.get_job(sys.argv[1])
-    target = get_target(job.target, job.option_data)
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor pid {__import__('os').getpid()} for job {job.id}",
+    target = get_target(job.target, job.options)
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} supervisor pid {os.getpid()} for job {job.id}",
           flush=True)
     supervisor = Supervisor(store, job.id, target)
-    final = supervisor.advance() if once else supervisor.run()  # --once: the Slurm judge
+    try:
+        final = supervisor.advance() if once else supervisor.run()  # --once: the Slurm judge
+    except Exception as exc:  # the traceback stays in this log; the job's record says it in one line
+        record_failure(store, job.id, "judge" if once else "supervisor", exc)
+        raise
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} job {job.id}: {final or 'supervised elsewhere'}",
           flush=True)
 

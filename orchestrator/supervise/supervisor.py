@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.errors import StoreError, SubmitError, TargetError
-from orchestrator.lifecycle.classify import Failure
+from orchestrator.errors import Refused, StoreError, TargetError
 from orchestrator.lifecycle.moves import (
     Adopt,
     AttemptView,
@@ -46,6 +45,7 @@ from orchestrator.lifecycle.moves import (
     refused,
 )
 from orchestrator.procfiles import spawn_detached
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store import AttemptRecord, JobRecord, Store
@@ -59,10 +59,6 @@ SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt a
 def _log(message: str) -> None:
     """stderr: the daemon's and the judge's log; for the CLI (inline moves) it stays off --json output."""
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
-
-
-def job_from_json(text: str) -> TrainingJob:
-    return TrainingJob.model_validate_json(text)
 
 
 def job_to_json(job: TrainingJob) -> dict:
@@ -151,7 +147,7 @@ class Supervisor:
                     return job.state
                 if not self.step(job):
                     if not caught_up:  # the record now tells the truth: say who watches it
-                        self.store.update_job(self.job_id, supervisor_pid=os.getpid())
+                        self.store.note_supervisor(self.job_id, os.getpid())
                         caught_up = True
                     time.sleep(POLL_S)
         finally:
@@ -185,6 +181,10 @@ class Supervisor:
         if observed is not None and last is not None and observed.preemptions > (last.preemptions or 0):
             self.note_preemptions(job, last.number, observed.preemptions)
         move = next_move(job_view(job, attempts, self.target.on_gpu), observed)
+        if isinstance(move, Wait) and last is not None and move.detail != (last.target_state or ""):
+            # what the target says of the open attempt (queued behind a QOS limit, requeued, no judge) is
+            # recorded when it changes, so that status shows why it waits
+            self.store.note_attempt(job.id, last.number, target_state=move.detail or None)
         return self.apply(job, move)
 
     def submitting_elsewhere(self, job: JobRecord, attempt: AttemptRecord) -> bool:
@@ -197,7 +197,7 @@ class Supervisor:
         """The target restarted the attempt in place (Slurm requeued it after a preemption, a node failure or
         `scontrol requeue`): the same attempt, resuming from its checkpoint, so it is history of that attempt,
         never a failure and a new one. A count only grows: a stale view never lowers it."""
-        if self.store.update_attempt(job.id, number, preemptions=count):
+        if self.store.note_attempt(job.id, number, preemptions=count):
             _log(f"job {job.id}: attempt {number} was preempted and requeued by {self.target.name} "
                  f"({count}x so far); it resumes from its checkpoint")
 
@@ -227,11 +227,10 @@ class Supervisor:
                 return False  # another supervisor took the submission over first
             attempt = self.store.attempts(job.id)[move.number - 1]
             ref = self.ref(job, move.number)
-            self.launch(job, move.number, self.target.render(job_from_json(attempt.spec), ref), ref)
+            self.launch(job, move.number, self.target.render(TrainingJob.model_validate(attempt.spec), ref), ref)
             return True
         if isinstance(move, Adopt):
-            return self.store.update_attempt(job.id, move.number, state=AttemptState.RUNNING,
-                                             external_id=move.external_id, started_at=time.time())
+            return self.store.start_attempt(job.id, move.number, external_id=move.external_id, started_at=time.time())
         if isinstance(move, EndAttempt):
             return self.end(job, move)
         assert isinstance(move, Finish)
@@ -259,9 +258,8 @@ class Supervisor:
         if self.store.get_job(job.id).terminal:
             # another host ended the job (a cancel, say) while this one decided from a view that was older:
             # the claim is won but nothing may run; the attempt ends as never submitted
-            self.store.update_attempt(job.id, move.number, state=AttemptState.CANCELLED, ended_at=time.time(),
-                                      failure_kind=FailureKind.CANCELLED,
-                                      failure_reason="the job had ended before this attempt was submitted")
+            never = Failure(FailureKind.CANCELLED, "the job had ended before this attempt was submitted")
+            self.store.end_attempt(job.id, move.number, never.end_state, never, ended_at=time.time())
             return True
         if move.number > 1:
             _log(f"job {job.id}: {move.reason}")
@@ -271,16 +269,15 @@ class Supervisor:
     def launch(self, job: JobRecord, number: int, dry: DryRun, ref: AttemptRef) -> None:
         try:
             external_id = self.target.submit(dry, ref)
-        except SubmitError as exc:  # nothing runs: record why (a retry could submit twice); the job stops
+        except Refused as exc:  # nothing runs: record why (a retry could submit twice); the job stops
             self.end(job, refused(number, f"{self.target.name} refused attempt {number}: {exc}"))
             return
         except TargetError as exc:
-            # no answer (a timeout): it may have been submitted, so the attempt stays `starting` and the next
-            # step's recover decides between adopting it and submitting it
+            # not refused: no answer (Unavailable, a timeout say), so it may have been submitted; the attempt stays
+            # `starting` and the next step's recover decides between adopting it and submitting it
             _log(f"job {job.id}: attempt {number}: {exc}; the next step looks it up")
             raise
-        self.store.update_attempt(job.id, number, state=AttemptState.RUNNING, external_id=external_id,
-                                  started_at=time.time())
+        self.store.start_attempt(job.id, number, external_id=external_id, started_at=time.time())
         _log(f"job {job.id}: attempt {number} started ({self.target.name} id {external_id})")
         if self.store.get_job(job.id).cancel_requested:  # a cancel that came while this was being submitted
             self.target.cancel(external_id, ref)
@@ -289,11 +286,10 @@ class Supervisor:
     def end(self, job: JobRecord, move: EndAttempt) -> bool:
         """Record the attempt's end; False when another supervisor recorded it first (its end stands)."""
         f, outcome = move.failure, move.outcome
-        if not self.store.update_attempt(
-                job.id, move.number, state=move.state, ended_at=time.time(),
+        if not self.store.end_attempt(
+                job.id, move.number, move.state, f, ended_at=time.time(),
                 exit_code=outcome.exit_code if outcome else None, signal=outcome.signal if outcome else None,
-                failure_kind=f.kind if f else None, failure_reason=f.reason if f else None,
-                failure_evidence=(f.evidence or None) if f else None, peak_memory_bytes=move.peak_memory_bytes):
+                peak_memory_bytes=move.peak_memory_bytes):
             return False
         _log(f"job {job.id}: attempt {move.number} {move.state}" + (f": {f.kind}: {f.reason}" if f else ""))
         return True
@@ -301,15 +297,9 @@ class Supervisor:
 
 def job_view(job: JobRecord, attempts: list[AttemptRecord], on_gpu: bool) -> JobView:
     """What the lifecycle core needs of a stored job."""
-    return JobView(spec=job_from_json(job.spec), cancel_requested=bool(job.cancel_requested), on_gpu=on_gpu,
-                   attempts=[AttemptView(a.number, a.state, job_from_json(a.spec), _failure(a)) for a in attempts])
-
-
-def _failure(a: AttemptRecord) -> Failure | None:
-    if not a.ended or a.state is AttemptState.SUCCEEDED:
-        return None
-    return Failure(FailureKind(a.failure_kind or FailureKind.UNKNOWN), a.failure_reason or "",
-                   a.failure_evidence or "")
+    return JobView(spec=TrainingJob.model_validate(job.spec), cancel_requested=job.cancel_requested, on_gpu=on_gpu,
+                   attempts=[AttemptView(a.number, a.state, TrainingJob.model_validate(a.spec),
+                                         Failure.of_attempt(a.state, a.failure)) for a in attempts])
 
 
 def spawn(store: Store, job: JobRecord) -> subprocess.Popen:

@@ -1,11 +1,15 @@
-"""Targets behind one protocol (targets/base.py). A new target is one module and one line here."""
+"""Targets behind one protocol (targets/base.py). A new target is one module, plus its line in REGISTRY and its
+parameter of _conforms here."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import UnknownTarget
+
+if TYPE_CHECKING:
+    from orchestrator.targets.base import ControlledTarget, Target
 
 # name -> "module:class"; imported on demand so the CLI stays light
 REGISTRY = {
@@ -15,14 +19,24 @@ REGISTRY = {
 }
 NAMES = tuple(REGISTRY)
 
+if TYPE_CHECKING:  # never run: mypy checks every registered class against its protocol, and says what differs
+    from orchestrator.targets.kubernetes import KubernetesTarget
+    from orchestrator.targets.local import LocalTarget
+    from orchestrator.targets.slurm import SlurmTarget
 
-class UnknownTarget(ShardctlError):
-    pass
+    def _conforms(local: LocalTarget, slurm: SlurmTarget, kubernetes: KubernetesTarget) -> None:
+        """One parameter per REGISTRY name (tests/test_layering.py checks that)."""
+        target: Target = local
+        target = slurm
+        target = kubernetes
+        controlled: ControlledTarget = kubernetes  # every target whose driver is CONTROLLER
+        del target, controlled
 
 
-def get_target(name: str, options: dict[str, Any] | None = None):
+def get_target(name: str, options: dict[str, Any] | None = None) -> Target:
     """The target by name, rebuilt from the options recorded with a job (or defaults from the environment)."""
     if name not in REGISTRY:
         raise UnknownTarget(f"unknown target {name!r} (one of: {', '.join(NAMES)})")
     module, _, cls = REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls).from_options(options or {})
+    target_class: type[Target] = getattr(importlib.import_module(module), cls)
+    return target_class.from_options(options or {})

@@ -8,9 +8,14 @@ sees of an attempt as a lifecycle Observation; `cancel` stops it; `log_source` r
 Job level (what shared code asks, so that it never asks which target this is): `driver` says who
 moves a job forward (a resident supervisor, the cluster's judge jobs, or an in-cluster
 controller), `preflight` checks a request before anything is recorded, `options` is what a later
-process needs to rebuild this target, and `on_gpu` whether the memory planner applies. A target
-driven by a controller also implements `ControlledTarget`: it hands the job over to the cluster
-and reads the record the controller keeps there.
+process needs to rebuild this target (`from_options`), `on_gpu` whether the memory planner applies,
+and `prefetch` lets a target that can ask about many attempts at once do so. A target driven by a
+controller also implements `ControlledTarget`: it hands the job over to the cluster and reads the
+record the controller keeps there, and a function's outcome from the attempt's output.
+
+Every member is declared here and called directly, never reached with getattr, and mypy checks every
+registered target class against these protocols (`_conforms` in targets/__init__.py). What differs
+between drivers is decided by the driver's class in jobs.py, not by asking what a target implements.
 """
 
 from __future__ import annotations
@@ -18,21 +23,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from orchestrator.compile import CompiledJob
-from orchestrator.errors import SubmitError, TargetError
 from orchestrator.lifecycle.moves import Observation
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, JobState
 
 __all__ = ["AttemptRef", "AttemptSnapshot", "ControlledTarget", "Driver", "DryRun", "JobSnapshot", "LogSource",
-           "Observation", "SubmitDeferred", "SubmitError", "Target", "TargetError"]
-
-
-class SubmitDeferred(TargetError):
-    """The target cannot take the attempt now but may later (an exceeded object quota): the attempt stays
-    recorded as starting, the executor says why and submits it again later."""
+           "Observation", "Target"]
 
 
 class Driver(StrEnum):
@@ -72,6 +72,8 @@ class AttemptRef:
 class LogSource(Protocol):
     """An attempt's output, read incrementally (for `logs -f` and `submit --wait`)."""
 
+    poll_s: float  # a follower reads at most this often (0: whenever it looks; a cluster's reads cost requests)
+
     def lines(self) -> list[str]:
         """Complete new lines since the last call."""
 
@@ -82,19 +84,35 @@ class LogSource(Protocol):
 class Target(Protocol):
     name: str
     driver: Driver
-    on_gpu: bool
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Target:
+        """The target rebuilt from what `options` recorded with a job, or from the environment's defaults (given {})
+        (what get_target(name, options) returns)."""
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the attempts run on GPUs: the memory planner applies."""
 
     def options(self) -> dict[str, Any]:
         """What to record with a job so that another process rebuilds this target (get_target(name, options))."""
 
     def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
-        """Would the target accept attempt 1? Warnings to show; raises TargetError before anything is recorded."""
+        """Would the target accept attempt 1? Warnings to show; raises Refused (or a located CompileError), or
+        Unavailable when it cannot be asked, before anything is recorded."""
+
+    def prefetch(self, external_ids: list[str]) -> None:
+        """Learn about these attempts at once, before `describe` is asked about each (Slurm: one sacct for all);
+        a target that asks about each attempt by itself does nothing."""
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         """Pure: the request that submit would make for this attempt."""
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
-        """Start the attempt; returns the target's id for it (a pid, a Slurm job id, a Job name)."""
+        """Start the attempt; returns the target's id for it (a pid, a Slurm job id, a Job name). Raises Refused
+        when the target refused it (nothing runs: the attempt ends refused), any other TargetError when there was
+        no answer (it may have been submitted: `recover` looks it up), SubmitDeferred or Conflict when it cannot
+        be taken now (the controller retries)."""
 
     def recover(self, ref: AttemptRef) -> str | None:
         """The id of an attempt that was submitted but not recorded (the submitter died), or None."""
@@ -121,7 +139,7 @@ class AttemptSnapshot:
     external_id: str | None
     started_at: float | None = None
     ended_at: float | None = None
-    failure: tuple[str, str, str] | None = None  # (kind, reason, evidence)
+    failure: Failure | None = None  # how it ended, unless it succeeded (or is open)
 
 
 @dataclass(frozen=True)
@@ -134,16 +152,21 @@ class JobSnapshot:
     conditions: Sequence[str] = ()  # what the job is waiting on, in the controller's words
 
 
-@runtime_checkable
-class ControlledTarget(Protocol):
-    """A target whose jobs an in-cluster controller drives: the CLI hands them over and reads them back."""
+class ControlledTarget(Target, Protocol):
+    """A target whose jobs an in-cluster controller drives (driver CONTROLLER): the CLI hands them over and reads
+    them back. Only the controller driver (jobs.ByController) asks for these members."""
 
     def hand_over(self, job: TrainingJob, files: Mapping[str, bytes] | None = None) -> dict[str, Any]:
         """Create the job in the cluster (with `files`: a pickled call, carried with it); returns what to record to
-        find it again. Raises TargetError."""
+        find it again. Raises Refused (nothing was created), Unavailable (the cluster did not answer) or Conflict
+        (a TrainingJob of that name exists)."""
 
     def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
         """The controller's record of the job, or None when it is gone from the cluster."""
 
     def withdraw(self, options: dict[str, Any], name: str) -> None:
         """Delete the job from the cluster (its attempts go with it)."""
+
+    def read_outcome(self, options: dict[str, Any], external_id: str | None) -> tuple[str, Any] | None:
+        """A submitted function's outcome, ("success", value) or ("error", traceback text), from what the attempt
+        `external_id` printed (its attempts have no run directory here); None when it printed none."""

@@ -15,6 +15,8 @@ MAX_PARTIAL = 64 << 10
 class FileLog:
     """Yields complete new lines of a growing file; a missing file is simply empty so far."""
 
+    poll_s = 0.0  # a local read costs nothing: read whenever the follower looks
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.offset = 0

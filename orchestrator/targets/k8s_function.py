@@ -13,15 +13,9 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from orchestrator.entry import (
-    FUNCTION_SECRET_KEY,
-    MAX_PICKLE_BYTES,
-    FunctionPickleError,
-    decode_outcome,
-    function_secret,
-)
-from orchestrator.entry.logline import MAX_RESULT_BYTES, ResultTooBig, choose, parse
-from orchestrator.errors import ShardctlError, TargetError
+from orchestrator.entry import FUNCTION_SECRET_KEY, MAX_PICKLE_BYTES, decode_outcome, function_secret
+from orchestrator.entry.logline import MAX_RESULT_BYTES, choose, parse
+from orchestrator.errors import Conflict, FunctionPickleError, Refused, ResultTooBig, Unavailable
 from orchestrator.spec.crd import GROUP, VERSION
 
 # A Secret holds at most 1 MiB of data (the API server's limit), sent as base64 (+1/3) in the request: the
@@ -54,7 +48,8 @@ def _controlled_by(obj: Any, uid: str | None) -> bool:
 
 def rank0_log(api_client: Any, namespace: str, job_name: str, owner_uid: str | None, container: str) -> str | None:
     """The log of pod 0 of Job `job_name`, if that Job is controlled by the TrainingJob `owner_uid` and the pod
-    by that Job; None when there is no such pod (yet). TargetError when the cluster refuses."""
+    by that Job; None when there is no such pod (yet). Conflict when the Job is not that TrainingJob's, Refused
+    when the cluster refuses (RBAC), Unavailable when it cannot answer now (a 5xx)."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -62,8 +57,8 @@ def rank0_log(api_client: Any, namespace: str, job_name: str, owner_uid: str | N
     try:
         k8s_job: Any = client.BatchV1Api(api_client).read_namespaced_job(job_name, namespace, _request_timeout=15)
         if not _controlled_by(k8s_job, owner_uid):
-            raise ShardctlError(f"{where} is not this TrainingJob's (its ownerReferences do not name it): its logs "
-                                "are not read for a result")
+            raise Conflict(f"{where} is not this TrainingJob's (its ownerReferences do not name it): its logs "
+                           "are not read for a result")
         job_uid = k8s_job.metadata.uid
         pods: list[Any] = client.CoreV1Api(api_client).list_namespaced_pod(
             namespace, label_selector=f"{JOB_NAME}={job_name}", _request_timeout=15).items
@@ -78,9 +73,11 @@ def rank0_log(api_client: Any, namespace: str, job_name: str, owner_uid: str | N
         if exc.status == 404:
             return None
         if exc.status in (401, 403):
-            raise TargetError(f"the cluster refused to read the rank-0 log of {where} ({exc.status}): reading a "
-                              "function's result needs get on jobs.batch and pods/log, list on pods") from None
-        raise TargetError(f"cannot read the rank-0 log of {where}: {exc.status} {exc.reason}") from None
+            raise Refused(f"the cluster refused to read the rank-0 log of {where} ({exc.status}): reading a "
+                          "function's result needs get on jobs.batch and pods/log, list on pods") from None
+        unavailable = exc.status == 429 or (exc.status or 0) >= 500
+        raise (Unavailable if unavailable else Refused)(f"cannot read the rank-0 log of {where}: {exc.status} "
+                                                        f"{exc.reason}") from None
 
 
 def outcome_from_log(log: str | None, where: str) -> tuple[str, Any] | None:

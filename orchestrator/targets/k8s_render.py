@@ -22,7 +22,7 @@ from orchestrator.compile import CompiledJob, compile_job, dump_yaml
 from orchestrator.compile.configs import ACCELERATE_CONFIG_NAME, DS_CONFIG_NAME
 from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT, Var
 from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, FUNCTION_SECRET_KEY, RESULT_TO_ENV, function_secret
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import RenderError
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets.base import DryRun
@@ -35,10 +35,6 @@ MANIFESTS = "manifests.yaml"
 GROUP_LABEL = "shardctl.dev"
 _SHELL_VARS = {MACHINE_RANK: '"$JOB_COMPLETION_INDEX"', MAIN_PROCESS_IP: '"$MAIN_PROCESS_IP"',
                MAIN_PROCESS_PORT: '"$MAIN_PROCESS_PORT"'}
-
-
-class RenderError(ShardctlError, ValueError):
-    """The spec cannot become valid Kubernetes objects (a name too long, say)."""
 
 
 @dataclass(frozen=True)

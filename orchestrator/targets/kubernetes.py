@@ -6,7 +6,8 @@ its status, reads pod logs and deletes the job. The controller side (handed the 
 and the TrainingJob that owns the attempt) creates an attempt's children and observes how they run; it
 adopts, reads as its own or deletes a child only when the child's controller ownerReference names that
 TrainingJob's uid (anyone who may create ConfigMaps, Services or Jobs could take an attempt's name first).
-Every failure to reach or use the cluster becomes one TargetError line that says how to fix it.
+Every failure to reach or use the cluster becomes one TargetError line that says how to fix it: Refused (RBAC,
+no kubeconfig, no CRD, an invalid object), Unavailable (unreachable, a 5xx) or Conflict (a 409, a name taken).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
-from orchestrator.errors import SubmitError, TargetError
+from orchestrator.errors import Conflict, Refused, SubmitDeferred, TargetError, Unavailable
 from orchestrator.lifecycle.classify import Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, Phase
 from orchestrator.targets import k8s_stalls
-from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot, SubmitDeferred
+from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot
 from orchestrator.targets.k8s_observe import observe
 from orchestrator.targets.k8s_render import KubeRequest, manifests, render
 
@@ -114,7 +116,7 @@ class PodLogs:
         except ApiException as exc:
             return self._refused(exc)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TargetError(f"cannot reach the Kubernetes API server to read the logs of {self.job_name}: "
+            raise Unavailable(f"cannot reach the Kubernetes API server to read the logs of {self.job_name}: "
                               f"{type(exc).__name__}") from None
         index = lambda p: int((p.metadata.annotations or {}).get(  # noqa: E731
             "batch.kubernetes.io/job-completion-index", 0))
@@ -128,7 +130,7 @@ class PodLogs:
                 out += self._refused(exc)
                 continue  # 400: not started yet; 404: gone
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise TargetError(f"cannot reach the Kubernetes API server to read the log of pod {name}: "
+                raise Unavailable(f"cannot reach the Kubernetes API server to read the log of pod {name}: "
                                   f"{type(exc).__name__}") from None
             seen = self.seen.get(name, 0)
             if len(text) < seen:  # rotated: what came between the last read and the rotation is not served
@@ -200,8 +202,8 @@ class KubernetesTarget:
                     config.load_incluster_config(client_configuration=configuration)
                 except config.ConfigException:
                     where = self.kubeconfig or "KUBECONFIG or ~/.kube/config"
-                    raise TargetError(f"no usable Kubernetes configuration ({where}: {exc}); pass --kubeconfig "
-                                      "FILE (and --context NAME), or set KUBECONFIG") from None
+                    raise Refused(f"no usable Kubernetes configuration ({where}: {exc}); pass --kubeconfig "
+                                  "FILE (and --context NAME), or set KUBECONFIG") from None
             configuration.retries = 1
             self._client = client.ApiClient(configuration)
         return self._client
@@ -218,7 +220,10 @@ class KubernetesTarget:
         return (active.get("context") or {}).get("namespace") or "default"
 
     def call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T | None:
-        """One API request from the CLI, its failures turned into one line that says how to fix them."""
+        """One API request from the CLI, its failures turned into one line that says how to fix them: a 409 is a
+        Conflict (someone else changed or holds the object), a 5xx, a 429 or an unreachable server Unavailable
+        (ask again later), any other refusal (a 4xx: RBAC, no CRD, an invalid object) Refused. A 404 with
+        `missing_ok` is None."""
         import urllib3
         from kubernetes.client.rest import ApiException
 
@@ -229,15 +234,20 @@ class KubernetesTarget:
             if exc.status == 404 and missing_ok:
                 return None
             if exc.status == 404 and "the server could not find the requested resource" in message.lower():
-                raise TargetError(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}") \
+                raise Refused(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}") \
                     from None
             if exc.status in (401, 403):
-                raise TargetError(f"the cluster refused to {what}: {message} (ask for RBAC access to "
-                                  f"trainingjobs.{GROUP} in namespace {self.namespace}, or use --context)") from None
-            raise SubmitError(f"the cluster refused to {what} ({exc.status} {exc.reason}): {message}") from None
+                raise Refused(f"the cluster refused to {what}: {message} (ask for RBAC access to "
+                              f"trainingjobs.{GROUP} in namespace {self.namespace}, or use --context)") from None
+            said = f"the cluster refused to {what} ({exc.status} {exc.reason}): {message}"
+            if exc.status == 409:
+                raise Conflict(said) from None
+            if exc.status == 429 or (exc.status or 0) >= 500:
+                raise Unavailable(said) from None
+            raise Refused(said) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             host = getattr(self.client().configuration, "host", "?")
-            raise TargetError(f"cannot reach the Kubernetes API server at {host} to {what}: "
+            raise Unavailable(f"cannot reach the Kubernetes API server at {host} to {what}: "
                               f"{type(exc).__name__}; check the cluster is up and the kubeconfig's server "
                               f"(--kubeconfig/--context)") from None
 
@@ -255,15 +265,21 @@ class KubernetesTarget:
         listed = self.call(f"list TrainingJobs in namespace {ns}", lambda: self._custom().list_namespaced_custom_object(
             GROUP, VERSION, ns, PLURAL, limit=1, _request_timeout=TIMEOUT_S), missing_ok=True)
         if listed is None:  # the collection itself is not found: the resource type does not exist there
-            raise TargetError(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}")
+            raise Refused(f"the cluster has no TrainingJob resource type ({GROUP}/{VERSION}): {CHART_HINT}")
         return []
+
+    def prefetch(self, external_ids: list[str]) -> None:
+        pass  # the controller watches the attempts; the CLI reads each job's record (fetch)
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         return render(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
         """Controller side: the attempt's ConfigMap, headless Service and Indexed Job. Names are
-        deterministic, so a create that finds its object already there adopts it (a restarted controller)."""
+        deterministic, so a create that finds its object already there adopts it (a restarted controller).
+        Refused when the cluster refuses a child for good (invalid, forbidden by admission), SubmitDeferred when it
+        cannot take it now (a quota), Conflict when a child's name is another object's; a transient API error
+        (ApiException) is left to the controller's retry."""
         from kubernetes.client.rest import ApiException
 
         assert self.api is not None and self.namespace, "submit runs in the controller, with its API"
@@ -281,7 +297,7 @@ class KubernetesTarget:
                     raise  # transient (or AlreadyExists, which create adopts): the executor retries
                 if stall.permanent:  # invalid, or forbidden by admission: resubmitting cannot help
                     self._retire(f"{job.metadata.name}-a{ref.number}")
-                    raise SubmitError(f"{stall.reason}: {stall.message}") from None
+                    raise Refused(f"{stall.reason}: {stall.message}") from None
                 raise SubmitDeferred(f"{stall.reason}: {stall.message}") from None
         return next(o["metadata"]["name"] for o in objects if o["kind"] == "Job")
 
@@ -311,9 +327,9 @@ class KubernetesTarget:
         assert self.api is not None and self.namespace
         name = obj["metadata"]["name"]
         if not self._owned(self.api.read(obj["kind"], self.namespace, name)):
-            raise SubmitDeferred(f"NameTaken: {obj['kind']} {name} is not this TrainingJob's (its ownerReferences "
-                                 "do not name it: someone else's object, or an earlier TrainingJob of this name still "
-                                 "being deleted); it is neither used nor changed: waiting until it is gone")
+            raise Conflict(f"NameTaken: {obj['kind']} {name} is not this TrainingJob's (its ownerReferences "
+                           "do not name it: someone else's object, or an earlier TrainingJob of this name still "
+                           "being deleted); it is neither used nor changed: waiting until it is gone")
 
     def recover(self, ref: AttemptRef) -> str | None:
         return None  # submit is idempotent (deterministic names): submitting again adopts what exists
@@ -373,8 +389,8 @@ class KubernetesTarget:
         from orchestrator.entry import FUNCTION_FILE
 
         if files and (set(files) != {FUNCTION_FILE} or not job.spec.entrypoint.function):
-            raise SubmitError(f"{self.name}: only a Python function's call ({FUNCTION_FILE}, with "
-                              f"spec.entrypoint.function) travels to the cluster, not {', '.join(files)}")
+            raise Refused(f"{self.name}: only a Python function's call ({FUNCTION_FILE}, with "
+                          f"spec.entrypoint.function) travels to the cluster, not {', '.join(files)}")
         ns = self.namespace or job.spec.kubernetes.namespace or job.metadata.namespace or self.default_namespace()
         self.namespace = ns
         created = self.call(f"create TrainingJob {job.metadata.name} in namespace {ns}",
@@ -393,8 +409,8 @@ class KubernetesTarget:
         ns, name = self.namespace or "default", job.metadata.name
         try:
             if not self.uid:
-                raise SubmitError(f"the cluster created TrainingJob {name} without a uid: its function's Secret "
-                                  "cannot be owned by it")
+                raise Refused(f"the cluster created TrainingJob {name} without a uid: its function's Secret "
+                              "cannot be owned by it")
             body: Any = secret_body(name, ns, self.uid, data, dict(job.metadata.labels))  # the client sends a dict
             self.call(f"create the function's Secret {body['metadata']['name']} in namespace {ns} (submitting a "
                       "Python function needs create on secrets there)",
@@ -436,9 +452,8 @@ class KubernetesTarget:
             self.call(f"delete TrainingJob {name} in namespace {ns}",
                       lambda: self._custom().delete_namespaced_custom_object(
                           GROUP, VERSION, ns, PLURAL, name, body=body, _request_timeout=TIMEOUT_S), missing_ok=True)
-        except SubmitError as exc:
-            if "(409 " not in str(exc):
-                raise  # a 409 on the uid precondition: a newer TrainingJob of that name, not ours to delete
+        except Conflict:
+            pass  # a 409 on the uid precondition: a newer TrainingJob of that name, not ours to delete
 
 
 def _wanted_pods(job: dict) -> int:
@@ -454,14 +469,11 @@ def snapshot(obj: dict[str, Any]) -> JobSnapshot:
     status = obj.get("status") or {}
     attempts = []
     for a in status.get("attempts") or []:
-        failure = a.get("failure") or {}
-        kind = failure.get("kind")
         attempts.append(AttemptSnapshot(
             number=a["number"], state=AttemptState(a["state"]), spec=a.get("spec") or {}, rung=a.get("rung"),
             reason=a.get("reason", ""), external_id=a.get("jobName"), started_at=_timestamp(a.get("startedAt")),
             ended_at=_timestamp(a.get("endedAt")),
-            failure=(kind, failure.get("reason", ""), failure.get("evidence", "")) if kind not in (None, "succeeded")
-            else None))
+            failure=Failure.from_json(a.get("failure"))))
     phase = Phase(status["phase"]) if status.get("phase") else Phase.PENDING
     waiting = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
                if c.get("type") == "Stalled" and c.get("status") == "True"]

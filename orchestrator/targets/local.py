@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orchestrator.compile import CompiledJob, CompileError, Finding
 from orchestrator.compile.launch import DEFAULT_PORT, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT
-from orchestrator.errors import SubmitError
+from orchestrator.errors import Refused
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
@@ -139,6 +139,9 @@ class LocalTarget:
     def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
         return []  # render has checked all there is to check on this machine
 
+    def prefetch(self, external_ids: list[str]) -> None:
+        pass  # describe reads each attempt's own files
+
     def log_source(self, ref: AttemptRef, external_id: str | None) -> FileLog:
         return FileLog(ref.log_path)
 
@@ -171,7 +174,7 @@ class LocalTarget:
         request = json.loads(dryrun.files[local_wrapper.ATTEMPT_FILE])
         for source in request.get("env_from", []):  # a supervisor restarted from a shell without the variable
             if (why := check_secret_source(source, os.environ, ref.workdir)) is not None:
-                raise SubmitError(f"entrypoint.env_from: {why}; attempt {ref.number} was not started")
+                raise Refused(f"entrypoint.env_from: {why}; attempt {ref.number} was not started")
         nonce = os.urandom(8).hex()
         request["launch"] = nonce
         files = {**dryrun.files, local_wrapper.ATTEMPT_FILE: json.dumps(request, indent=1) + "\n"}

@@ -13,43 +13,44 @@ import tempfile
 from pathlib import Path
 
 import orchestrator
-from orchestrator.errors import SubmitError
+from orchestrator.errors import Refused, SlurmRefused, SlurmTimeout, SlurmUnavailable
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.paths import state_dir as default_state_dir
 from orchestrator.procfiles import read_json, read_tail, write_files, write_json
 from orchestrator.spec.models import TrainingJob
-from orchestrator.targets import slurm_render
+from orchestrator.targets import slurm_refusals, slurm_render
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
 from orchestrator.targets.filelog import FileLog
 from orchestrator.targets.slurm_accounting import (
     LOST_STATES,
     POLLER,
+    JobInfo,
     Poller,
-    SlurmError,
-    SlurmTimeout,
     node_shapes,
     run_once,
     run_slurm,
 )
 
-SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id}, written once sbatch has answered
+SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id or None[, "judge_refused": why]}, once sbatch answered
 
 
 def sbatch(argv: list[str], cwd: str | None = None) -> str:
-    """sbatch, never retried (a retry after a lost answer could submit twice); returns the job id."""
+    """sbatch, never retried (a retry after a lost answer could submit twice); returns the job id. SlurmRefused
+    when sbatch refuses (nothing was submitted), SlurmTimeout when it does not answer (it may have submitted)."""
     proc = run_once(["sbatch", "--parsable", *argv], timeout=120, cwd=cwd)
     if proc.returncode != 0:
-        raise SlurmError(proc.stderr.strip() or f"sbatch exited {proc.returncode}")
+        raise SlurmRefused(proc.stderr.strip() or f"sbatch exited {proc.returncode}")
     return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
 
 
 def test_only(script: str) -> str:
-    """`sbatch --test-only`: the controller checks the request (partition, GPUs, limits) and starts nothing."""
+    """`sbatch --test-only`: the controller checks the request (partition, GPUs, limits) and starts nothing;
+    SlurmRefused when it would refuse it."""
     proc = run_once(["sbatch", "--test-only", script])
     message = "\n".join(line for line in proc.stderr.splitlines() if line.strip())
     if proc.returncode != 0:
-        raise SlurmError(message or f"sbatch --test-only exited {proc.returncode}")
+        raise SlurmRefused(message or f"sbatch --test-only exited {proc.returncode}")
     return message
 
 
@@ -65,6 +66,7 @@ class SlurmTarget:
         self.poller = poller or POLLER
         self.cpus_per_gpu = cpus_per_gpu  # learnt from sinfo at submit, then kept with the job (options)
         self.cpus_basis = cpus_basis
+        self._judge_refusals: dict[str, str] = {}  # run_dir -> why sbatch refused its judge ("" when it did not)
 
     @classmethod
     def from_options(cls, options: dict) -> SlurmTarget:
@@ -93,7 +95,10 @@ class SlurmTarget:
         with tempfile.TemporaryDirectory(prefix="shardctl-check-") as scratch:
             run_dir = f"{scratch}/attempt-1"
             ref = AttemptRef("check", 1, run_dir, f"{scratch}/checkpoints", workdir, f"{run_dir}/output.log")
-            message = self.check(self.render(job, ref), scratch)
+            try:
+                message = self.check(self.render(job, ref), scratch)
+            except SlurmRefused as exc:
+                raise refusal_of(job, str(exc)) from None
         return [message] if message else []
 
     def log_source(self, ref: AttemptRef, external_id: str | None) -> FileLog:
@@ -118,17 +123,17 @@ class SlurmTarget:
         message = test_only(str(Path(scratch_dir) / slurm_render.JOB_SCRIPT))
         try:
             test_only(str(Path(scratch_dir) / slurm_render.JUDGE_SCRIPT))
-        except SlurmError as exc:
-            raise SlurmError(f"the judge job that follows each attempt: {exc} (slurm.supervisor_partition names "
-                             "the partition for it; unset, Slurm's default partition)") from None
+        except SlurmRefused as exc:
+            raise SlurmRefused(f"the judge job that follows each attempt: {exc} (slurm.supervisor_partition names "
+                               "the partition for it; unset, Slurm's default partition)") from None
         return message
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
         missing = [n for n in slurm_render.exported_names(dryrun.compiled.job) if n not in os.environ]
         if missing:  # sbatch would start the job without them: the judge or a shell that lacks them submits this
-            raise SubmitError(f"entrypoint.env_from: {', '.join(missing)} not set in the environment of the process "
-                              f"submitting attempt {ref.number} (export it in the shell that runs shardctl); nothing "
-                              "was submitted")
+            raise Refused(f"entrypoint.env_from: {', '.join(missing)} not set in the environment of the process "
+                          f"submitting attempt {ref.number} (export it in the shell that runs shardctl); nothing "
+                          "was submitted")
         run_dir = Path(ref.run_dir)
         write_files(run_dir, dryrun.files)
         job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
@@ -136,12 +141,14 @@ class SlurmTarget:
         try:
             judge = sbatch([f"--dependency=afterany:{job_id}", str(run_dir / slurm_render.JUDGE_SCRIPT)],
                            cwd=ref.workdir)
-        except (SlurmError, SlurmTimeout) as exc:  # the attempt runs: any shardctl command that reads the job
-            # judges it later
-            print(f"shardctl: attempt {ref.number}: the judge job was refused ({exc}); "
+        except (SlurmRefused, SlurmTimeout) as exc:  # the attempt runs: any shardctl command that reads the job
+            # judges it later; status says so meanwhile (open_detail)
+            refused = " ".join(str(exc).split())[:500]
+            print(f"shardctl: attempt {ref.number}: the judge job was refused ({refused}); "
                   "`shardctl status` will judge the attempt when it ends", file=sys.stderr)
-            judge = None
-        write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": judge})
+            write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": None, "judge_refused": refused})
+        else:
+            write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": judge})
         self.poller.watch([job_id])
         return job_id
 
@@ -162,14 +169,17 @@ class SlurmTarget:
                 return ids[-1]
         return None
 
+    def prefetch(self, external_ids: list[str]) -> None:
+        """One sacct for all these attempts: the poller every describe in this process shares."""
+        self.poller.watch(external_ids)
+        self.poller.refresh()
+
     def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         info = self.poller.get(external_id)
         if info is None or info.phase == "unknown":
             return Observation(Seen.PENDING, detail=f"Slurm does not report job {external_id} yet")
         if info.phase != "ended":
-            requeued = f" (requeued {info.requeues}x: the attempt resumes from its checkpoint)" if info.requeues else ""
-            return Observation(Seen(info.phase), detail=f"Slurm {info.state} {info.reason}".strip() + requeued,
-                               preemptions=info.requeues)
+            return Observation(Seen(info.phase), detail=self.open_detail(info, ref), preemptions=info.requeues)
         tail = read_tail(ref.log_path, TAIL_BYTES)
         outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
@@ -181,6 +191,22 @@ class SlurmTarget:
         return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail,
                            preemptions=info.requeues)
 
+    def open_detail(self, info: JobInfo, ref: AttemptRef) -> str:
+        """What Slurm says of an open attempt beyond its state ("" when nothing): why it pends, its requeues,
+        and that no judge job follows it (sbatch refused the judge when the attempt was submitted)."""
+        said = []
+        if info.phase == "pending" or info.reason not in ("", "None"):
+            said.append(f"{info.state} ({info.reason})" if info.reason not in ("", "None") else info.state)
+        if info.requeues:
+            said.append(f"requeued {info.requeues}x: the attempt resumes from its checkpoint")
+        if ref.run_dir not in self._judge_refusals:  # read once: written when the attempt was submitted
+            self._judge_refusals[ref.run_dir] = str((read_json(Path(ref.run_dir) / SUBMITTED_FILE) or {}).get(
+                "judge_refused") or "")
+        if refused := self._judge_refusals[ref.run_dir]:
+            said.append(f"no judge job follows it (sbatch refused it: {refused}): the next shardctl command that "
+                        "reads the job after the attempt ends judges it")
+        return "; ".join(said)
+
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """The attempt and its judge: the caller records the end itself, nothing is left to resubmit."""
         submitted = read_json(Path(ref.run_dir) / SUBMITTED_FILE) or {}
@@ -188,12 +214,34 @@ class SlurmTarget:
         run_slurm(["scancel", *ids])
 
 
+def refusal_of(job: TrainingJob, slurm_words: str) -> Exception:
+    """A refusal at submit as the spec's field that caused it (a CompileError: FILE:LINE: field: why, with
+    Slurm's words), or as Slurm said it when its words name no field of ours."""
+    from orchestrator.compile import CompileError, Finding
+
+    partition = job.spec.slurm.partition or ""
+    max_time = ""
+    try:  # what the partition allows: the explanation of a time limit needs it, and it costs one sinfo
+        for line in run_slurm(["sinfo", "-h", "-o", "%P|%l"], retries=0).splitlines():
+            name, _, limit = line.strip().partition("|")
+            if name.rstrip("*") == partition or (not partition and name.endswith("*")):
+                partition, max_time = name.rstrip("*"), limit
+                break
+    except (SlurmUnavailable, SlurmTimeout):
+        pass
+    explained = slurm_refusals.explain(job, slurm_words, slurm_refusals.SiteLimits(partition, max_time))
+    if explained is None:
+        return SlurmRefused(slurm_words)
+    field, why = explained
+    return CompileError([Finding("error", field, why)])
+
+
 def derive_cpus_per_gpu(partition: str | None) -> tuple[int | None, str]:
     """CPUs per GPU of the partition's nodes (the fewest, if they differ) and where that came from; (None, why)
     when Slurm cannot say (no GPUs there, sinfo failing)."""
     try:
         text = run_slurm(["sinfo", "-h", "--exact", "-o", "%P|%c|%G"])
-    except (SlurmError, SlurmTimeout) as exc:
+    except (SlurmUnavailable, SlurmTimeout) as exc:
         return None, f"sinfo failed: {exc}"
     name, shapes = node_shapes(text, partition)
     if name is None:
@@ -214,4 +262,4 @@ def _job_name(script: str) -> str:
     raise ValueError("job.sbatch has no --job-name")
 
 
-__all__ = ["SlurmError", "SlurmTarget", "sbatch", "test_only"]
+__all__ = ["SlurmTarget", "sbatch", "test_only"]

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.errors import SubmitError, TargetError
+from orchestrator.errors import SlurmRefused, SlurmTimeout, SlurmUnavailable
+from orchestrator.targets.slurm_env import clean_environment
 
 Phase = Literal["pending", "running", "ended", "unknown"]
 
@@ -35,15 +36,6 @@ LOST_STATES = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}  # the cluster ended it, n
 
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "MaxRSS", "Reason")
 SQUEUE_FORMAT = "%i|%T|%r"
-
-
-class SlurmError(SubmitError):
-    """A Slurm command failed; the message is Slurm's own."""
-
-
-class SlurmTimeout(TargetError):
-    """A Slurm command did not answer in time: it may or may not have acted (an sbatch may have submitted),
-    so this is never taken as a refusal; what happened is looked up afterwards."""
 
 
 @dataclass(frozen=True)
@@ -166,29 +158,36 @@ def node_shapes(text: str, partition: str | None) -> tuple[str | None, list[tupl
 
 
 def run_once(argv: list[str], *, timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess:
-    """One Slurm command; a missing binary or a hang is a SlurmError, a non-zero exit is the caller's to read."""
+    """One Slurm command, in a clean Slurm environment (slurm_env: nothing of the caller's own allocation
+    reaches it, nor a job it submits); a missing binary is a SlurmRefused, a hang a SlurmTimeout, a non-zero
+    exit is the caller's to read."""
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              cwd=cwd)
+                              cwd=cwd, env=clean_environment())
     except FileNotFoundError as exc:
-        raise SlurmError(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
+        raise SlurmRefused(f"{argv[0]} not found: is this a Slurm login node (and SLURM_CONF set)?") from exc
     except subprocess.TimeoutExpired as exc:
         raise SlurmTimeout(f"{' '.join(argv[:2])}: timed out after {timeout:.0f} s") from exc
 
 
 def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> str:
-    """A read-only Slurm command, retried on a transient failure (controller busy, socket timeout)."""
+    """A read-only (or repeatable: scancel) Slurm command, retried on a transient failure (controller busy, socket
+    timeout). Its failure refuses nothing: SlurmUnavailable when it still fails (Slurm's words; a missing binary
+    too), SlurmTimeout when its last try hung."""
     for attempt in range(retries + 1):
         try:
             proc = run_once(argv, timeout=timeout)
-        except (SlurmError, SlurmTimeout):
+        except SlurmTimeout:
             if attempt == retries:
                 raise
+        except SlurmRefused as exc:  # the binary is missing
+            if attempt == retries:
+                raise SlurmUnavailable(str(exc)) from exc.__cause__
         else:
             if proc.returncode == 0:
                 return proc.stdout
             if attempt == retries:
-                raise SlurmError(f"{' '.join(argv[:2])}: {proc.stderr.strip()}")
+                raise SlurmUnavailable(f"{' '.join(argv[:2])}: {proc.stderr.strip()}")
         time.sleep(1.0 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -231,7 +230,7 @@ class Poller:
             try:
                 found.update(parse_squeue(run_slurm(["squeue", "-h", "-j", ",".join(missing), "-o", SQUEUE_FORMAT],
                                                     retries=0)))
-            except SlurmError:
+            except SlurmUnavailable:
                 pass  # squeue refuses ids it has forgotten: they stay unknown
         self.known.update(found)
         self.refreshed_at = time.monotonic()

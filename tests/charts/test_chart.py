@@ -6,12 +6,11 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import helm_sdkpy as helm  # scripts/bootstrap installs helm-sdkpy
 import pytest
 import yaml
 
 from tests.charts.rbac_rules import chart_rules
-
-helm = pytest.importorskip("helm_sdkpy", reason="scripts/bootstrap installs helm-sdkpy")
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "shardctl"
 

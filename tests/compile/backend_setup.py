@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from orchestrator.compile.passthrough import leaves
 
-from accelerate.commands.launch import _validate_launch_command, launch_command_parser  # noqa: E402
-from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin  # noqa: E402
-from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env  # noqa: E402
-
-from orchestrator.compile.passthrough import leaves  # noqa: E402
+# DeepSpeed picks its accelerator once, when it is first imported: CPU unless DS_ACCELERATOR says otherwise,
+# without leaving the variable set for the rest of the run (patch.dict puts the environment back).
+with mock.patch.dict(os.environ, {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}):
+    import deepspeed  # noqa: F401
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
 
 def _enum_name(value: Any) -> Any:

@@ -118,12 +118,12 @@ def test_not_a_backend_config() -> None:
      "zero_hpz_partition_size must be a whole number"),
     ({"distributed_type": {"a": 1}}, None, "only FSDP and DEEPSPEED"),
 ])
-def test_finding_9_hostile_configs_are_convert_errors(config: dict, ds_json, needle: str) -> None:
+def test_hostile_configs_are_convert_errors(config: dict, ds_json, needle: str) -> None:
     with pytest.raises(ConvertError, match=needle):
         convert(config, "fsdp" if config["distributed_type"] == "DEEPSPEED" else "deepspeed", ds_json)
 
 
-def test_issue_13_fsdp_to_fsdp_keeps_every_key() -> None:
+def test_fsdp_to_fsdp_keeps_every_key() -> None:
     original = yaml.safe_load(SEED_FSDP)
     original["fsdp_config"]["fsdp_activation_checkpointing"] = True
     out = convert(original, "fsdp")
@@ -131,14 +131,14 @@ def test_issue_13_fsdp_to_fsdp_keeps_every_key() -> None:
     assert out.config["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
 
 
-def test_issue_13_a_deepspeed_json_alone_converts() -> None:
+def test_a_deepspeed_json_alone_converts() -> None:
     ds = {"zero_optimization": {"stage": 2, "sub_group_size": 1e9}, "train_micro_batch_size_per_gpu": 4}
     out = convert(ds, "fsdp")
     assert out.config["fsdp_config"]["fsdp_sharding_strategy"] == "SHARD_GRAD_OP"
     assert any(line.startswith("zero_optimization.sub_group_size") for line in out.lost)
 
 
-def test_issue_13_top_level_keys_cross_and_reasons_are_per_key() -> None:
+def test_top_level_keys_cross_and_reasons_are_per_key() -> None:
     original = yaml.safe_load(SEED_FSDP)
     original["dynamo_config"] = {"dynamo_backend": "INDUCTOR"}
     original["fsdp_config"]["fsdp_activation_checkpointing"] = True

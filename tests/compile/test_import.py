@@ -102,6 +102,49 @@ def test_pass_through_keys_reach_the_render(tmp_path: Path) -> None:
     assert zero["stage3_param_persistence_threshold"] == "auto" and zero["reduce_bucket_size"] == "auto"
 
 
+@pytest.mark.parametrize("stage,zero,note", [
+    (0, {"overlap_comm": True}, "zero_optimization.overlap_comm: True (unused at ZeRO-0"),
+    (0, {"reduce_bucket_size": 2e8, "allgather_bucket_size": 2e8}, "zero_optimization.allgather_bucket_size: "
+                                                                   "200000000.0 (unused at ZeRO-0"),
+    (0, {"reduce_bucket_size": "auto"}, "zero_optimization.reduce_bucket_size: 'auto' (unused at ZeRO-0"),
+    (2, {"stage3_prefetch_bucket_size": 5e7}, "zero_optimization.stage3_prefetch_bucket_size: 50000000.0 (unused "
+                                              "at ZeRO-2"),
+    (1, {"max_live_parameters": 10**9}, "zero_optimization.max_live_parameters: 1000000000 (unused at ZeRO-1"),
+    (2, {"offload_param": {"device": "cpu", "pin_memory": True}}, "zero_optimization.offload_param: parameter "
+                                                                  "offload to cpu (ZeRO-3 only"),
+], ids=["zero0-overlap", "zero0-buckets", "zero0-auto-bucket", "zero2-prefetch", "zero1-live", "zero2-param-offload"])
+def test_a_rendered_key_the_stage_does_not_read_is_dropped_with_a_note(stage: int, zero: dict, note: str) -> None:
+    imported = import_configs(None, {"zero_optimization": {"stage": stage, **zero}})
+    assert any(line.startswith(note) for line in imported.not_carried), imported.not_carried
+    spec = imported.document["spec"]
+    carried = spec.get("deepspeed", {}).get("config", {}).get("zero_optimization", {})
+    assert not set(zero) & set(carried) and "offload" not in spec
+
+
+def test_a_rendered_key_in_deepspeeds_other_spelling_goes_to_its_field() -> None:
+    imported = import_configs(None, {"zero_optimization": {"stage": 3, "prefetch_bucket_size": 5e7,
+                                                           "max_live_parameters": 1e9,
+                                                           "gather_16bit_weights_on_model_save": True}})
+    options = imported.document["spec"]["deepspeed"]
+    assert options["stage3_prefetch_bucket_size"] == 50_000_000 and options["stage3_max_live_parameters"] == 10**9
+    assert options["save_16bit_model"] is True and "config" not in options
+
+
+@pytest.mark.parametrize("ds,needle", [
+    ({"zero_optimization": {"stage": 2, "allgather_bucket_size": "auto"}}, 'allgather_bucket_size "auto"'),
+    ({"zero_optimization": {"stage": 0, "overlap_comm": "auto"}}, 'overlap_comm "auto"'),
+    ({"zero_optimization": {"stage": "auto"}}, 'stage "auto"'),
+    ({"zero_optimization": {"stage": 0, "offload_optimizer": {"device": "cpu"}}}, "optimizer offload needs ZeRO"),
+    ({"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}, "bf16": {"enabled": True}},
+     "fp16 and bf16 both enabled"),
+    ({"zero_optimization": {"stage": 3, "prefetch_bucket_size": 1, "stage3_prefetch_bucket_size": 2}},
+     "are one DeepSpeed setting"),
+], ids=["unfilled-auto", "auto-switch", "auto-stage", "zero0-offload", "fp16-and-bf16", "two-spellings"])
+def test_a_config_deepspeed_would_not_run_is_refused_with_the_reason(ds: dict, needle: str) -> None:
+    with pytest.raises(ImportRefused, match=needle):
+        import_configs(None, ds)
+
+
 def test_fsdp_without_wrap_policy_keeps_no_wrap() -> None:
     """accelerate runs NO_WRAP when fsdp_auto_wrap_policy is absent; shardctl's default would change that."""
     imported = import_configs({"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": {"fsdp_version": 2}})
@@ -120,6 +163,20 @@ def test_a_difference_is_listed() -> None:
 
 
 # -- the same setup, as accelerate's and DeepSpeed's own parsers read it --------------------------------------
+
+def _listed_keys(differences: list[str]) -> set[str]:
+    """The fields `import` listed as differing, whole: each line is `key: original -> rendered`."""
+    return {line.split(": ", 1)[0] for line in differences}
+
+
+def test_a_listed_key_covers_only_itself() -> None:
+    """A field listed as differing excuses that field alone, never a longer one it is a part of."""
+    listed = _listed_keys(["zero_optimization.offload_param: 'cpu' -> 'none'", "fp16: True -> False"])
+    assert listed == {"zero_optimization.offload_param", "fp16"}
+    assert "zero_optimization.offload_param" in listed
+    assert "zero_optimization.offload_param.pin_memory" not in listed
+    assert "offload_param" not in listed and "fp16.enabled" not in listed
+
 
 def _original_for_parsers(config: str | None, ds: str | None, imported, tmp_path: Path) -> Path:
     """The original as `accelerate launch` would get it: a JSON alone is run with a minimal accelerate config;
@@ -162,7 +219,7 @@ def test_parsers_read_the_same_setup(config: str | None, ds: str | None, options
     # A config without num_processes is launched with the flag (accelerate's Slurm example does so).
     flags = [] if "num_processes" in given or not config else ["--num_processes", str(spec.world_size)]
     original = real_setup(_original_for_parsers(config, ds, imported, tmp_path), flags, **fill)
-    listed = " ".join(imported.differences)
+    listed = _listed_keys(imported.differences)
     for key, value in original.items():
         if key == "json":
             continue

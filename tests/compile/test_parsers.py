@@ -13,21 +13,19 @@ import os
 from pathlib import Path
 from unittest import mock
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 
 from orchestrator.compile import compile_job
 from tests.helpers import valid_specs
 
-pytest.importorskip("accelerate")
-pytest.importorskip("deepspeed")
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-from accelerate.commands.config.config_args import load_config_from_file  # noqa: E402
-from accelerate.commands.launch import _validate_launch_command, launch_command_parser  # noqa: E402
-from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin  # noqa: E402
-from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env  # noqa: E402
-from deepspeed.runtime.config import DeepSpeedConfig  # noqa: E402
+# DeepSpeed picks its accelerator once, when it is first imported: CPU unless DS_ACCELERATOR says otherwise,
+# without leaving the variable set for the rest of the run (patch.dict puts the environment back).
+with mock.patch.dict(os.environ, {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+    from deepspeed.runtime.config import DeepSpeedConfig
 
 
 def deepspeed_parses(ds_config: dict, world_size: int) -> DeepSpeedConfig:

@@ -63,7 +63,6 @@ def test_switch_backend_drops_and_names_each_key() -> None:
 
 
 def test_static_lists_match_the_installed_deepspeed() -> None:
-    pytest.importorskip("deepspeed")
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
     from deepspeed.runtime.zero.offload_config import (
         DeepSpeedZeroOffloadOptimizerConfig,
@@ -79,7 +78,6 @@ def test_static_lists_match_the_installed_deepspeed() -> None:
 
 
 def test_fsdp_keys_match_accelerates_launcher() -> None:
-    pytest.importorskip("accelerate")
     from accelerate.commands.launch import launch_command_parser
 
     options = {a.dest for a in launch_command_parser()._actions if a.dest.startswith("fsdp_")}

@@ -187,7 +187,7 @@ def test_launch_leaves_multinode_values_to_the_target() -> None:
         c.launch.resolve({})
 
 
-# --- secrets by reference: each target takes the sources it can honour (finding 3)
+# --- secrets by reference: each target takes the sources it can honour
 @pytest.mark.parametrize("target,source,ok", [
     ("local", {"env": "HF_TOKEN"}, True), ("local", {"file": "s.env"}, True), ("local", {"secret": "hf"}, False),
     ("slurm", {"env": "HF_TOKEN"}, True), ("slurm", {"file": "s.env"}, True), ("slurm", {"secret": "hf"}, False),

@@ -9,13 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("kubernetes")
-from orchestrator.controller.cache import Cache  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.controller.test_controller import NS, POLICY, kube, submit, training_job  # noqa: E402
-from tests.fakekube.cluster import SimulatedCluster  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.cache import Cache
+from orchestrator.controller.loop import Controller
+from tests.controller.test_controller import NS, POLICY, kube, submit, training_job
+from tests.fakekube.cluster import SimulatedCluster
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 
 def obj(name: str, rv: int, ns: str = NS, **labels: str) -> dict:

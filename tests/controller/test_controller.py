@@ -9,19 +9,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
 
-pytest.importorskip("kubernetes")
-from kubernetes import client  # noqa: E402
-
-from orchestrator.controller.kube import KubeApi  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from orchestrator.controller.policy import Policy  # noqa: E402
-from orchestrator.controller.reconcile import Reconciler  # noqa: E402
-from orchestrator.spec.crd import GROUP, PLURAL, VERSION  # noqa: E402
-from orchestrator.targets.kubernetes import Deleted  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.loop import Controller
+from orchestrator.controller.policy import Policy
+from orchestrator.controller.reconcile import Reconciler
+from orchestrator.spec.crd import GROUP, PLURAL, VERSION
+from orchestrator.targets.kubernetes import Deleted
+from tests.fakekube.cluster import PodEnd, SimulatedCluster
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 NS = "ml"
 POLICY = Policy(imageRegistries=["registry.example.com"])  # the test jobs' image, nothing else beyond the defaults

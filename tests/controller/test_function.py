@@ -15,19 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
-pytest.importorskip("kubernetes")
-from kubernetes import client  # noqa: E402
-
-import shardctl  # noqa: E402
-from orchestrator.controller.kube import KubeApi  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from orchestrator.controller.policy import Policy, check  # noqa: E402
-from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, RESULT_TO_ENV, function_secret  # noqa: E402
-from orchestrator.spec.models import TrainingJob  # noqa: E402
-from tests.controller.test_controller import NS, POLICY, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
+import shardctl
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.loop import Controller
+from orchestrator.controller.policy import Policy, check
+from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, RESULT_TO_ENV, function_secret
+from orchestrator.spec.models import TrainingJob
+from tests.controller.test_controller import NS, POLICY, training_job
+from tests.fakekube.cluster import PodEnd, SimulatedCluster, write_kubeconfig
+from tests.fakekube.server import FakeApiServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

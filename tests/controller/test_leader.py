@@ -11,15 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from kubernetes import client
 
-pytest.importorskip("kubernetes")
-from kubernetes import client  # noqa: E402
-
-from orchestrator.controller.kube import KubeApi  # noqa: E402
-from orchestrator.controller.leader import LeaderElector  # noqa: E402
-from tests.controller.test_controller import NS, kube  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.leader import LeaderElector
+from tests.controller.test_controller import NS, kube
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 LEASE = "shardctl-controller"
 

@@ -84,7 +84,7 @@ def test_a_repository_prefix_allows_only_what_is_under_it() -> None:
      "spec.kubernetes.volumes[0].secret_name", "SecretNotAllowed"),
     ({"image": "docker.io/attacker/miner:1"}, "spec.kubernetes.image", "ImageNotAllowed"),
 ])
-def test_finding4_the_default_policy_allows_nothing_beyond_the_defaults(kubernetes: dict, field: str,
+def test_the_default_policy_allows_nothing_beyond_the_defaults(kubernetes: dict, field: str,
                                                                         reason: str) -> None:
     denials = check(REGISTRY, job(**kubernetes))
     assert [(d.field, d.reason) for d in denials] == [(field, reason)]

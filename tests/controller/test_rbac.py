@@ -1,4 +1,4 @@
-"""The chart's RBAC is exactly what the controller uses (issue 12, finding 4): every path of the controller runs
+"""The chart's RBAC is exactly what the controller uses: every path of the controller runs
 against the fake API server, which records each request as RBAC sees it (verb, group, resource, subresource,
 namespace, name), and the set of (group, resource, verb) used must equal the one the chart's Roles grant.
 conftest.py checks the other half on every test of this suite: no request the chart does not allow."""
@@ -8,18 +8,14 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
-pytest.importorskip("kubernetes")
-
-from orchestrator.controller.kube import USER_AGENT  # noqa: E402
-from orchestrator.controller.leader import LeaderElector  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from tests.charts.rbac_rules import chart_rules, grants, resource_of  # noqa: E402
-from tests.controller.test_controller import NS, POLICY, first_attempt_fails, kube, status, submit, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
-from tests.fakekube.server import RECORDERS, Call, FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.kube import USER_AGENT
+from orchestrator.controller.leader import LeaderElector
+from orchestrator.controller.loop import Controller
+from tests.charts.rbac_rules import chart_rules, grants, resource_of
+from tests.controller.test_controller import NS, POLICY, first_attempt_fails, kube, status, submit, training_job
+from tests.fakekube.cluster import PodEnd, SimulatedCluster
+from tests.fakekube.server import RECORDERS, Call, FakeApiServer
+from tests.helpers import wait_for
 
 
 def phase(server: FakeApiServer, name: str) -> str | None:
@@ -63,7 +59,7 @@ def every_path(server: FakeApiServer) -> None:
         election.join(5)
 
 
-def test_finding4_rbac_equals_verbs_used() -> None:
+def test_the_chart_rbac_equals_the_verbs_the_controller_uses() -> None:
     calls: list[Call] = []
 
     def record(call: Call) -> None:

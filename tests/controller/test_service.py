@@ -17,21 +17,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
-pytest.importorskip("kubernetes")
-pytest.importorskip("prometheus_client")
-from kubernetes import client  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from orchestrator.controller.health import Contact, Health, HealthServer, probe_api  # noqa: E402
-from orchestrator.controller.kube import KubeApi  # noqa: E402
-from orchestrator.controller.loop import Controller  # noqa: E402
-from orchestrator.controller.metrics import Metrics  # noqa: E402
-from orchestrator.controller.reconcile import Reconciler  # noqa: E402
-from tests.controller.test_controller import NS, POLICY, first_attempt_fails, kube, policy_file, submit  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.health import Contact, Health, HealthServer, probe_api
+from orchestrator.controller.kube import KubeApi
+from orchestrator.controller.loop import Controller
+from orchestrator.controller.metrics import Metrics
+from orchestrator.controller.reconcile import Reconciler
+from tests.controller.test_controller import NS, POLICY, first_attempt_fails, kube, policy_file, submit
+from tests.fakekube.cluster import PodEnd, SimulatedCluster
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,9 +170,8 @@ def test_the_chart_lints_with_the_service_monitor_on_and_probes_the_served_port(
     import asyncio
     import shutil
 
+    import helm_sdkpy as helm  # scripts/bootstrap installs helm-sdkpy
     import yaml
-
-    helm = pytest.importorskip("helm_sdkpy", reason="scripts/bootstrap installs helm-sdkpy")
     chart = ROOT / "charts" / "shardctl"
     copy = tmp_path / "shardctl"
     shutil.copytree(chart, copy)

@@ -1,4 +1,4 @@
-"""The TrainingJob author is not the controller (issue 12, finding 4), on the fake API server with the controller
+"""The TrainingJob author is not the controller, on the fake API server with the controller
 running: what the spec may ask of the pods is the platform team's policy, the pods run restricted, and a child
 is reused or deleted only when it is this TrainingJob's own."""
 
@@ -8,14 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("kubernetes")
-
-from orchestrator.controller.loop import Controller  # noqa: E402
-from orchestrator.controller.policy import AllowedToleration, Policy  # noqa: E402
-from tests.controller.test_controller import NS, POLICY, kube, status, submit, training_job  # noqa: E402
-from tests.fakekube.cluster import PodEnd, SimulatedCluster  # noqa: E402
-from tests.fakekube.server import FakeApiServer  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from orchestrator.controller.loop import Controller
+from orchestrator.controller.policy import AllowedToleration, Policy
+from tests.controller.test_controller import NS, POLICY, kube, status, submit, training_job
+from tests.fakekube.cluster import PodEnd, SimulatedCluster
+from tests.fakekube.server import FakeApiServer
+from tests.helpers import wait_for
 
 WITHIN_S = 10.0
 
@@ -59,7 +57,7 @@ def with_kubernetes(**options: object) -> dict:
     return body
 
 
-def test_finding4_priority_class_outside_policy_is_refused(api: FakeApiServer) -> None:
+def test_a_priority_class_outside_the_policy_is_refused(api: FakeApiServer) -> None:
     st = run_until(api, with_kubernetes(priority_class="system-cluster-critical"), "Failed")
     denied = condition(api, "PolicyDenied")
     assert denied and denied["status"] == "True" and denied["reason"] == "PriorityClassNotAllowed"
@@ -84,14 +82,14 @@ def test_finding4_priority_class_outside_policy_is_refused(api: FakeApiServer) -
                   {"name": "kubeconfig", "mount_path": "/creds", "secret_name": "platform-admin"}]},
      "SecretNotAllowed"),
 ])
-def test_finding4_what_the_policy_does_not_allow_is_refused_before_any_child(api: FakeApiServer, options: dict,
+def test_what_the_policy_does_not_allow_is_refused_before_any_child(api: FakeApiServer, options: dict,
                                                                              reason: str) -> None:
     run_until(api, with_kubernetes(**options), "Failed")
     assert condition(api, "PolicyDenied")["reason"] == reason
     assert not objects(api, "jobs", "batch") and not objects(api, "configmaps")
 
 
-def test_finding4_what_the_policy_allows_reaches_the_pods(api: FakeApiServer) -> None:
+def test_what_the_policy_allows_reaches_the_pods(api: FakeApiServer) -> None:
     policy = Policy(imageRegistries=["registry.example.com"], serviceAccounts=["trainer"], priorityClasses=["batch"],
                     tolerations=[AllowedToleration(key="pool", operator="Exists", effect="NoSchedule")],
                     secrets=["hf-token"])
@@ -107,7 +105,7 @@ def test_finding4_what_the_policy_allows_reaches_the_pods(api: FakeApiServer) ->
     assert condition(api, "PolicyDenied") is None
 
 
-def test_finding4_pods_pass_pod_security_restricted(api: FakeApiServer) -> None:
+def test_pods_pass_pod_security_restricted(api: FakeApiServer) -> None:
     """Pod Security `restricted` enforced on the namespace: the Job's pods are admitted, and get no token."""
     api.refuse_pods(NS)
     run_until(api, training_job(), "Succeeded")
@@ -117,7 +115,7 @@ def test_finding4_pods_pass_pod_security_restricted(api: FakeApiServer) -> None:
     assert not events(api, "FailedCreate")
 
 
-def test_finding4_foreign_configmap_is_not_used(api: FakeApiServer) -> None:
+def test_a_foreign_configmap_is_not_used(api: FakeApiServer) -> None:
     """A ConfigMap created under the attempt's name by someone else (no ownerReference to the TrainingJob) is
     neither mounted nor overwritten: the attempt waits, saying why, and runs once the name is free."""
     foreign = {"metadata": {"name": "llm-a1-config", "namespace": NS},
@@ -141,7 +139,7 @@ def test_finding4_foreign_configmap_is_not_used(api: FakeApiServer) -> None:
     assert api.store.created[("jobs", NS, "llm-a1")] == 1
 
 
-def test_finding4_foreign_children_are_not_deleted(api: FakeApiServer) -> None:
+def test_foreign_children_are_not_deleted(api: FakeApiServer) -> None:
     """A refused attempt's Service, ConfigMap and Job are removed by name: a namesake that is not this
     TrainingJob's (someone's Service llm-a1, someone's Job llm-a1) must survive it."""
     victim_service = {"metadata": {"name": "llm-a1", "namespace": NS},
@@ -159,7 +157,7 @@ def test_finding4_foreign_children_are_not_deleted(api: FakeApiServer) -> None:
     assert "Service llm-a1" in words and "Job llm-a1" in words
 
 
-def test_finding4_an_image_that_runs_as_root_fails_at_once_naming_the_fix(api: FakeApiServer) -> None:
+def test_an_image_that_runs_as_root_fails_at_once_naming_the_fix(api: FakeApiServer) -> None:
     """The pods must run as non-root: the kubelet refuses to start an image whose user is root, for good."""
     root = PodEnd(pending="CreateContainerConfigError", pending_message=(
         'container has runAsNonRoot and image will run as root (pod: "llm-a1-0_ml(1234)", container: trainer)'))

@@ -107,7 +107,7 @@ def test_a_suspended_job_says_it_waits_for_admission(tenant, controllers, kube: 
                  SHOWN_S, "the Job controller's Suspended condition")
         cond = wait_for(lambda: condition_matching(kube.status(ns, name), words), SHOWN_S,
                         "a TrainingJob condition saying it waits for admission")
-        assert "team-a" in cond["message"] or "admi" in cond["message"].lower(), cond
+        assert "LocalQueue team-a" in cond["message"] and "admit" in cond["message"], cond
         wait_for(lambda: event_matching(kube, ns, name, words, warning=False), SHOWN_S,
                  "an event saying it waits for admission")
         assert kube.status(ns, name).get("phase") not in ("Failed", "Succeeded")  # it waits: no failure

@@ -1,4 +1,4 @@
-"""The TrainingJob author is not the controller (issue 12, finding 4), against the real API server: the chart
+"""The TrainingJob author is not the controller, against the real API server: the chart
 installed in a namespace that enforces Pod Security `restricted` runs its jobs there (the real Job controller
 creates their pods without a FailedCreate), with the Roles Helm rendered from the chart's rule files; and a job
 asking for more than the chart's policy allows is refused before anything is created."""
@@ -19,7 +19,7 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
               "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-def test_finding4_pods_are_admitted_under_pod_security_restricted(tenant, controllers, kube: Kube) -> None:
+def test_pods_are_admitted_under_pod_security_restricted(tenant, controllers, kube: Kube) -> None:
     t = tenant(labels=RESTRICTED)
     roles = {o["metadata"]["name"]: o["rules"] for o in t.objects if o["kind"] == "Role"}
     assert sorted(roles.values(), key=len) == sorted(  # what Helm rendered is the rule files, verbatim
@@ -39,7 +39,7 @@ def test_finding4_pods_are_admitted_under_pod_security_restricted(tenant, contro
             assert not [v for v in pod.spec.volumes if v.projected]  # no token volume was injected
 
 
-def test_finding4_a_priority_class_outside_the_policy_is_refused_before_any_child(tenant, controllers,
+def test_a_priority_class_outside_the_policy_is_refused_before_any_child(tenant, controllers,
                                                                                   kube: Kube) -> None:
     t = tenant()
     c = controllers(t)

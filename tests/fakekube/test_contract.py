@@ -12,12 +12,10 @@ import json
 import threading
 
 import pytest
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
 
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client, watch  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
-
-from tests.fakekube.server import FakeApiServer  # noqa: E402
+from tests.fakekube.server import FakeApiServer
 
 G, V, P = "shardctl.dev", "v1alpha1", "trainingjobs"
 

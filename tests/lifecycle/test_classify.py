@@ -78,17 +78,17 @@ def test_cgroup_oom_kill_of_a_deepspeed_worker_captured_here() -> None:
 
 # Finding 6: classification reads what the run died of, not everything it printed.
 
-def test_finding6_keyerror_after_an_enomem_notice_is_a_user_error_not_host_oom() -> None:
+def test_a_keyerror_after_an_enomem_notice_is_a_user_error_not_host_oom() -> None:
     """The finding's script, captured: it logged 'Cannot allocate memory (falling back...)' and then raised
     KeyError on both ranks. It was relaunched 8 times as host_oom; it died of the KeyError."""
-    tail = read("finding6_keyerror_after_enomem_notice.txt")
+    tail = read("keyerror_after_enomem_notice.txt")
     assert "Cannot allocate memory" in tail
     f = classify(Outcome(exit_code=1, log_tail=tail))
     assert f.kind == "user_error" and not f.is_oom
     assert f.evidence == "KeyError: 'labels'"
 
 
-def test_finding6_a_notice_printed_between_a_peer_traceback_and_the_end_is_not_the_cause() -> None:
+def test_a_notice_printed_between_a_peer_traceback_and_the_end_is_not_the_cause() -> None:
     """Ranks interleave in one stream: rank 0 logs the notice after rank 1 died, then torchrun stops it."""
     tail = ("Traceback (most recent call last):\n  File \"/w/train.py\", line 7, in <module>\n"
             "    labels = batch[\"labels\"]\nKeyError: 'labels'\n"
@@ -144,3 +144,40 @@ def test_shardctls_own_refusal_to_start_is_a_user_error() -> None:
     tail = "[shardctl] cannot start the run: entrypoint.env_from: HF_TOKEN is not set in the environment\n"
     f = classify(Outcome(exit_code=2, log_tail=tail))
     assert f.kind == "user_error" and "HF_TOKEN" in f.evidence
+
+
+def test_srun_refusing_to_start_the_step_is_a_refusal_in_slurms_words() -> None:
+    """Captured on the dev cluster (DefMemPerCPU): an attempt submitted from inside an allocation that
+    leaked SLURM_MEM_PER_NODE into it. Slurm's words are the reason, and the policy never retries it."""
+    f = classify(Outcome(exit_code=1, log_tail=read("srun_fatal_mem_conflict.txt")))
+    assert f is not None and f.kind == "refused"
+    assert f.reason.startswith("Slurm's srun refused to start the job step: srun: fatal: SLURM_MEM_PER_CPU")
+    assert "mutually exclusive" in f.evidence
+
+
+@pytest.mark.parametrize("line", [
+    "srun: error: Unable to create step for job 41: Memory required by task is not available",
+    "srun: error: Unable to allocate resources: Invalid account or account/partition combination specified",
+    "srun: error: Invalid generic resource (gres) specification",
+    "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size "
+    "and/or time limits)",
+])
+def test_slurm_refusals_of_a_step_or_submission_are_refusals(line: str) -> None:
+    f = classify(Outcome(exit_code=1, log_tail=f"[shardctl] Slurm job 41 on node1\n{line}\n"))
+    assert f is not None and f.kind == "refused" and line in f.reason
+
+
+def test_srun_reporting_a_failed_worker_is_not_a_refusal() -> None:
+    """`srun: error: NODE: task N: Exited with exit code 1` is how srun reports the worker's own failure."""
+    tail = ("Traceback (most recent call last):\n  File \"train.py\", line 3, in <module>\nKeyError: 'lr'\n"
+            "srun: error: node1: task 0: Exited with exit code 1\n")
+    f = classify(Outcome(exit_code=1, log_tail=tail))
+    assert f is not None and f.kind == "user_error" and "KeyError" in f.evidence
+    bare = classify(Outcome(exit_code=1, log_tail="step 3/10\nsrun: error: node1: task 0: Exited with exit code 1\n"))
+    assert bare is not None and bare.kind == "unknown"
+
+
+def test_an_oom_kill_wins_over_the_refusal_it_may_print() -> None:
+    tail = "srun: error: Unable to create step for job 7: Job/step already completing or completed\n"
+    f = classify(Outcome(exit_code=0, signal=9, log_tail=tail, oom_killed=True))
+    assert f is not None and f.kind == "host_oom"

@@ -93,7 +93,7 @@ def test_quantities() -> None:
         parse_bytes("lots")
 
 
-# Issue 12, hostile and careless input: one regression test per finding.
+# Hostile and careless input: one test per way a file can be hostile.
 
 def _timed_problems(text: str) -> tuple[list[str], float]:
     import time
@@ -112,7 +112,7 @@ def _alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_finding_1_alias_bomb_is_refused_fast() -> None:
+def test_an_alias_bomb_is_refused_fast() -> None:
     bomb = _alias_bomb()
     assert len(bomb.encode()) < 400
     out, seconds = _timed_problems(bomb)
@@ -135,18 +135,18 @@ def test_finding_1_alias_bomb_is_refused_fast() -> None:
     ("x: &x v\ny: [" + ",".join(["*x"] * 6000) + "]\n", "YAML: more than 5000 values"),  # aliases count too
     ("---\n" * 6000, "YAML: more than 5000 values"),
 ])
-def test_finding_1_deep_recursive_and_huge_documents_are_refused_fast(text: str, needle: str) -> None:
+def test_deep_recursive_and_huge_documents_are_refused_fast(text: str, needle: str) -> None:
     out, seconds = _timed_problems(text)
     assert len(out) == 1 and needle in out[0], out
     assert seconds < 1.0
 
 
-def test_finding_1_an_anchor_on_a_scalar_may_be_repeated() -> None:
+def test_an_anchor_on_a_scalar_may_be_repeated() -> None:
     job = parse_spec_text(GOOD.replace("script: train.py", "script: &s train.py\n    args: [*s, *s]")).job
     assert job.spec.entrypoint.args == ["train.py", "train.py"]
 
 
-def test_finding_1_the_line_indexer_never_follows_an_alias() -> None:
+def test_the_line_indexer_never_follows_an_alias() -> None:
     from orchestrator.spec.loader import _index_lines, compose
 
     (node,) = compose("a: &x v\nb: [*x, *x]\nc: *x\n")
@@ -164,12 +164,12 @@ def test_finding_1_the_line_indexer_never_follows_an_alias() -> None:
     ("a: 1\n\x00", "job.yaml:2: YAML syntax error: unacceptable character U+0000"),
     ("a: 1\n? [x, y]\n: z\n", "YAML syntax error"),  # a list as a key: unhashable
 ])
-def test_finding_9_values_yaml_cannot_construct_are_one_line(text: str, needle: str) -> None:
+def test_values_yaml_cannot_construct_are_one_line(text: str, needle: str) -> None:
     out = problems(text)
     assert len(out) == 1 and needle in out[0] and "\n" not in out[0], out
 
 
-def test_finding_10_duplicate_keys_name_the_key_and_both_lines() -> None:
+def test_duplicate_keys_name_the_key_and_both_lines() -> None:
     out = problems(GOOD.replace("  precision:", "  backend: deepspeed\n  backend: fsdp\n  precision:"))
     assert out == ["job.yaml:12: spec.backend: duplicate key (also on line 11): YAML would keep only the last value, "
                    "so give it once"]
@@ -179,14 +179,14 @@ def test_finding_10_duplicate_keys_name_the_key_and_both_lines() -> None:
                    "so give it once"]
 
 
-def test_finding_10_a_volume_has_one_source() -> None:
+def test_a_volume_has_one_source() -> None:
     text = GOOD + ("  kubernetes:\n    volumes:\n      - {name: data, mount_path: /d, claim_name: pvc,"
                    " secret_name: token}\n")
     assert problems(text) == ["job.yaml:17: spec.kubernetes.volumes.0: a volume has one source, but claim_name and "
                               "secret_name are both set: use one volume per source"]
 
 
-def test_finding_10_schema_and_rule_errors_come_in_one_round() -> None:
+def test_schema_and_rule_errors_come_in_one_round() -> None:
     from orchestrator.compile import rules
 
     text = (GOOD.replace("name: demo", "name: Demo_1") + "  backend: fsdp\n  sharding: optimizer\n"
@@ -201,7 +201,7 @@ def test_finding_10_schema_and_rule_errors_come_in_one_round() -> None:
         [("spec.sharding", 16)]
 
 
-def test_finding_10_no_rule_verdict_rests_on_an_invalid_field() -> None:
+def test_no_rule_verdict_rests_on_an_invalid_field() -> None:
     """A rule that reads a field whose value was invalid would judge a default the user never wrote."""
     from orchestrator.compile import rules
     from orchestrator.spec.loader import InvalidFieldRead
@@ -234,7 +234,7 @@ _NAMES = {  # each field whose check is a pattern: a trailing newline must not p
 
 
 @pytest.mark.parametrize("field", sorted(_NAMES))
-def test_finding_5_names_refuse_a_trailing_newline(field: str) -> None:
+def test_names_refuse_a_trailing_newline(field: str) -> None:
     old, new = _NAMES[field]
     out = problems(GOOD.replace(old, new, 1))
     assert len(out) == 1 and out[0].split(": ")[1] == field, out
@@ -264,7 +264,7 @@ def test_finding_5_names_refuse_a_trailing_newline(field: str) -> None:
     ("sharding", '"-1"', "ZeRO stage '-1' does not exist"),
     ("sharding", "4", "ZeRO stage 4 does not exist"),
 ])
-def test_finding_7_numbers_are_finite_and_in_range(field: str, value: str, needle: str) -> None:
+def test_numbers_are_finite_and_in_range(field: str, value: str, needle: str) -> None:
     section, _, key = field.rpartition(".")
     text = GOOD + (f"  {section}: {{{key}: {value}}}\n" if section else f"  {key}: {value}\n")
     if section == "model":
@@ -273,7 +273,7 @@ def test_finding_7_numbers_are_finite_and_in_range(field: str, value: str, needl
     assert len(out) == 1 and f"spec.{field}" in out[0] and needle in out[0], out
 
 
-def test_finding_7_the_number_grammars() -> None:
+def test_sizes_and_counts_parse_with_units_and_refuse_the_rest() -> None:
     from orchestrator.spec.quantity import parse_bytes, parse_count
 
     assert parse_bytes("2304MiB") == 2304 * 2**20 and parse_bytes("1.5 Gi") == 3 * 2**29
@@ -290,7 +290,7 @@ def test_finding_7_the_number_grammars() -> None:
             parse_count(bad)
 
 
-def test_finding_9_special_files_are_refused_without_reading(tmp_path) -> None:
+def test_special_files_are_refused_without_reading(tmp_path) -> None:
     import os
     import time
 
@@ -306,7 +306,7 @@ def test_finding_9_special_files_are_refused_without_reading(tmp_path) -> None:
         assert needle in str(exc.value) and time.perf_counter() - start < 1.0
 
 
-def test_finding_9_the_read_is_bounded_whatever_the_size_says(tmp_path, monkeypatch) -> None:
+def test_the_read_is_bounded_whatever_the_size_says(tmp_path, monkeypatch) -> None:
     """/proc files say 0 bytes; the read itself stops at the limit."""
     import os
 
@@ -321,7 +321,7 @@ def test_finding_9_the_read_is_bounded_whatever_the_size_says(tmp_path, monkeypa
     assert "larger than 128 KiB" in str(exc.value)
 
 
-def test_finding_9_a_pipe_that_sends_nothing_is_given_up_on(tmp_path, monkeypatch) -> None:
+def test_a_pipe_that_sends_nothing_is_given_up_on(tmp_path, monkeypatch) -> None:
     import os
     import time
 
@@ -340,12 +340,12 @@ def test_finding_9_a_pipe_that_sends_nothing_is_given_up_on(tmp_path, monkeypatc
         os.close(writer)
 
 
-# Finding 3: secrets by reference. A value under entrypoint.env is copied everywhere; names that say
+# Secrets by reference. A value under entrypoint.env is copied everywhere; names that say
 # "credential" are refused there, and env_from items are one well-formed reference each.
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD",
                                   "hf_token", "DB_PASSWD", "MY_SECRET"])
-def test_finding3_a_secret_looking_value_under_env_is_refused_pointing_to_env_from(name: str) -> None:
+def test_a_secret_looking_value_under_env_is_refused_pointing_to_env_from(name: str) -> None:
     out = problems(GOOD.replace("    script: train.py\n", f"    script: train.py\n    env: {{{name}: hf_x}}\n"))
     assert len(out) == 1 and out[0].startswith(f"job.yaml:8: spec.entrypoint.env: {name} looks like a secret")
     assert "entrypoint.env_from" in out[0] and "hf_x" not in out[0]
@@ -353,12 +353,12 @@ def test_finding3_a_secret_looking_value_under_env_is_refused_pointing_to_env_fr
 
 @pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "GOOGLE_APPLICATION_CREDENTIALS",
                                   "HF_TOKEN_PATH", "SECRETS_DIR", "NCCL_IB_HCA", "MONKEY"])
-def test_finding3_names_that_only_point_at_secrets_are_plain_values(name: str) -> None:
+def test_names_that_only_point_at_secrets_are_plain_values(name: str) -> None:
     text = GOOD.replace("    script: train.py\n", f"    script: train.py\n    env: {{{name}: x}}\n")
     assert parse_spec_text(text).job.spec.entrypoint.env == {name: "x"}
 
 
-def test_finding3_env_from_items_are_one_reference_each_located_by_line() -> None:
+def test_env_from_items_are_one_reference_each_located_by_line() -> None:
     ok = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from:\n      - env: HF_TOKEN\n"
                       "      - file: ~/.config/shardctl/hf.env\n      - secret: wandb.creds\n"
                       "        keys: [WANDB_API_KEY]\n")
@@ -375,7 +375,7 @@ def test_finding3_env_from_items_are_one_reference_each_located_by_line() -> Non
     assert out[4].startswith("job.yaml:15: spec.entrypoint.env_from.4: an env_from item is exactly one of")
 
 
-def test_finding3_a_variable_given_twice_or_reserved_is_refused() -> None:
+def test_a_variable_given_twice_or_reserved_is_refused() -> None:
     twice = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from: [{env: HF_TOKEN}, "
                          "{secret: s, keys: [HF_TOKEN]}]\n")
     assert "HF_TOKEN is given twice" in problems(twice)[0]

@@ -101,8 +101,8 @@ def test_oom_falls_back_then_succeeds_with_reasons_recorded(store: Store, tmp_pa
     drive(sup)
     attempts = store.attempts(record.id)
     assert [a.state for a in attempts] == ["failed", "running"]
-    assert attempts[0].failure_kind == "host_oom" and attempts[0].peak_memory_bytes == 123
-    assert attempts[1].rung == "shard_more" and attempts[1].spec_data["spec"]["sharding"] == "full"
+    assert attempts[0].failure.kind == "host_oom" and attempts[0].peak_memory_bytes == 123
+    assert attempts[1].rung == "shard_more" and attempts[1].spec["spec"]["sharding"] == "full"
     assert "grad_op -> full" in attempts[1].reason and "host_oom" in attempts[1].reason
     target.results[2] = Outcome(exit_code=0)
     drive(sup)
@@ -137,6 +137,37 @@ def test_attempt_recorded_but_never_submitted_is_started_once(store: Store, tmp_
     drive(Supervisor(store, record.id, target))
     assert target.submits == {1: 1}
     assert [a.state for a in store.attempts(record.id)] == ["running"]
+
+
+def test_a_refusal_ends_the_attempt_and_no_answer_leaves_it_to_be_looked_up(tmp_path: Path) -> None:
+    """Refused (for good): the attempt ends refused and the job with it. Any other TargetError (Unavailable: no
+    answer, it may have been submitted): the attempt stays starting and the next step's recover looks it up."""
+    from orchestrator.errors import Refused, SlurmRefused, SlurmTimeout, Unavailable
+
+    class Answers(FakeTarget):
+        def __init__(self, error: Exception) -> None:
+            super().__init__()
+            self.error = error
+
+        def submit(self, dry: DryRun, ref: AttemptRef) -> str:
+            super().submit(dry, ref)
+            raise self.error
+
+    for i, error in enumerate([Refused("invalid partition"), SlurmRefused("sbatch: error: invalid partition: x")]):
+        store = Store(tmp_path / f"refused-{i}")
+        record, target = new_job(store, tmp_path), Answers(error)
+        drive(Supervisor(store, record.id, target))  # nothing is submitted again: the job ends
+        final = store.get_job(record.id)
+        assert [a.state for a in store.attempts(record.id)] == ["failed"] and final.state == "failed"
+        assert f"fake refused attempt 1: {error}" in final.reason and target.submits == {1: 1}
+    for i, error in enumerate([Unavailable("the API server did not answer"), SlurmTimeout("sbatch: timed out")]):
+        store = Store(tmp_path / f"no-answer-{i}")
+        record, target = new_job(store, tmp_path), Answers(error)
+        with pytest.raises(type(error)):
+            drive(Supervisor(store, record.id, target))
+        assert [a.state for a in store.attempts(record.id)] == ["starting"]
+        drive(Supervisor(store, record.id, target))  # the submit went through after all: adopted, not resubmitted
+        assert [a.state for a in store.attempts(record.id)] == ["running"] and target.submits == {1: 1}
 
 
 def test_attempt_that_ended_while_no_supervisor_ran_is_classified_once(store: Store, tmp_path: Path) -> None:
@@ -251,7 +282,7 @@ def test_on_gpus_the_first_attempt_starts_where_the_planner_says(store: Store, t
     Supervisor(store, record.id, FakeTarget()).advance()
     first = store.attempts(record.id)[0]
     assert first.reason.startswith("planned:") and first.rung.startswith("plan:")
-    assert first.spec_data["spec"]["offload"]["optimizer"] == "cpu"
+    assert first.spec["spec"]["offload"]["optimizer"] == "cpu"
     off = j.with_spec(fallback=j.spec.fallback.model_copy(update={"plan": "off"}))
     record = store.create_job(name="u", target="fake", spec=job_to_json(off), source=None, workdir=str(tmp_path),
                               checkpoint_dir=str(tmp_path / "ckpt2"))
@@ -278,8 +309,18 @@ class CrashingStore(Store):
         self._after_write()
         return out
 
-    def update_attempt(self, *args, **kwargs) -> bool:
-        out = super().update_attempt(*args, **kwargs)
+    def start_attempt(self, *args, **kwargs) -> bool:
+        out = super().start_attempt(*args, **kwargs)
+        self._after_write()
+        return out
+
+    def end_attempt(self, *args, **kwargs) -> bool:
+        out = super().end_attempt(*args, **kwargs)
+        self._after_write()
+        return out
+
+    def note_attempt(self, *args, **kwargs) -> bool:
+        out = super().note_attempt(*args, **kwargs)
         self._after_write()
         return out
 
@@ -504,7 +545,7 @@ def test_four_hosts_stepping_one_job_submit_each_attempt_once(tmp_path: Path) ->
     submits = sorted(p.name.split("-")[1] for p in targets.glob("submit-*"))
     assert submits == ["1", "2"]  # each attempt submitted exactly once, by whichever host recorded it
     attempts = store.attempts(record.id)
-    assert [(a.state, a.failure_kind) for a in attempts] == [("failed", "host_oom"), ("succeeded", None)]
+    assert [(a.state, a.failure and a.failure.kind) for a in attempts] == [("failed", "host_oom"), ("succeeded", None)]
     assert results == ["succeeded"] * 4 and store.get_job(record.id).reason == "attempt 2 succeeded"
 
 

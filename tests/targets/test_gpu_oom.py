@@ -24,6 +24,7 @@ def cuda_available() -> bool:
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(3300)  # the run's own limit is 3000 s
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 def test_7b_zero2_ooms_then_recovers_with_offload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))

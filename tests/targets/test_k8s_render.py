@@ -126,7 +126,7 @@ def test_render_command_writes_one_multi_document_file(tmp_path: Path) -> None:
         (tmp_path / "manifests.yaml").read_text()
 
 
-def test_finding3_env_from_secrets_are_references_in_the_job() -> None:
+def test_env_from_secrets_are_references_in_the_job() -> None:
     spec = kube_job(entrypoint={"script": "t.py", "env_from": [
         {"secret": "hf-credentials"}, {"secret": "wandb", "keys": ["WANDB_API_KEY"]}]})
     objects, _ = manifests(spec)

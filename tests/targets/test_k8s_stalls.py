@@ -320,7 +320,6 @@ def test_without_a_job_its_pods_are_still_read_and_a_naive_now_is_utc() -> None:
 
 
 # -- through the fake cluster and the official client, as the controller will read them ----------------------------
-kubernetes = pytest.importorskip("kubernetes")
 
 
 @pytest.fixture()

@@ -60,11 +60,11 @@ def every_file(*roots: Path) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_finding3_env_from_values_never_on_disk(tmp_path: Path) -> None:
+def test_env_from_values_never_on_disk(tmp_path: Path) -> None:
     """A real local job takes HF_TOKEN from the submitting shell and WANDB_API_KEY from a private file: the
     script sees both, and no file shardctl wrote (state, records, launch.sh, logs), nor its --json output,
-    holds either value. All of it is private although the umask is 022 (test_finding3_state_files_...)."""
-    pytest.importorskip("accelerate")
+    holds either value. All of it is private although the umask is 022
+    (test_state_files_private_under_umask_022)."""
     home = tmp_path / "state"
     (tmp_path / "check.py").write_text(SCRIPT)
     env_file = tmp_path / "wandb.env"
@@ -93,7 +93,7 @@ def test_finding3_env_from_values_never_on_disk(tmp_path: Path) -> None:
     assert not not_private, not_private
 
 
-def test_finding3_a_missing_variable_or_shared_file_is_refused_at_submit(tmp_path: Path) -> None:
+def test_a_missing_variable_or_shared_file_is_refused_at_submit(tmp_path: Path) -> None:
     """Nothing is recorded: one located line per source, naming the field, never a value."""
     (tmp_path / "check.py").write_text(SCRIPT)
     env_file = tmp_path / "wandb.env"
@@ -114,7 +114,7 @@ def test_finding3_a_missing_variable_or_shared_file_is_refused_at_submit(tmp_pat
     assert not (tmp_path / "state" / "jobs").exists() or not any((tmp_path / "state" / "jobs").iterdir())
 
 
-def test_finding3_state_files_private_under_umask_022(tmp_path: Path) -> None:
+def test_state_files_private_under_umask_022(tmp_path: Path) -> None:
     """Everything the local target writes for an attempt (configs, launch.sh, the request, the wrapper's
     records and logs) and the directories on the way are private, whatever the umask."""
     old = os.umask(0o022)
@@ -148,7 +148,7 @@ def wait_ended(target: LocalTarget, external_id: str, ref: AttemptRef, timeout: 
     raise AssertionError("the attempt did not end")
 
 
-def test_finding11_stale_exit_record_not_read(tmp_path: Path) -> None:
+def test_a_stale_exit_record_of_an_earlier_launch_is_not_read(tmp_path: Path) -> None:
     """A relaunch of the same attempt (its first launch's record still around, or written late by the first
     wrapper) is watched by its own records only: it is running until it ends, then ends with its own code."""
     target = LocalTarget(cpu=True)

@@ -10,8 +10,6 @@ import pytest
 from orchestrator.spec import parse_spec_text
 from orchestrator.targets import local
 
-pytest.importorskip("accelerate")
-pytest.importorskip("deepspeed")
 ROOT = Path(__file__).resolve().parents[2]
 
 SPEC = """
@@ -82,7 +80,6 @@ spec:
 @pytest.mark.slow
 def test_gpu_example_script_runs_its_tiny_preset_on_cpu(tmp_path: Path) -> None:
     """examples/train_llama.py (the 7B GPU example's script) is exercised here at a tiny size."""
-    pytest.importorskip("transformers")
     out = run_spec(LLAMA, tmp_path / "llama", tmp_path / "ckpt", 29613)
     assert "llama tiny" in out and "step 2/2" in out and "training complete" in out
     assert (tmp_path / "ckpt/latest.json").exists()

@@ -106,3 +106,40 @@ def test_polling_many_jobs_is_one_sacct_call(slurm_cluster: str, tmp_path: Path,
     assert calls.count("sacct") == 1, calls
     assert all(info is not None and info.phase in ("pending", "running", "ended") for info in seen.values())
     subprocess.run(["scancel", *ids], check=False)
+
+
+def _answering(bin_dir: Path, name: str, words: str, code: int = 1) -> None:
+    """A stand-in Slurm command that prints `words` on stderr and exits `code` (no cluster needed)."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / name
+    script.write_text(f"#!/bin/sh\necho '{words}' >&2\nexit {code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_a_failing_read_is_unavailable_and_a_refused_sbatch_is_refused(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """sacct or squeue failing refuses nothing (retry later); sbatch's refusal is for good. Slurm's words stand."""
+    from orchestrator.errors import Refused, SlurmRefused, SlurmUnavailable, SubmitError, Unavailable
+    from orchestrator.targets import slurm_accounting
+    from orchestrator.targets.slurm import sbatch
+    from orchestrator.targets.slurm_accounting import run_slurm
+
+    bin_dir = tmp_path / "bin"
+    _answering(bin_dir, "sacct", "sacct: error: Problem talking to the database: Connection refused")
+    _answering(bin_dir, "sbatch", "sbatch: error: invalid partition specified: nope")
+    monkeypatch.setenv("PATH", str(bin_dir))  # nothing else: sinfo is missing
+    monkeypatch.setattr(slurm_accounting.time, "sleep", lambda _s: None)  # the retries' pauses
+
+    poller = Poller()
+    poller.watch(["7"])
+    with pytest.raises(SlurmUnavailable) as read:
+        poller.refresh()  # after its retries
+    assert isinstance(read.value, Unavailable) and not isinstance(read.value, Refused | SubmitError)
+    assert str(read.value) == "sacct -n: sacct: error: Problem talking to the database: Connection refused"
+    with pytest.raises(SlurmUnavailable, match=r"^sinfo not found: is this a Slurm login node"):
+        run_slurm(["sinfo", "-h"], retries=0)
+
+    with pytest.raises(SlurmRefused) as refused:
+        sbatch([str(tmp_path / "job.sbatch")])
+    assert isinstance(refused.value, SubmitError) and not isinstance(refused.value, Unavailable)
+    assert str(refused.value) == "sbatch: error: invalid partition specified: nope"

@@ -157,7 +157,7 @@ def test_usr1_before_the_time_limit_asks_for_a_checkpoint_and_the_step_status_su
     assert (tmp_path / "checkpoint-requested").exists() and "requesting a checkpoint" in out
 
 
-def test_finding3_env_from_reaches_the_job_by_name_and_the_file_on_the_node(tmp_path: Path) -> None:
+def test_env_from_reaches_the_job_by_name_and_the_file_on_the_node(tmp_path: Path) -> None:
     """A shell variable is named in --export (of the attempt and of its judge, which submits the next one);
     a file is read by the batch script on the node: job.sbatch holds names and a path, no value, and the
     accelerate stand-in sees both values."""

@@ -118,7 +118,7 @@ def _check_attempt(v: Verdict, job_id: str, a: Any, winner: str, events: list[di
     if not any(_matches(a, c) for c in candidates):
         want = " or ".join(_describe(c) for c in candidates)
         v.violations.append(f"{where}: holds state={a.state} external_id={a.external_id} "
-                            f"failure_kind={a.failure_kind} ended_at={a.ended_at}; its winner wrote {want}")
+                            f"failure_kind={_kind(a)} ended_at={a.ended_at}; its winner wrote {want}")
 
 
 def _matches(a: Any, e: dict[str, Any] | None) -> bool:
@@ -126,8 +126,12 @@ def _matches(a: Any, e: dict[str, Any] | None) -> bool:
         return a.state == "starting" and a.external_id is None
     if e["ev"].startswith("running"):
         return a.state == "running" and a.external_id == e["external_id"] and a.ended_at is None
-    return (a.state == e["state"] and a.failure_kind == e["failure_kind"] and a.ended_at == e["ended_at"]
+    return (a.state == e["state"] and _kind(a) == e["failure_kind"] and a.ended_at == e["ended_at"]
             and a.external_id is not None)
+
+
+def _kind(a: Any) -> str | None:
+    return a.failure.kind if a.failure else None
 
 
 def _describe(e: dict[str, Any] | None) -> str:

@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.store import Store
-from tests.targets.test_slurm_cluster import cancel_while_training, cli, spec_file, submit
+from tests.targets.test_slurm_cluster import (
+    cancel_while_training,
+    cli,
+    default_memory_oom,
+    site_profile,  # noqa: F401 - a fixture (the cluster runs the site profile)
+    submit,
+    submitting_shell,
+)
 from tests.twohosts.conftest import TwoHosts
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -63,13 +70,12 @@ def bound(two_hosts: TwoHosts, slurm_cluster: str, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture()
-def home(two_hosts: TwoHosts, bound: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    """SHARDCTL_HOME on the shared filesystem, through host A's mount for this process and the CLI."""
-    path = Path(two_hosts.fresh_dir("slurm-home")) / "state"
-    monkeypatch.setenv("SHARDCTL_HOME", str(path))
-    monkeypatch.setenv("SHARDCTL_FORCE_CPU", "1")  # the dev cluster's GPUs are fake: train on CPU processes
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    return path
+def home(two_hosts: TwoHosts, bound: dict[str, str], request: pytest.FixtureRequest,
+         monkeypatch: pytest.MonkeyPatch) -> Path:
+    """SHARDCTL_HOME on the shared filesystem, through host A's mount for this process and the CLI, which runs
+    from the same submitting shell as tests/targets/test_slurm_cluster.py's."""
+    request.getfixturevalue("site_profile")  # the cluster runs the site profile
+    return submitting_shell(monkeypatch, Path(two_hosts.fresh_dir("slurm-home")) / "state")
 
 
 def test_premise_jobs_on_the_cluster_see_host_b_at_host_a_path(two_hosts: TwoHosts, bound: dict[str, str]) -> None:
@@ -98,25 +104,27 @@ def who_wrote(hosts: TwoHosts, home: Path, job_id: str, judge_logs: list[Path]) 
 
 
 def test_oom_fallback_judged_through_b_while_the_cli_reads_through_a(two_hosts: TwoHosts, home: Path) -> None:
-    """As tests/targets/test_slurm_cluster.py's OOM test, with a CLI reading (and making moves inline) through
-    host A every few seconds while the judges record attempt 1's end and submit attempt 2 through host B."""
-    job_id = submit(spec_file(home.parent, "oom-fallback.yaml"))
+    """The README's OOM example on one node with the site's default memory (DefMemPerCPU x 2 CPUs: 2 GiB), with
+    a CLI reading (and making moves inline) through host A every few seconds while the judges record attempt
+    1's end and submit attempt 2 through host B, from inside their own allocations."""
+    job_id = submit(default_memory_oom(home.parent, **{"resources.cpus_per_node": 2}))
     store = Store(home)
     deadline = time.monotonic() + 480
     reads = 0
     while not store.get_job(job_id).terminal:
-        assert time.monotonic() < deadline, [(a.number, a.state, a.failure_kind) for a in store.attempts(job_id)]
+        assert time.monotonic() < deadline, [(a.number, a.state, a.failure) for a in store.attempts(job_id)]
         r = cli("status", job_id, "--json")
         assert r.returncode == 0, r.stderr
         reads += 1
         time.sleep(3)
     job, attempts = store.get_job(job_id), store.attempts(job_id)
-    assert job.state == "succeeded", [(a.failure_kind, a.failure_reason) for a in attempts]
-    assert [(a.number, a.state.value, a.failure_kind) for a in attempts] == [(1, "failed", "host_oom"),
+    assert job.state == "succeeded", [a.failure for a in attempts]
+    assert [(a.number, a.state.value, a.failure and a.failure.kind) for a in attempts] == [(1, "failed", "host_oom"),
                                                                             (2, "succeeded", None)]
-    assert "OUT_OF_MEMORY" in (attempts[0].failure_reason or "")
+    assert attempts[0].failure is not None and "OUT_OF_MEMORY" in attempts[0].failure.reason
     assert attempts[1].rung == "activation_checkpointing" and (attempts[1].resume_from or "").startswith("step_8")
-    assert "resumed from" in Path(attempts[1].log_path).read_text()
+    log = Path(attempts[1].log_path).read_text()
+    assert "resumed from" in log and "srun: fatal" not in log
     names = attempt_files(two_hosts, home, job_id)
     writers = who_wrote(two_hosts, home, job_id, [Path(a.run_dir) / "judge.log" for a in attempts])
     # the judges (on the nodes, through B) and the CLI (here, through A) race for the same moves; each claim has

@@ -36,12 +36,9 @@ MOVES = 200
 CREATE_S = 30
 
 
-def _new_store_ready() -> bool:
-    """The directory store replaces SQLite in orchestrator/store.py; until then only the legacy side runs."""
-    return "import sqlite3" not in (REPO / "orchestrator" / "store.py").read_text()
-
-
-needs_new_store = pytest.mark.skipif(not _new_store_ready(), reason="orchestrator/store.py is still the SQLite store")
+# The SQLite negative controls (the legacy store, tests/legacy_sqlite_store.py): deselected unless
+# SHARDCTL_SQLITE_CONTROLS=1 (tests/conftest.py).
+LEGACY = pytest.param("legacy", marks=[pytest.mark.sqlite_control, pytest.mark.timeout(1800)])
 
 
 @dataclass
@@ -122,7 +119,7 @@ def moves_made(storm: Storm) -> dict[str, dict[str, int]]:
     return {e["w"]: e["counts"] for e in storm.logs() if e["ev"] == "stop"}
 
 
-@pytest.mark.parametrize("kind", [pytest.param("new", marks=needs_new_store), "legacy"])
+@pytest.mark.parametrize("kind", ["new", LEGACY])
 def test_200_concurrent_moves_from_each_host_lose_and_repeat_nothing(two_hosts: TwoHosts, tmp_path: Path,
                                                                      kind: str) -> None:
     """On the new store the checker finds nothing; on the SQLite store it must find something (its
@@ -150,6 +147,7 @@ def test_200_concurrent_moves_from_each_host_lose_and_repeat_nothing(two_hosts: 
         pytest.fail("the SQLite store passed three two-host runs: this checker cannot tell a broken store")
 
 
+@pytest.mark.sqlite_control
 def test_the_checker_passes_the_sqlite_store_on_one_host(two_hosts: TwoHosts, tmp_path: Path) -> None:
     """The control: the same two workers on ONE host share its lock table, where SQLite is correct; the
     checker then finds nothing, so what it finds across two hosts is the hosts' doing, not its own."""
@@ -161,7 +159,6 @@ def test_the_checker_passes_the_sqlite_store_on_one_host(two_hosts: TwoHosts, tm
     assert writers == {"A", "B"}  # both wrote: the run was not one worker alone
 
 
-@needs_new_store
 def test_a_host_killed_mid_run_is_replaced_and_the_jobs_end_consistently(two_hosts: TwoHosts,
                                                                           tmp_path: Path) -> None:
     """Host B's worker is SIGKILLed mid-run while A goes on; B restarted (its claims recovered from
@@ -193,7 +190,7 @@ def test_a_host_killed_mid_run_is_replaced_and_the_jobs_end_consistently(two_hos
     assert recovered, "the restarted worker did not read its log"
 
 
-@pytest.mark.parametrize("kind", [pytest.param("new", marks=needs_new_store), "legacy"])
+@pytest.mark.parametrize("kind", ["new", LEGACY])
 def test_real_supervisors_on_both_hosts_submit_each_attempt_once(two_hosts: TwoHosts, tmp_path: Path,
                                                                  kind: str) -> None:
     """Supervisor.advance() from both hosts at once on the same 20 jobs (attempt 1 dies of host OOM,
@@ -241,7 +238,7 @@ def _supervised_problems(storm: Storm, submits: list[dict[str, Any]]) -> list[st
         except Exception as exc:
             problems.append(f"job {job_id}: unreadable: {exc}")
             continue
-        states = [(a.number, a.state, a.failure_kind) for a in attempts]
+        states = [(a.number, a.state, a.failure and a.failure.kind) for a in attempts]
         if record.state != JobState.SUCCEEDED or states != [(1, AttemptState.FAILED, "host_oom"),
                                                             (2, AttemptState.SUCCEEDED, None)]:
             problems.append(f"job {job_id}: {record.state} ({record.reason}) with attempts {states}")
@@ -250,7 +247,6 @@ def _supervised_problems(storm: Storm, submits: list[dict[str, Any]]) -> list[st
     return problems
 
 
-@needs_new_store
 def test_a_record_is_published_once_across_the_hosts(two_hosts: TwoHosts) -> None:
     """The store's one claim primitive, through two clients: the first link wins and is told so, the
     other host's link onto the same name loses and is told so, and the winner's content stands."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import StoreError
+from orchestrator.spec.failure import Failure
 
 MAX_ATTEMPTS = 8
 FAILURE_KINDS = ("host_oom", "cuda_oom", "preempted", "timeout")
@@ -173,7 +174,7 @@ class Mover:
         self.mine[(job_id, number)] = token
         external_id = f"ext-{token}"  # submitted, then recorded: the supervisor's launch()
         self.log("running-do", job=job_id, n=number, external_id=external_id)
-        self.store.update_attempt(job_id, number, state="running", external_id=external_id, started_at=time.time())
+        self.store.start_attempt(job_id, number, external_id=external_id, started_at=time.time())
         self.log("running-done", job=job_id, n=number, external_id=external_id)
         return "claim"
 
@@ -183,8 +184,7 @@ class Mover:
         if attempt.state == "starting":  # killed between the claim and marking it running
             external_id = f"ext-{self.mine[key]}"
             self.log("running-do", job=job.id, n=attempt.number, external_id=external_id)
-            self.store.update_attempt(job.id, attempt.number, state="running", external_id=external_id,
-                                      started_at=time.time())
+            self.store.start_attempt(job.id, attempt.number, external_id=external_id, started_at=time.time())
             self.log("running-done", job=job.id, n=attempt.number, external_id=external_id)
             return "adopt"
         if key in self.ended or attempt.ended:
@@ -200,8 +200,8 @@ class Mover:
         ended_at = time.time()
         self.log("end-do", job=job.id, n=attempt.number, state=state, failure_kind=kind, ended_at=ended_at)
         self.ended.add(key)
-        self.store.update_attempt(job.id, attempt.number, state=state, ended_at=ended_at, failure_kind=kind,
-                                  failure_reason=f"{state} [{self.log.name}]")
+        failure = Failure(kind, f"{state} [{self.log.name}]") if kind else None
+        self.store.end_attempt(job.id, attempt.number, state, failure, ended_at=ended_at)
         self.log("end-done", job=job.id, n=attempt.number, state=state, failure_kind=kind, ended_at=ended_at)
         return "end"
 

@@ -1,0 +1,81 @@
+"""How an attempt failed: one value, with one JSON form, for every record and view that holds it.
+
+The classifier (lifecycle/classify.py) makes it; the job store keeps it with the attempt's end, the
+TrainingJob status holds it (the CRD's schema of `failure` is generated from this class), the targets
+carry it in their snapshots and `--json` shows it. Each of them writes `to_json()` and reads
+`from_json()`:
+
+    {"kind": "host_oom", "reason": "killed by the out-of-memory killer ...", "evidence": "oom_kill event"}
+
+A success has no failure (null). Earlier versions wrote a success as the kind "succeeded" (the
+TrainingJob status, the SQLite store): it is read as no failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import Field, WithJsonSchema
+
+from orchestrator.spec.states import AttemptState, FailureKind
+
+__all__ = ["Failure"]
+
+_SUCCEEDED = "succeeded"  # how earlier versions wrote "no failure"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt did not succeed (a success has no Failure)."""
+
+    # a plain string in the CRD's schema, as it always was: the controller reads it with from_json
+    kind: Annotated[FailureKind, WithJsonSchema({"type": "string"}), Field(
+        description="How the attempt failed: cuda_oom, host_oom, preempted, timeout, cancelled, user_error, "
+                    "refused or unknown. An attempt that succeeded has no failure.")]
+    reason: Annotated[str, Field(description="One line: why the attempt ended so.")] = ""
+    evidence: Annotated[str, Field(description="The log line or fact that decided it.")] = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", FailureKind(self.kind))  # ValueError for a kind no shardctl writes
+
+    @property
+    def is_oom(self) -> bool:
+        return self.kind.is_oom
+
+    @property
+    def end_state(self) -> AttemptState:
+        """The state an attempt ends in after this."""
+        return AttemptState.CANCELLED if self.kind is FailureKind.CANCELLED else AttemptState.FAILED
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind.value, "reason": self.reason, "evidence": self.evidence}
+
+    @staticmethod
+    def from_json(data: Any) -> Failure | None:
+        """The failure `to_json` wrote; None for none (null, or an earlier version's kind "succeeded").
+        ValueError when it is not one (a kind no shardctl writes, a field of another type): a damaged record."""
+        if data is None or isinstance(data, Failure):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a failure is an object, not {type(data).__name__}")
+        if data.get("kind") == _SUCCEEDED:
+            return None
+        kind, reason, evidence = (_text(data, name) for name in ("kind", "reason", "evidence"))
+        return Failure(FailureKind(kind), reason, evidence)
+
+    @staticmethod
+    def of_attempt(state: AttemptState, failure: Failure | None) -> Failure | None:
+        """How an attempt in `state` failed, as the fallback policy reads it: None while it is open or once it
+        succeeded; an unsuccessful end recorded without its failure counts as unknown."""
+        if not state.ended or state is AttemptState.SUCCEEDED:
+            return None
+        return failure or Failure(FailureKind.UNKNOWN, "")
+
+
+def _text(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str):
+        raise ValueError(f"failure.{name} is {type(value).__name__}, not str")
+    return value
