@@ -2,7 +2,7 @@
 
 Needs the development cluster (slurm/dev/cluster up). Submits held jobs (`sbatch --hold`: they
 stay PENDING and use nothing), then, for 1, 50 and 200 watched jobs, polls them the way
-shardctl does (Poller.refresh: one `sacct -j ID,ID,...`) and the naive way (one sacct per job),
+shardctl does (Poller.poll: one `sacct -j ID,ID,...`) and the naive way (one sacct per job),
 interleaved, several rounds. sacct calls are counted by a shim on PATH that logs every real
 invocation, not by the poller's own counter.
 
@@ -42,7 +42,7 @@ def calls(log: Path) -> int:
 def batched(ids: list[str]) -> None:
     poller = Poller(interval_s=0)
     poller.watch(ids)
-    found = poller.refresh()
+    found = poller.poll()
     assert len(found) == len(ids), (len(found), len(ids))
 
 

@@ -34,7 +34,7 @@ from orchestrator.errors import (
     located,
 )
 from orchestrator.overrides import Override, OverrideError, apply_loaded, as_overrides, locate
-from orchestrator.spec.loader import LoadedSpec, SpecError, _friendly, _loc_to_path
+from orchestrator.spec.loader import LoadedSpec, SpecError, friendly_message, loc_to_path
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import JobState
 
@@ -84,7 +84,7 @@ def _loaded(source: SpecSource) -> LoadedSpec:
             return LoadedSpec(job=TrainingJob.model_validate(dict(source)), source="<python>", lines={})
         except ValidationError as exc:
             raise InvalidSpec(list(dict.fromkeys(
-                f"<python>: {_loc_to_path(e['loc']) or 'spec'}: {_friendly(e)}" for e in exc.errors()))) from None
+                f"<python>: {loc_to_path(e['loc']) or 'spec'}: {friendly_message(e)}" for e in exc.errors()))) from None
     from orchestrator.spec import load_spec
 
     try:
@@ -142,7 +142,7 @@ def build(data: Mapping[str, Any]) -> TrainingJob:
     return load(data)
 
 
-def render(checked: Checked, run_dir: str) -> DryRun:
+def dry_run_checked(checked: Checked, run_dir: str) -> DryRun:
     """Exactly what attempt 1 would submit (the dry run); raises InvalidSpec when it cannot compile."""
     import os
 
@@ -216,10 +216,10 @@ class Job:
     def refresh(self) -> None:
         """Move an unfinished job on, or read its record back from its target; a target that cannot be
         asked is a note (the stored record stands), as with the CLI."""
-        from orchestrator.jobs import refresh
+        from orchestrator.jobs import catch_up
 
         try:
-            note = refresh(self.store, self.record(), self.cluster)
+            note = catch_up(self.store, self.record(), self.cluster)
         except TargetError as exc:
             note = f"warning: could not ask the target: {exc}"
         if note:
@@ -241,15 +241,15 @@ class Job:
 
     def wait(self, timeout: float | None = None, poll_s: float | None = None) -> JobState:
         """Block until the job ends; its final state. WaitTimeout after `timeout` seconds (the job goes on)."""
-        from orchestrator.jobs import driving, target_of
+        from orchestrator.jobs import driver_of, target_of
 
         record = self.record()
-        drive = driving(target_of(record, self.cluster))
-        every = poll_s if poll_s is not None else min(drive.refresh_every_s, 2.0)
+        driver = driver_of(target_of(record, self.cluster))
+        every = poll_s if poll_s is not None else min(driver.catch_up_every_s, 2.0)
         deadline = None if timeout is None else time.monotonic() + timeout
         last_refresh = float("-inf")
         while not record.terminal:
-            if time.monotonic() - last_refresh >= drive.refresh_every_s:
+            if time.monotonic() - last_refresh >= driver.catch_up_every_s:
                 self.refresh()
                 last_refresh = time.monotonic()
             record = self.record()
@@ -264,13 +264,13 @@ class Job:
         """An attempt's output lines (default: the latest); follow=True yields every attempt's lines as they
         come, `[shardctl] ...` event lines between them, until the job ends (as `shardctl logs -f`)."""
         if follow:
-            from orchestrator.follow import events
+            from orchestrator.follow import Line, Note, events
 
-            for kind, payload in events(self.store, self.id, overrides=self.cluster):
-                if kind == "event":
-                    yield f"[shardctl] {payload}"
-                elif kind == "line":
-                    yield payload[1]  # type: ignore[index]  # ("line", (attempt, text)); a "tick" is no line
+            for event in events(self.store, self.id, overrides=self.cluster):
+                if isinstance(event, Note):
+                    yield f"[shardctl] {event.text}"
+                elif isinstance(event, Line):
+                    yield event.text  # a Tick is no line
             return
         from orchestrator.jobs import ref_of, target_of
 
@@ -294,14 +294,14 @@ class Job:
         """The final attempt's outcome, as its job's driver reads it: from its run directory, or, for a job run by
         a cluster's controller, from the marked lines of its rank-0 pod's log (unpickled: as trusted as the
         function itself)."""
-        from orchestrator.jobs import driving, target_of
+        from orchestrator.jobs import driver_of, target_of
 
         attempts = self.store.attempts(self.id)
         if not attempts:
             return None
         record = self.record()
         target = target_of(record, self.cluster)
-        return driving(target).outcome(target, record, attempts[-1])
+        return driver_of(target).outcome(target, record, attempts[-1])
 
     def result(self, timeout: float | None = None) -> Any:
         """Rank 0's return value of the submitted function (waits for the end first). Raises FunctionFailed
@@ -378,15 +378,15 @@ def submit_checked(checked: Checked, *, kubeconfig: str | None = None, context: 
     """Submit a checked spec (what the CLI calls). A refusal by the target is a TargetError naming the
     file; nothing is recorded then."""
     from orchestrator.compile import CompileError
-    from orchestrator.jobs import submit as do_submit
+    from orchestrator.jobs import record_and_start
 
     for line in checked.warnings:
         log.warning(line)
     store = store or open_store()
     source = checked.source if checked.source.startswith("<") else str(Path(checked.source).resolve())
     try:
-        record = do_submit(store, checked.job, source=source, workdir=workdir,
-                           overrides=_cluster(kubeconfig, context), job_files=job_files)
+        record = record_and_start(store, checked.job, source=source, workdir=workdir,
+                                  overrides=_cluster(kubeconfig, context), job_files=job_files)
     except CompileError as exc:
         raise InvalidSpec(located_findings(checked, exc.findings)) from None
     except TargetError as exc:
@@ -407,7 +407,7 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
                store: Store | None = None) -> list[dict[str, Any]]:
     """The jobs as `shardctl list --json` shows them, newest first, brought up to date (one batched query
     per target). A damaged row is reported through `warn` and skipped."""
-    from orchestrator.jobs import refresh_all
+    from orchestrator.jobs import catch_up_all
     from orchestrator.report import job_json
     from orchestrator.sweep import group_of
 
@@ -428,7 +428,7 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
     for line in damaged:
         warn(f"warning: {line}; skipped")
     try:
-        for note in refresh_all(store, records, _cluster(kubeconfig, context)):
+        for note in catch_up_all(store, records, _cluster(kubeconfig, context)):
             warn(note)
     except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
         warn(f"warning: could not bring every job up to date: {exc}")

@@ -20,6 +20,7 @@ import click
 from orchestrator import __version__
 from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, ShardctlError, located
 from orchestrator.targets import NAMES as TARGET_NAMES
+from orchestrator.textsafe import safe
 
 if TYPE_CHECKING:
     from orchestrator.api import Checked
@@ -29,8 +30,9 @@ _PRINTED: set[str] = set()  # what this command printed to stderr: the API's log
 
 
 def _err(message: str) -> None:
+    """One line of ours on stderr; whatever a job put in it (a failure's evidence, a name) is shown inert."""
     _PRINTED.add(message)
-    click.echo(message, err=True)
+    click.echo(safe(message), err=True)
 
 
 class _EchoHandler(logging.Handler):
@@ -160,10 +162,10 @@ def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...
 
 
 def render_dryrun(loaded: Checked, run_dir: str):
-    from orchestrator.api import render as dry_run
+    from orchestrator.api import dry_run_checked
 
     try:
-        return dry_run(loaded, run_dir)
+        return dry_run_checked(loaded, run_dir)
     except ShardctlError as exc:  # a rule the compiler enforces, or objects the target cannot make
         _fail(exc.lines(), exc.exit_code)
 
@@ -342,14 +344,16 @@ def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | No
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None)
     for col in ("ID", "NAME", "TARGET", "STATE", "ATTEMPTS", "CONFIG", "CREATED"):
         table.add_column(col)
     for v in views:
         last = v["attempts"][-1] if v["attempts"] else None
-        table.add_row(v["id"], v["name"], v["target"], v["state"], str(len(v["attempts"])),
-                      describe_config(last) if last else "-", v["created_at"] or "")
+        table.add_row(*(Text(safe(str(cell), one_line=True)) for cell in (
+            v["id"], v["name"], v["target"], v["state"], len(v["attempts"]), describe_config(last) if last else "-",
+            v["created_at"] or "")))
     Console().print(table)
 
 
@@ -362,7 +366,7 @@ def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
         view = _view(store, record, overrides=overrides)
     except (ValueError, TypeError, KeyError) as exc:  # a damaged column (JSON, a spec) of its rows
         _fail([f"job {record.id}: its record in the job store cannot be read ({str(exc).splitlines()[0][:200]})"])
-    click.echo(json.dumps(view, indent=2) if as_json else getattr(report, text)(view))
+    click.echo(json.dumps(view, indent=2) if as_json else safe(getattr(report, text)(view)))
 
 
 @main.command()
@@ -389,7 +393,8 @@ def history(job: str, as_json: bool, kubeconfig: str | None, context: str | None
 @click.option("-f", "--follow", is_flag=True, help="Keep printing, across attempts, until the job ends.")
 @_cluster_options
 def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, context: str | None) -> None:
-    """An attempt's output (stdout and stderr of every process)."""
+    """An attempt's output (stdout and stderr of every process), as the script wrote it, escape sequences
+    included, as `kubectl logs` shows a pod's: every other view of shardctl shows job output inert."""
     from orchestrator.jobs import ref_of, target_of
 
     overrides = _overrides(kubeconfig, context)
@@ -422,7 +427,7 @@ def cancel(job: str, kubeconfig: str | None, context: str | None) -> None:
 
     store = _store()
     record = do_cancel(store, _job(store, job), overrides=_overrides(kubeconfig, context))
-    click.echo(f"{record.id} {record.state}" + (f": {record.reason}" if record.reason else ""))
+    click.echo(safe(f"{record.id} {record.state}" + (f": {record.reason}" if record.reason else "")))
     if record.state != "cancelled" and not record.terminal:
         sys.exit(EXIT_FAILED)
 

@@ -72,8 +72,10 @@ def ref_of(record: JobRecord, attempt) -> AttemptRef:
                       attempt.log_path)
 
 
-class Driving(Protocol):
-    refresh_every_s: float  # how often a follower (submit --wait, logs -f) refreshes the record
+class JobDriver(Protocol):
+    """What differs between the drivers (`Driver`): one class each below, looked up by `driver_of`."""
+
+    catch_up_every_s: float  # how often a follower (submit --wait, logs -f) catches the record up
     # the job's record is kept in the cluster and the store only mirrors it: the API server keeps names unique, and
     # nothing of the store (a spec.workdir snapshot, a function's call) reaches the attempts but what hand_over carries
     mirrored: bool
@@ -84,7 +86,12 @@ class Driving(Protocol):
 
     def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
               files: Mapping[str, bytes] | None) -> JobRecord: ...
-    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None: ...
+
+    def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        """Bring the record of an unfinished job up to date and keep the job moving (a dead supervisor replaced, a
+        judge's moves made inline, the controller's record mirrored); a note when something had stalled."""
+        ...
+
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None: ...
     def supervised(self, record: JobRecord) -> bool | None: ...
 
@@ -126,7 +133,7 @@ class InStore:
 class BySupervisor(InStore):
     """One detached supervisor per job; any command that finds an unfinished job without one starts one."""
 
-    refresh_every_s = 5.0
+    catch_up_every_s = 5.0
 
     def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
               files: Mapping[str, bytes] | None) -> JobRecord:
@@ -136,7 +143,7 @@ class BySupervisor(InStore):
         wait_caught_up(store, record.id, proc, 10.0)  # attempt 1 is started and recorded when this returns
         return store.get_job(record.id)
 
-    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+    def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
         if ensure_supervised(store, record):
             return f"note: job {record.id} had no supervisor (killed, or the machine restarted); started a new one"
         return None
@@ -152,7 +159,7 @@ class BySupervisor(InStore):
 class ByJudge(InStore):
     """Short-lived steps: the target's judge jobs, and the same moves inline whenever the job is read."""
 
-    refresh_every_s = 5.0
+    catch_up_every_s = 5.0
 
     def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
               files: Mapping[str, bytes] | None) -> JobRecord:
@@ -161,7 +168,7 @@ class ByJudge(InStore):
         Supervisor(store, record.id, target).advance()  # attempt 1 and its judge are submitted when this returns
         return store.get_job(record.id)
 
-    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+    def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
         before = [a.state for a in store.attempts(record.id)]
         Supervisor(store, record.id, target).advance()
         after = [a.state for a in store.attempts(record.id)]
@@ -187,7 +194,7 @@ def controlled(target: Target) -> ControlledTarget:
 class ByController:
     """A controller in the cluster moves the job; the store mirrors the record it keeps there."""
 
-    refresh_every_s = 1.0
+    catch_up_every_s = 1.0
     mirrored = True
 
     def hand_over(self, target: Target, job: TrainingJob, files: Mapping[str, bytes] | None) -> dict[str, Any]:
@@ -197,15 +204,15 @@ class ByController:
 
     def start(self, store: Store, target: Target, job: TrainingJob, record: JobRecord,
               files: Mapping[str, bytes] | None) -> JobRecord:
-        return record  # handed over, files and all, before the record was made (see submit)
+        return record  # handed over, files and all, before the record was made (see record_and_start)
 
-    def refresh(self, store: Store, target: Target, record: JobRecord) -> str | None:
+    def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
         """Mirror the controller's record, forward only: an attempt that ended here, or a job that ended,
-        is never moved back by a snapshot read before a concurrent cancel."""
+        is never moved back by a record read before a concurrent cancel."""
         if record.terminal:
             return None
-        snap = controlled(target).fetch(record.options, record.name)
-        if snap is None:
+        kept = controlled(target).fetch(record.options, record.name)
+        if kept is None:
             if store.get_job(record.id).cancel_requested:
                 store.finish_job(record.id, JobState.CANCELLED, f"cancelled by the user: the {target.name} job "
                                  "was deleted")
@@ -216,7 +223,7 @@ class ByController:
             self._close_open_attempts(store, record, "the job ended")
             return None
         known = {r.number: r for r in store.attempts(record.id)}
-        for a in snap.attempts:
+        for a in kept.attempts:
             if a.number not in known:
                 try:
                     store.add_attempt(record.id, a.number, spec=a.spec, rung=a.rung, reason=a.reason, run_dir="",
@@ -232,17 +239,17 @@ class ByController:
                 store.start_attempt(record.id, a.number, external_id=a.external_id, started_at=a.started_at)
             elif a.external_id:  # starting: the cluster names its Job before creating it
                 store.note_attempt(record.id, a.number, external_id=a.external_id)
-        if snap.state.terminal:
-            store.finish_job(record.id, snap.state, snap.reason or "")
+        if kept.state.terminal:
+            store.finish_job(record.id, kept.state, kept.reason or "")
             return None
-        if snap.state is JobState.RUNNING:
+        if kept.state is JobState.RUNNING:
             store.mark_running(record.id)
-        return "; ".join(f"job {record.id} waits: {c}" for c in snap.conditions) or None
+        return "; ".join(f"job {record.id} waits: {c}" for c in kept.conditions) or None
 
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
         """Read the cluster first (the job may have ended there: then nothing is deleted and its end stands),
         record the request, then delete the job (only the one recorded: its uid is a precondition)."""
-        self.refresh(store, target, record)
+        self.catch_up(store, target, record)
         if store.get_job(record.id).terminal:
             return
         store.request_cancel(record.id)
@@ -264,11 +271,12 @@ class ByController:
         return controlled(target).read_outcome(record.options, attempt.external_id)  # no run directory here
 
 
-DRIVERS: dict[Driver, Driving] = {Driver.SUPERVISOR: BySupervisor(), Driver.JUDGE: ByJudge(),
-                                  Driver.CONTROLLER: ByController()}
+DRIVERS: dict[Driver, JobDriver] = {Driver.SUPERVISOR: BySupervisor(), Driver.JUDGE: ByJudge(),
+                                    Driver.CONTROLLER: ByController()}
 
 
-def driving(target: Target) -> Driving:
+def driver_of(target: Target) -> JobDriver:
+    """The JobDriver of the target's driver: what moves its jobs, and how."""
     return DRIVERS[target.driver]
 
 
@@ -290,7 +298,7 @@ def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Targ
     from orchestrator.compile import CompileError, Finding
     from orchestrator.snapshot import SnapshotError, prepare
 
-    if job.spec.workdir is not None and driving(target).mirrored:
+    if job.spec.workdir is not None and driver_of(target).mirrored:
         raise Refused(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
                       "from the image (spec.kubernetes.image): leave spec.workdir unset")
     try:
@@ -334,8 +342,9 @@ def take_snapshot(store: Store, frozen: Frozen) -> Snapshot:
         raise CompileError([Finding("error", exc.field, str(exc))]) from None
 
 
-def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
-           overrides: dict[str, Any] | None = None, job_files: Mapping[str, bytes] | None = None) -> JobRecord:
+def record_and_start(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
+                     overrides: dict[str, Any] | None = None,
+                     job_files: Mapping[str, bytes] | None = None) -> JobRecord:
     """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept.
     `job_files` (a pickled function call) are written into the job's directory before attempt 1 starts;
     a job whose record lives in a cluster has no such directory: they travel with it (the driver's hand_over)."""
@@ -349,24 +358,25 @@ def submit(store: Store, job: TrainingJob, *, source: str | None, workdir: str |
     check_nodes_read(store, job, workdir, target, frozen is not None)
     target.preflight(job, code_dir)
     snap = take_snapshot(store, frozen) if frozen else None  # the last check: a copy that fails leaves nothing
-    drive = driving(target)
-    options = drive.hand_over(target, job, job_files)
+    driver = driver_of(target)
+    options = driver.hand_over(target, job, job_files)
     record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
                               workdir=snap.path if snap else workdir, checkpoint_dir=checkpoint_dir(job, workdir),
-                              options=options, exclusive_name=not drive.mirrored)  # else the API server does that
-    return drive.start(store, target, job, record, job_files)
+                              options=options, exclusive_name=not driver.mirrored)  # else the API server does that
+    return driver.start(store, target, job, record, job_files)
 
 
-def refresh(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
-    """Make sure an unfinished job keeps moving (or mirror its record); a note when something had stalled."""
+def catch_up(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
+    """Make sure an unfinished job keeps moving (or mirror its record), by its driver's `catch_up`; a note when
+    something had stalled."""
     if record.terminal:
         return None
     target = target_of(record, overrides)
-    return driving(target).refresh(store, target, record)
+    return driver_of(target).catch_up(store, target, record)
 
 
-def refresh_all(store: Store, records: list[JobRecord], overrides: dict[str, Any] | None = None) -> list[str]:
-    """As refresh, for many jobs; a target that batches its queries (one sacct for all Slurm jobs) is
+def catch_up_all(store: Store, records: list[JobRecord], overrides: dict[str, Any] | None = None) -> list[str]:
+    """As catch_up, for many jobs; a target that batches its queries (one sacct for all Slurm jobs) is
     asked once for all of them first."""
     watch: dict[str, list[str]] = {}
     for r in records:
@@ -379,7 +389,7 @@ def refresh_all(store: Store, records: list[JobRecord], overrides: dict[str, Any
     notes = []
     for r in records:
         try:
-            if note := refresh(store, r, overrides):
+            if note := catch_up(store, r, overrides):
                 notes.append(note)
         except TargetError as exc:
             notes.append(f"job {r.id}: could not ask its target: {exc}")
@@ -387,7 +397,7 @@ def refresh_all(store: Store, records: list[JobRecord], overrides: dict[str, Any
 
 
 def supervised(record: JobRecord) -> bool | None:
-    return driving(target_of(record)).supervised(record)
+    return driver_of(target_of(record)).supervised(record)
 
 
 def cancel(store: Store, record: JobRecord, wait_s: float = 60.0,
@@ -396,16 +406,16 @@ def cancel(store: Store, record: JobRecord, wait_s: float = 60.0,
     if record.terminal:
         return record
     target = target_of(record, overrides)
-    drive = driving(target)
-    drive.request_cancel(store, target, record)
+    driver = driver_of(target)
+    driver.request_cancel(store, target, record)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         record = store.get_job(record.id)
         if record.terminal:
             return record
-        drive.refresh(store, target, record)
-        time.sleep(0.1 if drive.refresh_every_s < 5 else 0.3)
+        driver.catch_up(store, target, record)
+        time.sleep(0.1 if driver.catch_up_every_s < 5 else 0.3)
     return store.get_job(record.id)
 
 
-__all__ = ["cancel", "dry_run", "refresh", "refresh_all", "submit", "supervised", "target_of"]
+__all__ = ["cancel", "catch_up", "catch_up_all", "driver_of", "dry_run", "record_and_start", "supervised", "target_of"]

@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import OverrideError, located
-from orchestrator.spec.loader import LoadedSpec, _friendly, _loc_to_path, load_yaml, yaml_problem
+from orchestrator.spec.loader import LoadedSpec, friendly_message, load_yaml, loc_to_path, yaml_problem
 from orchestrator.spec.models import TrainingJob
 
 MAX_VALUE_CHARS = 4096  # one field's value; a list of script arguments fits many times over
@@ -148,11 +148,11 @@ def apply(job: TrainingJob, overrides: Iterable[Override], source: str = "<spec>
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            path = _loc_to_path(err["loc"])
+            path = loc_to_path(err["loc"])
             culprit = next((o for o in reversed(overrides) if o.covers(path)), None)
             given = ", ".join(str(o) for o in overrides if not o.internal)
             where = str(culprit) if culprit else f"{source} (with {given})" if given else source
-            lines.append(f"{where}: {path or 'spec'}: {_friendly(err)}")
+            lines.append(f"{where}: {path or 'spec'}: {friendly_message(err)}")
         raise OverrideError(list(dict.fromkeys(lines))) from None
 
 

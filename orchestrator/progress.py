@@ -321,7 +321,7 @@ def duration(seconds: float | None) -> str:
     return (f"{days}d " if days else "") + f"{h}:{m:02d}:{s:02d}"
 
 
-def describe(p: dict[str, Any]) -> str:
+def summary_line(p: dict[str, Any]) -> str:
     """One line from the JSON form (`status`, the live view): step, total, rate, elapsed, ETA, loss."""
     parts = []
     if p.get("step") is not None:

@@ -22,7 +22,14 @@ FORMAT = 1
 
 
 def iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
+    """A record's time as ISO 8601 UTC; None for none, or for one no calendar holds (a record edited by hand,
+    `1e308`): a view never fails on a time."""
+    if not ts:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 _CONFIGS: dict[str, dict[str, Any]] = {}  # an attempt's spec (as sorted JSON text) -> its knobs
@@ -99,7 +106,7 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at),
         "checkpoint_dir": job.checkpoint_dir,
-        "code": snapshot.describe(job.workdir),  # the code every attempt ran (spec.workdir), None without one
+        "code": snapshot.of_workdir(job.workdir),  # the code every attempt ran (spec.workdir), None without one
         "max_attempts": job.spec["spec"].get("fallback", {}).get("max_attempts"),
         "supervised": supervised,
         "namespace": job.options.get("namespace"),
@@ -172,7 +179,7 @@ def status_text(view: dict[str, Any]) -> str:
         a = view["attempts"][-1]
         out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
         if a.get("progress"):
-            out.append(f"progress: {progress_of.describe(a['progress'])}")
+            out.append(f"progress: {progress_of.summary_line(a['progress'])}")
         if a.get("target_state"):
             out.append(f"{view['target']}: {a['target_state']}")
         if a["failure"]:

@@ -354,7 +354,7 @@ def remove(tree: Path) -> None:
 # --- reading back --------------------------------------------------------------------------------------
 
 
-def describe(workdir: str | None) -> dict[str, Any] | None:
+def of_workdir(workdir: str | None) -> dict[str, Any] | None:
     """The snapshot a job's working directory is (digest, path, files, bytes, source), or None when the job
     runs in a directory of the user's (no spec.workdir) or the snapshot is gone."""
     if not workdir:

@@ -76,11 +76,12 @@ def test_submit_refuses_mixed_up_arguments_before_anything_is_recorded(home: Pat
 
 def test_a_function_runs_as_a_module_under_accelerate_launch(tmp_path: Path) -> None:
     assert MODULE_SCRIPT.startswith(MODULE_PREFIX)
-    from orchestrator.api import Checked, _function_job, check, render
+    from orchestrator.api import Checked, _function_job, check, dry_run_checked
 
     checked = check(QUICKSTART)
     job = _function_job(checked)
-    dry = render(Checked(checked.loaded.__class__(job, checked.source, checked.loaded.lines)), str(tmp_path / "a1"))
+    dry = dry_run_checked(Checked(checked.loaded.__class__(job, checked.source, checked.loaded.lines)),
+                          str(tmp_path / "a1"))
     argv = dry.compiled.launch.argv
     at = argv.index("--module")
     assert argv[at + 1:] == ("orchestrator.entry.run_pickled",)  # the script's own args are dropped

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from orchestrator import follow
-from orchestrator.follow import Watch, follow_plain, shown_lines
+from orchestrator.follow import AttemptNow, Event, Line, Note, Tick, Watch, follow_plain, shown_lines
+from orchestrator.spec.states import AttemptState
 
 DATA = Path(__file__).parent / "data" / "progress"
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 \[shardctl\] ")
@@ -26,8 +27,8 @@ class Clock:
         return self.now
 
 
-def attempt(log: Path | None, state: str = "running", duration: float | None = 10.0) -> dict[str, Any]:
-    return {"number": 1, "state": state, "log": str(log) if log else None, "duration_s": duration}
+def attempt(log: Path | None, state: str = "running", duration: float | None = 10.0) -> AttemptNow:
+    return AttemptNow(1, AttemptState(state), str(log) if log else None, duration)
 
 
 def test_a_trainer_line_full_of_redraws_shows_its_last_bar_and_its_loss_dicts() -> None:
@@ -82,16 +83,16 @@ def test_off_a_terminal_lines_are_plain_stamped_unwrapped_and_summaries_are_thro
     clock = Clock()
     long_reason = "the spec as submitted " + "x" * 120  # longer than 80 columns: must stay one line
 
-    def scripted(*_: Any, **__: Any) -> Iterator[tuple[str, object]]:
-        yield "event", f"attempt 1 started: {long_reason}"
+    def scripted(*_: Any, **__: Any) -> Iterator[Event]:
+        yield Note(f"attempt 1 started: {long_reason}")
         for second in range(0, 100, 5):
             clock.now = float(second)
             with open(log, "a") as f:
                 f.write(f"step {second + 1}/100 loss {3 - second / 100:.2f}\n")
-            yield "line", (1, f"step {second + 1}/100 loss {3 - second / 100:.2f}")
-            yield "tick", attempt(log, duration=float(second + 1))
-        yield "event", "attempt 1 succeeded"
-        yield "tick", attempt(log, state="succeeded", duration=100.0)
+            yield Line(1, f"step {second + 1}/100 loss {3 - second / 100:.2f}")
+            yield Tick(attempt(log, duration=float(second + 1)))
+        yield Note("attempt 1 succeeded")
+        yield Tick(attempt(log, state="succeeded", duration=100.0))
 
     monkeypatch.setattr(follow, "events", scripted)
     out: list[str] = []
@@ -105,3 +106,24 @@ def test_off_a_terminal_lines_are_plain_stamped_unwrapped_and_summaries_are_thro
     assert steps[0] == 1 and steps[-1] == 96  # the first reading and the last one, after the attempt ended
     assert len(summaries) <= 2 + 95 // follow.SUMMARY_EVERY_S  # throttled, not one per step
     assert sum(line.startswith("[attempt 1] step ") for line in out) == 20  # the script's own lines, as printed
+
+
+def test_off_a_terminal_the_jobs_escapes_and_controls_reach_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`submit --wait` piped: a script's OSC 52 (clipboard), OSC 8, RIS and DCS, and a failure's evidence
+    holding them, are shown inert; `logs -f` (everything=True) passes the script's lines as written."""
+    hostile = "error \x1b]52;c;cm0gLXJmIH4=\x07 \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ \x1bc \x1bP+q\x1b\\ \x9b2J"
+
+    def scripted(*_: Any, **__: Any) -> Iterator[Event]:
+        yield Line(1, f"Traceback ... RuntimeError: {hostile}")
+        yield Note(f"attempt 1 failed: unknown: exited 1\n  evidence: RuntimeError: {hostile}")
+
+    monkeypatch.setattr(follow, "events", scripted)
+    store = SimpleNamespace(get_job=lambda _id: SimpleNamespace(state="failed"))
+    for everything in (False, True):
+        out: list[str] = []
+        follow_plain(store, "j", out.append, everything=everything)  # type: ignore[arg-type]
+        notes = [line for line in out if "[shardctl]" in line]
+        assert notes and all("\x1b" not in n and "\x9b" not in n and "\x07" not in n for n in notes), notes
+        assert "^[]52;c;cm0gLXJmIH4=^G" in notes[0]
+        lines = [line for line in out if line.startswith("[attempt 1]")]
+        assert lines and all(("\x1b" in line) == everything for line in lines), lines

@@ -148,15 +148,15 @@ class _Cluster:
 
     name = "cluster"
 
-    def __init__(self, snapshot) -> None:
-        self.snapshot = snapshot
+    def __init__(self, record) -> None:
+        self.record = record
         self.withdrawn = 0
 
     def hand_over(self, job):
         return {}
 
     def fetch(self, options, name):
-        return self.snapshot
+        return self.record
 
     def withdraw(self, options, name) -> None:
         self.withdrawn += 1
@@ -165,40 +165,40 @@ class _Cluster:
 def _mirrored(tmp_path: Path):
     from orchestrator.jobs import ByController
     from orchestrator.spec.states import AttemptState, JobState
-    from orchestrator.targets.base import AttemptSnapshot, JobSnapshot
+    from orchestrator.targets.base import ClusterAttempt, ClusterRecord
     from tests.helpers import doc
 
     store = Store(tmp_path / "state")
     record = store.create_job(name="t", target="kubernetes", spec=doc(), source=None, workdir=str(tmp_path),
                               checkpoint_dir=None, options={"namespace": "ml", "uid": "u1"})
-    running = JobSnapshot(JobState.RUNNING, None, [AttemptSnapshot(1, AttemptState.RUNNING, doc(), None, "first",
+    running = ClusterRecord(JobState.RUNNING, None, [ClusterAttempt(1, AttemptState.RUNNING, doc(), None, "first",
                                                                    "t-a1", started_at=1.0)])
     return store, record, ByController(), _Cluster(running)
 
 
 def test_the_cluster_mirror_never_moves_a_cancelled_job_back(tmp_path: Path) -> None:
-    store, record, drive, cluster = _mirrored(tmp_path)
-    drive.refresh(store, cluster, record)
+    store, record, driver, cluster = _mirrored(tmp_path)
+    driver.catch_up(store, cluster, record)
     assert store.get_job(record.id).state == "running"
-    drive.request_cancel(store, cluster, store.get_job(record.id))
+    driver.request_cancel(store, cluster, store.get_job(record.id))
     assert cluster.withdrawn == 1 and store.get_job(record.id).state == "cancelled"
-    drive.refresh(store, cluster, store.get_job(record.id))  # a follower's snapshot read before the delete
+    driver.catch_up(store, cluster, store.get_job(record.id))  # a follower's read of the record from before the delete
     stale = store.get_job(record.id)
     assert stale.state == "cancelled" and store.attempts(record.id)[0].state == "cancelled"
     store.mark_running(record.id)  # even a record that was not yet terminal here
-    drive.refresh(store, cluster, store.get_job(record.id))
+    driver.catch_up(store, cluster, store.get_job(record.id))
     assert store.attempts(record.id)[0].state == "cancelled"  # an ended attempt is never reopened
 
 
 def test_cancelling_a_job_that_already_ended_in_the_cluster_keeps_its_end(tmp_path: Path) -> None:
     from orchestrator.spec.states import AttemptState, JobState
-    from orchestrator.targets.base import AttemptSnapshot, JobSnapshot
+    from orchestrator.targets.base import ClusterAttempt, ClusterRecord
     from tests.helpers import doc
 
-    store, record, drive, cluster = _mirrored(tmp_path)
-    drive.refresh(store, cluster, record)
-    cluster.snapshot = JobSnapshot(JobState.SUCCEEDED, "attempt 1 succeeded", [
-        AttemptSnapshot(1, AttemptState.SUCCEEDED, doc(), None, "first", "t-a1", started_at=1.0, ended_at=2.0)])
-    drive.request_cancel(store, cluster, store.get_job(record.id))
+    store, record, driver, cluster = _mirrored(tmp_path)
+    driver.catch_up(store, cluster, record)
+    cluster.record = ClusterRecord(JobState.SUCCEEDED, "attempt 1 succeeded", [
+        ClusterAttempt(1, AttemptState.SUCCEEDED, doc(), None, "first", "t-a1", started_at=1.0, ended_at=2.0)])
+    driver.request_cancel(store, cluster, store.get_job(record.id))
     assert cluster.withdrawn == 0  # nothing deleted: its pods' logs stay readable
     assert store.get_job(record.id).state == "succeeded" and store.attempts(record.id)[0].state == "succeeded"

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("lifecycle", ("lifecycle",)),  # pure: classify, fallback, next_move
     ("targets", ("targets", "entry", "store", "store_files", "store_migrate", "snapshot")),  # what executors act on
     ("executors", ("supervise", "controller")),
-    ("jobs", ("jobs", "report", "report_schema")),  # submit/refresh/cancel by driver; the one view of a job
+    ("jobs", ("jobs", "report", "report_schema")),  # record/catch up/cancel by driver; the one view of a job
     ("api", ("api", "follow", "sweep")),
     ("cli", ("cli", "__main__")),
 ]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator import progress
-from orchestrator.progress import Progress, RateMeter, describe, parse, read
+from orchestrator.progress import Progress, RateMeter, parse, read, summary_line
 
 DATA = Path(__file__).parent / "data" / "progress"
 BAR = re.compile(r"(\d+)/(\d+) \[[\d:]+<[\d:?]+, +[\d.?]+it/s\]")
@@ -171,10 +171,10 @@ def test_the_rate_meter_measures_and_starts_again_after_a_restart() -> None:
 
 
 def test_one_line_of_text() -> None:
-    line = describe({"step": 120, "total": 1000, "steps_per_s": 0.25, "elapsed_s": 3725, "eta_s": 90061,
+    line = summary_line({"step": 120, "total": 1000, "steps_per_s": 0.25, "elapsed_s": 3725, "eta_s": 90061,
                      "loss": 2.3412, "epoch": None})
     assert line == "step 120/1000 (12%), 4 s/step, elapsed 1:02:05, ETA 1d 1:01:01, loss 2.341"
-    assert describe({}) == "-"
+    assert summary_line({}) == "-"
 
 
 # -- A log is untrusted input: whatever a script prints, reading it never raises --------------------------
@@ -207,7 +207,7 @@ def test_hostile_progress_lines_never_raise_and_never_give_a_non_finite_or_forei
         view = got.as_json()
         assert view["step"] is None or 0 <= view["step"] <= 10**15, view
         assert view["total"] is None or 0 <= view["total"] <= 10**15, view
-        describe(view)  # the one-line form never raises either
+        summary_line(view)  # the one-line form never raises either
 
 
 def test_a_superscript_step_is_no_step() -> None:
@@ -230,7 +230,7 @@ def test_any_bytes_in_a_log_read_as_progress_or_nothing(tmp_path_factory, data: 
     log.write_bytes(data)
     got = read(str(log), elapsed_s=3.0)
     if got is not None:
-        describe(got.as_json())
+        summary_line(got.as_json())
 
 
 @settings(max_examples=300, deadline=None)
@@ -240,4 +240,4 @@ def test_any_bytes_in_a_log_read_as_progress_or_nothing(tmp_path_factory, data: 
 def test_any_mix_of_progress_fragments_parses_or_gives_nothing(parts: list[str]) -> None:
     got = parse("".join(parts))
     if got is not None:
-        describe(got.as_json())
+        summary_line(got.as_json())

@@ -105,7 +105,7 @@ def test_the_copy_is_read_only_content_addressed_and_private(tmp_path: Path) -> 
     mode = {p.relative_to(code).as_posix(): stat.S_IMODE(p.lstat().st_mode) for p in [code, *code.rglob("*")]}
     assert mode == {".": 0o500, "pkg": 0o500, "pkg/m.py": 0o400, "run.sh": 0o500, "train.py": 0o400}
     assert stat.S_IMODE(code.parent.stat().st_mode) == 0o700
-    assert snapshot.describe(first.path) == {**first.as_json(), "files": 3}
+    assert snapshot.of_workdir(first.path) == {**first.as_json(), "files": 3}
     assert first.digest.startswith("sha256:") and code.parent.name == first.digest.removeprefix("sha256:")
     assert take(plan(src), root) == first  # the same content: the same copy (a sweep's points share it)
     (src / "train.py").write_text("print('b')\n")
@@ -113,7 +113,7 @@ def test_the_copy_is_read_only_content_addressed_and_private(tmp_path: Path) -> 
     assert second.digest != first.digest and (code / "train.py").read_text() == "print('a')\n"
     assert sorted(p.name for p in root.iterdir()) == sorted(p.removeprefix("sha256:")
                                                             for p in (first.digest, second.digest))  # no leftovers
-    assert snapshot.describe(str(src)) is None
+    assert snapshot.of_workdir(str(src)) is None
 
 
 # --- the job's paths -------------------------------------------------------------------------------------
@@ -164,12 +164,12 @@ def nothing_kept(store: Store) -> bool:
 
 def test_submit_refuses_a_workdir_that_is_no_directory_or_lacks_the_script(store: Store, tmp_path: Path) -> None:
     with pytest.raises(CompileError) as caught:
-        jobs.submit(store, job(workdir="nope"), source=str(tmp_path / "job.yaml"), workdir=str(tmp_path))
+        jobs.record_and_start(store, job(workdir="nope"), source=str(tmp_path / "job.yaml"), workdir=str(tmp_path))
     assert [(f.field, f.message) for f in caught.value.findings] == [
         ("spec.workdir", f"'nope' ({tmp_path / 'nope'}) is not a directory")]
     tree(tmp_path / "src", {"other.py": ""})
     with pytest.raises(CompileError, match="spec.entrypoint.script"):
-        jobs.submit(store, job(workdir="src"), source=str(tmp_path / "job.yaml"), workdir=str(tmp_path))
+        jobs.record_and_start(store, job(workdir="src"), source=str(tmp_path / "job.yaml"), workdir=str(tmp_path))
     assert nothing_kept(store)
 
 
@@ -179,7 +179,7 @@ def test_a_slurm_job_is_refused_a_node_local_store(store: Store, tmp_path: Path,
     tree(tmp_path / "src", {"train.py": ""})
     j = job(target="slurm", workdir=str(tmp_path / "src"), slurm={"partition": "p", "time": "10"})
     with pytest.raises(NodeLocalPath) as caught:  # tmp_path is under /tmp: on this machine only
-        jobs.submit(store, j, source=None, workdir=str(tmp_path))
+        jobs.record_and_start(store, j, source=None, workdir=str(tmp_path))
     assert caught.value.lines()[0].startswith(f"the job store (SHARDCTL_HOME, which holds the code snapshot): "
                                               f"{store.root} is under /tmp")
     assert nothing_kept(store)
@@ -188,7 +188,7 @@ def test_a_slurm_job_is_refused_a_node_local_store(store: Store, tmp_path: Path,
 def test_kubernetes_refuses_a_workdir(store: Store, tmp_path: Path) -> None:
     j = job(target="kubernetes", workdir=str(tmp_path), kubernetes={"image": "i:1", "namespace": "ns"})
     with pytest.raises(SubmitError, match=r"spec\.workdir cannot travel .*\(spec\.kubernetes\.image\)"):
-        jobs.submit(store, j, source=None, workdir=str(tmp_path))
+        jobs.record_and_start(store, j, source=None, workdir=str(tmp_path))
     assert nothing_kept(store)
 
 

@@ -22,7 +22,9 @@ _FP16_DEFAULTS = {"loss_scale": 0, "loss_scale_window": 1000, "initial_scale_pow
                   "min_loss_scale": 1}
 
 
-def _machine_keys(spec: TrainingJobSpec) -> dict[str, Any]:
+def machine_keys(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The keys of an accelerate config that say where it runs (machines, processes, rendezvous), as every config
+    rendered for `spec` has them, whichever the backend."""
     return {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
@@ -66,7 +68,7 @@ def fsdp_config_base(spec: TrainingJobSpec) -> dict[str, Any]:
 
 def accelerate_config(spec: TrainingJobSpec, config_dir: str) -> dict[str, Any]:
     """The accelerate config file. `config_dir` is where the target puts the files (for deepspeed_config_file)."""
-    cfg = _machine_keys(spec)
+    cfg = machine_keys(spec)
     if spec.backend == "fsdp":
         cfg["distributed_type"] = "FSDP"
         cfg["downcast_bf16"] = "no"

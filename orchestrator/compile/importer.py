@@ -176,7 +176,7 @@ def _machines(b: _Builder, config: dict[str, Any], nodes: int | None, gpus_per_n
                       f"TrainingJob takes 1 to {max_gpus}")
     b.set("resources.nodes", machines, None if "num_machines" in config else "num_machines unset: 1")
     b.set("resources.gpus_per_node", processes // machines, "num_processes / num_machines")
-    usual = {**_USUAL, **configs._machine_keys(TrainingJob.model_validate(b.doc).spec)}
+    usual = {**_USUAL, **configs.machine_keys(TrainingJob.model_validate(b.doc).spec)}
     for key in _LAUNCH_KEYS[:-6]:
         if key not in ("fsdp_config", "deepspeed_config") and config.get(key) not in (None, [], {}, usual.get(key)):
             b.not_carried.append(f"{key}: {config[key]!r} (the target sets it at launch)")
@@ -209,7 +209,7 @@ def _import_fsdp(b: _Builder, config: dict[str, Any]) -> None:
     b.set("backend", "fsdp")
     for key in sorted(set(fc) - passthrough.FSDP_KEYS, key=str):
         b.not_carried.append(f"fsdp_config.{key}: {fc.pop(key)!r} (not an accelerate fsdp_config key: accelerate "
-                             f"ignores it{passthrough._hint(str(key), passthrough.FSDP_KEYS)})")
+                             f"ignores it{passthrough.did_you_mean(str(key), passthrough.FSDP_KEYS)})")
     _mixed(b, config.get("mixed_precision"))
     version = _whole(fc.pop("fsdp_version", 1), "fsdp_config.fsdp_version")
     if version not in (1, 2):
@@ -221,7 +221,7 @@ def _import_fsdp(b: _Builder, config: dict[str, Any]) -> None:
         if ignored is not None:
             b.not_carried.append(f"fsdp_config.fsdp_reshard_after_forward: {ignored!r} (accelerate ignores it with "
                                  "FSDP1 and runs fsdp_sharding_strategy)")
-        strategy = setup._fsdp({"fsdp_config": {"fsdp_sharding_strategy": raw or "FULL_SHARD"}})["sharding"]
+        strategy = setup.fsdp_setup({"fsdp_config": {"fsdp_sharding_strategy": raw or "FULL_SHARD"}})["sharding"]
         if strategy not in rules.FSDP_STRATEGY_TO_LEVEL:
             raise _refuse(f"fsdp_sharding_strategy {strategy}: no TrainingJob sharding level (HYBRID_SHARD_ZERO2 "
                           "has no DeepSpeed twin)")
@@ -238,19 +238,19 @@ def _import_fsdp(b: _Builder, config: dict[str, Any]) -> None:
         for key, name, default in (("fsdp_forward_prefetch", "forward_prefetch", False),
                                    ("fsdp_use_orig_params", "use_orig_params", True),
                                    ("fsdp_sync_module_states", "sync_module_states", True)):
-            b.set(f"fsdp.{name}", setup._bool(fc.pop(key, default)))
+            b.set(f"fsdp.{name}", setup.as_bool(fc.pop(key, default)))
         old = fc.pop("fsdp_backward_prefetch_policy", None)
         if old is not None:
             b.not_carried.append(f"fsdp_config.fsdp_backward_prefetch_policy: {old!r} (an old spelling accelerate "
                                  "1.x ignores; fsdp_backward_prefetch is the key)")
     else:
-        reshard = setup._bool(fc.pop("fsdp_reshard_after_forward", True))
+        reshard = setup.as_bool(fc.pop("fsdp_reshard_after_forward", True))
         b.set("sharding", "full" if reshard else "grad_op", "fsdp_reshard_after_forward: FULL_SHARD / SHARD_GRAD_OP")
         for key in ("fsdp_sharding_strategy", "fsdp_backward_prefetch", "fsdp_forward_prefetch",
                     "fsdp_use_orig_params", "fsdp_sync_module_states", "fsdp_backward_prefetch_policy"):
             if key in fc:
                 b.not_carried.append(f"fsdp_config.{key}: {fc.pop(key)!r} (FSDP1 only; FSDP2 ignores it)")
-    if setup._bool(fc.pop("fsdp_offload_params", False)):
+    if setup.as_bool(fc.pop("fsdp_offload_params", False)):
         b.set("offload", {"optimizer": "cpu", "params": "cpu"}, "fsdp_offload_params: FSDP offloads all or nothing")
     given_state = _upper(fc.pop("fsdp_state_dict_type", None))
     state = given_state or ("FULL_STATE_DICT" if version == 1 else "SHARDED_STATE_DICT")
@@ -258,8 +258,8 @@ def _import_fsdp(b: _Builder, config: dict[str, Any]) -> None:
         raise _refuse(f"fsdp_state_dict_type {state}: use FULL_STATE_DICT or SHARDED_STATE_DICT")
     b.set("fsdp.state_dict_type", state, None if given_state else
           f"fsdp_state_dict_type unset: accelerate saves {state} with FSDP{version}")
-    b.set("fsdp.cpu_ram_efficient_loading", setup._bool(fc.pop("fsdp_cpu_ram_efficient_loading", True)))
-    b.set("activation_checkpointing", setup._bool(fc.pop("fsdp_activation_checkpointing", False)))
+    b.set("fsdp.cpu_ram_efficient_loading", setup.as_bool(fc.pop("fsdp_cpu_ram_efficient_loading", True)))
+    b.set("activation_checkpointing", setup.as_bool(fc.pop("fsdp_activation_checkpointing", False)))
     policy = _upper(fc.pop("fsdp_auto_wrap_policy", None)) or "NO_WRAP"
     if policy not in ("TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP", "NO_WRAP"):
         raise _refuse(f"fsdp_auto_wrap_policy {policy!r}: use TRANSFORMER_BASED_WRAP, SIZE_BASED_WRAP or NO_WRAP")
@@ -299,7 +299,7 @@ def _import_deepspeed(b: _Builder, config: dict[str, Any], ds_json: dict[str, An
             inline.pop("zero_stage", None)  # accelerate's default, 2
         else:
             inline["zero_stage"] = _stage(inline["zero_stage"], "deepspeed_config.zero_stage")
-        ds_json = setup._ds_inline(inline, str(config.get("mixed_precision") or "no"), world)
+        ds_json = setup.inline_deepspeed_json(inline, str(config.get("mixed_precision") or "no"), world)
         ds_json["gradient_clipping"] = inline.get("gradient_clipping", 1.0)  # accelerate fills "auto" with 1.0
         mixed_comment = None
         if "gradient_accumulation_steps" not in inline:
@@ -317,11 +317,11 @@ def _import_deepspeed(b: _Builder, config: dict[str, Any], ds_json: dict[str, An
     for key in zero:
         if key not in passthrough.ZERO_KEYS:
             raise _refuse(f"zero_optimization.{key} is not a DeepSpeed ZeRO key: DeepSpeed's own parser refuses "
-                          f"this config{passthrough._hint(key, passthrough.ZERO_KEYS)}")
+                          f"this config{passthrough.did_you_mean(key, passthrough.ZERO_KEYS)}")
     stage = _stage(zero.pop("stage", 0), "zero_optimization.stage")
     hpz = _whole(zero.pop("zero_hpz_partition_size", 1), "zero_optimization.zero_hpz_partition_size") or 1
     gpn = b.spec["resources"]["gpus_per_node"]
-    init = setup._bool(init_given) if init_given is not None else stage == 3  # accelerate: on at ZeRO-3
+    init = setup.as_bool(init_given) if init_given is not None else stage == 3  # accelerate: on at ZeRO-3
     if stage == 3 and hpz > 1:
         if hpz != gpn or b.spec["resources"]["nodes"] < 2:
             raise _refuse(f"zero_hpz_partition_size {hpz} on {b.spec['resources']['nodes']} node(s) of {gpn} GPUs: "
@@ -370,8 +370,9 @@ def _offload(b: _Builder, zero: dict[str, Any], stage: int) -> None:
         sub = _mapping(zero.get(section), f"zero_optimization.{section}")
         for key in sub:
             if key not in passthrough.OFFLOAD_KEYS[section]:
+                hint = passthrough.did_you_mean(key, passthrough.OFFLOAD_KEYS[section])
                 raise _refuse(f"zero_optimization.{section}.{key} is not a DeepSpeed offload key: DeepSpeed's own "
-                              f"parser refuses this config{passthrough._hint(key, passthrough.OFFLOAD_KEYS[section])}")
+                              f"parser refuses this config{hint}")
         device = sub.get("device") or ("cpu" if zero.get(legacy) is True else "none")
         if device not in ("none", "cpu", "nvme"):
             raise _refuse(f"zero_optimization.{section}.device {device!r}: use none, cpu or nvme")

@@ -145,7 +145,8 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _hint(key: str, known: frozenset[str]) -> str:
+def did_you_mean(key: str, known: frozenset[str]) -> str:
+    """"; did you mean X?" naming the key of `known` closest to a misspelled `key`, or "" when none is close."""
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else ""
 
@@ -164,7 +165,7 @@ def check_fsdp(spec: TrainingJobSpec, rendered: dict[str, Any], report: Report) 
         where = f"spec.fsdp.config.{key}"
         if key not in FSDP_KEYS:
             report("error", where, "not an accelerate fsdp_config key (accelerate would ignore it)"
-                   + _hint(key, FSDP_KEYS))
+                   + did_you_mean(key, FSDP_KEYS))
         elif key in FSDP_OWNED:
             has, mine = lookup(rendered, key)
             if not has:
@@ -184,7 +185,8 @@ def check_deepspeed(spec: TrainingJobSpec, rendered: dict[str, Any], report: Rep
     for key in extra:
         if key not in DS_TOP_KEYS:
             report("warning", f"spec.deepspeed.config.{key}",
-                   "not a DeepSpeed config section (DeepSpeed ignores keys it does not know)" + _hint(key, DS_TOP_KEYS))
+                   "not a DeepSpeed config section (DeepSpeed ignores keys it does not know)"
+                   + did_you_mean(key, DS_TOP_KEYS))
     zero = extra.get("zero_optimization")
     if zero is not None and not isinstance(zero, dict):
         report("error", "spec.deepspeed.config.zero_optimization", "must be a mapping")
@@ -192,7 +194,8 @@ def check_deepspeed(spec: TrainingJobSpec, rendered: dict[str, Any], report: Rep
     for key, value in (zero or {}).items():
         where = f"spec.deepspeed.config.zero_optimization.{key}"
         if key not in ZERO_KEYS:
-            report("error", where, "not a DeepSpeed ZeRO key (DeepSpeed's parser refuses it)" + _hint(key, ZERO_KEYS))
+            report("error", where,
+                   "not a DeepSpeed ZeRO key (DeepSpeed's parser refuses it)" + did_you_mean(key, ZERO_KEYS))
         elif key in OFFLOAD_KEYS:
             if not isinstance(value, dict):
                 report("error", where, "must be a mapping")
@@ -200,7 +203,7 @@ def check_deepspeed(spec: TrainingJobSpec, rendered: dict[str, Any], report: Rep
             for sub in value:
                 if sub not in OFFLOAD_KEYS[key]:
                     report("error", f"{where}.{sub}", "not a DeepSpeed offload key (DeepSpeed's parser refuses it)"
-                           + _hint(sub, OFFLOAD_KEYS[key]))
+                           + did_you_mean(sub, OFFLOAD_KEYS[key]))
             if value and not lookup(rendered, f"zero_optimization.{key}")[0]:
                 field = "spec.offload.optimizer" if key == "offload_optimizer" else "spec.offload.params"
                 report("error", where, f"offload settings, but {field} is none: set {field} first")

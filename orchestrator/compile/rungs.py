@@ -37,7 +37,7 @@ def config_key(job: TrainingJob) -> tuple:
     return (s.backend, s.sharding, s.offload.optimizer, s.offload.params, s.activation_checkpointing, s.batch.micro)
 
 
-def describe(job: TrainingJob) -> str:
+def config_line(job: TrainingJob) -> str:
     """A config in one line, e.g. 'deepspeed ZeRO-3, micro 4 x accum 2, activation checkpointing'."""
     s = job.spec
     level = f"ZeRO-{rules.zero_stage(s)}" if s.backend == "deepspeed" else rules.fsdp_strategy(s)

@@ -17,11 +17,15 @@ _FSDP_NUMERIC = {1: "FULL_SHARD", 2: "SHARD_GRAD_OP", 3: "NO_SHARD", 4: "HYBRID_
 AUTO = "auto (set at run time)"
 
 
-def _bool(value: Any) -> bool:
+def as_bool(value: Any) -> bool:
+    """A config value as accelerate reads a flag: true, 1 or yes (any case, a bool or a string) is True, anything
+    else False."""
     return str(value).lower() in ("true", "1", "yes")
 
 
-def _fsdp(config: dict[str, Any]) -> dict[str, Any]:
+def fsdp_setup(config: dict[str, Any]) -> dict[str, Any]:
+    """The FSDP setup an accelerate config stands for (its `fsdp_config`, the launcher's defaults filled): the
+    FSDP fields of read_setup, the sharding strategy as accelerate names it."""
     fc = config.get("fsdp_config") or {}
     version = int(fc.get("fsdp_version", 1))
     out: dict[str, Any] = {"fsdp_version": version, "mixed_precision": str(config.get("mixed_precision") or "no")}
@@ -31,32 +35,33 @@ def _fsdp(config: dict[str, Any]) -> dict[str, Any]:
         out["state_dict_type"] = fc.get("fsdp_state_dict_type", "FULL_STATE_DICT")
         prefetch = fc.get("fsdp_backward_prefetch")
         out["backward_prefetch"] = None if prefetch in (None, "NO_PREFETCH") else prefetch
-        out["use_orig_params"] = _bool(fc.get("fsdp_use_orig_params", True))
-        out["sync_module_states"] = _bool(fc.get("fsdp_sync_module_states", True))
+        out["use_orig_params"] = as_bool(fc.get("fsdp_use_orig_params", True))
+        out["sync_module_states"] = as_bool(fc.get("fsdp_sync_module_states", True))
     else:
-        out["sharding"] = _bool(fc.get("fsdp_reshard_after_forward", True))
+        out["sharding"] = as_bool(fc.get("fsdp_reshard_after_forward", True))
         out["state_dict_type"] = fc.get("fsdp_state_dict_type", "SHARDED_STATE_DICT")
         out["backward_prefetch"] = None
         out["use_orig_params"] = False
         out["sync_module_states"] = False
-    out["forward_prefetch"] = version == 1 and _bool(fc.get("fsdp_forward_prefetch", False))
-    out["offload_params"] = _bool(fc.get("fsdp_offload_params", False))
+    out["forward_prefetch"] = version == 1 and as_bool(fc.get("fsdp_forward_prefetch", False))
+    out["offload_params"] = as_bool(fc.get("fsdp_offload_params", False))
     policy = fc.get("fsdp_auto_wrap_policy") or "NO_WRAP"
     out["auto_wrap_policy"] = policy
     out["transformer_layer_cls_to_wrap"] = (fc.get("fsdp_transformer_layer_cls_to_wrap")
                                             if policy == "TRANSFORMER_BASED_WRAP" else None)
     out["min_num_params"] = int(fc.get("fsdp_min_num_params", 100_000_000)) if policy == "SIZE_BASED_WRAP" else None
-    out["activation_checkpointing"] = _bool(fc.get("fsdp_activation_checkpointing", False))
-    out["cpu_ram_efficient_loading"] = _bool(fc.get("fsdp_cpu_ram_efficient_loading", True))
+    out["activation_checkpointing"] = as_bool(fc.get("fsdp_activation_checkpointing", False))
+    out["cpu_ram_efficient_loading"] = as_bool(fc.get("fsdp_cpu_ram_efficient_loading", True))
     return out
 
 
-def _ds_inline(inline: dict[str, Any], mixed: str, world: int) -> dict[str, Any]:
-    """accelerate's DeepSpeed plugin without a config file builds the JSON from these keys."""
+def inline_deepspeed_json(inline: dict[str, Any], mixed: str, world: int) -> dict[str, Any]:
+    """The DeepSpeed JSON accelerate's DeepSpeed plugin builds from a config's inline `deepspeed_config` keys (a
+    config without a `deepspeed_config_file`), for mixed precision `mixed`."""
     accum = inline.get("gradient_accumulation_steps", "auto")
     clip = inline.get("gradient_clipping", "auto")
     zero: dict[str, Any] = {"stage": int(inline.get("zero_stage", 2)),
-                            "stage3_gather_16bit_weights_on_model_save": _bool(inline.get("zero3_save_16bit_model",
+                            "stage3_gather_16bit_weights_on_model_save": as_bool(inline.get("zero3_save_16bit_model",
                                                                                           False))}
     for what in ("optimizer", "param"):
         device = inline.get(f"offload_{what}_device") or "none"
@@ -74,7 +79,7 @@ def _ds_inline(inline: dict[str, Any], mixed: str, world: int) -> dict[str, Any]
 def _deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None, world: int) -> dict[str, Any]:
     inline = config.get("deepspeed_config") or {}
     mixed = str(config.get("mixed_precision") or "no")
-    ds = ds_json if ds_json is not None else _ds_inline(inline, mixed, world)
+    ds = ds_json if ds_json is not None else inline_deepspeed_json(inline, mixed, world)
     zero = ds.get("zero_optimization") or {}
     stage = int(zero.get("stage", 0))
 
@@ -86,7 +91,7 @@ def _deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None, world: in
 
     def enabled(name: str) -> bool:
         value = (ds.get(name) or {}).get("enabled", False)
-        return mixed == name if value == "auto" else _bool(value)
+        return mixed == name if value == "auto" else as_bool(value)
 
     def concrete(key: str, default: Any) -> Any:
         value = ds.get(key, default)
@@ -95,14 +100,14 @@ def _deepspeed(config: dict[str, Any], ds_json: dict[str, Any] | None, world: in
     save = zero.get("stage3_gather_16bit_weights_on_model_save", zero.get("stage3_gather_fp16_weights_on_model_save",
                                                                         False))
     clip = ds.get("gradient_clipping", "auto")  # accelerate puts "auto" there, then 1.0
-    init = _bool(inline.get("zero3_init_flag", stage == 3)) and stage == 3
+    init = as_bool(inline.get("zero3_init_flag", stage == 3)) and stage == 3
     return {
         "zero_stage": stage,
         "offload_optimizer": device("offload_optimizer", "cpu_offload"),
         "offload_param": device("offload_param", "cpu_offload_param"),
         "zero_hpz_partition_size": int(zero.get("zero_hpz_partition_size", 1)),
         "zero3_init_flag": init,
-        "save_16bit_model": False if save == "auto" else _bool(save) and stage == 3,
+        "save_16bit_model": False if save == "auto" else as_bool(save) and stage == 3,
         "fp16": enabled("fp16"), "bf16": enabled("bf16"),
         "train_micro_batch_size_per_gpu": concrete("train_micro_batch_size_per_gpu", AUTO),
         "train_batch_size": concrete("train_batch_size", AUTO),
@@ -117,7 +122,7 @@ def read_setup(config: dict[str, Any], ds_json: dict[str, Any] | None = None) ->
     kind = config.get("distributed_type")
     processes, machines = int(config.get("num_processes", 1)), int(config.get("num_machines", 1))
     out: dict[str, Any] = {"distributed_type": kind, "num_processes": processes, "num_machines": machines}
-    out.update(_fsdp(config) if kind == "FSDP" else _deepspeed(config, ds_json, processes))
+    out.update(fsdp_setup(config) if kind == "FSDP" else _deepspeed(config, ds_json, processes))
     return out
 
 

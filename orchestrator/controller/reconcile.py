@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 from pydantic import ValidationError
 
 from orchestrator.compile import CompileError
-from orchestrator.compile.rungs import describe
+from orchestrator.compile.rungs import config_line
 from orchestrator.controller.kube import Deleted, KubeApi
 from orchestrator.controller.policy import Denial, Policy, check
 from orchestrator.errors import Conflict, Refused, SubmitDeferred
@@ -36,7 +36,6 @@ from orchestrator.lifecycle.moves import (
     EndAttempt,
     Finish,
     JobView,
-    Move,
     Observation,
     Seen,
     Start,
@@ -61,7 +60,7 @@ class Reconciled(StrEnum):
 
     GONE = "gone"  # deleted, or being deleted
     DONE = "done"  # already ended
-    WAITING = "running"  # an attempt runs (or waits): the next event or resync looks again
+    WAITING = "waiting"  # an attempt runs (or is pending): the next event or resync looks again
     RECHECK = "recheck"  # waits on something no watch announces (an Event): look again after `recheck_s`
     MOVED = "moved"
 
@@ -72,6 +71,16 @@ class Result:
 
     what: Reconciled
     recheck_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Where one applied move leaves the reconcile: the TrainingJob and its status to go on from (as written, when
+    the move wrote them), and whether the reconcile ends here (the job finished)."""
+
+    obj: dict[str, Any]
+    status: TrainingJobStatus
+    done: bool = False
 
 
 def _now() -> str:
@@ -144,7 +153,7 @@ class Reconciler:
             job = training_job(obj)
         except ValidationError as exc:
             errors = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            self._finish(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), [], "InvalidSpec")
+            self._write_finished(obj, status, Finish(JobState.FAILED, f"invalid spec: {errors}"), [], "InvalidSpec")
             return Result(Reconciled.MOVED)
         target = KubernetesTarget(api=self.api, namespace=namespace, owner=owner_reference(obj))
         moved = False
@@ -154,16 +163,23 @@ class Reconciler:
             observed = self._observe(target, job, last) if last is not None and not AttemptState(last.state).ended \
                 else None
             move = next_move(_view(job, status), observed)
-            if isinstance(move, Wait):
-                if self._waiting(obj, status, move, after):
-                    self._write(obj, status, after)
-                    moved = True
-                if move.recheck_s is not None or move.stalled:
-                    return Result(Reconciled.RECHECK, move.recheck_s or RECHECK_S)
-                return Result(Reconciled.MOVED if moved else Reconciled.WAITING)
-            obj, status, stop = self._apply(obj, status, job, target, move, after)
-            moved = True
-            if stop:
+            match move:
+                case Wait():
+                    return self._wait(obj, status, move, after, moved)
+                case Start():
+                    applied = self._start(obj, status, job, target, move, after)
+                case Submit() | Adopt():
+                    # Adopt (submitted, not recorded) never comes here: _observe reports a starting attempt as not
+                    # submitted, because submitting is idempotent and adopts the attempt's Job where it exists
+                    applied = self._submit(obj, status, job, target, move.number, after)
+                case EndAttempt():
+                    applied = self._end_attempt(obj, status, move, after)
+                case Finish():
+                    applied = self._finish_job(obj, status, move, after)
+                case _:
+                    assert_never(move)
+            obj, status, moved = applied.obj, applied.status, True
+            if applied.done:
                 return Result(Reconciled.MOVED)
 
     def _observe(self, target: KubernetesTarget, job: TrainingJob, attempt: AttemptStatus) -> Observation:
@@ -175,84 +191,101 @@ class Reconciler:
     def _ref(job: TrainingJob, number: int) -> AttemptRef:
         return AttemptRef(job.metadata.name, number, "", checkpoint_dir(job), "", "")
 
-    # -- moves: each returns (obj, status, stop) ------------------------------------------------
-    def _apply(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget,
-               move: Move, after: list[Callable[[], None]]) -> tuple[dict, TrainingJobStatus, bool]:
-        gen = obj["metadata"].get("generation")
-        if isinstance(move, Start):
-            try:  # a fallback config that cannot render ends the job here, with the reason
-                target.render(move.job, self._ref(job, move.number))
-            except (CompileError, RenderError) as exc:
-                self._finish(obj, status, cannot_render(move.number, exc), after, "CannotRender")
-                return obj, status, True
-            if move.number > 1:
-                after.append(partial(self.api.event, obj, "FallingBack", move.reason))
-                if self.metrics is not None:
-                    after.append(lambda: self.metrics.fell_back(move.rung or RETRY_RUNG))
-            status.attempts.append(AttemptStatus(
-                number=move.number, state=AttemptState.STARTING, config=describe(move.job), rung=move.rung,
-                reason=move.reason, jobName=attempt_name(job.metadata.name, move.number),
-                spec=move.job.model_dump(mode="json", by_alias=True)))
-            status.phase = Phase.PENDING if move.number == 1 else Phase.RUNNING
-            obj = self._write(obj, status, after)
-            return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
-        if isinstance(move, Submit):
-            attempt = status.attempts[move.number - 1]
-            spec = TrainingJob.model_validate(attempt.spec)
-            denials = check(self.policy, spec)
-            if denials:  # before any child exists, so nothing the author may not ask for is ever created
-                return self._deny(obj, status, job, target, move.number, denials, after)
-            ref = self._ref(job, move.number)
-            try:
-                target.submit(target.render(spec, ref), ref)
-            except (SubmitDeferred, Conflict) as exc:  # not now (an exceeded quota, a name still taken): say so, and
-                # the loop retries with backoff
-                if self._waiting(obj, status, Wait(detail=str(exc), stalled=True), after):
-                    self._write(obj, status, after)
-                raise
-            except Refused as exc:
-                return self._apply(obj, status, job, target, refused(move.number, f"attempt {move.number}: {exc}"),
-                                   after)
-            attempt.state = AttemptState.RUNNING
-            attempt.started_at = _now()
-            status.phase = Phase.RUNNING
-            set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
-                          gen)
-            after.append(partial(self.api.event, obj, "AttemptStarted",
-                                 f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"))
-            obj = self._write(obj, status, after)
-            return obj, TrainingJobStatus.model_validate(obj.get("status") or {}), False
-        if isinstance(move, Adopt):  # not reached on Kubernetes (Submit adopts), kept for completeness of moves
-            status.attempts[move.number - 1].state = AttemptState.RUNNING
-            return obj, status, False
-        if isinstance(move, EndAttempt):
-            attempt = status.attempts[move.number - 1]
-            attempt.state = move.state
-            attempt.ended_at = _now()
-            attempt.failure = f = move.failure
+    # -- moves: one method each; each but Wait returns where it leaves the reconcile -----------
+    def _wait(self, obj: dict, status: TrainingJobStatus, move: Wait, after: list[Callable[[], None]],
+              moved: bool) -> Result:
+        """The open attempt runs or is pending: its Stalled condition is brought up to date (written when it
+        changed), and the reconcile ends; RECHECK when what it waits on is announced by no watch."""
+        if self._waiting(obj, status, move, after):
+            self._write(obj, status, after)
+            moved = True
+        if move.recheck_s is not None or move.stalled:
+            return Result(Reconciled.RECHECK, move.recheck_s or RECHECK_S)
+        return Result(Reconciled.MOVED if moved else Reconciled.WAITING)
+
+    def _start(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget, move: Start,
+               after: list[Callable[[], None]]) -> Applied:
+        """Record attempt N as starting (written before any child exists); a config that cannot render ends the
+        job here, with the reason."""
+        try:
+            target.render(move.job, self._ref(job, move.number))
+        except (CompileError, RenderError) as exc:
+            self._write_finished(obj, status, cannot_render(move.number, exc), after, "CannotRender")
+            return Applied(obj, status, done=True)
+        if move.number > 1:
+            after.append(partial(self.api.event, obj, "FallingBack", move.reason))
             if self.metrics is not None:
-                after.append(lambda: self.metrics.attempt_ended(f.kind if f else "succeeded"))
-            if f is not None:
-                after.append(partial(self.api.event, obj, "AttemptFailed",
-                                     f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True))
-            return obj, status, False  # decided next, written together
-        assert isinstance(move, Finish)
+                after.append(lambda: self.metrics.fell_back(move.rung or RETRY_RUNG))
+        status.attempts.append(AttemptStatus(
+            number=move.number, state=AttemptState.STARTING, config=config_line(move.job), rung=move.rung,
+            reason=move.reason, jobName=attempt_name(job.metadata.name, move.number),
+            spec=move.job.model_dump(mode="json", by_alias=True)))
+        status.phase = Phase.PENDING if move.number == 1 else Phase.RUNNING
+        obj = self._write(obj, status, after)
+        return Applied(obj, TrainingJobStatus.model_validate(obj.get("status") or {}))
+
+    def _submit(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget, number: int,
+                after: list[Callable[[], None]]) -> Applied:
+        """Create attempt N's children (or adopt them, where they exist and are this TrainingJob's), once the policy
+        allows what it asks, and record it running."""
+        attempt = status.attempts[number - 1]
+        spec = TrainingJob.model_validate(attempt.spec)
+        denials = check(self.policy, spec)
+        if denials:  # before any child exists, so nothing the author may not ask for is ever created
+            return self._deny(obj, status, number, denials, after)
+        ref = self._ref(job, number)
+        try:
+            target.submit(target.render(spec, ref), ref)
+        except (SubmitDeferred, Conflict) as exc:  # not now (an exceeded quota, a name still taken): say so, and
+            # the loop retries with backoff
+            if self._waiting(obj, status, Wait(detail=str(exc), stalled=True), after):
+                self._write(obj, status, after)
+            raise
+        except Refused as exc:
+            return self._end_attempt(obj, status, refused(number, f"attempt {number}: {exc}"), after)
+        attempt.state = AttemptState.RUNNING
+        attempt.started_at = _now()
+        status.phase = Phase.RUNNING
+        set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
+                      obj["metadata"].get("generation"))
+        after.append(partial(self.api.event, obj, "AttemptStarted",
+                             f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"))
+        obj = self._write(obj, status, after)
+        return Applied(obj, TrainingJobStatus.model_validate(obj.get("status") or {}))
+
+    def _end_attempt(self, obj: dict, status: TrainingJobStatus, move: EndAttempt,
+                     after: list[Callable[[], None]]) -> Applied:
+        """Record how the attempt ended; not written yet: what comes next is decided and written with it."""
+        attempt = status.attempts[move.number - 1]
+        attempt.state = move.state
+        attempt.ended_at = _now()
+        attempt.failure = f = move.failure
+        if self.metrics is not None:
+            after.append(lambda: self.metrics.attempt_ended(f.kind if f else "succeeded"))
+        if f is not None:
+            after.append(partial(self.api.event, obj, "AttemptFailed",
+                                 f"attempt {attempt.number}: {f.kind}: {f.reason}", warning=True))
+        return Applied(obj, status)
+
+    def _finish_job(self, obj: dict, status: TrainingJobStatus, move: Finish,
+                    after: list[Callable[[], None]]) -> Applied:
+        """Record the job's end; the Job of an attempt refused for good goes once that is written."""
         last = status.attempts[-1] if status.attempts else None
         refused_for_good = last is not None and last.failure is not None and last.failure.kind == FailureKind.REFUSED
         if refused_for_good:  # its Job would retry the refused pods forever: deleted once the refusal is recorded
             after.append(lambda: self._clean_up_refused(obj, status, announce=True))
-        self._finish(obj, status, move, after, "Refused" if refused_for_good else None)
-        return obj, status, True
+        self._write_finished(obj, status, move, after, "Refused" if refused_for_good else None)
+        return Applied(obj, status, done=True)
 
-    def _deny(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget, number: int,
-              denials: list[Denial], after: list[Callable[[], None]]) -> tuple[dict, TrainingJobStatus, bool]:
+    def _deny(self, obj: dict, status: TrainingJobStatus, number: int, denials: list[Denial],
+              after: list[Callable[[], None]]) -> Applied:
         """The attempt asks for more than the policy allows: a PolicyDenied condition naming each field, the
         value asked and what is allowed, a Warning Event, and the attempt refused for good (so the job fails)."""
         message = one_line("; ".join(d.message for d in denials))
         reason = denials[0].reason if len({d.reason for d in denials}) == 1 else "PolicyDenied"
         set_condition(status, "PolicyDenied", "True", reason, message, obj["metadata"].get("generation"))
         after.append(partial(self.api.event, obj, "PolicyDenied", message, warning=True))
-        return self._apply(obj, status, job, target, refused(number, f"PolicyDenied: {message}"), after)
+        return self._end_attempt(obj, status, refused(number, f"PolicyDenied: {message}"), after)
 
     def _clean_up_refused(self, obj: dict, status: TrainingJobStatus, announce: bool = False) -> None:
         """The Job of an attempt refused for good (pods refused by admission) is deleted if it is this
@@ -290,8 +323,9 @@ class Reconciler:
             action()
         return written
 
-    def _finish(self, obj: dict, status: TrainingJobStatus, move: Finish, after: list[Callable[[], None]],
-                reason: str | None = None) -> None:
+    def _write_finished(self, obj: dict, status: TrainingJobStatus, move: Finish, after: list[Callable[[], None]],
+                        reason: str | None = None) -> None:
+        """The job's phase, message and conditions for its end, written; `reason` names it (else from the state)."""
         phase = Phase.of(move.state)
         reason = reason or ("Succeeded" if move.state is JobState.SUCCEEDED else
                             "Cancelled" if move.state is JobState.CANCELLED else "FallbackStopped")

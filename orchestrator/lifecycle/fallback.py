@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.compile import rules
-from orchestrator.compile.rungs import NOT_ABOUT_THE_ESTIMATE, RUNG_FUNCTIONS, config_key, describe, ladder
+from orchestrator.compile.rungs import NOT_ABOUT_THE_ESTIMATE, RUNG_FUNCTIONS, config_key, config_line, ladder
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import FailureKind
@@ -81,12 +81,12 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
             ([f"skipped, predicted to need more GPU memory: {', '.join(costlier)}"] if costlier else [])
         note = f" ({'; '.join(notes)})" if notes else ""
         return Next(candidate, rung,
-                    f"{failure.kind} ({failure.reason}) on {describe(current)} -> {rung}: {why}{note}")
+                    f"{failure.kind} ({failure.reason}) on {config_line(current)} -> {rung}: {why}{note}")
     if costlier:
         also = f"; predicted not to fit: {', '.join(skipped)}" if skipped else ""
-        return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted to need more GPU "
+        return Stop(f"{failure.kind} on {config_line(current)}: every remaining rung is predicted to need more GPU "
                     f"memory than it ({', '.join(costlier)}){also}")
     if skipped:
-        return Stop(f"{failure.kind} on {describe(current)}: every remaining rung is predicted not to fit "
+        return Stop(f"{failure.kind} on {config_line(current)}: every remaining rung is predicted not to fit "
                     f"({', '.join(skipped)})")
-    return Stop(f"{failure.kind} on {describe(current)} and no rung of the ladder can go further")
+    return Stop(f"{failure.kind} on {config_line(current)} and no rung of the ladder can go further")

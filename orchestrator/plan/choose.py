@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from orchestrator.compile.rungs import describe
+from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import estimate
 from orchestrator.plan.planner import DEFAULT_SEQ_LEN, plan, predicts_fit
 from orchestrator.plan.report import gib
@@ -39,7 +39,7 @@ def starting_point(job: TrainingJob, on_gpu: bool) -> tuple[TrainingJob, str | N
     if chosen.origin == "spec":
         return job, None, f"{AS_SUBMITTED} ({predicted})"
     spec_total = gib(result.candidates[0].estimate.total)
-    summary = describe(chosen.job)
+    summary = config_line(chosen.job)
     return (chosen.job, f"plan:{chosen.origin}",
             f"planned: the spec as written is predicted at {spec_total} per GPU, over the limit; starting from "
             f"{summary} ({predicted}); spec.fallback.plan: off starts from the spec instead")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from html import escape
 
 from orchestrator.compile import rules
-from orchestrator.compile.rungs import describe
+from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
 from orchestrator.plan.report import GIB, TERMS, bars, gib, scale_of, term_style
@@ -106,7 +106,7 @@ def plan_html(result: Plan, source: str = "") -> str:
     for i, c in enumerate(result.candidates):
         verdict = '<span class="fits">fits</span>' if c.fits else '<span class="nofit">does not fit</span>'
         chosen, arrow = (' class="chosen"', "&#8594; ") if i == result.chosen else ("", "")
-        rows.append(f'<tr{chosen}><td class="num">{arrow}{i + 1}</td><td>{escape(describe(c.job))}</td>'
+        rows.append(f'<tr{chosen}><td class="num">{arrow}{i + 1}</td><td>{escape(config_line(c.job))}</td>'
                     f'<td class="num">{gib(c.estimate.total)}</td><td class="verdict">{verdict}</td>'
                     f'<td class="num">{c.cost:.2f}x</td><td class="num">{c.max_micro_batch}</td>'
                     f"<td>{escape(c.origin)}</td></tr>")

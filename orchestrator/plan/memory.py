@@ -35,7 +35,6 @@ from orchestrator.spec.models import TrainingJob
 GIB = 1 << 30
 MIB = 1 << 20
 DS_DEFAULT_REDUCE_BUCKET = int(5e8)  # DeepSpeed defaults (elements)
-DS_DEFAULT_PREFETCH_BUCKET = int(5e7)
 DS_DEFAULT_MAX_LIVE = int(1e9)
 DS_DEFAULT_MAX_REUSE = int(1e9)  # stage3_max_reuse_distance: a parameter reused within this many is not released
 DS_DEFAULT_SUB_GROUP = int(1e9)  # sub_group_size: ZeRO-3 steps the optimizer one sub-group at a time
@@ -91,7 +90,6 @@ CUDA = DeviceProfile("cuda", context_bytes=int(1.295 * GIB) + 784 * MIB, comm_by
 CPU = DeviceProfile("cpu", context_bytes=195 * MIB, comm_bytes=0, touched_only=True,
                     source="fitted on benchmarks/data/memory-cpu.jsonl (peak RSS over the pre-model baseline)",
                     activation_scale=1.06, logits_scale=1.26, unattributed_per_param={"zero3_offload": 5.23})
-PROFILES = {p.name: p for p in (CUDA, CPU)}
 PHASES = ("backward", "gradient_reduction", "optimizer_step")
 
 
@@ -226,8 +224,9 @@ def _fsdp(shape: ModelShape, job: TrainingJob, profile: DeviceProfile, est: Esti
     n, g, p = spec.world_size, spec.resources.gpus_per_node, shape.params
     # On one process FSDP runs NO_SHARD whatever was asked (torch/distributed/fsdp/_init_utils.py).
     level = "none" if n == 1 else spec.sharding
-    compute = 2 if spec.precision.mixed != "no" else 4
     pb = 4 if spec.precision.params == "fp32" else 2
+    # Without mixed precision FSDP computes in the load dtype (bf16 params: accelerate's memory-constrained mode).
+    compute = 2 if spec.precision.mixed != "no" else pb
     shards = {"full": n, "grad_op": n, "hybrid": g, "none": 1, "optimizer": n}[level]
     offload = spec.offload.params != "none" or spec.offload.optimizer != "none"
     state = pb * p // shards

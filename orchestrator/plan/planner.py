@@ -66,10 +66,6 @@ class Plan:
     chosen: int | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def chosen_job(self) -> TrainingJob | None:
-        return self.candidates[self.chosen].job if self.chosen is not None else None
-
     def as_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "model": {"parameters": self.shape.params, "method": self.shape.method,
                                             "source": self.shape.source,

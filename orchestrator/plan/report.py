@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.compile.rungs import describe
+from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
 
@@ -63,7 +63,7 @@ def bars(result: Plan) -> list[Bar]:
     for i, c in enumerate(result.candidates):
         terms = sorted(((k, v) for k, v in c.estimate.terms.items() if v > 0),
                        key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
-        out.append(Bar(i + 1, describe(c.job), terms, c.estimate.total, c.fits, i == result.chosen))
+        out.append(Bar(i + 1, config_line(c.job), terms, c.estimate.total, c.fits, i == result.chosen))
     return out
 
 
@@ -114,7 +114,7 @@ def render(result: Plan, console: Console) -> None:
     table.add_column("from", overflow="fold", min_width=6)
     for i, c in enumerate(result.candidates):
         mark = "->" if i == result.chosen else ""
-        table.add_row(f"{mark}{i + 1}", describe(c.job), gib(c.estimate.total), "fits" if c.fits else "does not fit",
+        table.add_row(f"{mark}{i + 1}", config_line(c.job), gib(c.estimate.total), "fits" if c.fits else "does not fit",
                       f"{c.cost:.2f}x", str(c.max_micro_batch), c.origin,
                       style="bold" if i == result.chosen else None)
     console.print(table)

@@ -34,10 +34,6 @@ class ModelShape:
     source: str = "spec.model.parameters"  # where the shape came from: the config.json read, or the spec's count
     note: str | None = None  # what the plan should say about it (no config.json found, and why)
 
-    @property
-    def block_params(self) -> int:
-        return max(1, (self.params - self.vocab * self.hidden) // max(1, self.layers))
-
 
 def _eager(cfg: dict[str, Any]) -> bool:
     """transformers uses SDPA (no s x s scores kept) unless the config pins eager attention."""

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from orchestrator.spec.models import _DNS1123_LABEL, API_VERSION, KIND, Metadata, TrainingJobSpec
+from orchestrator.spec.models import API_VERSION, DNS1123_LABEL, KIND, Metadata, TrainingJobSpec
 from orchestrator.spec.status import TrainingJobStatus
 
 GROUP, VERSION = API_VERSION.split("/")
@@ -81,10 +81,9 @@ _ROOT_DESCRIPTIONS = {
 # schema non-structural: "must not specify anything other than name and generateName").
 _METADATA = {
     "type": "object",
-    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": _DNS1123_LABEL.pattern,
+    "properties": {"name": {"type": "string", "maxLength": 63, "pattern": DNS1123_LABEL.pattern,
                             "description": Metadata.model_fields["name"].description}},
 }
-_TYPES_OF = {"integer", "number", "string", "boolean", "array", "object"}
 
 
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:

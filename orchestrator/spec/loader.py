@@ -291,12 +291,15 @@ def _is_label(item: Any) -> bool:
     return text.startswith(("function-", "literal[", "list[", "model[")) or text in _LABELS
 
 
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
-    """Pydantic's loc, without the union/validator labels it inserts, as a dotted path."""
+def loc_to_path(loc: tuple[Any, ...]) -> str:
+    """A pydantic error's loc as the spec's dotted field path (`spec.batch.global`), without the union and validator
+    labels pydantic inserts: how every spec error names its field (the loader, --set, the Python API)."""
     return ".".join("global" if str(item) == "global_" else str(item) for item in loc if not _is_label(item))
 
 
-def _friendly(err: ErrorDetails) -> str:
+def friendly_message(err: ErrorDetails) -> str:
+    """A pydantic error in the words a spec error shows: an unknown or missing field said plainly, a validator's
+    message without pydantic's "Value error, " prefix, a wrong type with the value that was given."""
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; see `shardctl schema`)"
@@ -346,8 +349,8 @@ def parse_spec_text(text: str, source: str = "<spec>") -> LoadedSpec:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            path = _loc_to_path(err["loc"])
-            problems.append(Problem(path, _friendly(err), _nearest_line(lines, path), source))
+            path = loc_to_path(err["loc"])
+            problems.append(Problem(path, friendly_message(err), _nearest_line(lines, path), source))
         partial = _partial(data, exc.errors())
         raise SpecError(_capped(_dedupe(problems), source),
                         LoadedSpec(partial, source, lines) if partial is not None else None) from None

@@ -54,7 +54,7 @@ PLACEHOLDERS = ("micro_batch", "grad_accum", "checkpoint_dir", "attempt", "seq_l
 # `$` also accepts one trailing newline, and a name such as "quickstart\n" would put a line of its own
 # into job.sbatch (after which sbatch ignores every later #SBATCH directive). The patterns keep `^...$`
 # and use `[0-9]`, not `\d`, so that the CRD and the JSON Schema (RE2, ECMA-262) read them the same way.
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
@@ -128,7 +128,7 @@ def _shown(value: str, limit: int = 80) -> str:
 
 
 def _check_dns_label(value: str) -> str:
-    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
+    if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
         raise ValueError(
             f"{_shown(value)} is not a DNS-1123 label: lower-case letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters"

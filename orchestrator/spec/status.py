@@ -26,7 +26,6 @@ class AttemptStatus(_Status):
     rung: str | None = Field(default=None, description="The fallback rung that produced this attempt.")
     reason: str = Field(default="", description="Why this attempt was started.")
     job_name: str = Field(alias="jobName", description="The batch/v1 Job of this attempt.")
-    spec_hash: str | None = Field(default=None, alias="specHash", description="Hash of the attempt's full spec.")
     started_at: str | None = Field(default=None, alias="startedAt", description="When its Job was created (RFC 3339).")
     ended_at: str | None = Field(default=None, alias="endedAt", description="When it was seen to end (RFC 3339).")
     failure: Failure | None = Field(default=None, description="How it ended, once it has.")

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import assert_never
 
 from orchestrator.errors import Refused, StoreError, TargetError
 from orchestrator.lifecycle.moves import (
@@ -213,31 +214,32 @@ class Supervisor:
         return self.target.describe(attempt.external_id, ref)
 
     def apply(self, job: JobRecord, move: Move) -> bool:
-        if isinstance(move, Wait):
-            if move.stop_attempt and not self.cancel_sent:
-                last = self.store.attempts(job.id)[-1]
-                assert last.external_id is not None
-                self.target.cancel(last.external_id, self.ref(job, last.number))
-                self.cancel_sent = True
-            return False
-        if isinstance(move, Start):
-            return self.start(job, move)
-        if isinstance(move, Submit):
-            if not self.store.claim_submit(job.id, move.number):
-                return False  # another supervisor took the submission over first
-            attempt = self.store.attempts(job.id)[move.number - 1]
-            ref = self.ref(job, move.number)
-            self.launch(job, move.number, self.target.render(TrainingJob.model_validate(attempt.spec), ref), ref)
-            return True
-        if isinstance(move, Adopt):
-            return self.store.start_attempt(job.id, move.number, external_id=move.external_id, started_at=time.time())
-        if isinstance(move, EndAttempt):
-            return self.end(job, move)
-        assert isinstance(move, Finish)
-        if not self.store.finish_job(job.id, move.state, move.reason):
-            return False  # it had ended already: its first ending stands
-        _log(f"job {job.id}: {move.state}: {move.reason}")
-        return True
+        """Act on `move`, each kind by its own method (every one writes the store before it acts); False when
+        there was nothing to do but wait, or another supervisor recorded the move first."""
+        match move:
+            case Wait():
+                return self.wait(job, move)
+            case Start():
+                return self.start(job, move)
+            case Submit():
+                return self.submit_recorded(job, move)
+            case Adopt():
+                return self.adopt(job, move)
+            case EndAttempt():
+                return self.end(job, move)
+            case Finish():
+                return self.finish(job, move)
+            case _:
+                assert_never(move)
+
+    def wait(self, job: JobRecord, move: Wait) -> bool:
+        """Nothing to do but wait; when a cancel was asked, the running attempt is stopped (once). Always False."""
+        if move.stop_attempt and not self.cancel_sent:
+            last = self.store.attempts(job.id)[-1]
+            assert last.external_id is not None
+            self.target.cancel(last.external_id, self.ref(job, last.number))
+            self.cancel_sent = True
+        return False
 
     def start(self, job: JobRecord, move: Start) -> bool:
         """Record attempt N, and submit it only if this supervisor recorded it (False: another did)."""
@@ -266,6 +268,20 @@ class Supervisor:
         self.launch(job, move.number, dry, ref)
         return True
 
+    def submit_recorded(self, job: JobRecord, move: Submit) -> bool:
+        """Submit an attempt that was recorded but never submitted (its recorder died first), once this supervisor
+        won the takeover of its submission (False: another one did)."""
+        if not self.store.claim_submit(job.id, move.number):
+            return False
+        attempt = self.store.attempts(job.id)[move.number - 1]
+        ref = self.ref(job, move.number)
+        self.launch(job, move.number, self.target.render(TrainingJob.model_validate(attempt.spec), ref), ref)
+        return True
+
+    def adopt(self, job: JobRecord, move: Adopt) -> bool:
+        """Record as running an attempt that was submitted but not recorded (the target's `recover` found it)."""
+        return self.store.start_attempt(job.id, move.number, external_id=move.external_id, started_at=time.time())
+
     def launch(self, job: JobRecord, number: int, dry: DryRun, ref: AttemptRef) -> None:
         try:
             external_id = self.target.submit(dry, ref)
@@ -292,6 +308,13 @@ class Supervisor:
                 peak_memory_bytes=move.peak_memory_bytes):
             return False
         _log(f"job {job.id}: attempt {move.number} {move.state}" + (f": {f.kind}: {f.reason}" if f else ""))
+        return True
+
+    def finish(self, job: JobRecord, move: Finish) -> bool:
+        """Record the job's end; False when it had ended already (its first ending stands)."""
+        if not self.store.finish_job(job.id, move.state, move.reason):
+            return False
+        _log(f"job {job.id}: {move.state}: {move.reason}")
         return True
 
 

@@ -31,7 +31,7 @@ from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, JobState
 
-__all__ = ["AttemptRef", "AttemptSnapshot", "ControlledTarget", "Driver", "DryRun", "JobSnapshot", "LogSource",
+__all__ = ["AttemptRef", "ClusterAttempt", "ClusterRecord", "ControlledTarget", "Driver", "DryRun", "LogSource",
            "Observation", "Target"]
 
 
@@ -128,7 +128,7 @@ class Target(Protocol):
 
 
 @dataclass(frozen=True)
-class AttemptSnapshot:
+class ClusterAttempt:
     """One attempt as a controller recorded it in the cluster."""
 
     number: int
@@ -143,12 +143,12 @@ class AttemptSnapshot:
 
 
 @dataclass(frozen=True)
-class JobSnapshot:
+class ClusterRecord:
     """The record a controller keeps in the cluster; None from `fetch` when the job is gone."""
 
     state: JobState
     reason: str | None
-    attempts: Sequence[AttemptSnapshot]
+    attempts: Sequence[ClusterAttempt]
     conditions: Sequence[str] = ()  # what the job is waiting on, in the controller's words
 
 
@@ -161,7 +161,7 @@ class ControlledTarget(Target, Protocol):
         find it again. Raises Refused (nothing was created), Unavailable (the cluster did not answer) or Conflict
         (a TrainingJob of that name exists)."""
 
-    def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
+    def fetch(self, options: dict[str, Any], name: str) -> ClusterRecord | None:
         """The controller's record of the job, or None when it is gone from the cluster."""
 
     def withdraw(self, options: dict[str, Any], name: str) -> None:

@@ -21,11 +21,11 @@ from orchestrator.errors import Conflict, Refused, SubmitDeferred, TargetError, 
 from orchestrator.lifecycle.classify import Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
-from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
-from orchestrator.spec.states import AttemptState, Phase
+from orchestrator.spec.states import Phase
+from orchestrator.spec.status import TrainingJobStatus
 from orchestrator.targets import k8s_stalls
-from orchestrator.targets.base import AttemptRef, AttemptSnapshot, Driver, DryRun, JobSnapshot
+from orchestrator.targets.base import AttemptRef, ClusterAttempt, ClusterRecord, Driver, DryRun
 from orchestrator.targets.k8s_observe import observe
 from orchestrator.targets.k8s_render import KubeRequest, manifests, render
 
@@ -435,14 +435,14 @@ class KubernetesTarget:
         log = rank0_log(self.client(), ns, external_id, options.get("uid"), CONTAINER)
         return outcome_from_log(log, f"the rank-0 pod of Job {external_id} ({ns})")
 
-    def fetch(self, options: dict[str, Any], name: str) -> JobSnapshot | None:
+    def fetch(self, options: dict[str, Any], name: str) -> ClusterRecord | None:
         ns = options.get("namespace") or "default"
         obj = self.call(f"read TrainingJob {name} in namespace {ns}",
                         lambda: self._custom().get_namespaced_custom_object(
                             GROUP, VERSION, ns, PLURAL, name, _request_timeout=TIMEOUT_S), missing_ok=True)
         if obj is None or (options.get("uid") and obj["metadata"].get("uid") != options["uid"]):
             return None
-        return snapshot(obj)
+        return read_record(obj)
 
     def withdraw(self, options: dict[str, Any], name: str) -> None:
         ns = options.get("namespace") or "default"
@@ -464,17 +464,14 @@ def _wanted_pods(job: dict) -> int:
     return max(0, min(spec.get("parallelism") or completions, completions) - done)
 
 
-def snapshot(obj: dict[str, Any]) -> JobSnapshot:
-    """The controller's record (the TrainingJob status) in the target-neutral shape."""
-    status = obj.get("status") or {}
-    attempts = []
-    for a in status.get("attempts") or []:
-        attempts.append(AttemptSnapshot(
-            number=a["number"], state=AttemptState(a["state"]), spec=a.get("spec") or {}, rung=a.get("rung"),
-            reason=a.get("reason", ""), external_id=a.get("jobName"), started_at=_timestamp(a.get("startedAt")),
-            ended_at=_timestamp(a.get("endedAt")),
-            failure=Failure.from_json(a.get("failure"))))
-    phase = Phase(status["phase"]) if status.get("phase") else Phase.PENDING
-    waiting = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
-               if c.get("type") == "Stalled" and c.get("status") == "True"]
-    return JobSnapshot(state=phase.job_state, reason=status.get("message"), attempts=attempts, conditions=waiting)
+def read_record(obj: dict[str, Any]) -> ClusterRecord:
+    """The controller's record (the TrainingJob status, validated by the model the reconciler writes it with)
+    in the target-neutral shape."""
+    status = TrainingJobStatus.model_validate(obj.get("status") or {})
+    attempts = [ClusterAttempt(number=a.number, state=a.state, spec=a.spec or {}, rung=a.rung, reason=a.reason,
+                                external_id=a.job_name, started_at=_timestamp(a.started_at),
+                                ended_at=_timestamp(a.ended_at), failure=a.failure)
+                for a in status.attempts]
+    waiting = [f"{c.reason}: {c.message}" for c in status.conditions if c.type == "Stalled" and c.status == "True"]
+    return ClusterRecord(state=(status.phase or Phase.PENDING).job_state, reason=status.message, attempts=attempts,
+                       conditions=waiting)

@@ -172,7 +172,7 @@ class SlurmTarget:
     def prefetch(self, external_ids: list[str]) -> None:
         """One sacct for all these attempts: the poller every describe in this process shares."""
         self.poller.watch(external_ids)
-        self.poller.refresh()
+        self.poller.poll()
 
     def describe(self, external_id: str, ref: AttemptRef) -> Observation:
         info = self.poller.get(external_id)

@@ -1,7 +1,7 @@
 """What Slurm says about jobs: one `sacct` call for every watched job, parsed into a small record.
 
 Parsing is pure (tested on captured output). The poller batches: however many jobs are watched,
-one refresh is one `sacct -j ID,ID,...` (plus one `squeue` only for ids that accounting does not
+one poll is one `sacct -j ID,ID,...` (plus one `squeue` only for ids that accounting does not
 know yet: slurmctld hands a new job to slurmdbd a moment after `sbatch` returns). Like submitit,
 it never asks more often than its interval. Steps are read too: when only a step (`srun`) runs
 out of memory the job is FAILED and the step is OUT_OF_MEMORY. `sacct -D` lists every run of a
@@ -194,12 +194,12 @@ def run_slurm(argv: list[str], *, retries: int = 2, timeout: float = 60.0) -> st
 
 @dataclass
 class Poller:
-    """The watched Slurm jobs and what Slurm last said of them, refreshed all at once."""
+    """The watched Slurm jobs and what Slurm last said of them, polled all at once."""
 
     interval_s: float = 2.0
     watched: set[str] = field(default_factory=set)
     known: dict[str, JobInfo] = field(default_factory=dict)
-    refreshed_at: float = float("-inf")
+    polled_at: float = float("-inf")
     calls: dict[str, int] = field(default_factory=lambda: {"sacct": 0, "squeue": 0})
 
     def watch(self, job_ids: Iterable[str]) -> None:
@@ -211,13 +211,15 @@ class Poller:
             self.known.pop(job_id, None)
 
     def get(self, job_id: str) -> JobInfo | None:
-        """What Slurm says of one job; refreshes every watched job when the last look is too old."""
+        """What Slurm says of one job; polls every watched job when the last look is too old."""
         self.watch([job_id])
-        if job_id not in self.known or time.monotonic() - self.refreshed_at >= self.interval_s:
-            self.refresh()
+        if job_id not in self.known or time.monotonic() - self.polled_at >= self.interval_s:
+            self.poll()
         return self.known.get(job_id)
 
-    def refresh(self) -> dict[str, JobInfo]:
+    def poll(self) -> dict[str, JobInfo]:
+        """Ask Slurm about every watched job at once: one sacct, and squeue for the ids too new for accounting;
+        what it said is kept (`known`) and returned."""
         ids = sorted(self.watched, key=_numeric)
         if not ids:
             return {}
@@ -233,7 +235,7 @@ class Poller:
             except SlurmUnavailable:
                 pass  # squeue refuses ids it has forgotten: they stay unknown
         self.known.update(found)
-        self.refreshed_at = time.monotonic()
+        self.polled_at = time.monotonic()
         return found
 
 
@@ -242,4 +244,4 @@ def _numeric(job_id: str) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 0, job_id)
 
 
-POLLER = Poller()  # one per process: every describe() in it shares the batched refresh
+POLLER = Poller()  # one per process: every describe() in it shares the batched poll

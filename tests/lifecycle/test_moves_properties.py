@@ -89,7 +89,7 @@ def test_the_endings_cover_every_failure_kind() -> None:
     """The generator's promise: every kind a run can end in is reached (a refusal comes from the target)."""
     kinds = {f.kind for f in map(classify, (o or Outcome(exit_code=None) for o in ENDINGS.values())) if f}
     assert kinds == set(FailureKind) - {FailureKind.REFUSED}
-    assert classify(ENDINGS["success"]) is None  # type: ignore[arg-type]
+    assert classify(Outcome(exit_code=0)) is None
 
 
 @st.composite
@@ -150,16 +150,18 @@ class Lifecycle(RuleBasedStateMachine):
         self.submissions: Counter[int] = Counter()
         self.starts: Counter[int] = Counter()
         self.endings = ["cuda_oom"]
+        self.cancel_at_the_end = False
         self.moves = 0  # the moves that changed the record or the target (not Wait, nor a Submit that died first)
         self.clean = True  # no rule or invariant failed part-way (teardown then drives the job to its end)
 
     # -- the record and the target ----------------------------------------------------------------------------
 
     @initialize(spec=specs(), on_gpu=st.booleans(),
-                endings=st.lists(st.sampled_from(ENDING_DRAW), min_size=1, max_size=6))
-    def submit_the_job(self, spec: TrainingJob, on_gpu: bool, endings: list[str]) -> None:
+                endings=st.lists(st.sampled_from(ENDING_DRAW), min_size=1, max_size=6), cancel_at_the_end=st.booleans())
+    def submit_the_job(self, spec: TrainingJob, on_gpu: bool, endings: list[str], cancel_at_the_end: bool) -> None:
         self.spec, self.on_gpu = spec, on_gpu
         self.endings = endings  # how the target ends the attempts once it only reports ended ones (teardown)
+        self.cancel_at_the_end = cancel_at_the_end  # a cancel that comes as the teardown begins: the run crosses it
 
     @property
     def max_attempts(self) -> int:
@@ -415,6 +417,7 @@ class Lifecycle(RuleBasedStateMachine):
         """Liveness: from wherever the run stopped, a target that reports every attempt ended brings the job to
         Finish within the bound (checked after the invariants' last run, unless a rule failed part-way)."""
         if self.clean and self.finished is None:
+            self.cancel = self.cancel or self.cancel_at_the_end
             self.run_to_the_end(self.endings)
             self.bounded()
 

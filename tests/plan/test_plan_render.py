@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.compile.rungs import describe
+from orchestrator.compile.rungs import config_line
 from orchestrator.plan.html import plan_html
 from orchestrator.plan.planner import MARGIN, plan
 from orchestrator.plan.report import TERMS, bars, plan_text
@@ -57,11 +57,11 @@ def test_the_table_wraps_to_the_terminal_and_loses_no_config(tmp_path: Path, col
     text_words = words(out.stdout)
     for c in result.candidates:  # every word of every config, in order, wrapped or not
         at = 0
-        for word in words(describe(c.job)):
+        for word in words(config_line(c.job)):
             at = text_words.index(word, at) + 1
     assert "…" not in out.stdout and "..." not in out.stdout
     if columns == 160:  # the room is used: the short configs fit on one line
-        shortest = min((describe(c.job) for c in result.candidates), key=len)
+        shortest = min((config_line(c.job) for c in result.candidates), key=len)
         assert shortest in out.stdout
 
 

@@ -33,9 +33,9 @@ from orchestrator.compile.rungs import AUTO_LADDER, RUNG_FUNCTIONS
 from orchestrator.lifecycle.classify import Failure
 from orchestrator.lifecycle.fallback import Next, next_step
 from orchestrator.lifecycle.moves import AttemptView, Finish, JobView, Start, next_move
-from orchestrator.plan.choose import fit_predicate, need_estimate
+from orchestrator.plan.choose import fit_predicate, need_estimate, starting_point
 from orchestrator.plan.memory import CPU, CUDA, DeviceProfile, estimate
-from orchestrator.plan.planner import DEFAULT_SEQ_LEN, max_micro_batch, predicts_fit
+from orchestrator.plan.planner import DEFAULT_SEQ_LEN, max_micro_batch, plan, predicts_fit
 from orchestrator.plan.size import ModelShape, from_parameters, model_shape
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
@@ -341,3 +341,53 @@ def test_activation_checkpointing_never_raises_the_estimate_even_of_one_layer() 
                        largest_layer_params=32000 * 4096, method="test", gated_mlp=True)
     plain = sized(1e8, batch={"micro": 8, "seq_len": 4096})
     assert total(plain.with_spec(activation_checkpointing=True), shape) <= total(plain, shape)
+
+
+def test_a_spec_that_fits_is_started_as_written_when_a_candidate_only_ties_its_cost() -> None:
+    """Found by the policy property: ZeRO-3 with everything offloaded to the CPU costs 1.1 x 1.33 x 1.6 x 2.5 and
+    its NVMe neighbour 1.1 x 1.33 x 4.0, equal but for the last bit of the floats, so the planner started the
+    first attempt on NVMe although the spec fits, and said the spec was over the limit."""
+    spec = sized(1e5, backend="deepspeed", sharding="full", activation_checkpointing=True,
+                 precision={"mixed": "no", "params": "fp32"},
+                 offload={"optimizer": "cpu", "params": "cpu", "nvme_path": "/local_nvme"},
+                 batch={"micro": 1, "seq_len": 16}, resources={"gpus_per_node": 1, "gpu_memory": "24GiB"})
+    result = plan(spec, hub=False)
+    nvme = next(c for c in result.candidates if c.origin == "offload_nvme")
+    assert result.candidates[0].fits and nvme.fits and round(nvme.cost, 9) == round(result.candidates[0].cost, 9)
+    assert result.chosen == 0
+    assert starting_point(spec, True)[1] is None  # the spec as written
+
+
+def test_deepspeed_stage_changes_can_cost_more() -> None:
+    """Why property 2 leaves DeepSpeed's shard_more (and offload rungs that change the ZeRO stage) out, with the
+    planner's reasons, each read in DeepSpeed's source (docs/design.md, "Memory planner"): ZeRO-1/2 allocate
+    reduction buckets of reduce_bucket_size elements whatever the model's size (two with overlap_comm) and flatten
+    the gradients at the step, and ZeRO-3 keeps its bucket and a gradient partition for the whole run. For a small
+    model, or on one GPU where nothing is sharded, that costs more than the state it shards; for a large model on
+    several GPUs sharding more lowers the estimate, as the ladder expects. The policy skips the rungs that would
+    raise it (test_after_a_cuda_oom_the_fallback_skips_a_rung_predicted_to_need_more_gpu_memory)."""
+    def zero(parameters: float, level: str, gpus: int, seq: int, mixed: str = "bf16") -> int:
+        spec = sized(parameters, backend="deepspeed", sharding=level, batch={"micro": 1, "seq_len": seq},
+                     precision={"mixed": mixed}, resources={"gpus_per_node": gpus, "gpu_memory": "80GiB"})
+        return total(spec, from_parameters(parameters))
+
+    assert zero(1.25e8, "optimizer", 2, 256) > zero(1.25e8, "none", 2, 256)  # two 1 GB buckets > 6 bytes/param
+    assert zero(1e5, "full", 2, 4096) > zero(1e5, "grad_op", 2, 4096)  # ZeRO-3's bucket lives through backward
+    # fp32 on one GPU: nothing is sharded, and ZeRO-1 flattens the gradients at the step where stage 0 does not
+    assert zero(7e9, "optimizer", 1, 256, "no") > zero(7e9, "none", 1, 256, "no")
+    levels = ["none", "optimizer", "grad_op", "full"]
+    big = [zero(7e9, level, 8, 2048) for level in levels]
+    assert big == sorted(big, reverse=True)  # 7B on 8 GPUs: each level lowers it
+
+
+def test_fsdp_without_mixed_precision_computes_in_the_load_dtype() -> None:
+    """Found by the rung property: with bf16 parameters and no mixed precision (accelerate's memory-constrained
+    mode) FSDP computes in bf16, but the estimate gathered SHARD_GRAD_OP's unsharded parameters at 4 bytes each,
+    so shard_more from NO_SHARD raised a 1B model's estimate on 2 GPUs."""
+    shape = from_parameters(1e9)
+    plain = sized(1e9, backend="fsdp", sharding="none", precision={"mixed": "no", "params": "bf16"},
+                  batch={"micro": 1, "seq_len": 769}, resources={"gpus_per_node": 2})
+    grad_op = plain.with_spec(sharding="grad_op")
+    assert estimate(shape, grad_op, 769).phases["backward"]["gathered_parameters"] == 2 * shape.params
+    assert "gathered_parameters" not in estimate(shape, plain, 769).phases["backward"]  # no cast, nothing gathered
+    assert total(grad_op, shape) <= total(plain, shape)

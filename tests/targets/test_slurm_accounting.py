@@ -100,8 +100,8 @@ def test_polling_many_jobs_is_one_sacct_call(slurm_cluster: str, tmp_path: Path,
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     poller = Poller(interval_s=60)
     poller.watch(ids)
-    poller.refresh()
-    seen = {job_id: poller.get(job_id) for job_id in ids}  # served from the one refresh
+    poller.poll()
+    seen = {job_id: poller.get(job_id) for job_id in ids}  # served from the one poll
     calls = log.read_text().split()
     assert calls.count("sacct") == 1, calls
     assert all(info is not None and info.phase in ("pending", "running", "ended") for info in seen.values())
@@ -133,7 +133,7 @@ def test_a_failing_read_is_unavailable_and_a_refused_sbatch_is_refused(tmp_path:
     poller = Poller()
     poller.watch(["7"])
     with pytest.raises(SlurmUnavailable) as read:
-        poller.refresh()  # after its retries
+        poller.poll()  # after its retries
     assert isinstance(read.value, Unavailable) and not isinstance(read.value, Refused | SubmitError)
     assert str(read.value) == "sacct -n: sacct: error: Problem talking to the database: Connection refused"
     with pytest.raises(SlurmUnavailable, match=r"^sinfo not found: is this a Slurm login node"):
