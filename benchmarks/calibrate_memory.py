@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.spec.models import TrainingJob  # noqa: E402
-from orchestrator.targets import local  # noqa: E402
 from orchestrator.targets.cpu import has_gpu  # noqa: E402
+from orchestrator.targets.local import target as local  # noqa: E402
 
 DATA = ROOT / "benchmarks" / "data"
 MODELS = DATA / "models"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.targets.slurm_accounting import Poller, parse_sacct, run_slurm  # noqa: E402
+from orchestrator.targets.slurm.accounting import Poller, parse_sacct, run_slurm  # noqa: E402
 
 
 def counting_path(tmp: Path) -> tuple[str, Path]:

@@ -29,9 +29,9 @@ SPEC = {"apiVersion": "shardctl.dev/v1alpha1", "kind": "TrainingJob", "metadata"
 def fill(root: Path, jobs: int, legacy: bool) -> None:
     if legacy:
         sys.path.insert(0, str(ROOT))
-        from tests.legacy_sqlite_store import LegacySqliteStore as Store
+        from tests.store.legacy_sqlite_store import LegacySqliteStore as Store
     else:
-        from orchestrator.store import Store  # type: ignore[assignment]
+        from orchestrator.store.jobstore import Store  # type: ignore[assignment]
     from orchestrator.spec.failure import Failure
     from orchestrator.spec.states import AttemptState, FailureKind
 
@@ -80,8 +80,8 @@ def main() -> None:
     fill(root, args.jobs, args.legacy)
     print(f"filled {args.jobs} jobs in {time.perf_counter() - start:.1f} s ({root})")
     env = {**os.environ, "SHARDCTL_HOME": str(root), "PYTHONPATH": str(ROOT)}
-    legacy = ("tests.legacy_sqlite_store", "LegacySqliteStore")
-    module, kind = legacy if args.legacy else ("orchestrator.store", "Store")
+    legacy = ("tests.store.legacy_sqlite_store", "LegacySqliteStore")
+    module, kind = legacy if args.legacy else ("orchestrator.store.jobstore", "Store")
     for limit in (50, args.jobs):
         runs = [in_fresh_process(root, module, kind, limit, env) for _ in range(args.runs)]
         print(f"list_jobs({limit}): {statistics.median(r[0] for r in runs):.3f} s, then the attempts of each: "

@@ -20,10 +20,10 @@ import click
 from orchestrator import __version__
 from orchestrator.errors import EXIT_BAD_INPUT, EXIT_FAILED, ShardctlError, located
 from orchestrator.targets import NAMES as TARGET_NAMES
-from orchestrator.textsafe import safe
+from orchestrator.views.textsafe import safe
 
 if TYPE_CHECKING:
-    from orchestrator.api import Checked
+    from orchestrator.api.job import Checked
 
 
 _PRINTED: set[str] = set()  # what this command printed to stderr: the API's log repeats none of it
@@ -53,7 +53,7 @@ def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
 def _load_checked(path: str, target: str | None = None, sets: tuple[str, ...] = ()) -> Checked:
     """Parse, apply the --set overrides, validate and run every rule (orchestrator.api.check); exits 2 with
     `FILE:LINE: field: message` lines (or `--set key=value: field: message`) on any error."""
-    from orchestrator.api import check
+    from orchestrator.api.job import check
 
     try:
         checked = check(path, list(sets), target)
@@ -125,7 +125,7 @@ _SET_HELP = "Override one field: key.path=value (a YAML value, typed and validat
 
 
 def _set_option(fn):
-    """--set key.path=value (orchestrator/overrides.py)."""
+    """--set key.path=value (orchestrator/api/overrides.py)."""
     return click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help=_SET_HELP)(fn)
 
 
@@ -162,7 +162,7 @@ def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...
 
 
 def render_dryrun(loaded: Checked, run_dir: str):
-    from orchestrator.api import dry_run_checked
+    from orchestrator.api.job import dry_run_checked
 
     try:
         return dry_run_checked(loaded, run_dir)
@@ -171,7 +171,7 @@ def render_dryrun(loaded: Checked, run_dir: str):
 
 
 def _store():
-    from orchestrator.api import open_store
+    from orchestrator.api.job import open_store
 
     try:
         return open_store()
@@ -180,7 +180,7 @@ def _store():
 
 
 def _job(store, ref: str):
-    from orchestrator.store import StoreError
+    from orchestrator.store.jobstore import StoreError
 
     try:
         return store.resolve(ref)
@@ -191,7 +191,7 @@ def _job(store, ref: str):
 def _view(store, job, revive: bool = True, overrides: dict | None = None) -> dict:
     """The job as JSON-ready data (orchestrator.api.Job.status); an unfinished job is moved on (or its record
     read back) first, and a target that cannot be asked is a warning before the stored record."""
-    from orchestrator.api import Job
+    from orchestrator.api.job import Job
 
     return Job(job.id, store=store, on_note=_err, **(overrides or {})).status(refresh=revive)
 
@@ -219,7 +219,7 @@ def _final_exit(state: str) -> NoReturn:
 def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool,
            sets: tuple[str, ...], sweeps: tuple[str, ...], kubeconfig: str | None, context: str | None) -> None:
     """Run a job: its driver watches it, classifies failures and falls back on OOM."""
-    from orchestrator.api import submit_checked
+    from orchestrator.api.job import submit_checked
 
     if sweeps:
         _submit_sweep(job_file, target, sets, sweeps, wait, dry_run, as_json, _overrides(kubeconfig, context))
@@ -259,7 +259,7 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
 def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], sweeps: tuple[str, ...], wait: bool,
                   dry_run: bool, as_json: bool, cluster: dict) -> None:
     """Every point is checked before the first is submitted; then one job per point, a common group."""
-    from orchestrator.api import Sweep, plan_sweep, submit_checked
+    from orchestrator.api.job import Sweep, plan_sweep, submit_checked
 
     try:
         group, points, settings = plan_sweep(job_file, list(sweeps), list(sets), target)
@@ -303,13 +303,13 @@ def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], swee
 
 
 def _summary_table(rows: list[dict]) -> str:
-    from orchestrator.sweep import summary_text
+    from orchestrator.api.sweep import summary_text
 
     return summary_text(rows)
 
 
 def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None = None) -> str:
-    from orchestrator.follow import follow_live, follow_plain
+    from orchestrator.views.follow import follow_live, follow_plain
 
     try:
         if sys.stdout.isatty() and not all_lines:
@@ -327,15 +327,15 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
 @_cluster_options
 def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
-    from orchestrator.api import list_views
-    from orchestrator.report import describe_config
+    from orchestrator.api.job import list_views
+    from orchestrator.views.report import describe_config
 
     views = list_views(limit, group, warn=_err, store=_store(), **_overrides(kubeconfig, context))
     if as_json:
         _print_json(views)
         return
     if group is not None:
-        from orchestrator.api import get_sweep
+        from orchestrator.api.job import get_sweep
 
         if not views:
             _err(f"no job in the group {group!r}")
@@ -358,7 +358,7 @@ def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | No
 
 
 def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
-    from orchestrator import report
+    from orchestrator.views import report
 
     store = _store()
     record = _job(store, job)
@@ -401,7 +401,7 @@ def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, con
     store = _store()
     record = _job(store, job)
     if follow:
-        from orchestrator.follow import follow_plain
+        from orchestrator.views.follow import follow_plain
 
         _final_exit(follow_plain(store, record.id, click.echo, everything=True, overrides=overrides))
     _view(store, record, overrides=overrides)  # brings the record up to date first

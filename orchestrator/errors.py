@@ -81,7 +81,7 @@ class SpecError(BadInput):
 
 class OverrideError(BadInput):
     """An override (`--set key=value`, `overrides=`) that cannot be read or applied, or that makes the spec invalid
-    (raised by overrides.py and sweep.py): one line each."""
+    (raised by api/overrides.py and api/sweep.py): one line each."""
 
     def __init__(self, lines: list[str]) -> None:
         super().__init__("\n".join(lines))
@@ -92,7 +92,7 @@ class OverrideError(BadInput):
 
 
 class InvalidSpec(BadInput):
-    """The spec, with its overrides, breaks the schema or a cross-field rule (raised by the Python API, api.py,
+    """The spec, with its overrides, breaks the schema or a cross-field rule (raised by the Python API, api/job.py,
     from a SpecError, a CompileError or what the target could not render): one line per problem."""
 
     def __init__(self, lines: list[str]) -> None:
@@ -115,7 +115,7 @@ class CompileError(BadInput):
 
 
 class RenderError(BadInput, ValueError):
-    """The spec cannot become valid Kubernetes objects, a name too long, say (raised by targets/k8s_render.py)."""
+    """The spec cannot become valid Kubernetes objects, a name too long, say (raised by targets/kubernetes/render.py)."""
 
 
 class ConvertError(BadInput, ValueError):
@@ -133,7 +133,7 @@ class ModelConfigError(BadInput, ValueError):
 
 
 class SnapshotError(BadInput):
-    """The code cannot be snapshotted (raised by snapshot.py); `field` is the spec field to name (spec.workdir, the
+    """The code cannot be snapshotted (raised by intake/snapshot.py); `field` is the spec field to name (spec.workdir, the
     script)."""
 
     def __init__(self, message: str, field: str = "spec.workdir") -> None:
@@ -142,7 +142,7 @@ class SnapshotError(BadInput):
 
 
 class NodeLocalPath(BadInput):
-    """A directory the job's other nodes must read is on this machine only (raised by fs_local.py)."""
+    """A directory the job's other nodes must read is on this machine only (raised by intake/nodelocal.py)."""
 
 
 class PolicyError(BadInput):
@@ -155,14 +155,14 @@ class UnknownTarget(BadInput):
 
 class FunctionPickleError(BadInput):
     """The function or its arguments cannot be pickled, or the pickle is over the size cap (raised by entry and
-    targets/k8s_function.py)."""
+    targets/kubernetes/function.py)."""
 
 
 # --- the job store ------------------------------------------------------------------------------------------------
 
 
 class StoreError(ShardctlError):
-    """The job store has no such job, or cannot be read or written (raised by store.py); also the loser of a race
+    """The job store has no such job, or cannot be read or written (raised by store/jobstore.py); also the loser of a race
     to record the same attempt (Store.add_attempt), which does nothing more."""
 
 
@@ -199,7 +199,7 @@ class Conflict(TargetError):
 
 class SlurmRefused(Refused):
     """sbatch (or `sbatch --test-only`) refused the request, or is not there; the message is Slurm's own. Nothing
-    was submitted (raised by targets/slurm.py, via slurm_accounting.run_once)."""
+    was submitted (raised by targets/slurm/target.py, via slurm.accounting.run_once)."""
 
 
 class SlurmUnavailable(Unavailable):
@@ -210,7 +210,7 @@ class SlurmUnavailable(Unavailable):
 class SlurmTimeout(Unavailable):
     """A Slurm command did not answer in time: it may or may not have acted (an sbatch may have submitted),
     so this is never taken as a refusal; what happened is looked up afterwards (raised by
-    slurm_accounting.run_once and run_slurm)."""
+    slurm.accounting.run_once and run_slurm)."""
 
 
 class SubmitDeferred(Unavailable):

@@ -24,7 +24,7 @@ from orchestrator.errors import Refused, StoreError, TargetError
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
-from orchestrator.store import AttemptRecord, JobRecord, Store
+from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
 from orchestrator.supervise.supervisor import (
     Supervisor,
     ensure_supervised,
@@ -37,7 +37,7 @@ from orchestrator.targets import get_target
 from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
 
 if TYPE_CHECKING:
-    from orchestrator.snapshot import Frozen, Snapshot
+    from orchestrator.intake.snapshot import Frozen, Snapshot
 
 log = logging.getLogger("shardctl")
 
@@ -284,7 +284,7 @@ def check_secret_sources(job: TrainingJob, workdir: str) -> None:
     """Every entrypoint.env_from variable set in this shell and every file private (CompileError, located, if
     not): the first attempt must not be the first to find out. Values are read only to check, never kept."""
     from orchestrator.compile import CompileError, Finding
-    from orchestrator.secretenv import check, references
+    from orchestrator.intake.secrets import check, references
 
     problems = [Finding("error", f"spec.entrypoint.env_from.{i}.{kind}", why)
                 for i, ref in enumerate(references(job.spec.entrypoint.env_from)) for kind in ref
@@ -294,9 +294,9 @@ def check_secret_sources(job: TrainingJob, workdir: str) -> None:
 
 
 def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Target) -> Frozen | None:
-    """spec.workdir checked and listed (snapshot.py), or None without one; CompileError naming the field."""
+    """spec.workdir checked and listed (intake/snapshot.py), or None without one; CompileError naming the field."""
     from orchestrator.compile import CompileError, Finding
-    from orchestrator.snapshot import SnapshotError, prepare
+    from orchestrator.intake.snapshot import SnapshotError, prepare
 
     if job.spec.workdir is not None and driver_of(target).mirrored:
         raise Refused(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
@@ -312,7 +312,7 @@ def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Targe
     snapshot in it), or else the working directory and the script, must be there for them: NodeLocalPath or
     CompileError if not, a warning for code that is not frozen."""
     from orchestrator.compile.launch import MODULE_PREFIX
-    from orchestrator.fs_local import refuse_node_local
+    from orchestrator.intake.nodelocal import refuse_node_local
 
     if target.driver is not Driver.JUDGE:
         return
@@ -332,7 +332,7 @@ def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Targe
 
 def take_snapshot(store: Store, frozen: Frozen) -> Snapshot:
     from orchestrator.compile import CompileError, Finding
-    from orchestrator.snapshot import SnapshotError, limits, take
+    from orchestrator.intake.snapshot import SnapshotError, limits, take
 
     for line in frozen.plan.warnings:
         log.warning(f"warning: spec.workdir: {line}")

@@ -1,5 +1,5 @@
 """shardctl's Python API: `import shardctl` (the distribution is shardctl; the code lives in the
-`orchestrator` package, and this module re-exports its public API, `orchestrator.api`).
+`orchestrator` package, and this module re-exports its public API, `orchestrator.api.job`).
 
     import shardctl
     job = shardctl.submit("examples/quickstart.yaml", overrides={"spec.batch.micro": 4})
@@ -10,7 +10,7 @@ See README.md ("From Python") and docs/design.md ("Python API").
 """
 
 from orchestrator import __version__
-from orchestrator.api import (
+from orchestrator.api.job import (
     Checked,
     InvalidSpec,
     Job,

@@ -74,7 +74,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
 
 
 # -- The SQLite negative controls ---------------------------------------------------------------------
-# Runs on the legacy SQLite store (tests/legacy_sqlite_store.py) that show the two-host checks can fail:
+# Runs on the legacy SQLite store (tests/store/legacy_sqlite_store.py) that show the two-host checks can fail:
 # minutes each, and a proof about the old store rather than a check of this one. Deselected (not skipped)
 # unless SHARDCTL_SQLITE_CONTROLS=1.
 
@@ -118,5 +118,5 @@ def slurm_cluster() -> str:
         if os.environ.get("SHARDCTL_REQUIRE_SLURM") == "1":
             pytest.fail(f"SHARDCTL_REQUIRE_SLURM=1 but {problem}")
         pytest.skip(problem)
-    os.environ["SHARDCTL_ALLOW_NODE_LOCAL"] = "1"  # both nodes are this machine: its /tmp is theirs (fs_local.py)
+    os.environ["SHARDCTL_ALLOW_NODE_LOCAL"] = "1"  # both nodes are this machine: its /tmp is theirs (intake/nodelocal.py)
     return os.environ["SLURM_CONF"]

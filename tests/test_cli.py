@@ -128,8 +128,9 @@ def test_convert_cli(tmp_path: Path) -> None:
 
 def test_the_supervision_path_never_imports_the_training_stack() -> None:
     """The supervisor, the local target and the job commands run on login nodes and in controllers."""
-    code = ("import sys, orchestrator.jobs, orchestrator.follow, orchestrator.report, orchestrator.supervise.daemon, "
-            "orchestrator.targets.local, orchestrator.targets.local_wrapper; "
+    code = ("import sys, orchestrator.jobs, orchestrator.views.follow, orchestrator.views.report, "
+            "orchestrator.supervise.daemon, "
+            "orchestrator.targets.local.target, orchestrator.targets.local.wrapper; "
             "print([m for m in ('torch', 'accelerate', 'deepspeed', 'transformers') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -176,7 +177,7 @@ def test_no_stray_line_reaches_job_sbatch(tmp_path: Path) -> None:
     spec.write_text(_slurm_spec(account="acct", qos="high", extra='["--constraint=a100"]'))
     r = _invoke("render", str(spec), "--out", str(tmp_path / "out"))
     assert r.exit_code == 0, r.output
-    from orchestrator.targets.slurm_render import directives  # noqa: F401 (the module that writes them)
+    from orchestrator.targets.slurm.render import directives  # noqa: F401 (the module that writes them)
 
     for name in ("job.sbatch", "judge.sbatch"):
         lines = (tmp_path / "out" / name).read_text().splitlines()
@@ -210,7 +211,7 @@ def test_the_local_target_refuses_cluster_sized_specs(tmp_path: Path) -> None:
 
 
 def test_list_is_bounded_and_survives_a_damaged_store(tmp_path: Path) -> None:
-    from orchestrator.store import Store
+    from orchestrator.store.jobstore import Store
 
     r = _invoke("list", "--limit", "99999999999999999999", home=tmp_path)
     assert r.exit_code == 2 and "not in the range 1<=x<=100000" in r.output
@@ -276,7 +277,7 @@ def _as_a_user_sees_permissions(read_only: Path) -> list[str]:
 
 
 def test_a_store_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
-    from orchestrator.store import Store
+    from orchestrator.store.jobstore import Store
 
     Store(tmp_path)
     home = tmp_path / "home"
@@ -450,7 +451,7 @@ def test_fuzz_validate_and_render_never_crash_hang_or_write_on_error(tmp_path: P
     assert exits.get(0, 0) >= 40 and exits.get(2, 0) >= 100, exits  # both kinds of input were generated
 
 
-# --set and --sweep (orchestrator/overrides.py, orchestrator/sweep.py) ---------------------------------
+# --set and --sweep (orchestrator/api/overrides.py, orchestrator/api/sweep.py) ---------------------------------
 
 
 @pytest.mark.parametrize("command", [("validate",), ("render", "--out", "OUT"), ("plan",), ("submit",)])

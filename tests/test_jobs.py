@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.procfiles import read_json
-from orchestrator.store import Store
-from orchestrator.targets.local_wrapper import is_alive
-from orchestrator.targets.memlimit import cgroup_available
+from orchestrator.store.jobstore import Store
+from orchestrator.targets.local.memlimit import cgroup_available
+from orchestrator.targets.local.wrapper import is_alive
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -131,8 +131,8 @@ def test_logs_follow_crosses_the_attempt_change_and_cancel_ends_a_job(cluster: F
 
 
 def test_status_and_history_json_have_the_shape_of_a_local_job(cluster: FakeApiServer, tmp_path: Path) -> None:
-    from orchestrator.report import job_json
-    from orchestrator.store import Store
+    from orchestrator.store.jobstore import Store
+    from orchestrator.views.report import job_json
 
     with SimulatedCluster(cluster, first_attempt_fails(PodEnd.oom_killed())):
         controller = run_controller(cluster)
@@ -149,7 +149,7 @@ def test_status_and_history_json_have_the_shape_of_a_local_job(cluster: FakeApiS
     store.add_attempt(local.id, 1, spec=view_spec(tmp_path), rung=None, reason="r", run_dir="/r", log_path="/r/log",
                       artifacts={}, warnings=[], resume_from=None)
     reference = job_json(store.get_job(local.id), store.attempts(local.id))
-    from tests.test_report_schema import validate
+    from tests.views.test_schema import validate
 
     validate(view)
     validate(json.loads(cli("status", job_id, "--json").stdout))
@@ -198,7 +198,7 @@ def test_each_answer_of_the_cluster_says_what_to_do(cluster: FakeApiServer, tmp_
     the cluster's words. withdraw leaves a namesake alone on its uid precondition's 409, known by its type."""
     from orchestrator.errors import Conflict, Refused, SubmitError, Unavailable
     from orchestrator.spec.models import TrainingJob
-    from orchestrator.targets.kubernetes import KubernetesTarget
+    from orchestrator.targets.kubernetes.target import KubernetesTarget
 
     job = TrainingJob.model_validate(training_job())
     kubeconfig = str(tmp_path / "kubeconfig")  # the fixture's

@@ -17,15 +17,16 @@ PACKAGE = ROOT / "orchestrator"
 # import still points somewhere) and under TYPE_CHECKING. README.md, CONTRIBUTING.md and docs/design.md state this
 # order (test_the_docs_state_the_layers_in_this_order).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("__init__", "errors", "procfiles", "paths", "fs_local", "secretenv", "progress", "textsafe")),  # stdlib
-    ("spec", ("spec", "overrides")),  # the request: the one source of truth, and --set applied to it
+    ("base", ("__init__", "errors", "procfiles")),  # stdlib only: the error family, private files and processes
+    ("spec", ("spec",)),  # the request: the one source of truth, its states and its Failure value
     ("compile", ("compile",)),  # pure: a TrainingJob in, configs and the launch command out
     ("plan", ("plan",)),  # the memory planner: sizes compiled candidates
     ("lifecycle", ("lifecycle",)),  # pure: classify, fallback, next_move
-    ("targets", ("targets", "entry", "store", "store_files", "store_migrate", "snapshot")),  # what executors act on
+    ("targets", ("targets", "entry", "store", "intake")),  # what executors act on, the job store, what submit takes
     ("executors", ("supervise", "controller")),
-    ("jobs", ("jobs", "report", "report_schema")),  # record/catch up/cancel by driver; the one view of a job
-    ("api", ("api", "follow", "sweep")),
+    ("jobs", ("jobs",)),  # record, catch up and cancel a job by its driver
+    ("views", ("views",)),  # the one view of a job, following it live, progress, text made terminal-safe
+    ("api", ("api",)),  # the Python API: jobs, --set overrides, sweeps
     ("cli", ("cli", "__main__")),
 ]
 

@@ -19,7 +19,7 @@ from kubernetes.client.rest import ApiException
 
 from orchestrator import __version__
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
-from orchestrator.targets.kubernetes import Deleted, controlled_by
+from orchestrator.targets.kubernetes.target import Deleted, controlled_by
 
 if TYPE_CHECKING:
     from orchestrator.controller.cache import Cache

@@ -50,9 +50,9 @@ from orchestrator.spec.models import API_VERSION, KIND, TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState, Phase
 from orchestrator.spec.status import AttemptStatus, Condition, TrainingJobStatus
 from orchestrator.targets.base import AttemptRef
-from orchestrator.targets.k8s_render import RenderError, attempt_name, checkpoint_dir
-from orchestrator.targets.k8s_stalls import one_line
-from orchestrator.targets.kubernetes import RECHECK_S, KubernetesTarget
+from orchestrator.targets.kubernetes.render import RenderError, attempt_name, checkpoint_dir
+from orchestrator.targets.kubernetes.stalls import one_line
+from orchestrator.targets.kubernetes.target import RECHECK_S, KubernetesTarget
 
 
 class Reconciled(StrEnum):

@@ -8,7 +8,7 @@ so the runner prints the outcome (what `result.pkl` would hold) as base64 in lin
 
 Each line is under PIPE_BUF and written with one write(2), so the other ranks of the pod, which share its
 stdout, cannot tear it; the digest tells a cut or mixed set from a whole one. The CLI reads them from the
-final attempt's rank-0 pod (`targets/k8s_function.py`) and unpickles nothing else.
+final attempt's rank-0 pod (`targets/kubernetes/function.py`) and unpickles nothing else.
 """
 
 from __future__ import annotations

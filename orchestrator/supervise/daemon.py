@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from orchestrator.store import Store
+from orchestrator.store.jobstore import Store
 from orchestrator.supervise.supervisor import Supervisor
 from orchestrator.targets import get_target
 

@@ -8,7 +8,7 @@ recorded. Works with any target.
 Several supervisors may step one job at once, on several hosts: on Slurm the judge runs on a
 compute node while the user's CLI makes the same moves inline on the login node, both writing a
 shared filesystem where no lock holds. That is correct because every move that must happen once
-is a claim in the store that one writer wins (`orchestrator.store`), and a supervisor acts only on
+is a claim in the store that one writer wins (`orchestrator.store.jobstore`), and a supervisor acts only on
 claims it won: it submits attempt N only after recording it (or, when its recorder died before
 submitting it, after winning a takeover of the submission), and a lost end, start or finish is
 left to the winner. An attempt recorded by another process that may still be submitting it (alive
@@ -49,7 +49,7 @@ from orchestrator.procfiles import spawn_detached
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
-from orchestrator.store import AttemptRecord, JobRecord, Store
+from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
 from orchestrator.targets.base import AttemptRef, DryRun, Target
 
 POLL_S = 0.1

@@ -13,16 +13,16 @@ if TYPE_CHECKING:
 
 # name -> "module:class"; imported on demand so the CLI stays light
 REGISTRY = {
-    "local": "orchestrator.targets.local:LocalTarget",
-    "slurm": "orchestrator.targets.slurm:SlurmTarget",
-    "kubernetes": "orchestrator.targets.kubernetes:KubernetesTarget",
+    "local": "orchestrator.targets.local.target:LocalTarget",
+    "slurm": "orchestrator.targets.slurm.target:SlurmTarget",
+    "kubernetes": "orchestrator.targets.kubernetes.target:KubernetesTarget",
 }
 NAMES = tuple(REGISTRY)
 
 if TYPE_CHECKING:  # never run: mypy checks every registered class against its protocol, and says what differs
-    from orchestrator.targets.kubernetes import KubernetesTarget
-    from orchestrator.targets.local import LocalTarget
-    from orchestrator.targets.slurm import SlurmTarget
+    from orchestrator.targets.kubernetes.target import KubernetesTarget
+    from orchestrator.targets.local.target import LocalTarget
+    from orchestrator.targets.slurm.target import SlurmTarget
 
     def _conforms(local: LocalTarget, slurm: SlurmTarget, kubernetes: KubernetesTarget) -> None:
         """One parameter per REGISTRY name (tests/test_layering.py checks that)."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.spec import load_spec
-from orchestrator.targets import local, slurm_render
+from orchestrator.targets.local import target as local
+from orchestrator.targets.slurm import render as slurm_render
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"

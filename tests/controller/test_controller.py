@@ -16,7 +16,7 @@ from orchestrator.controller.loop import Controller
 from orchestrator.controller.policy import Policy
 from orchestrator.controller.reconcile import Reconciler
 from orchestrator.spec.crd import GROUP, PLURAL, VERSION
-from orchestrator.targets.kubernetes import Deleted
+from orchestrator.targets.kubernetes.target import Deleted
 from tests.fakekube.cluster import PodEnd, SimulatedCluster
 from tests.fakekube.server import FakeApiServer
 from tests.helpers import wait_for

@@ -14,7 +14,7 @@ import pytest
 
 from orchestrator.entry import FUNCTION_FILE, FUNCTION_FILE_ENV, RESULT_FILE, RESULT_TO_ENV, pickle_call
 from orchestrator.entry.logline import CHUNK, MARK, ResultTooBig, choose, lines, parse
-from orchestrator.targets.k8s_function import outcome_from_log
+from orchestrator.targets.kubernetes.function import outcome_from_log
 
 ROOT = Path(__file__).resolve().parents[2]
 

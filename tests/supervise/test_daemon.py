@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.report import history_text, job_json, status_text
 from orchestrator.spec.failure import Failure
-from orchestrator.store import Store
+from orchestrator.store.jobstore import Store
+from orchestrator.views.report import history_text, job_json, status_text
 from tests.helpers import doc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import store_files
 from orchestrator.compile import compile_job
 from orchestrator.lifecycle.classify import Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
-from orchestrator.store import JobRecord, Store
+from orchestrator.store import files as store_files
+from orchestrator.store.jobstore import JobRecord, Store
 from orchestrator.supervise import supervisor as supervisor_module
 from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
 from orchestrator.targets.base import AttemptRef, DryRun
@@ -579,7 +579,7 @@ def test_a_requeued_attempt_is_one_attempt_with_its_preemptions_recorded(store: 
     [attempt] = store.attempts(record.id)
     assert (attempt.state, attempt.preemptions) == ("succeeded", 3)
     assert store.get_job(record.id).state == "succeeded" and target.submits == {1: 1}
-    from orchestrator.report import history_text, job_json
+    from orchestrator.views.report import history_text, job_json
 
     view = job_json(store.get_job(record.id), store.attempts(record.id))
     assert view["attempts"][0]["preemptions"] == 3

@@ -6,7 +6,7 @@ the two-host rig's sshfs mounts (scripts/twohosts) and the dev cluster started w
 so every job slurmd starts, the judges included, sees host B's mount at host A's path, while the CLI
 here uses host A's. The store's path is the same on both sides; its client, caches and lock table
 are not. The OOM fallback and a cancel must end exactly as on one mount
-(tests/targets/test_slurm_cluster.py).
+(tests/targets/slurm/test_cluster.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.store import Store
-from tests.targets.test_slurm_cluster import (
+from orchestrator.store.jobstore import Store
+from tests.targets.slurm.test_cluster import (
     cancel_while_training,
     cli,
     default_memory_oom,
@@ -73,7 +73,7 @@ def bound(two_hosts: TwoHosts, slurm_cluster: str, tmp_path_factory: pytest.Temp
 def home(two_hosts: TwoHosts, bound: dict[str, str], request: pytest.FixtureRequest,
          monkeypatch: pytest.MonkeyPatch) -> Path:
     """SHARDCTL_HOME on the shared filesystem, through host A's mount for this process and the CLI, which runs
-    from the same submitting shell as tests/targets/test_slurm_cluster.py's."""
+    from the same submitting shell as tests/targets/slurm/test_cluster.py's."""
     request.getfixturevalue("site_profile")  # the cluster runs the site profile
     return submitting_shell(monkeypatch, Path(two_hosts.fresh_dir("slurm-home")) / "state")
 

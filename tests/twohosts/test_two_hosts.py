@@ -36,7 +36,7 @@ MOVES = 200
 CREATE_S = 30
 
 
-# The SQLite negative controls (the legacy store, tests/legacy_sqlite_store.py): deselected unless
+# The SQLite negative controls (the legacy store, tests/store/legacy_sqlite_store.py): deselected unless
 # SHARDCTL_SQLITE_CONTROLS=1 (tests/conftest.py).
 LEGACY = pytest.param("legacy", marks=[pytest.mark.sqlite_control, pytest.mark.timeout(1800)])
 

@@ -44,10 +44,10 @@ FAILURE_KINDS = ("host_oom", "cuda_oom", "preempted", "timeout")
 def open_store(kind: str, root: str) -> Any:
     """The store under test, by name: today's orchestrator.store.Store or the legacy SQLite one."""
     if kind == "legacy":
-        from tests.legacy_sqlite_store import LegacySqliteStore
+        from tests.store.legacy_sqlite_store import LegacySqliteStore
 
         return LegacySqliteStore(Path(root))
-    from orchestrator.store import Store
+    from orchestrator.store.jobstore import Store
 
     return Store(Path(root))
 

@@ -1,0 +1,196 @@
+"""What `status`, `history`, `list` and `--json` show: one view of a job and its attempts.
+
+The JSON shape is documented in docs/cli-json.md and is stable within `format` 1: fields may be
+added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from orchestrator.compile import rules
+from orchestrator.intake import snapshot
+from orchestrator.spec.models import TrainingJob, TrainingJobSpec
+from orchestrator.store.jobstore import AttemptRecord, JobRecord
+from orchestrator.views import progress as progress_of
+
+FORMAT = 1
+
+
+def iso(ts: float | None) -> str | None:
+    """A record's time as ISO 8601 UTC; None for none, or for one no calendar holds (a record edited by hand,
+    `1e308`): a view never fails on a time."""
+    if not ts:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+_CONFIGS: dict[str, dict[str, Any]] = {}  # an attempt's spec (as sorted JSON text) -> its knobs
+_CONFIGS_MAX = 256
+
+
+def _config(spec: TrainingJobSpec) -> dict[str, Any]:
+    return {
+        "backend": spec.backend,
+        "sharding": spec.sharding,
+        "zero_stage": rules.zero_stage(spec) if spec.backend == "deepspeed" else None,
+        "fsdp_strategy": rules.fsdp_strategy(spec) if spec.backend == "fsdp" else None,
+        "offload": {"optimizer": spec.offload.optimizer, "params": spec.offload.params},
+        "micro_batch": spec.batch.micro,
+        "grad_accum": rules.grad_accum(spec),
+        "global_batch": rules.global_batch(spec),
+        "activation_checkpointing": spec.activation_checkpointing,
+    }
+
+
+def attempt_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """The knobs the fallback turns, from an attempt's spec (a TrainingJob's JSON form). An attempt's spec
+    never changes, so it is validated once: `--wait` and `logs -f` rebuild the view several times a second."""
+    key = json.dumps(spec, sort_keys=True)
+    found = _CONFIGS.get(key)
+    if found is None:
+        if len(_CONFIGS) >= _CONFIGS_MAX:
+            _CONFIGS.clear()
+        found = _CONFIGS[key] = _config(TrainingJob.model_validate(spec).spec)
+    return copy.deepcopy(found)
+
+
+def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]:
+    end = a.ended_at or (None if a.ended else time.time())
+    duration = round(end - a.started_at, 1) if a.started_at and end else None
+    return {
+        "number": a.number,
+        "state": a.state,
+        "reason": a.reason,
+        "rung": a.rung,
+        **attempt_config(a.spec),
+        "resume_from": a.resume_from,
+        "started_at": iso(a.started_at),
+        "ended_at": iso(a.ended_at),
+        "duration_s": duration,
+        "exit_code": a.exit_code,
+        "signal": a.signal,
+        "failure": a.failure.to_json() if a.failure else None,
+        "peak_memory_bytes": a.peak_memory_bytes,
+        "preemptions": a.preemptions or 0,  # restarted in place by the target (Slurm requeue); resumed
+        "warnings": list(a.warnings),
+        "supervisor_error": a.supervisor_error,
+        "target_state": None if a.ended else a.target_state,
+        "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
+        "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
+        "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
+        "job_name": a.external_id,  # format 1 had it for Kubernetes attempts only; the same as external_id
+        "progress": last_progress(a.log_path, duration, running=not a.ended) if with_progress and a.log_path else None,
+    }
+
+
+def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | None = None,
+             with_progress: bool = True) -> dict[str, Any]:
+    """The job view; `with_progress=False` skips reading the attempts' logs (the live view, which
+    rebuilds this several times a second, reads progress itself)."""
+    return {
+        "format": FORMAT,
+        "id": job.id,
+        "name": job.name,
+        "target": job.target,
+        "state": job.state,
+        "reason": job.reason,
+        "source": job.source,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at),
+        "checkpoint_dir": job.checkpoint_dir,
+        "code": snapshot.of_workdir(job.workdir),  # the code every attempt ran (spec.workdir), None without one
+        "max_attempts": job.spec["spec"].get("fallback", {}).get("max_attempts"),
+        "supervised": supervised,
+        "namespace": job.options.get("namespace"),
+        "attempts": [attempt_json(a, with_progress) for a in attempts],
+    }
+
+
+def describe_config(c: dict[str, Any]) -> str:
+    level = f"ZeRO-{c['zero_stage']}" if c["backend"] == "deepspeed" else c["fsdp_strategy"]
+    parts = [f"{c['backend']} {level}", f"micro {c['micro_batch']} x accum {c['grad_accum']}"]
+    if c["activation_checkpointing"]:
+        parts.append("activation checkpointing")
+    if c["offload"] != {"optimizer": "none", "params": "none"}:
+        parts.append(f"offload optimizer={c['offload']['optimizer']} params={c['offload']['params']}")
+    return ", ".join(parts)
+
+
+def fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def last_progress(log_path: str, duration_s: float | None, running: bool) -> dict[str, Any] | None:
+    """The attempt's progress as its log shows it (orchestrator/views/progress.py, docs/progress.md)."""
+    found = progress_of.read(log_path, elapsed_s=duration_s, running=running)
+    return found.as_json() if found is not None else None
+
+
+def code_text(code: dict[str, Any]) -> str:
+    return (f"code: snapshot {code['digest'][:19]} of {code['source']} ({code['files']} files, "
+            f"{snapshot.size_text(code['bytes'])}), run by every attempt from {code['path']}")
+
+
+def history_text(view: dict[str, Any]) -> str:
+    out = [f"job {view['id']} ({view['name']}, target {view['target']}): {view['state']}"
+           + (f" - {view['reason']}" if view["reason"] else "")]
+    if view.get("code"):
+        out.append(f"  {code_text(view['code'])}")
+    for a in view["attempts"]:
+        took = f" after {a['duration_s']:.1f} s" if a["duration_s"] is not None else ""
+        out.append(f"  attempt {a['number']}: {a['state']}{took}: {describe_config(a)}")
+        out.append(f"    why: {a['reason']}")
+        if a["run_dir"]:  # in a cluster the script finds its checkpoint on the volume itself
+            out.append(f"    resumed from: {a['resume_from'] or 'nothing (no checkpoint yet)'}")
+        if a["preemptions"]:
+            out.append(f"    preempted: requeued {a['preemptions']}x by the scheduler, resuming from its checkpoint "
+                       "each time (the same attempt, not a failure)")
+        if a["failure"]:
+            f = a["failure"]
+            exit_txt = f"exit {a['exit_code']}" if a["signal"] is None else f"signal {a['signal']}"
+            out.append(f"    ended: {f['kind']}: {f['reason']} ({exit_txt}"
+                       + (f", peak memory {fmt_bytes(a['peak_memory_bytes'])}" if a["peak_memory_bytes"] else "")
+                       + ")")
+            if f["evidence"]:
+                out.append(f"    evidence: {f['evidence']}")
+        elif a["state"] == "succeeded" and a["peak_memory_bytes"]:
+            out.append(f"    peak memory {fmt_bytes(a['peak_memory_bytes'])}")
+        if a.get("supervisor_error"):
+            out.append(f"    supervision failed: {a['supervisor_error']}")
+        if a["log"]:
+            out.append(f"    log: {a['log']}")
+    return "\n".join(out)
+
+
+def status_text(view: dict[str, Any]) -> str:
+    out = [f"{view['id']}  {view['name']}  target {view['target']}  {view['state']}"
+           + (f": {view['reason']}" if view["reason"] else "")]
+    if view["attempts"]:
+        a = view["attempts"][-1]
+        out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
+        if a.get("progress"):
+            out.append(f"progress: {progress_of.summary_line(a['progress'])}")
+        if a.get("target_state"):
+            out.append(f"{view['target']}: {a['target_state']}")
+        if a["failure"]:
+            out.append(f"failure: {a['failure']['kind']}: {a['failure']['reason']}")
+        if a.get("supervisor_error") and view["state"] not in ("succeeded", "failed", "cancelled"):
+            out.append(f"supervision failed: {a['supervisor_error']}")
+        out.append(f"log: {a['log']}" if a["log"] else f"log: shardctl logs {view['id']}")
+    if view.get("code"):
+        out.append(code_text(view["code"]))
+    if view["supervised"] is False and view["state"] not in ("succeeded", "failed", "cancelled"):
+        out.append("supervisor: not running")
+    return "\n".join(out)
+
+
