@@ -115,7 +115,8 @@ class CompileError(BadInput):
 
 
 class RenderError(BadInput, ValueError):
-    """The spec cannot become valid Kubernetes objects, a name too long, say (raised by targets/kubernetes/render.py)."""
+    """The spec cannot become valid Kubernetes objects, a name too long, say (raised by
+    targets/kubernetes/render.py)."""
 
 
 class ConvertError(BadInput, ValueError):
@@ -133,8 +134,8 @@ class ModelConfigError(BadInput, ValueError):
 
 
 class SnapshotError(BadInput):
-    """The code cannot be snapshotted (raised by intake/snapshot.py); `field` is the spec field to name (spec.workdir, the
-    script)."""
+    """The code cannot be snapshotted (raised by intake/snapshot.py); `field` is the spec field to name
+    (spec.workdir, the script)."""
 
     def __init__(self, message: str, field: str = "spec.workdir") -> None:
         super().__init__(message)
@@ -162,8 +163,8 @@ class FunctionPickleError(BadInput):
 
 
 class StoreError(ShardctlError):
-    """The job store has no such job, or cannot be read or written (raised by store/jobstore.py); also the loser of a race
-    to record the same attempt (Store.add_attempt), which does nothing more."""
+    """The job store has no such job, or cannot be read or written (raised by store/jobstore.py); also the loser
+    of a race to record the same attempt (Store.add_attempt), which does nothing more."""
 
 
 # --- a target: refused for good, unavailable for now, or in conflict -------------------------------------------

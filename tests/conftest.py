@@ -118,5 +118,5 @@ def slurm_cluster() -> str:
         if os.environ.get("SHARDCTL_REQUIRE_SLURM") == "1":
             pytest.fail(f"SHARDCTL_REQUIRE_SLURM=1 but {problem}")
         pytest.skip(problem)
-    os.environ["SHARDCTL_ALLOW_NODE_LOCAL"] = "1"  # both nodes are this machine: its /tmp is theirs (intake/nodelocal.py)
+    os.environ["SHARDCTL_ALLOW_NODE_LOCAL"] = "1"  # both nodes are this machine: its /tmp is theirs (nodelocal.py)
     return os.environ["SLURM_CONF"]
