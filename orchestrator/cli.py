@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -50,18 +51,69 @@ def _fail(lines: list[str], code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
-def _load_checked(path: str, target: str | None = None, sets: tuple[str, ...] = ()) -> Checked:
+def _load_checked(path: str, target: str | None = None, sets: tuple[str, ...] = (),
+                  verbose: bool = False) -> Checked:
     """Parse, apply the --set overrides, validate and run every rule (orchestrator.api.check); exits 2 with
-    `FILE:LINE: field: message` lines (or `--set key=value: field: message`) on any error."""
+    `FILE:LINE: field: message` lines (or `--set key=value: field: message`) on any error. Warnings and notes
+    are printed; advice (a note not about this job) only when verbose, and the spec returned keeps only what
+    was printed (submit logs its warnings: advice left out stays out)."""
     from orchestrator.api.job import check
 
     try:
-        checked = check(path, list(sets), target)
+        checked = _quiet(check(path, list(sets), target), verbose)
     except ShardctlError as exc:
         _fail(exc.lines(), exc.exit_code)
     for line in checked.warnings:
         _err(line)
     return checked
+
+
+def _advice(checked: Checked) -> list[tuple[tuple[str, str], str]]:
+    """The rules' advice on a checked spec: ((field, message), its located line as in checked.warnings)."""
+    from orchestrator.compile import rules
+
+    return [((f.field, f.message), checked.locate(f.field, f"{f.level}: {f.message}"))
+            for f in rules.check(checked.job) if f.advice]
+
+
+def _quiet(checked: Checked, verbose: bool) -> Checked:
+    """The spec with its advice left out of its warnings, unless verbose."""
+    if verbose:
+        return checked
+    from dataclasses import replace
+
+    hidden = {line for _, line in _advice(checked)}
+    return replace(checked, warnings=tuple(w for w in checked.warnings if w not in hidden))
+
+
+def _sweep_warnings(points: list[Checked], verbose: bool) -> list[Checked]:
+    """A sweep's warnings, each printed once: advice only when verbose, and advice every point shares on a
+    field no --sweep axis sets is located once for the file and its --set list, not once per point. The points
+    come back with no warnings left to log."""
+    from dataclasses import replace
+
+    printed: list[str] = []
+    shared: dict[tuple[str, str], int] = {}
+    for point in points:
+        for key, _ in _advice(point):
+            shared[key] = shared.get(key, 0) + 1
+    for point in points:
+        advice = dict(_advice(point))
+        by_line = {line: key for key, line in advice.items()}
+        base = replace(point, overrides=tuple(o for o in point.overrides if o.flag != "--sweep"))
+        for line in point.warnings:
+            found = by_line.get(line)
+            if found is not None:
+                if not verbose:
+                    continue
+                if shared[found] == len(points) and not any(o.flag == "--sweep" and o.covers(found[0])
+                                                            for o in point.overrides):
+                    line = base.locate(found[0], f"note: {found[1]}")
+            if line not in printed:
+                printed.append(line)
+    for line in printed:
+        _err(line)
+    return [replace(p, warnings=()) for p in points]
 
 
 def summary(loaded: Checked) -> str:
@@ -129,12 +181,19 @@ def _set_option(fn):
     return click.option("--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help=_SET_HELP)(fn)
 
 
+def _verbose_option(fn):
+    """-v/--verbose: the rules' advice too (notes not about this job: what holds for any model of its kind)."""
+    return click.option("-v", "--verbose", is_flag=True,
+                        help="Also print advice: notes that hold for any model of this kind, not about this job.")(fn)
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @_set_option
-def validate(job_file: str, sets: tuple[str, ...]) -> None:
+@_verbose_option
+def validate(job_file: str, sets: tuple[str, ...], verbose: bool) -> None:
     """Check a job spec: exit 0 with a summary, or 2 with every error as FILE:LINE: field: message."""
-    click.echo(summary(_load_checked(job_file, sets=sets)))
+    click.echo(summary(_load_checked(job_file, sets=sets, verbose=verbose)))
 
 
 @main.command()
@@ -142,9 +201,10 @@ def validate(job_file: str, sets: tuple[str, ...]) -> None:
 @click.option("--target", type=click.Choice(TARGET_NAMES), help="Override spec.target.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 @_set_option
-def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...]) -> None:
+@_verbose_option
+def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...], verbose: bool) -> None:
     """Write exactly what submit would submit (the dry run). Invalid input writes nothing."""
-    loaded = _load_checked(job_file, target, sets)
+    loaded = _load_checked(job_file, target, sets, verbose)
     out = Path(out_dir).resolve()
     if not str(out).isprintable():  # the path is written into the scripts, on #SBATCH lines among others
         _fail([f"--out {str(out)!r}: a directory name with control characters cannot be written into scripts"])
@@ -216,15 +276,18 @@ def _final_exit(state: str) -> NoReturn:
               help="Submit one job per value (repeatable: every combination, a grid), named NAME-<point> and "
                    "labelled with a common group (`shardctl list --group`).")
 @_cluster_options
+@_verbose_option
 def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json: bool, all_lines: bool,
-           sets: tuple[str, ...], sweeps: tuple[str, ...], kubeconfig: str | None, context: str | None) -> None:
+           sets: tuple[str, ...], sweeps: tuple[str, ...], kubeconfig: str | None, context: str | None,
+           verbose: bool) -> None:
     """Run a job: its driver watches it, classifies failures and falls back on OOM."""
     from orchestrator.api.job import submit_checked
 
     if sweeps:
-        _submit_sweep(job_file, target, sets, sweeps, wait, dry_run, as_json, _overrides(kubeconfig, context))
+        _submit_sweep(job_file, target, sets, sweeps, wait, dry_run, as_json, _overrides(kubeconfig, context),
+                      verbose)
         return
-    loaded = _load_checked(job_file, target, sets)
+    loaded = _load_checked(job_file, target, sets, verbose)
     if dry_run:
         dry = render_dryrun(loaded, str(Path("runs") / loaded.job.metadata.name / "attempt-1"))
         for w in dry.warnings:
@@ -257,7 +320,7 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
 
 
 def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], sweeps: tuple[str, ...], wait: bool,
-                  dry_run: bool, as_json: bool, cluster: dict) -> None:
+                  dry_run: bool, as_json: bool, cluster: dict, verbose: bool = False) -> None:
     """Every point is checked before the first is submitted; then one job per point, a common group."""
     from orchestrator.api.job import Sweep, plan_sweep, submit_checked
 
@@ -265,6 +328,7 @@ def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], swee
         group, points, settings = plan_sweep(job_file, list(sweeps), list(sets), target)
     except ShardctlError as exc:
         _fail(exc.lines(), exc.exit_code)
+    points = _sweep_warnings(points, verbose)
     if dry_run:
         for i, (checked, values) in enumerate(zip(points, settings, strict=True)):
             click.echo(f"point {i}: {checked.job.metadata.name}: "
@@ -342,19 +406,71 @@ def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | No
             return
         click.echo(_summary_table(get_sweep(group, **_overrides(kubeconfig, context)).summary()))
         return
+    rows = []
+    for v in views:
+        last = v["attempts"][-1] if v["attempts"] else None
+        rows.append([safe(str(cell), one_line=True) for cell in (
+            v["id"], v["name"], v["target"], v["state"], len(v["attempts"]), describe_config(last) if last else "-",
+            v["created_at"] or "")])
+    if not _is_terminal():
+        for line in _plain_rows(_LIST_COLUMNS, rows):
+            click.echo(line)
+        return
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None)
-    for col in ("ID", "NAME", "TARGET", "STATE", "ATTEMPTS", "CONFIG", "CREATED"):
-        table.add_column(col)
-    for v in views:
-        last = v["attempts"][-1] if v["attempts"] else None
-        table.add_row(*(Text(safe(str(cell), one_line=True)) for cell in (
-            v["id"], v["name"], v["target"], v["state"], len(v["attempts"]), describe_config(last) if last else "-",
-            v["created_at"] or "")))
-    Console().print(table)
+    console = Console()
+    for row in rows:
+        row[-1] = _short_time(row[-1])
+    widths = _list_widths(_LIST_COLUMNS, rows, console.width)
+    table = Table(box=None, pad_edge=False)
+    for col, width in zip(_LIST_COLUMNS, widths, strict=True):
+        table.add_column(col, width=width, overflow="fold", no_wrap=col not in ("NAME", "CONFIG"))
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    console.print(table)
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+_LIST_COLUMNS = ("ID", "NAME", "TARGET", "STATE", "ATTEMPTS", "CONFIG", "CREATED")
+
+
+def _plain_rows(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    """A table for a pipe: one line a row, whole values, columns two spaces apart (the last one unpadded)."""
+    widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [list(header), *rows]]
+
+
+def _list_widths(header: tuple[str, ...], rows: list[list[str]], width: int) -> list[int]:
+    """Column widths for `list` on a terminal `width` columns wide: every column whole where it fits; else NAME
+    and CONFIG share what the others leave: NAME wraps first, down to 8 columns, while CONFIG keeps 20; then
+    CONFIG, down to 10 (only a terminal too narrow for those crops the rest)."""
+    natural = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header))]
+    name, config = header.index("NAME"), header.index("CONFIG")
+    room = width - 2 * (len(header) - 1) - sum(w for i, w in enumerate(natural) if i not in (name, config))
+    if natural[name] + natural[config] <= room:
+        return natural
+    out = list(natural)
+    out[config] = max(min(natural[config], 20), room - natural[name])
+    out[name] = max(min(natural[name], 8), room - out[config])
+    if out[name] + out[config] > room:
+        out[config] = max(min(natural[config], 10), room - out[name])
+    return out
+
+
+def _short_time(iso: str) -> str:
+    """`2026-12-06T16:05:31+00:00` as `12-06 16:05` (UTC, as the ISO form); another year keeps its year."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return when.strftime("%m-%d %H:%M" if when.year == datetime.now(UTC).year else "%Y-%m-%d %H:%M")
 
 
 def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
@@ -546,7 +662,9 @@ def _read_config(path: Path, json_only: bool = False):
 @click.option("--html", "html_file", type=click.Path(dir_okay=False),
               help="Also write the plan as a self-contained HTML page (the chart and the table) to this file.")
 @_set_option
-def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | None, sets: tuple[str, ...]) -> None:
+@_verbose_option
+def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | None, sets: tuple[str, ...],
+         verbose: bool) -> None:
     """What fits on the GPUs, and why: every candidate config with its memory estimate, term by term."""
     from orchestrator.plan.planner import check_gpu_memory_flag
     from orchestrator.plan.planner import plan as make_plan
@@ -556,7 +674,7 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
             check_gpu_memory_flag(gpu_memory)
         except ValueError as exc:
             _fail([str(exc)])
-    loaded = _load_checked(job_file, sets=sets)
+    loaded = _load_checked(job_file, sets=sets, verbose=verbose)
     try:
         result = make_plan(loaded.job, gpu_memory)
     except ValueError as exc:
@@ -566,7 +684,13 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
         from orchestrator.procfiles import write_files
 
         path = Path(html_file).resolve()
-        write_files(path.parent, {path.name: plan_html(result, loaded.source)})
+        page = plan_html(result, loaded.source, model=loaded.job.spec.model.name_or_path,
+                         job=loaded.job.metadata.name)
+        try:
+            write_files(path.parent, {path.name: page})
+            os.chmod(path, 0o644)  # a page to share (a pull request, a ticket): readable by all, unlike a job's files
+        except (OSError, ValueError) as exc:
+            _fail([f"--html {html_file}: cannot write: {getattr(exc, 'strerror', None) or exc}"])
         _err(f"wrote {html_file}")
     if as_json:
         _print_json(result.as_json())

@@ -191,16 +191,6 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def read_tail(path: str | Path, limit: int) -> str:
-    """The last `limit` bytes of a file as text ('' if it cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - limit))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 def open_log(path: str | Path, buffering: int = -1) -> BinaryIO:
     """A log opened for appending, created 0600, never through a symlink planted at its name."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -520,3 +521,102 @@ def test_import_refuses_what_it_cannot_express_in_one_line(tmp_path: Path) -> No
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "MULTI_GPU" in r.stderr
+
+
+# A day's use (issue 20): what the commands print around their answer.
+
+_FSDP = ("--set", "spec.backend=fsdp", "--set", "spec.sharding=full")
+
+
+def test_advice_not_about_this_job_is_printed_only_with_verbose(tmp_path: Path) -> None:
+    quickstart = str(ROOT / "examples" / "quickstart.yaml")
+    quiet = _invoke("validate", quickstart, *_FSDP)
+    assert quiet.exit_code == 0 and ": ok: TrainingJob" in quiet.stdout
+    assert "note:" not in quiet.stderr, quiet.stderr
+    loud = _invoke("validate", "-v", quickstart, *_FSDP)
+    assert loud.exit_code == 0
+    assert [line for line in loud.stderr.splitlines() if "note:" in line] == [
+        f"{quickstart}:13: spec.model.layer_class: note: unset: TRANSFORMER_BASED_WRAP wraps the model's "
+        "_no_split_modules (accelerate's FSDP guide: recommended for recent transformers) "
+        "(with --set spec.backend=fsdp, --set spec.sharding=full)"]
+    # a warning (and a note about what this spec set) is printed whatever the verbosity
+    warned = _invoke("validate", quickstart, "--set", "spec.precision.params=bf16",
+                     "--set", "spec.activation_checkpointing=true")
+    assert "spec.precision.params: warning: DeepSpeed keeps fp32" in warned.stderr, warned.stderr
+    assert "spec.activation_checkpointing: note: DeepSpeed has no accelerate switch" in warned.stderr
+    for command in (("render", "--out", str(tmp_path / "out")), ("plan", "--gpu-memory", "8GiB"),
+                    ("submit", "--dry-run")):
+        r = _invoke(command[0], quickstart, *_FSDP, *command[1:])
+        assert r.exit_code in (0, 1) and "note:" not in r.stderr, (command, r.output)
+        assert "note:" in _invoke(command[0], "--verbose", quickstart, *_FSDP, *command[1:]).stderr, command
+
+
+def test_a_sweep_prints_its_advice_once_without_the_sweep_values_and_only_with_verbose() -> None:
+    quickstart = str(ROOT / "examples" / "quickstart.yaml")
+    args = ("submit", "--dry-run", quickstart, *_FSDP, "--sweep", "spec.batch.micro=2,4")
+    quiet = _invoke(*args)
+    assert quiet.exit_code == 0 and "point 1:" in quiet.stdout and "note:" not in quiet.stderr, quiet.stderr
+    loud = _invoke(*args, "-v")
+    notes = [line for line in loud.stderr.splitlines() if "note:" in line]
+    assert len(notes) == 1, loud.stderr
+    assert notes[0].endswith("(with --set spec.backend=fsdp, --set spec.sharding=full)"), notes[0]
+
+
+def _three_jobs(home: Path) -> list:
+    from orchestrator.api.job import check
+    from orchestrator.store.jobstore import Store
+
+    store = Store(home)
+    records = []
+    for example in ("oom-fallback.yaml", "zero3-offload.yaml", "llama-7b-fsdp.yaml"):
+        spec = check(str(ROOT / "examples" / example)).job.model_dump(mode="json", by_alias=True)
+        record = store.create_job(name=spec["metadata"]["name"], target="local", spec=spec, source=example,
+                                  workdir="/w", checkpoint_dir=None)
+        store.add_attempt(record.id, 1, spec=spec, rung=None, reason="r", run_dir="/r", log_path="/r/log",
+                          artifacts={}, warnings=[], resume_from=None)
+        store.finish_job(record.id, "succeeded", "done")
+        records.append(record)
+    return records
+
+
+def test_list_piped_is_one_plain_row_per_job_with_every_value_whole(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    records = _three_jobs(tmp_path)
+    r = CliRunner().invoke(main, ["list"], env={"SHARDCTL_HOME": str(tmp_path), "COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 + len(records), lines
+    assert lines[0].split() == ["ID", "NAME", "TARGET", "STATE", "ATTEMPTS", "CONFIG", "CREATED"]
+    for record in records:
+        row = next(line for line in lines if line.startswith(record.id[:8]))
+        cells = re.split(r"\s{2,}", row)
+        assert cells[1] == record.name and cells[3] == "succeeded", cells
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", cells[-1]), cells
+    assert "gpt2-xl-zero3-offload" in r.stdout
+    assert "deepspeed ZeRO-3, micro 16 x accum 1, offload optimizer=cpu params=cpu" in r.stdout
+    assert "…" not in r.stdout and "\x1b" not in r.stdout
+
+
+def test_list_on_an_80_column_terminal_fits_and_keeps_created_whole(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator import cli
+
+    records = _three_jobs(tmp_path)
+    monkeypatch.setattr(cli, "_is_terminal", lambda: True)
+    for columns in (80, 100, 200):
+        r = CliRunner().invoke(cli.main, ["list"], env={"SHARDCTL_HOME": str(tmp_path), "COLUMNS": str(columns)})
+        assert r.exit_code == 0, r.output
+        lines = r.stdout.splitlines()
+        assert max(len(line) for line in lines) <= columns, r.stdout
+        assert "…" not in r.stdout
+        starts = [line for line in lines if line[:8] in {rec.id[:8] for rec in records}]
+        assert len(starts) == len(records)
+        for line in starts:  # CREATED whole, shortened: 12-06 16:05
+            assert re.search(r"\d\d-\d\d \d\d:\d\d$", line.rstrip()), line
+        if columns == 200:  # the room is used: one line a job
+            assert len(lines) == 1 + len(records), r.stdout

@@ -14,6 +14,8 @@ sys.exit. Nothing here imports torch, accelerate or submitit until a function is
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +76,29 @@ class Checked:
         return locate(self.loaded, self.overrides, finding_field, message)
 
 
+def _spec_source(source: Any, what: str) -> None:
+    """BadInput unless `source` is a spec: a file (str or Path), a mapping or a TrainingJob."""
+    if not isinstance(source, str | Path | Mapping | TrainingJob):
+        raise BadInput(f"{what}: not {type(source).__name__} {_shown(source)}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seconds(value: Any, what: str) -> float | None:
+    """A number of seconds from the caller (None: no limit); BadInput for anything but a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise BadInput(f"{what}: a number of seconds (0 or more) or None, not {type(value).__name__} "
+                       f"{_shown(value)}")
+    return float(value)
+
+
 def _loaded(source: SpecSource) -> LoadedSpec:
+    _spec_source(source, "the spec is a file path, a dict or a TrainingJob")
     if isinstance(source, TrainingJob):
         return LoadedSpec(job=source, source="<python>", lines={})
     if isinstance(source, Mapping):
@@ -243,6 +267,8 @@ class Job:
         """Block until the job ends; its final state. WaitTimeout after `timeout` seconds (the job goes on)."""
         from orchestrator.jobs import driver_of, target_of
 
+        timeout = _seconds(timeout, "wait(timeout=...)")
+        poll_s = _seconds(poll_s, "wait(poll_s=...)")
         record = self.record()
         driver = driver_of(target_of(record, self.cluster))
         every = poll_s if poll_s is not None else min(driver.catch_up_every_s, 2.0)
@@ -310,6 +336,9 @@ class Job:
         outcome = self._outcome()
         if outcome is not None and outcome[0] == "error":
             raise FunctionFailed(f"job {self.id}: the function raised on {outcome[1]}")
+        if state is JobState.SUCCEEDED and outcome is None:
+            raise JobFailed(f"job {self.id} {state}, but the function exited without returning a value (os._exit or "
+                            "a signal): no result was written")
         if state is not JobState.SUCCEEDED or outcome is None:
             reason = self.record().reason
             raise JobFailed(f"job {self.id} {state}" + (f": {reason}" if reason else "")
@@ -320,7 +349,7 @@ class Job:
         """None when the function returned; else the error result() would raise (its traceback included)."""
         try:
             self.result(timeout)
-        except WaitTimeout:
+        except (WaitTimeout, BadInput):  # no verdict on the function: waiting ran out, or the call was wrong
             raise
         except ShardctlError as exc:
             return exc
@@ -366,6 +395,7 @@ def submit(what: SpecSource | Callable[..., Any], *args: Any, job: SpecSource | 
                           checked.overrides, checked.warnings)
         return submit_checked(checked, kubeconfig=kubeconfig, context=context, workdir=workdir,
                               job_files={FUNCTION_FILE: call})
+    _spec_source(what, "submit(what, ...): what is a spec (a file path, a dict or a TrainingJob) or a function")
     if job is not None or args or kwargs:
         raise BadInput("submit(spec, ...): positional arguments, job= and other keywords are for a function "
                             "entrypoint (submit(fn, *args, job=spec))")
@@ -461,6 +491,7 @@ class Sweep:
     settings: list[dict[str, Any]] = field(default_factory=list)  # each point's swept values
 
     def wait(self, timeout: float | None = None) -> Sweep:
+        timeout = _seconds(timeout, "wait(timeout=...)")
         deadline = None if timeout is None else time.monotonic() + timeout
         for job in self.jobs:
             job.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))

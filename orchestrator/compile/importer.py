@@ -27,7 +27,15 @@ from pydantic import BaseModel
 from orchestrator.compile import configs, passthrough, rules, setup
 from orchestrator.compile.convert import is_deepspeed_json
 from orchestrator.errors import ImportRefused
-from orchestrator.spec.models import API_VERSION, INT32_MAX, JSON_INT_MAX, KIND, Resources, TrainingJob
+from orchestrator.spec.models import (
+    API_VERSION,
+    INT32_MAX,
+    JSON_INT_MAX,
+    KIND,
+    Resources,
+    TrainingJob,
+    looks_like_secret,
+)
 
 # accelerate keys the target decides at launch (shardctl writes them per attempt).
 _LAUNCH_KEYS = ("compute_environment", "machine_rank", "main_process_ip", "main_process_port", "rdzv_backend",
@@ -93,6 +101,34 @@ def _emit(node: dict[str, Any], prefix: str, indent: int, comments: dict[str, st
         else:
             out.append(f"{pad}{name}: {_scalar(value)}{note}")
     return out
+
+
+# Keys that hold a credential although their names do not say so by the rule for variable names (a registry's
+# `auths.HOST.auth`, an HTTP header).
+_CREDENTIAL_KEYS = frozenset({"auth", "authorization"})
+
+
+def _is_credential(key: Any) -> bool:
+    """Whether a config key's name says it holds a credential (the rule for entrypoint.env's names, reused)."""
+    name = str(key)
+    return looks_like_secret(name) or name.lower() in _CREDENTIAL_KEYS
+
+
+def _without_credentials(tree: Any, prefix: str, dropped: list[str]) -> Any:
+    """`tree` with every key whose name says it holds a credential taken out, at any depth (a copy where one is);
+    each dropped key's dotted path is added to `dropped`. The values are never looked at, never shown."""
+    if isinstance(tree, dict):
+        out: dict[Any, Any] = {}
+        for key, value in tree.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if _is_credential(key):
+                dropped.append(path)
+            else:
+                out[key] = _without_credentials(value, path, dropped)
+        return out
+    if isinstance(tree, list):
+        return [_without_credentials(item, f"{prefix}[{i}]", dropped) for i, item in enumerate(tree)]
+    return tree
 
 
 def _refuse(message: str) -> ImportRefused:
@@ -531,6 +567,13 @@ def import_configs(config: dict[str, Any] | None, ds_json: dict[str, Any] | None
         if ds_json is None:
             raise _refuse("no accelerate config and no DeepSpeed JSON")
         config = {"distributed_type": "DEEPSPEED", "deepspeed_config": {}}
+    # a credential never goes into a spec: the spec is stored and rendered (launch.sh, the JSON) in plain text
+    dropped: list[str] = []
+    config = _without_credentials(config, "", dropped)
+    if ds_json is not None:
+        ds_json = _without_credentials(ds_json, "", dropped)
+    nodes = _count(nodes, "nodes", _limit(Resources, "nodes"))
+    gpus_per_node = _count(gpus_per_node, "gpus_per_node", _limit(Resources, "gpus_per_node"))
     config = _unset_nulls(_mapping(config, "the accelerate config"), _NULL_IS_UNSET_CONFIG)
     if ds_json is not None:
         ds_json = _unset_nulls(_mapping(ds_json, "the DeepSpeed JSON"), _NULL_IS_UNSET_JSON)
@@ -539,6 +582,9 @@ def import_configs(config: dict[str, Any] | None, ds_json: dict[str, Any] | None
         nearest = " (plain DDP: the nearest TrainingJob is sharding: none)" if kind == "MULTI_GPU" else ""
         raise _refuse(f"distributed_type {kind!r}: shardctl runs FSDP or DeepSpeed{nearest}")
     b = _Builder(name, script, model)
+    b.not_carried += [f"{path}: dropped, its value not shown (the name says it holds a credential, and a spec is "
+                      "stored and rendered in plain text: give it to the job through entrypoint.env_from)"
+                      for path in dropped]
     world = _machines(b, config, nodes, gpus_per_node)
     if kind == "FSDP":
         _import_fsdp(b, config)

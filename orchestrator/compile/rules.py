@@ -46,11 +46,14 @@ _SOURCE_FORMS = {"secret": "`secret: NAME` (e.g. kubectl create secret generic N
 
 @dataclass(frozen=True)
 class Finding:
-    """A rule's verdict on one field: an error stops compilation; warnings and notes are always printed."""
+    """A rule's verdict on one field: an error stops compilation; warnings and notes are always printed,
+    except advice: a note that is not about this job (it holds for any model of its kind, whatever the spec
+    set), which the CLI prints only with -v/--verbose."""
 
     level: Level
     field: str
     message: str
+    advice: bool = False
 
     def __str__(self) -> str:
         return f"{self.level}: {self.field}: {self.message}"
@@ -111,6 +114,7 @@ def check(job: TrainingJob) -> list[Finding]:
     err = lambda f, m: out.append(Finding("error", f, m))  # noqa: E731
     warn = lambda f, m: out.append(Finding("warning", f, m))  # noqa: E731
     note = lambda f, m: out.append(Finding("note", f, m))  # noqa: E731
+    advise = lambda f, m: out.append(Finding("note", f, m, advice=True))  # noqa: E731
     fsdp = spec.backend == "fsdp"
     stage = zero_stage(spec)
     off = spec.offload
@@ -150,9 +154,9 @@ def check(job: TrainingJob) -> list[Finding]:
         if spec.deepspeed.zero3_init and stage != 3:
             err("spec.deepspeed.zero3_init", f"zero3_init_flag only applies to ZeRO-3, not ZeRO-{stage}")
         if stage == 3 and spec.deepspeed.zero3_init is None:
-            note("spec.deepspeed.zero3_init",
-                 "off: for a Transformers model set zero3_init: true (zero3_init_flag, the "
-                 "twin of fsdp_cpu_ram_efficient_loading) so it is built already partitioned")
+            advise("spec.deepspeed.zero3_init",
+                   "off: for a Transformers model set zero3_init: true (zero3_init_flag, the "
+                   "twin of fsdp_cpu_ram_efficient_loading) so it is built already partitioned")
         if spec.deepspeed.save_16bit_model and stage != 3:
             err("spec.deepspeed.save_16bit_model", f"zero3_save_16bit_model only applies to ZeRO-3, not ZeRO-{stage}")
     else:
@@ -164,8 +168,8 @@ def check(job: TrainingJob) -> list[Finding]:
         if spec.torch_compile and f.use_orig_params is False:
             warn("spec.fsdp.use_orig_params", "forced to true: torch.compile needs fsdp_use_orig_params")
         if spec.model.layer_class is None:
-            note("spec.model.layer_class", "unset: TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules "
-                                           "(accelerate's FSDP guide: recommended for recent transformers)")
+            advise("spec.model.layer_class", "unset: TRANSFORMER_BASED_WRAP wraps the model's _no_split_modules "
+                                             "(accelerate's FSDP guide: recommended for recent transformers)")
 
     # Precision (accelerate's 'On Data Precision').
     if not fsdp and spec.precision.params == "bf16":

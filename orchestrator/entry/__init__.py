@@ -14,10 +14,10 @@ imports it at start-up.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,26 +50,49 @@ def is_function_secret(name: str) -> bool:
     return bool(_FUNCTION_SECRET.fullmatch(name))
 
 
+class _OverCap(Exception):
+    """Raised by _CappedWriter once the pickle passes the cap: pickling stops there."""
+
+
+class _CappedWriter:
+    """A file-like sink for a pickler that keeps at most `limit` bytes and raises _OverCap at the first write past
+    it, so a call over the cap is never built whole in memory (the pickler writes in frames of 64 KiB)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        size = memoryview(data).nbytes
+        self.size += size
+        if self.size > self.limit:
+            raise _OverCap
+        self.buffer.write(data)
+        return size
+
+
 def pickle_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any],
                 limit: int = MAX_PICKLE_BYTES) -> bytes:
-    """The call as bytes, pickled by submitit (its DelayedSubmission, written with its cloudpickle_dump)."""
+    """The call as bytes: submitit's DelayedSubmission, pickled as its cloudpickle_dump writes it (cloudpickle,
+    the highest protocol), but into a writer that stops at the cap."""
+    import cloudpickle  # submitit's own dependency, what its cloudpickle_dump uses
     from submitit.core.utils import DelayedSubmission
 
     delayed = DelayedSubmission(fn, *args, **kwargs)
-    with tempfile.TemporaryDirectory(prefix="shardctl-call-") as tmp:  # 0700: private while it exists
-        path = Path(tmp) / FUNCTION_FILE
-        try:
-            delayed.dump(path)  # submitit's cloudpickle_dump
-        except Exception as exc:  # pickling raises whatever the object's reducer raises
-            name = getattr(fn, "__qualname__", repr(fn))
-            raise FunctionPickleError(f"function {name}: it or its arguments cannot be pickled: "
-                                      f"{type(exc).__name__}: {str(exc)[:300]}") from None
-        size = path.stat().st_size
-        if size > limit:
-            raise FunctionPickleError(
-                f"function {getattr(fn, '__qualname__', fn)!s}: the pickled call is {size / 1024:.0f} KiB, over the "
-                f"{limit // 1024} KiB cap: pass large data by path (a file the job can read), not as an argument")
-        return path.read_bytes()
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    sink = _CappedWriter(limit)
+    try:
+        cloudpickle.dump(delayed, sink, pickle.HIGHEST_PROTOCOL)
+    except _OverCap:
+        raise FunctionPickleError(
+            f"function {name}: the pickled call is over the {limit // 1024} KiB cap: pass large data by path (a "
+            "file the job can read), not as an argument or in the function's closure (pickling stopped at the "
+            "cap)") from None
+    except Exception as exc:  # pickling raises whatever the object's reducer raises
+        raise FunctionPickleError(f"function {name}: it or its arguments cannot be pickled: "
+                                  f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    return sink.buffer.getvalue()
 
 
 def load_call(path: str | Path) -> Any:

@@ -186,6 +186,11 @@ def plan(source: Path, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES) -
     return found
 
 
+# The repository being snapshotted is the user's, not ours to trust: its config may name commands that git
+# runs on its own (core.fsmonitor on every index read, hooks). Every git command runs with both off.
+NO_REPO_COMMANDS = ("-c", "core.fsmonitor=", "-c", "core.hooksPath=/dev/null")
+
+
 def _listed(source: Path) -> list[str]:
     """Relative paths as `git ls-files -co --exclude-standard` gives them; a tree outside git through a
     throw-away index. Without git, every file, unless a .gitignore would have to be read."""
@@ -196,15 +201,15 @@ def _listed(source: Path) -> list[str]:
             raise SnapshotError(f"{source} has .gitignore files, and git (which reads them) is not installed: "
                                 "install git")
         return [p for p in found if not (source / p).is_dir() or (source / p).is_symlink()]
-    inside = subprocess.run([git, "-C", str(source), "rev-parse", "--is-inside-work-tree"], capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL)
+    inside = subprocess.run([git, *NO_REPO_COMMANDS, "-C", str(source), "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if inside.returncode == 0 and inside.stdout.strip() == "true":
-        out = _git([git, "-C", str(source), "ls-files", "-z", "-co", "--exclude-standard"], source)
+        out = _git([git, *NO_REPO_COMMANDS, "-C", str(source), "ls-files", "-z", "-co", "--exclude-standard"], source)
     else:
         with tempfile.TemporaryDirectory(prefix="shardctl-index-") as tmp:
-            _git([git, "init", "-q", tmp], source)
-            out = _git([git, f"--git-dir={tmp}/.git", f"--work-tree={source}", "ls-files", "-z", "-o",
-                        "--exclude-standard"], source)
+            _git([git, *NO_REPO_COMMANDS, "init", "-q", tmp], source)
+            out = _git([git, *NO_REPO_COMMANDS, f"--git-dir={tmp}/.git", f"--work-tree={source}", "ls-files", "-z",
+                        "-o", "--exclude-standard"], source)
     return sorted({os.fsdecode(p).rstrip("/") for p in out.split(b"\0") if p})
 
 

@@ -14,7 +14,7 @@ from orchestrator.compile import rules
 from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
-from orchestrator.plan.report import GIB, TERMS, bars, gib, scale_of, term_style
+from orchestrator.plan.report import GIB, MAX_MICRO, TERMS, bars, count, gib, scale_of, term_style
 from orchestrator.spec.models import TrainingJob
 
 ROW = 30  # px per bar
@@ -99,9 +99,12 @@ def _legend(result: Plan) -> str:
     return f'<p class="legend">{"".join(items)}</p>'
 
 
-def plan_html(result: Plan, source: str = "") -> str:
-    """The whole page."""
+def plan_html(result: Plan, source: str = "", *, model: str = "", job: str = "") -> str:
+    """The whole page, titled by the model (and the job's name), the spec file under the title."""
     shape = result.shape
+    subject = f"{model} ({job})" if model and job else model or job or source
+    heading = f"Memory plan{': ' + escape(subject) if subject else ''}"
+    origin = escape(source) + ": " if source and source != subject else ""
     rows = []
     for i, c in enumerate(result.candidates):
         verdict = '<span class="fits">fits</span>' if c.fits else '<span class="nofit">does not fit</span>'
@@ -110,14 +113,16 @@ def plan_html(result: Plan, source: str = "") -> str:
                     f'<td class="num">{gib(c.estimate.total)}</td><td class="verdict">{verdict}</td>'
                     f'<td class="num">{c.cost:.2f}x</td><td class="num">{c.max_micro_batch}</td>'
                     f"<td>{escape(c.origin)}</td></tr>")
-    body = [f"<h1>Memory plan{': ' + escape(source) if source else ''}</h1>",
-            f'<p class="sub">{shape.params / 1e9:.3g}B parameters ({escape(shape.method)}); GPU '
+    body = [f"<h1>{heading}</h1>",
+            f'<p class="sub">{origin}{count(shape.params)} parameters ({escape(shape.method)}); GPU '
             f"{gib(result.gpu_memory)}, {MARGIN:.0%} kept free; sequence length {result.seq_len}. "
             f"Each bar is one candidate's memory per GPU at its peak, term by term.</p>",
             _chart(result), _legend(result),
             '<table><thead><tr><th class="num">#</th><th>config</th><th class="num">per GPU</th><th>verdict</th>'
-            '<th class="num">cost</th><th class="num">max micro</th><th>from</th></tr></thead><tbody>',
-            *rows, "</tbody></table>"]
+            f'<th class="num">cost</th><th class="num" title="{MAX_MICRO}">max micro</th><th>from</th></tr>'
+            "</thead><tbody>", *rows, "</tbody></table>",
+            f'<p class="note">max micro: {MAX_MICRO}, with the rest of that config unchanged. from: the fallback '
+            "rung (or the spec as written) the config comes from. cost: its step time against the plain config.</p>"]
     if result.chosen is not None:
         c = result.candidates[result.chosen]
         body.append(f"<p>Chosen: #{result.chosen + 1}, the cheapest config predicted to fit; its peak is in the "
@@ -142,5 +147,5 @@ def plan_html(result: Plan, source: str = "") -> str:
     body.append(f'<p class="note">Device constants: {escape(CUDA.source)}. One cell of the chart: '
                 f"{scale_of(result) / CHART / GIB:.3f} GiB a pixel.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>shardctl plan{': ' + escape(source) if source else ''}</title><style>{STYLE}</style></head>"
+            f"<title>{heading}</title><style>{STYLE}</style></head>"
             f"<body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -42,6 +42,17 @@ def gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
+def count(n: float) -> str:
+    """A count as a person reads it at every scale: 950, 4.0K, 1.3M, 6.7B, 1.8T."""
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size * 0.9995:  # 999,999 is 1.0M, not 1000.0K
+            return f"{n / size:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+MAX_MICRO = "the largest micro-batch predicted to fit"
+
+
 def term_style(name: str) -> tuple[str, str, str]:
     return TERMS.get(name, OTHER)
 
@@ -101,23 +112,24 @@ def render(result: Plan, console: Console) -> None:
     from rich.text import Text
 
     color = console.color_system is not None
-    console.print(Text(f"model: {result.shape.params / 1e9:.3g}B parameters ({result.shape.method}); GPU: "
+    console.print(Text(f"model: {count(result.shape.params)} parameters ({result.shape.method}); GPU: "
                        f"{gib(result.gpu_memory)}, keeping {MARGIN:.0%} free; sequence length {result.seq_len}"))
     console.print(Text(f"shape from: {result.shape.source}"))
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False, show_edge=False, collapse_padding=True)
     table.add_column("#", justify="right", no_wrap=True)
-    table.add_column("config", overflow="fold", ratio=1, min_width=20)
+    table.add_column("config", overflow="fold", ratio=1, min_width=16)
     table.add_column("per GPU", justify="right", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("cost", justify="right", no_wrap=True)
-    table.add_column("max micro", justify="right", no_wrap=True)
-    table.add_column("from", overflow="fold", min_width=6)
+    table.add_column("max\nmicro", justify="right", no_wrap=True)
+    table.add_column("from", overflow="fold", min_width=10)  # folded, never cut, on a narrow terminal
     for i, c in enumerate(result.candidates):
         mark = "->" if i == result.chosen else ""
         table.add_row(f"{mark}{i + 1}", config_line(c.job), gib(c.estimate.total), "fits" if c.fits else "does not fit",
                       f"{c.cost:.2f}x", str(c.max_micro_batch), c.origin,
                       style="bold" if i == result.chosen else None)
     console.print(table)
+    console.print(Text(f"max micro: {MAX_MICRO}; from: the fallback rung (or the spec) the config comes from"))
     _render_bars(result, console, color)
     if result.chosen is not None:
         c = result.candidates[result.chosen]

@@ -18,10 +18,12 @@ from pydantic import (
     ConfigDict,
     Field,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 from orchestrator.spec.quantity import BYTES_PATTERN, COUNT_PATTERN, MAX_COUNT, parse_bytes, parse_count
+from orchestrator.spec.text import first_unsafe
 
 API_VERSION = "shardctl.dev/v1alpha1"
 KIND = "TrainingJob"
@@ -147,7 +149,12 @@ def _check_env_names(env: dict[str, str]) -> dict[str, str]:
 # stored spec, launch.sh, job.sbatch and the Kubernetes Job, so it must come through entrypoint.env_from.
 # A name ending in _FILE, _PATH or _DIR names where a secret is, not the secret (GOOGLE_APPLICATION_CREDENTIALS
 # is a path too, so CREDENTIALS is not in the list).
-_SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|KEY|APIKEY|PASSWORD|PASSWD|SECRET)$|PASSWORD|SECRET")
+# PAT is a personal access token (GITHUB_PAT, GITLAB_PAT, HF_PAT), a whole word only: PATH, COMPAT and PATTERN
+# are not credentials.
+_SECRET_NAME = re.compile(r"(?:^|_)(?:TOKEN|KEY|APIKEY|PASSWORD|PASSWD|PASSPHRASE|SECRET|PAT)$|PASSWORD|SECRET")
+# A URL that carries a password (`postgres://user:pw@host/db`, `redis://:pw@host`), whatever the variable's name
+# (DATABASE_URL, MLFLOW_TRACKING_URI, ...): scheme://, an optional user, `:`, a non-empty password, then `@`.
+_URL_WITH_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#@\s:]*:[^/?#@\s]+@")
 _REFERENCE_NAME = re.compile(r"_(?:FILE|PATH|DIR)$")
 # Secret names are DNS-1123 subdomains (Kubernetes object names).
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -159,13 +166,22 @@ def looks_like_secret(name: str) -> bool:
     return not _REFERENCE_NAME.search(upper) and bool(_SECRET_NAME.search(upper))
 
 
+def holds_password(value: str) -> bool:
+    """Whether a variable's value carries a credential: a URL with user:password@ in it."""
+    return _URL_WITH_PASSWORD.search(value) is not None
+
+
 def _refuse_secret_values(env: dict[str, str]) -> dict[str, str]:
-    for name in env:
+    for name, value in env.items():
         if looks_like_secret(name):
             raise ValueError(
                 f"{name} looks like a secret, and a value here is copied into the stored spec, launch.sh, job.sbatch "
                 f"and the Kubernetes Job: pass it by reference with entrypoint.env_from (`- env: {name}` from the "
                 "submitting shell or `- file: PATH` on local and Slurm; `- secret: NAME` on Kubernetes)")
+        if holds_password(value):  # the message never repeats the value
+            raise ValueError(
+                f"{name}'s value is a URL with a password (user:password@), which would be copied into the stored "
+                f"spec and every rendered file: use entrypoint.env_from (`- env: {name}`, `- file: PATH`, `- secret`)")
     return env
 
 
@@ -258,10 +274,36 @@ DnsLabel = Annotated[str, AfterValidator(_check_dns_label)]
 EnvName = Annotated[str, AfterValidator(_check_env_name)]
 
 
+def _refuse_controls(value: Any, where: str = "") -> None:
+    """ValueError naming where (a key, an index) when a string in `value` holds a control character or a
+    direction override (orchestrator/spec/text.py): it would reach launch.sh, job.sbatch, a manifest, a log
+    line or a terminal. The message names the character, never repeats the string."""
+    if isinstance(value, str):
+        if (char := first_unsafe(value)) is not None:
+            raise ValueError(f"{where + ' ' if where else ''}holds the control character {char}: a spec string "
+                             "holds no control characters (but tab) and no direction overrides")
+    elif isinstance(value, dict):
+        for key, sub in value.items():
+            if isinstance(key, str) and (char := first_unsafe(key)) is not None:
+                raise ValueError(f"the key {_shown(key)} holds the control character {char}: a spec string holds "
+                                 "no control characters (but tab) and no direction overrides")
+            _refuse_controls(sub, f"{where}.{key}" if where else f"{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, sub in enumerate(value):
+            _refuse_controls(sub, f"{where}.{i}" if where else f"item {i}")
+
+
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
+    """Unknown keys are errors: a typo must never be silently ignored. No string holds a control character."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_controls(cls, value: Any) -> Any:
+        if not isinstance(value, BaseModel):  # a nested model has checked its own fields
+            _refuse_controls(value)
+        return value
 
 
 class Metadata(_Strict):
@@ -323,8 +365,8 @@ class Entrypoint(_Strict):
     env: Annotated[EnvMap, AfterValidator(_refuse_secret_values)] = Field(
         default_factory=dict,
         description="Extra environment for the script, as plain values: they are copied into every record and "
-                    "rendered file, so a name that looks like a secret (*_TOKEN, *_KEY, *PASSWORD*, *SECRET*) is "
-                    "refused: use env_from.")
+                    "rendered file, so a name that looks like a secret (*_TOKEN, *_KEY, *_PAT, *PASSWORD*, *SECRET*) "
+                    "or a URL with a password (user:password@) is refused: use env_from.")
     env_from: list[EnvSource] = Field(
         default_factory=list,
         description="Secret environment, by reference: the values never enter the spec, a record, a log shardctl "

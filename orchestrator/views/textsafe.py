@@ -13,10 +13,10 @@ read backwards. `shardctl logs` alone passes a job's output through as it is, as
 
 from __future__ import annotations
 
-import re
+from orchestrator.spec.text import controls
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = controls(keep="\t\n")  # the class the spec refuses too (orchestrator/spec/text.py)
+_CONTROL_OR_NEWLINE = controls()
 
 
 def _visible(char: str) -> str:

@@ -43,6 +43,14 @@ def fails(message: str) -> None:
     raise TypeError(message)  # the classifier reads a TypeError as a user error: not retried
 
 
+def returns_a_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def leaves_without_returning() -> None:
+    os._exit(0)
+
+
 def test_the_public_import_is_light() -> None:
     code = "import shardctl, sys; print(sorted(m for m in ('torch', 'submitit', 'accelerate') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
@@ -72,6 +80,35 @@ def test_submit_refuses_mixed_up_arguments_before_anything_is_recorded(home: Pat
     with pytest.raises(shardctl.ShardctlError, match="for a function entrypoint"):
         shardctl.submit(QUICKSTART, 1)
     assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+
+
+def test_submit_and_wait_refuse_arguments_of_the_wrong_type_as_bad_input(home: Path) -> None:
+    for call in (lambda: shardctl.submit(123), lambda: shardctl.submit(None),  # type: ignore[arg-type]
+                 lambda: shardctl.submit(add, 1, job=42)):  # type: ignore[arg-type]
+        with pytest.raises(shardctl.ShardctlError) as caught:
+            call()
+        assert caught.value.exit_code == 2 and len(caught.value.lines()) == 1
+        assert "not int 123" in str(caught.value) or "not NoneType" in str(caught.value) \
+            or "not int 42" in str(caught.value)
+    job = shardctl.Job("0123abcd")
+    for bad in ("x", -1, float("nan"), True):
+        with pytest.raises(shardctl.ShardctlError, match=r"wait\(timeout=...\): a number of seconds"):
+            job.wait(timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(shardctl.ShardctlError, match="a number of seconds"):
+        job.exception(timeout="x")  # type: ignore[arg-type]  # a wrong call, not the function's exception
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+
+
+def test_a_function_that_left_without_returning_says_so(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.spec.states import JobState
+
+    job = shardctl.Job("0123abcd")
+    monkeypatch.setattr(shardctl.Job, "wait", lambda self, timeout=None: JobState.SUCCEEDED)
+    monkeypatch.setattr(shardctl.Job, "_outcome", lambda self: None)  # no result.pkl: os._exit(0) on every rank
+    with pytest.raises(shardctl.JobFailed, match=r"the function exited without returning a value \(os._exit or a "
+                                                 r"signal\)"):
+        job.result()
+    assert "exited without returning" in str(job.exception())
 
 
 def test_a_function_runs_as_a_module_under_accelerate_launch(tmp_path: Path) -> None:
@@ -157,6 +194,22 @@ def test_a_failing_function_gives_its_traceback_and_is_not_retried(home: Path) -
     assert [a["failure"]["kind"] for a in job.history()] == ["user_error"]
     with pytest.raises(shardctl.FunctionFailed):
         job.result()
+
+
+@pytest.mark.slow
+def test_an_unpicklable_return_value_is_the_functions_exception_and_not_retried(home: Path) -> None:
+    job = shardctl.submit(returns_a_lock, job=QUICKSTART, workdir=str(ROOT))
+    error = job.exception(timeout=240)
+    assert isinstance(error, shardctl.FunctionFailed), error
+    assert "cannot pickle '_thread.lock'" in str(error)
+    assert [a["failure"]["kind"] for a in job.history()] == ["user_error"]
+
+
+@pytest.mark.slow
+def test_a_function_that_calls_os_exit_0_has_no_result_and_says_why(home: Path) -> None:
+    job = shardctl.submit(leaves_without_returning, job=QUICKSTART, workdir=str(ROOT))
+    with pytest.raises(shardctl.JobFailed, match="the function exited without returning a value"):
+        job.result(timeout=240)
 
 
 @pytest.mark.slurm

@@ -229,3 +229,48 @@ def test_parsers_read_the_same_setup(config: str | None, ds: str | None, options
             continue  # compared as offload above; steps_per_print is accelerate's own (inf)
         there = render["json"].get(path, "unset")
         assert there == value or path in listed, f"{path}: {value!r} -> {there!r} and not listed"
+
+
+@pytest.mark.parametrize("counts,needle", [
+    ("num_machines: 5000\n", "num_machines 5000: a TrainingJob takes 1 to 4096"),
+    ("num_processes: 1000\n", "1000 processes on 1 machine(s) is 1000 GPUs per node: a TrainingJob takes 1 to 64"),
+], ids=["machines", "processes"])
+def test_machine_counts_a_trainingjob_cannot_hold_are_one_line_exit_2(counts: str, needle: str,
+                                                                       tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "accelerate.yaml"
+    config.write_text("distributed_type: FSDP\n" + counts)
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "import", str(config)], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"{config}: cannot import: {needle}"]
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"nodes": 5000}, "nodes 5000: a TrainingJob takes 1 to 4096"),
+    ({"gpus_per_node": 1000}, "gpus_per_node 1000: a TrainingJob takes 1 to 64"),
+    ({"nodes": "2"}, "nodes must be a whole number, not '2'"),
+])
+def test_node_and_gpu_counts_from_python_are_refused_like_the_files(options: dict, needle: str) -> None:
+    with pytest.raises(ImportRefused, match=needle):
+        import_configs(None, {"zero_optimization": {"stage": 2}}, **options)
+
+
+def test_credential_keys_are_dropped_with_a_note_naming_each_never_its_value() -> None:
+    ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 2,
+          "wandb": {"enabled": True, "project": "p", "api_key": "SECRET-1"},
+          "auths": {"registry": {"auth": "SECRET-2", "email": "a@b"}},
+          "comet": {"enabled": False, "apiKey": "SECRET-3"}, "hub_token": "SECRET-4",
+          "checkpoint": {"password_file": "/run/secrets/p"}}  # a path to a secret is no secret: kept
+    config = {"distributed_type": "DEEPSPEED", "deepspeed_config": {"deepspeed_config_file": "ds.json"},
+              "num_processes": 2, "hf_token": "SECRET-5"}
+    imported = import_configs(config, ds)
+    text = imported.text()
+    assert "SECRET-" not in text and "SECRET-" not in "\n".join(imported.not_carried + imported.differences)
+    dropped = sorted(line.split(":")[0] for line in imported.not_carried if "holds a credential" in line)
+    assert dropped == ["auths.registry.auth", "comet.apiKey", "hf_token", "hub_token", "wandb.api_key"]
+    carried = imported.document["spec"]["deepspeed"]["config"]
+    assert carried["wandb"] == {"enabled": True, "project": "p"} and carried["auths"] == {"registry": {"email": "a@b"}}
+    assert carried["checkpoint"] == {"password_file": "/run/secrets/p"}

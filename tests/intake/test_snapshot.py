@@ -263,3 +263,15 @@ def test_the_dry_run_shows_the_snapshot_not_the_current_directory(tmp_path: Path
     assert "cd '<state-dir>/snapshots/<digest>/code'" in r.stdout
     assert f"SHARDCTL_CHECKPOINT_DIR={tmp_path / 'ckpt'}" in r.stdout
     assert str(tmp_path / "code") not in r.stdout.split("--- attempt.json")[0].replace(str(tmp_path / "ckpt"), "")
+
+
+def test_the_snapshot_never_runs_the_repositorys_own_fsmonitor_command(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hook = tmp_path / "fsmonitor.sh"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    repo = git_repo(tmp_path / "repo", {"train.py": "print('a')\n"}, tracked=["train.py"])
+    subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", str(hook)], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "core.hooksPath", str(tmp_path)], check=True)
+    assert paths(plan(repo)) == ["train.py"]
+    assert not marker.exists()

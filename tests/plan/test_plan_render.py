@@ -150,3 +150,68 @@ def test_the_html_chart_shows_its_bars_in_headless_chromium(tmp_path: Path) -> N
     assert near(counts, hex_rgb("#c62828")) >= 30 * rows
     assert near(counts, hex_rgb("#b8860b")) >= 15 * rows
     assert 0 < MARGIN < 0.2
+
+
+# A day's use (issue 20).
+
+@pytest.mark.parametrize(("n", "shown"), [(950, "950"), (4_000, "4.0K"), (999_999, "1.0M"), (1.3e6, "1.3M"),
+                                         (6.7e9, "6.7B"), (1.8e12, "1.8T")])
+def test_parameter_counts_read_humanly_at_every_scale(n: float, shown: str) -> None:
+    from orchestrator.plan.report import count
+
+    assert count(n) == shown
+
+
+def test_a_4000_parameter_model_is_4_0k_parameters_not_a_fraction_of_a_billion() -> None:
+    result = plan(job(**spec(model={"name_or_path": "tiny-lm", "parameters": 4000},
+                             resources={"nodes": 1, "gpus_per_node": 2, "gpu_memory": "80GiB"})))
+    text = plan_text(result, width=80)
+    assert text.startswith("model: 4.0K parameters"), text[:80]
+    assert "e-0" not in text
+    page = plan_html(result, "job.json", model="tiny-lm", job="tiny")
+    assert "4.0K parameters" in page and "e-0" not in page
+
+
+def _from_column(text: str) -> list[str]:
+    """The table's "from" cells, each folded piece joined back."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if "config" in line and line.rstrip().endswith("from"))
+    at = lines[head].index("from")
+    cells: list[str] = []
+    for line in lines[head + 2:]:
+        if not line.strip() or line.startswith("max micro:"):  # the table's end
+            break
+        if line[:lines[head].index("config")].strip():  # a row's first line: its number in the # column
+            cells.append("")
+        cells[-1] += line[at:].strip()
+    return cells
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+@pytest.mark.parametrize("model", [{"name_or_path": "tiny-lm", "parameters": 4000},
+                                   {"name_or_path": str(DATA / "gpt2-xl")}], ids=["tiny", "gpt2-xl"])
+def test_the_plan_fits_the_terminal_and_the_from_column_loses_no_character(columns: int, model: dict) -> None:
+    result = plan(job(**spec(model=model, resources={"nodes": 1, "gpus_per_node": 2, "gpu_memory": "8GiB"})))
+    text = plan_text(result, width=columns)
+    assert max(len(line) for line in text.splitlines()) <= columns
+    assert _from_column(text) == [c.origin for c in result.candidates]
+    assert "max micro: the largest micro-batch predicted to fit" in text
+
+
+def test_the_html_page_is_titled_by_the_model_explains_max_micro_and_is_readable_by_all(tmp_path: Path) -> None:
+    page = tmp_path / "shared" / "plan.html"
+    page.parent.mkdir()
+    os.chmod(page.parent, 0o755)
+    old = os.umask(0o077)
+    try:
+        out = run_plan(tmp_path, "--html", str(page), "--json")
+    finally:
+        os.umask(old)
+    assert out.returncode == 0, out.stderr
+    assert page.stat().st_mode & 0o777 == 0o644
+    html = page.read_text()
+    model = str(DATA / "gpt2-xl")
+    name = job(**spec()).metadata.name
+    assert re.search(r"<title>Memory plan: ([^<]*)</title>", html).group(1) == f"{model} ({name})"
+    assert f"<h1>Memory plan: {model} ({name})</h1>" in html
+    assert "max micro: the largest micro-batch predicted to fit" in html

@@ -53,3 +53,24 @@ def test_a_line_without_end_is_passed_on_in_pieces(tmp_path, monkeypatch):
     pieces = log.lines()
     assert pieces and "".join(pieces) == "x" * 1000
     assert log.partial == b""
+
+
+def test_a_symlink_at_the_log_name_reads_as_nothing_but_a_note(tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$hash:19000::::::\n")
+    attempt = tmp_path / "attempt-1"
+    attempt.mkdir()
+    (attempt / "output.log").symlink_to(secret)
+    log = FileLog(str(attempt / "output.log"))
+    first = log.lines()
+    assert len(first) == 1 and "symbolic link" in first[0] and "$6$hash" not in first[0]
+    assert log.lines() == [] and log.rest() == []  # the note once, never the target's content
+    assert filelog.read_tail(str(attempt / "output.log"), 1000) == ""
+
+
+def test_a_fifo_at_the_log_name_never_blocks(tmp_path):
+    import os
+    path = tmp_path / "output.log"
+    os.mkfifo(path)
+    lines = FileLog(str(path)).rest()
+    assert len(lines) == 1 and "not a regular file" in lines[0]

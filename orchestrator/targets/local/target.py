@@ -20,18 +20,24 @@ import time
 from pathlib import Path
 
 from orchestrator.compile import CompiledJob, CompileError, Finding
-from orchestrator.compile.launch import DEFAULT_PORT, MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROCESS_PORT
+from orchestrator.compile.launch import (
+    DEFAULT_PORT,
+    MACHINE_RANK,
+    MAIN_PROCESS_IP,
+    MAIN_PROCESS_PORT,
+    MODULE_PREFIX,
+)
 from orchestrator.errors import Refused
 from orchestrator.intake.secrets import check as check_secret_source
 from orchestrator.intake.secrets import references, resolve_path
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
-from orchestrator.procfiles import read_json, read_tail, spawn_detached, write_files
+from orchestrator.procfiles import read_json, spawn_detached, write_files
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
 from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
-from orchestrator.targets.filelog import FileLog
+from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.local import wrapper as local_wrapper
 
 LAUNCH_SCRIPT = "launch.sh"
@@ -137,7 +143,13 @@ class LocalTarget:
         return {"cpu": self.cpu, "memory_mode": self.memory_mode}
 
     def preflight(self, job: TrainingJob, workdir: str) -> list[str]:
-        return []  # render has checked all there is to check on this machine
+        """The script must be there now (Slurm's nodes check theirs at submit too): a run that could only fail
+        with `No such file` is refused before anything is recorded. Render has checked the rest."""
+        script = job.spec.entrypoint.script
+        if not script.startswith(MODULE_PREFIX) and not (Path(workdir) / Path(script).expanduser()).is_file():
+            raise CompileError([Finding("error", "spec.entrypoint.script",
+                                        f"{script}: no such file in {workdir}; nothing was recorded")])
+        return []
 
     def prefetch(self, external_ids: list[str]) -> None:
         pass  # describe reads each attempt's own files

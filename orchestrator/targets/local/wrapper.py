@@ -75,11 +75,13 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def stop_tree(limit: memlimit.MemoryLimit, grace: float = TERM_GRACE_S) -> None:
+def stop_tree(limit: memlimit.MemoryLimit, grace: float = TERM_GRACE_S) -> set[int]:
     """SIGTERM everything below us (torchrun forwards it and closes its workers), then SIGKILL what
-    is left. The tree is snapshotted first: a worker whose parent died is re-parented out of it."""
+    is left. The tree is snapshotted first: a worker whose parent died is re-parented out of it.
+    Returns the processes that were alive when the SIGTERM went out (an ended one is not among them)."""
     me = os.getpid()
     known = {pid: start_ticks(pid) for pid in descendants(me)}
+    signalled = set(known)
     for pid in known:
         _kill(pid, signal.SIGTERM)
 
@@ -94,6 +96,7 @@ def stop_tree(limit: memlimit.MemoryLimit, grace: float = TERM_GRACE_S) -> None:
     for pid in left():
         _kill(pid, signal.SIGKILL)
     limit.kill_all()
+    return signalled
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -152,7 +155,7 @@ def run(run_dir: Path) -> int:
     info.update(child_pid=child.pid, launched_at=time.time())
     write_json(run_dir / WRAPPER_FILE, info)
 
-    stopping = False
+    stopping = stopped = False
     while True:
         try:
             rc = child.wait(timeout=0.2)
@@ -160,8 +163,11 @@ def run(run_dir: Path) -> int:
         except subprocess.TimeoutExpired:
             if terminated and not stopping:
                 stopping = True
+                if child.poll() is not None:  # it ended by itself just before the signal came: nothing to stop
+                    continue
                 log.write(f"\n[shardctl] signal {terminated[0]} received: stopping the run\n".encode())
-                stop_tree(limit)
+                # the run was stopped only if it was still running when the signal reached it
+                stopped = child.pid in stop_tree(limit)
     ended = time.time()
     if descendants(me) or [p for p in limit.pids() if p != me]:
         stop_tree(limit, grace=2.0)  # nothing of a finished attempt may outlive it
@@ -171,7 +177,7 @@ def run(run_dir: Path) -> int:
         "oom_kills": limit.oom_kills(),
         "peak_bytes": limit.peak_bytes(),
         "memory": info["memory"],
-        "terminated_by": terminated[0] if stopping else None,  # a signal after the run ended stopped nothing
+        "terminated_by": terminated[0] if stopped else None,  # a signal after the run ended stopped nothing
         "ended_at": ended,
         "launch": launch,
     }

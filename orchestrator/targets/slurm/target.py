@@ -16,11 +16,11 @@ import orchestrator
 from orchestrator.errors import Refused, SlurmRefused, SlurmTimeout, SlurmUnavailable
 from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
 from orchestrator.lifecycle.moves import Observation, Seen
-from orchestrator.procfiles import read_json, read_tail, write_files, write_json
+from orchestrator.procfiles import read_json, write_files, write_json
 from orchestrator.spec.models import TrainingJob
 from orchestrator.store.paths import state_dir as default_state_dir
 from orchestrator.targets.base import AttemptRef, Driver, DryRun
-from orchestrator.targets.filelog import FileLog
+from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.slurm import refusals as slurm_refusals
 from orchestrator.targets.slurm import render as slurm_render
 from orchestrator.targets.slurm.accounting import (

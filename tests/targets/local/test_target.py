@@ -215,3 +215,17 @@ def test_the_wrapper_refuses_a_shared_env_file_at_launch(tmp_path: Path) -> None
     failure = classify(seen.outcome)
     assert failure is not None and failure.kind == "user_error" and "chmod 600" in failure.evidence
     assert "ran" not in seen.outcome.log_tail and FILE_SECRET not in seen.outcome.log_tail
+
+
+def test_a_script_that_does_not_exist_is_refused_at_submit_and_nothing_is_recorded(tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    unused = tmp_path / "unused.env"
+    spec.write_text(SPEC.format(script=tmp_path / "nosuch.py", env_file=unused)
+                    .replace(f"    env_from:\n      - env: HF_TOKEN\n      - file: {unused}\n", ""))
+    env = {**os.environ, "SHARDCTL_HOME": str(tmp_path / "state"), "SHARDCTL_FORCE_CPU": "1"}
+    r = shardctl(["submit", str(spec)], env)
+    assert r.returncode == 2, r.stderr
+    refusals = [line for line in r.stderr.splitlines() if "spec.entrypoint.script" in line]
+    assert refusals == [f"{spec}:7: spec.entrypoint.script: {tmp_path / 'nosuch.py'}: no such file in {ROOT}; "
+                        "nothing was recorded"], r.stderr
+    assert not (tmp_path / "state" / "jobs").exists() or not any((tmp_path / "state" / "jobs").iterdir())

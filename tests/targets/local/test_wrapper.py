@@ -134,3 +134,38 @@ def test_a_vanished_wrapper_reads_as_lost_not_running(tmp_path: Path) -> None:
     proc.wait(timeout=10)
     state = LocalTarget(cpu=True).describe(f"{proc.pid}:{ticks}", ref)
     assert state.seen == "ended" and state.outcome.preempted and "without an exit status" in state.detail
+
+
+# The wrapper, with its wait made to lose the race deterministically: the run ends by itself just after the
+# wrapper last looked, and the cancel's SIGTERM lands before the wrapper looks again.
+RACING_WRAPPER = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from orchestrator.targets.local import wrapper
+
+real_wait = subprocess.Popen.wait
+raced = []
+
+def racy_wait(self, timeout=None):
+    if not raced:
+        raced.append(True)
+        os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise subprocess.TimeoutExpired(self.args, timeout)
+    return real_wait(self, timeout)
+
+subprocess.Popen.wait = racy_wait
+sys.exit(wrapper.run(Path(sys.argv[1])))
+"""
+
+
+def test_a_cancel_just_after_the_run_ended_by_itself_records_no_termination(tmp_path: Path) -> None:
+    run_dir = tmp_path / "d"
+    run_dir.mkdir()
+    write_json(run_dir / "attempt.json", {"command": [sys.executable, "-c", "print('done by itself')"],
+                                          "cwd": str(run_dir), "log": "output.log", "memory_limit_bytes": None,
+                                          "memory_mode": "none", "cgroup_name": "x"})
+    subprocess.run([sys.executable, "-c", RACING_WRAPPER, str(run_dir)], cwd=ROOT, timeout=60, check=True)
+    result = read_json(run_dir / "exit.json")
+    assert result["exit_code"] == 0 and result["terminated_by"] is None, result
+    assert "stopping the run" not in (run_dir / "output.log").read_text()
