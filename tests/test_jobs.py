@@ -66,8 +66,11 @@ def test_unknown_job_is_a_clear_error(home: Path) -> None:
 
 @pytest.mark.slow
 def test_user_error_through_real_accelerate_is_not_retried(home: Path, tmp_path: Path) -> None:
+    """The script exists (a missing one is refused at submit) but rejects its arguments: argparse's error is a
+    user error, and the same config is never run again."""
     path = spec_file(tmp_path)
-    path.write_text(path.read_text().replace("script: examples/train_tiny.py", "script: examples/no_such_script.py"))
+    path.write_text(path.read_text().replace('"--steps", "10"', '"--steps", "10", "--no-such-flag"'))
+    assert "--no-such-flag" in path.read_text()
     r = cli("submit", str(path), "--wait", "--json")
     assert r.returncode == 1
     view = json.loads(r.stdout[r.stdout.index("{\n"):])
@@ -202,3 +205,63 @@ def test_cancelling_a_job_that_already_ended_in_the_cluster_keeps_its_end(tmp_pa
     driver.request_cancel(store, cluster, store.get_job(record.id))
     assert cluster.withdrawn == 0  # nothing deleted: its pods' logs stay readable
     assert store.get_job(record.id).state == "succeeded" and store.attempts(record.id)[0].state == "succeeded"
+
+
+# --- a dry run runs every check a submit runs (issue 20) ----------------------------------------------------
+
+
+def _with_secret_file(tmp_path: Path, mode: int) -> tuple[Path, Path]:
+    secret = tmp_path / "hf.env"
+    secret.write_text("HF_TOKEN=hf_not_a_real_token\n")
+    secret.chmod(mode)
+    text = (ROOT / "examples/quickstart.yaml").read_text().replace(
+        "    script: examples/train_tiny.py\n",
+        f"    script: examples/train_tiny.py\n    env_from:\n      - file: {secret}\n", 1)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(text)
+    return spec, secret
+
+
+def test_submit_dry_run_refuses_a_shared_secret_file_with_submits_line_and_records_nothing(
+        home: Path, tmp_path: Path) -> None:
+    spec, secret = _with_secret_file(tmp_path, 0o644)
+    dry = cli("submit", str(spec), "--dry-run", timeout=120)
+    assert dry.returncode == 2, (dry.stdout, dry.stderr)
+    assert not home.exists()  # a dry run does not even create the store
+    real = cli("submit", str(spec), timeout=120)
+    assert real.returncode == 2, (real.stdout, real.stderr)
+    assert dry.stderr.splitlines() == real.stderr.splitlines()
+    assert dry.stderr.splitlines()[-1] == (f"{spec}:12: spec.entrypoint.env_from.0.file: {secret}: mode 0644 lets "
+                                           f"other users read it; make it private: chmod 600 {secret}")
+    assert dry.stdout == real.stdout == ""
+    assert Store(home).list_jobs() == []
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+
+
+def test_submit_dry_run_and_submit_share_one_check_function(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two paths cannot drift: both go through jobs.submit_checks, and the dry run stops there."""
+    from orchestrator import jobs
+    from orchestrator.api.job import check, dry_run_checked, submit_checked
+    from orchestrator.errors import ShardctlError
+
+    calls: list[str] = []
+    original = jobs.submit_checks
+
+    def spy(*args, **kwargs):
+        calls.append("checks")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "submit_checks", spy)
+    spec, _ = _with_secret_file(tmp_path, 0o600)
+    checked = check(spec)
+    dry = dry_run_checked(checked, str(tmp_path / "run"))
+    assert "--- launch.sh" in str(dry) and calls == ["checks"]
+    assert not home.exists()  # nothing recorded, nothing copied
+    (tmp_path / "hf.env").chmod(0o640)
+    with pytest.raises(ShardctlError) as by_dry:
+        dry_run_checked(checked, str(tmp_path / "run"))
+    with pytest.raises(ShardctlError) as by_submit:
+        submit_checked(checked, store=Store(home))
+    assert type(by_dry.value) is type(by_submit.value) and by_dry.value.lines() == by_submit.value.lines()
+    assert calls == ["checks"] * 3 and Store(home).list_jobs() == []
