@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -25,6 +27,7 @@ from orchestrator.views.textsafe import safe
 
 if TYPE_CHECKING:
     from orchestrator.api.job import Checked
+    from orchestrator.intake.snapshot import Progress
 
 
 _PRINTED: set[str] = set()  # what this command printed to stderr: the API's log repeats none of it
@@ -221,13 +224,21 @@ def render(job_file: str, target: str | None, out_dir: str, sets: tuple[str, ...
         click.echo(str(out / name))
 
 
-def render_dryrun(loaded: Checked, run_dir: str):
+def render_dryrun(loaded: Checked, run_dir: str, checks: bool = False, **options):
+    """The dry run; with `checks`, after every check a submit runs (`submit --dry-run`), else asking nobody
+    (`render`). `options`: dry_run_checked's (kubeconfig, context, progress)."""
     from orchestrator.api.job import dry_run_checked
 
+    progress = options.get("progress")
     try:
-        return dry_run_checked(loaded, run_dir)
+        return dry_run_checked(loaded, run_dir, checks=checks, **options)
     except ShardctlError as exc:  # a rule the compiler enforces, or objects the target cannot make
+        if progress is not None:
+            progress.finish()
         _fail(exc.lines(), exc.exit_code)
+    finally:
+        if progress is not None:
+            progress.finish()
 
 
 def _store():
@@ -264,6 +275,38 @@ def _final_exit(state: str) -> NoReturn:
     sys.exit(0 if state == "succeeded" else EXIT_FAILED)
 
 
+class _ProgressPrinter:
+    """Long work's progress (the code snapshot's listing and copy: intake/snapshot.py Progress, which reports only
+    once the work has run about 2 s) on stderr, never stdout (`--json` stays one document), at most once every
+    `every_s`: on a terminal one line rewritten in place, else plain lines. `finish` ends a line left open (the
+    work failed midway) before anything else is printed."""
+
+    def __init__(self, every_s: float = 1.0, terminal: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.clock = clock
+        self.last = float("-inf")
+        self.open = 0  # the width of the line left open on a terminal (0: none)
+
+    def __call__(self, progress: Progress) -> None:
+        now = self.clock()
+        if now - self.last < self.every_s and not (progress.done and self.open):
+            return  # a terminal's open line is always closed with the final count
+        self.last = now
+        text = progress.text()
+        if not self.terminal:
+            click.echo(text, err=True)
+            return
+        click.echo("\r" + text.ljust(self.open), err=True, nl=progress.done)
+        self.open = 0 if progress.done else len(text)
+
+    def finish(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = 0
+
+
 @main.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--target", type=click.Choice(TARGET_NAMES), help="Override spec.target.")
@@ -288,18 +331,22 @@ def submit(job_file: str, target: str | None, wait: bool, dry_run: bool, as_json
                       verbose)
         return
     loaded = _load_checked(job_file, target, sets, verbose)
-    if dry_run:
-        dry = render_dryrun(loaded, str(Path("runs") / loaded.job.metadata.name / "attempt-1"))
+    overrides = _overrides(kubeconfig, context)
+    progress = _ProgressPrinter()
+    if dry_run:  # every check a submit runs, then the render: nothing recorded or copied
+        dry = render_dryrun(loaded, str(Path("runs") / loaded.job.metadata.name / "attempt-1"), checks=True,
+                            progress=progress, **overrides)
         for w in dry.warnings:
             _err(f"warning: {w}")
         click.echo(str(dry))
         return
-    overrides = _overrides(kubeconfig, context)
     store = _store()
     try:
-        record = submit_checked(loaded, store=store, **overrides).record()
+        record = submit_checked(loaded, store=store, progress=progress, **overrides).record()
     except ShardctlError as exc:
+        progress.finish()
         _fail(exc.lines(), exc.exit_code)
+    progress.finish()
     if record.state == "failed":
         _fail([f"job {record.id}: {record.reason}"], EXIT_FAILED)
     for attempt in store.attempts(record.id)[:1]:
@@ -329,8 +376,11 @@ def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], swee
     except ShardctlError as exc:
         _fail(exc.lines(), exc.exit_code)
     points = _sweep_warnings(points, verbose)
+    progress = _ProgressPrinter()
     if dry_run:
         for i, (checked, values) in enumerate(zip(points, settings, strict=True)):
+            render_dryrun(checked, str(Path("runs") / checked.job.metadata.name / "attempt-1"), checks=True,
+                          progress=progress, **cluster)  # every check a submit of this point runs
             click.echo(f"point {i}: {checked.job.metadata.name}: "
                        + " ".join(f"{k}={json.dumps(v)}" for k, v in values.items()))
             click.echo(f"  {summary(checked)}")
@@ -339,8 +389,9 @@ def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], swee
     jobs = []
     for checked in points:
         try:
-            jobs.append(submit_checked(checked, store=store, **cluster))
+            jobs.append(submit_checked(checked, store=store, progress=progress, **cluster))
         except ShardctlError as exc:
+            progress.finish()
             _fail([*exc.lines(), f"{len(jobs)} of {len(points)} points were submitted (group {group}); "
                    f"`shardctl list --group {group}` shows them"], exc.exit_code)
     done = Sweep(group, jobs, settings)
@@ -367,9 +418,14 @@ def _submit_sweep(job_file: str, target: str | None, sets: tuple[str, ...], swee
 
 
 def _summary_table(rows: list[dict]) -> str:
+    """The sweep summary (POINT ... SET), every cell made safe for a terminal and kept on one line."""
     from orchestrator.api.sweep import summary_text
 
-    return summary_text(rows)
+    def cell(value: object) -> str:
+        return safe(str(value), one_line=True)
+
+    return summary_text([{**r, "name": cell(r["name"]), "config": cell(r["config"]),
+                          "set": {cell(k): cell(v) for k, v in r["set"].items()}} for r in rows])
 
 
 def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None = None) -> str:
@@ -387,14 +443,20 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON array (docs/cli-json.md).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--group", help="Only the jobs of one sweep (its group label, shardctl.dev/group), with its summary.")
+@click.option("--group", help="Only the jobs of one sweep, with its summary: its group label (shardctl.dev/group), or "
+                              "the sweep's name for its newest group.")
 @_cluster_options
 def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
     from orchestrator.api.job import list_views
     from orchestrator.views.report import describe_config
 
-    views = list_views(limit, group, warn=_err, store=_store(), **_overrides(kubeconfig, context))
+    store = _store()
+    if group is not None:  # a group label, or a sweep's name: its newest group (said on stderr)
+        from orchestrator.api.job import find_group
+
+        group = find_group(group, store=store, warn=_err)
+    views = list_views(limit, group, warn=_err, store=store, **_overrides(kubeconfig, context))
     if as_json:
         _print_json(views)
         return
@@ -404,7 +466,7 @@ def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | No
         if not views:
             _err(f"no job in the group {group!r}")
             return
-        click.echo(_summary_table(get_sweep(group, **_overrides(kubeconfig, context)).summary()))
+        click.echo(_summary_table(get_sweep(group, warn=_err, **_overrides(kubeconfig, context)).summary()))
         return
     rows = []
     for v in views:

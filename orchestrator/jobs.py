@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -37,7 +38,7 @@ from orchestrator.targets import get_target
 from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
 
 if TYPE_CHECKING:
-    from orchestrator.intake.snapshot import Frozen, Snapshot
+    from orchestrator.intake.snapshot import Frozen, ProgressFn, Snapshot
 
 log = logging.getLogger("shardctl")
 
@@ -293,7 +294,8 @@ def check_secret_sources(job: TrainingJob, workdir: str) -> None:
         raise CompileError(problems)
 
 
-def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Target) -> Frozen | None:
+def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Target,
+                progress: ProgressFn | None = None) -> Frozen | None:
     """spec.workdir checked and listed (intake/snapshot.py), or None without one; CompileError naming the field."""
     from orchestrator.compile import CompileError, Finding
     from orchestrator.intake.snapshot import SnapshotError, prepare
@@ -302,12 +304,13 @@ def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Targ
         raise Refused(f"{target.name}: spec.workdir cannot travel to the cluster's controller; the code comes "
                       "from the image (spec.kubernetes.image): leave spec.workdir unset")
     try:
-        return prepare(job, source, workdir)
+        return prepare(job, source, workdir, progress=progress)
     except SnapshotError as exc:
         raise CompileError([Finding("error", exc.field, str(exc))]) from None
 
 
-def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Target, snapshotted: bool) -> None:
+def check_nodes_read(store_root: str | Path, job: TrainingJob, workdir: str, target: Target,
+                     snapshotted: bool) -> None:
     """Where other machines run the attempts and the judge (the judge driver: Slurm), the job store (and the
     snapshot in it), or else the working directory and the script, must be there for them: NodeLocalPath or
     CompileError if not, a warning for code that is not frozen."""
@@ -316,7 +319,7 @@ def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Targe
 
     if target.driver is not Driver.JUDGE:
         return
-    paths: dict[str, str | Path] = {"the job store (SHARDCTL_HOME, which holds the code snapshot)": store.root}
+    paths: dict[str, str | Path] = {"the job store (SHARDCTL_HOME, which holds the code snapshot)": store_root}
     script = job.spec.entrypoint.script
     if not snapshotted:
         paths["the working directory (no spec.workdir)"] = workdir
@@ -330,34 +333,60 @@ def check_nodes_read(store: Store, job: TrainingJob, workdir: str, target: Targe
     refuse_node_local(paths, f"the {target.name} job's nodes")
 
 
-def take_snapshot(store: Store, frozen: Frozen) -> Snapshot:
+def take_snapshot(store: Store, frozen: Frozen, progress: ProgressFn | None = None) -> Snapshot:
     from orchestrator.compile import CompileError, Finding
     from orchestrator.intake.snapshot import SnapshotError, limits, take
 
-    for line in frozen.plan.warnings:
-        log.warning(f"warning: spec.workdir: {line}")
     try:
-        return take(frozen.plan, Path(store.root) / "snapshots", limits()[0])
+        return take(frozen.plan, Path(store.root) / "snapshots", limits()[0], progress=progress)
     except SnapshotError as exc:
         raise CompileError([Finding("error", exc.field, str(exc))]) from None
 
 
-def record_and_start(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
-                     overrides: dict[str, Any] | None = None,
-                     job_files: Mapping[str, bytes] | None = None) -> JobRecord:
-    """Check, hand over or record, and start the job. Raises CompileError, TargetError before anything is kept.
-    `job_files` (a pickled function call) are written into the job's directory before attempt 1 starts;
-    a job whose record lives in a cluster has no such directory: they travel with it (the driver's hand_over)."""
+@dataclass(frozen=True)
+class Ready:
+    """A job that passed every check of a submit (submit_checks): what record_and_start goes on with."""
+
+    job: TrainingJob  # as it is recorded: with spec.workdir, its paths made absolute (intake/snapshot.py prepare)
+    target: Target  # the one the checks asked (a Slurm preflight derives settings the first attempt keeps)
+    frozen: Frozen | None  # the code to snapshot, listed and checked, not copied
+    workdir: str  # the submit's directory
+
+
+def submit_checks(store_root: str | Path, job: TrainingJob, *, source: str | None, workdir: str | None = None,
+                  overrides: dict[str, Any] | None = None, progress: ProgressFn | None = None) -> Ready:
+    """Every check a submit makes before it records or copies anything, in its order, and nothing else: the one
+    function that both a submit (record_and_start) and a dry run (`submit --dry-run`, api.job.dry_run_checked) call,
+    so that a dry run refuses exactly what a submit would. spec.workdir listed and checked against the caps (not
+    copied), the first attempt compiled for the target, every env_from source present and private, what other
+    nodes must read not node-local (under `store_root`, the job store, for a judge-driven target), and the
+    target's preflight (Slurm: `sbatch --test-only`, which submits nothing; Kubernetes: reachability, the CRD,
+    RBAC). Raises CompileError, NodeLocalPath, TargetError."""
     workdir = workdir or os.getcwd()
     target = target_for(job, overrides)
-    frozen = freeze_code(job, source, workdir, target)
+    frozen = freeze_code(job, source, workdir, target, progress)
     job = frozen.job if frozen else job
     code_dir = str(frozen.plan.source) if frozen else workdir
     dry_run(job, code_dir, target=target)  # compiles for this target, or raises before anything is recorded
     check_secret_sources(job, workdir)
-    check_nodes_read(store, job, workdir, target, frozen is not None)
+    check_nodes_read(store_root, job, workdir, target, frozen is not None)
     target.preflight(job, code_dir)
-    snap = take_snapshot(store, frozen) if frozen else None  # the last check: a copy that fails leaves nothing
+    if frozen:
+        for line in frozen.plan.warnings:
+            log.warning(f"warning: spec.workdir: {line}")
+    return Ready(job, target, frozen, workdir)
+
+
+def record_and_start(store: Store, job: TrainingJob, *, source: str | None, workdir: str | None = None,
+                     overrides: dict[str, Any] | None = None, job_files: Mapping[str, bytes] | None = None,
+                     progress: ProgressFn | None = None) -> JobRecord:
+    """Check (submit_checks), hand over or record, and start the job. Raises CompileError, TargetError before
+    anything is kept. `job_files` (a pickled function call) are written into the job's directory before attempt 1
+    starts; a job whose record lives in a cluster has no such directory: they travel with it (the driver's
+    hand_over). `progress` hears about a long listing or copy of spec.workdir (intake/snapshot.py Progress)."""
+    ready = submit_checks(store.root, job, source=source, workdir=workdir, overrides=overrides, progress=progress)
+    job, target, frozen, workdir = ready.job, ready.target, ready.frozen, ready.workdir
+    snap = take_snapshot(store, frozen, progress) if frozen else None  # the last step: a failed copy leaves nothing
     driver = driver_of(target)
     options = driver.hand_over(target, job, job_files)
     record = store.create_job(name=job.metadata.name, target=job.spec.target, spec=job_to_json(job), source=source,
@@ -418,4 +447,5 @@ def cancel(store: Store, record: JobRecord, wait_s: float = 60.0,
     return store.get_job(record.id)
 
 
-__all__ = ["cancel", "catch_up", "catch_up_all", "driver_of", "dry_run", "record_and_start", "supervised", "target_of"]
+__all__ = ["cancel", "catch_up", "catch_up_all", "driver_of", "dry_run", "record_and_start", "submit_checks",
+           "supervised", "target_of"]

@@ -497,6 +497,46 @@ def test_sweep_dry_run_shows_every_point_and_a_bad_point_submits_nothing(tmp_pat
     assert r.exit_code == 0 and "no job in the group 'nothing-here'" in r.output, r.output
 
 
+def test_set_takes_a_list_item_as_bracket_n_and_sweep_refuses_values_the_spec_reads_alike(tmp_path: Path) -> None:
+    quick = str(ROOT / "examples/quickstart.yaml")
+    r = _invoke("render", quick, "--out", str(tmp_path / "out"), "--set", "spec.entrypoint.args[5]=7")
+    assert r.exit_code == 0, r.output
+    assert "--steps 7 " in (tmp_path / "out" / "launch.sh").read_text()
+    r = _invoke("submit", quick, "--dry-run", "--sweep", "spec.sharding=full,zero3,FULL_SHARD,3", home=tmp_path / "h")
+    assert r.exit_code == 2 and r.output.splitlines() == [
+        "--sweep spec.sharding=full,zero3,FULL_SHARD,3: 'full', 'zero3', 'FULL_SHARD' and 3 are the same "
+        'spec.sharding ("full"); give each value once'], r.output
+
+
+def test_list_group_finds_a_sweep_by_its_name_and_fills_the_set_column(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.api.job import plan_sweep
+    from orchestrator.store.jobstore import Store
+    from orchestrator.supervise.supervisor import job_to_json
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHARDCTL_HOME", str(home))
+    store = Store()
+    groups = []
+    for micro in ([4, 8], [8, 16]):  # two sweeps of one name: the newer is the one shown
+        group, checked, _ = plan_sweep(ROOT / "examples/quickstart.yaml", {"spec.batch.micro": micro})
+        for c in checked:
+            record = store.create_job(name=c.job.metadata.name, target="local", spec=job_to_json(c.job),
+                                      source=None, workdir=str(ROOT), checkpoint_dir=None, options={})
+            store.finish_job(record.id, "succeeded", "done")
+        groups.append(group)
+    r = _invoke("list", "--group", "quickstart", home=home)
+    assert r.exit_code == 0, r.output
+    assert f"group 'quickstart': showing {groups[1]} (the newest of 2 sweeps of that name)" in r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[-1] == "SET" and len(lines) == 3
+    assert lines[1].endswith("batch.micro=8") and lines[2].endswith("batch.micro=16"), r.stdout
+    r = _invoke("list", "--group", groups[0], "--json", home=home)  # a group's label: no note
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2 and "showing" not in r.stderr, r.output
+    r = _invoke("list", "--group", "quickstart", "--json", home=home)
+    assert r.exit_code == 0 and len(json.loads(r.stdout)) == 2 and groups[1] in r.stderr
+
+
 IMPORT_DATA = ROOT / "tests/data/import"
 
 
@@ -620,3 +660,48 @@ def test_list_on_an_80_column_terminal_fits_and_keeps_created_whole(tmp_path: Pa
             assert re.search(r"\d\d-\d\d \d\d:\d\d$", line.rstrip()), line
         if columns == 200:  # the room is used: one line a job
             assert len(lines) == 1 + len(records), r.stdout
+
+
+def test_snapshot_progress_is_printed_on_stderr_at_most_once_a_second(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.cli import _ProgressPrinter
+    from orchestrator.intake.snapshot import Progress
+
+    now = [0.0]
+    plain = _ProgressPrinter(terminal=False, clock=lambda: now[0])
+    for i in range(30):  # 30 reports over 3 s
+        now[0] = i / 10
+        plain(Progress("copying", i * 100, i * 2**20, 2 + now[0], 3000, 30 * 2**20))
+    plain(Progress("copying", 3000, 30 * 2**20, 5.0, 3000, 30 * 2**20, done=True))
+    out, err = capsys.readouterr()
+    assert out == ""  # never on stdout: --json stays one document
+    lines = err.splitlines()
+    assert lines == ["spec.workdir: copying 0 of 3,000 files (0 B of 30.0 MiB), 2 s",
+                     "spec.workdir: copying 1,000 of 3,000 files (10.0 MiB of 30.0 MiB), 3 s",
+                     "spec.workdir: copying 2,000 of 3,000 files (20.0 MiB of 30.0 MiB), 4 s"], lines
+    now[0] = 0.0
+    terminal = _ProgressPrinter(terminal=True, clock=lambda: now[0])
+    terminal(Progress("listing", 10, 100, 2.0))
+    now[0] = 0.5
+    terminal(Progress("listing", 20, 200, 2.5, done=True))  # the open line is closed with the final count
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("\rspec.workdir: listing 10 files (100 B), 2 s\r") and err.endswith("\n")
+    assert "spec.workdir: listed 20 files (200 B) in 2 s" in err and err.count("\n") == 1
+
+
+def test_submit_dry_run_shows_a_long_listings_progress_on_stderr_only(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.intake import snapshot
+
+    monkeypatch.setattr(snapshot, "PROGRESS_AFTER_S", 0.0)  # every listing is "long"
+    code = tmp_path / "code"
+    code.mkdir()
+    for i in range(50):
+        (code / f"m{i}.py").write_text("x = 1\n")
+    (code / "train_tiny.py").write_text("print('hi')\n")
+    text = (ROOT / "examples/quickstart.yaml").read_text().replace("examples/train_tiny.py", "train_tiny.py")
+    (tmp_path / "job.yaml").write_text(text.replace("\nspec:\n", f"\nspec:\n  workdir: {code}\n", 1))
+    r = _invoke("submit", str(tmp_path / "job.yaml"), "--dry-run", "--json", home=tmp_path / "home")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"^spec\.workdir: listing \d+ files \(", r.stderr, re.M), r.stderr
+    assert "spec.workdir:" not in r.stdout and "--- launch.sh" in r.stdout
+    assert not (tmp_path / "home").exists()

@@ -18,6 +18,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,8 @@ from orchestrator.spec.states import JobState
 
 if TYPE_CHECKING:
     from orchestrator.api.sweep import Axis
+    from orchestrator.intake.snapshot import ProgressFn
+    from orchestrator.jobs import Ready
     from orchestrator.store.jobstore import JobRecord, Store
     from orchestrator.targets.base import DryRun
 
@@ -166,13 +169,19 @@ def build(data: Mapping[str, Any]) -> TrainingJob:
     return load(data)
 
 
-def dry_run_checked(checked: Checked, run_dir: str) -> DryRun:
-    """Exactly what attempt 1 would submit (the dry run); raises InvalidSpec when it cannot compile."""
+def dry_run_checked(checked: Checked, run_dir: str, *, checks: bool = True, workdir: str | None = None,
+                    kubeconfig: str | None = None, context: str | None = None,
+                    progress: ProgressFn | None = None) -> DryRun:
+    """Exactly what attempt 1 would submit (the dry run), after every check a submit runs (submit_checks: with
+    the same errors, nothing recorded or copied); raises InvalidSpec when it cannot compile. checks=False: the
+    render alone, asking nobody (`shardctl render`)."""
     import os
 
     from orchestrator.compile import CompileError
     from orchestrator.jobs import checkpoint_dir, dry_run
 
+    if checks:
+        submit_checks(checked, workdir=workdir, kubeconfig=kubeconfig, context=context, progress=progress)
     job = checked.job
     # with spec.workdir the run's directory is the code snapshot submit makes (named by its digest); a
     # relative checkpoint.dir still resolves against the directory submit runs from, never inside the copy
@@ -402,21 +411,14 @@ def submit(what: SpecSource | Callable[..., Any], *args: Any, job: SpecSource | 
     return submit_checked(check(what, overrides, target), kubeconfig=kubeconfig, context=context, workdir=workdir)
 
 
-def submit_checked(checked: Checked, *, kubeconfig: str | None = None, context: str | None = None,
-                   workdir: str | None = None, job_files: Mapping[str, bytes] | None = None,
-                   store: Store | None = None) -> Job:
-    """Submit a checked spec (what the CLI calls). A refusal by the target is a TargetError naming the
-    file; nothing is recorded then."""
+@contextmanager
+def _as_submit_refusal(checked: Checked) -> Iterator[None]:
+    """The errors of a submit's checks as the lines a submit (and its dry run, the same) shows: located findings,
+    or the target's refusal naming the file."""
     from orchestrator.compile import CompileError
-    from orchestrator.jobs import record_and_start
 
-    for line in checked.warnings:
-        log.warning(line)
-    store = store or open_store()
-    source = checked.source if checked.source.startswith("<") else str(Path(checked.source).resolve())
     try:
-        record = record_and_start(store, checked.job, source=source, workdir=workdir,
-                                  overrides=_cluster(kubeconfig, context), job_files=job_files)
+        yield
     except CompileError as exc:
         raise InvalidSpec(located_findings(checked, exc.findings)) from None
     except TargetError as exc:
@@ -426,6 +428,40 @@ def submit_checked(checked: Checked, *, kubeconfig: str | None = None, context: 
         raise
     except ShardctlError as exc:
         raise InvalidSpec([f"{checked.source}: {line}" for line in exc.lines()]) from None
+
+
+def _source_path(checked: Checked) -> str:
+    return checked.source if checked.source.startswith("<") else str(Path(checked.source).resolve())
+
+
+def submit_checks(checked: Checked, *, workdir: str | None = None, kubeconfig: str | None = None,
+                  context: str | None = None, progress: ProgressFn | None = None) -> Ready:
+    """Every check submit_checked runs before it records anything (jobs.submit_checks: the code snapshot listed
+    and checked but not copied, env_from sources, node-local paths, the target's preflight), with its errors;
+    nothing is recorded or copied, and the job store is not even created."""
+    from orchestrator.jobs import submit_checks as run_checks
+    from orchestrator.store.paths import state_dir
+
+    with _as_submit_refusal(checked):
+        ready = run_checks(state_dir(), checked.job, source=_source_path(checked), workdir=workdir,
+                           overrides=_cluster(kubeconfig, context), progress=progress)
+    return ready
+
+
+def submit_checked(checked: Checked, *, kubeconfig: str | None = None, context: str | None = None,
+                   workdir: str | None = None, job_files: Mapping[str, bytes] | None = None,
+                   store: Store | None = None, progress: ProgressFn | None = None) -> Job:
+    """Submit a checked spec (what the CLI calls). A refusal by the target is a TargetError naming the
+    file; nothing is recorded then. `progress` hears about a long listing or copy of spec.workdir (Progress in
+    intake/snapshot.py)."""
+    from orchestrator.jobs import record_and_start
+
+    for line in checked.warnings:
+        log.warning(line)
+    store = store or open_store()
+    with _as_submit_refusal(checked):
+        record = record_and_start(store, checked.job, source=_source_path(checked), workdir=workdir,
+                                  overrides=_cluster(kubeconfig, context), job_files=job_files, progress=progress)
     return Job(record.id, store=store, kubeconfig=kubeconfig, context=context)
 
 
@@ -473,8 +509,11 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
 
 def list_jobs(group: str | None = None, limit: int | None = 50, *, kubeconfig: str | None = None,
               context: str | None = None) -> list[Job]:
-    """Recorded jobs, newest first; `group`: only the points of one sweep."""
+    """Recorded jobs, newest first; `group`: only the points of one sweep (its label, or the sweep's name:
+    its newest group)."""
     store = open_store()
+    if group is not None:
+        group = find_group(group, store=store)
     return [Job(v["id"], store=store, kubeconfig=kubeconfig, context=context)
             for v in list_views(limit, group, kubeconfig=kubeconfig, context=context, store=store)]
 
@@ -517,28 +556,59 @@ class Sweep:
         return [j.cancel() for j in self.jobs]
 
 
-def get_sweep(group: str, *, kubeconfig: str | None = None, context: str | None = None) -> Sweep:
-    """The jobs of a sweep submitted earlier, by its group label, in point order (their values unknown)."""
-    from orchestrator.api.sweep import point_of
+def find_group(group: str, *, store: Store | None = None, warn: Callable[[str], None] | None = None) -> str:
+    """The group label that `group` names: itself where a job carries it, else the newest group that a sweep
+    of the name `group` made (`quickstart` -> `quickstart-3fa2c1`), said through `warn`; else `group` as
+    given (which then has no job)."""
+    from orchestrator.api.sweep import group_of, is_group_of
+
+    store = store or open_store()
+    found: list[str] = []
+    for record in store.list_jobs(None, damaged=[]):  # newest first; damaged rows are list_views' to report
+        try:
+            label = group_of(record.spec)
+        except (AttributeError, TypeError):
+            continue
+        if not isinstance(label, str):
+            continue
+        if label == group:
+            return group
+        if is_group_of(label, group) and label not in found:
+            found.append(label)
+    if not found:
+        return group
+    others = f" (the newest of {len(found)} sweeps of that name)" if len(found) > 1 else ""
+    (warn or log.warning)(f"group {group!r}: showing {found[0]}{others}; `--group {found[0]}` names it exactly")
+    return found[0]
+
+
+def get_sweep(group: str, *, kubeconfig: str | None = None, context: str | None = None,
+              warn: Callable[[str], None] | None = None) -> Sweep:
+    """The jobs of a sweep submitted earlier, by its group label or the sweep's name (its newest group), in
+    point order, each with its values as the fields in which the points' specs differ."""
+    from orchestrator.api.sweep import point_of, settings_of
 
     store = open_store()
+    group = find_group(group, store=store, warn=warn)
     jobs = [Job(v["id"], store=store, kubeconfig=kubeconfig, context=context)
-            for v in list_views(None, group, kubeconfig=kubeconfig, context=context, store=store)]
+            for v in list_views(None, group, kubeconfig=kubeconfig, context=context, warn=warn, store=store)]
     if not jobs:
         raise StoreError(f"no job in the group {group!r} in {store.path}")
     jobs.sort(key=lambda j: (point_of(j.record().spec) or 0, j.record().created_at))
-    return Sweep(group, jobs)
+    return Sweep(group, jobs, settings_of([j.record().spec for j in jobs]))
 
 
 def plan_sweep(source: SpecSource, axes: Mapping[str, Sequence[Any]] | Sequence[str | Axis],
                overrides: Overrides = None, target: str | None = None,
                group: str | None = None) -> tuple[str, list[Checked], list[dict[str, Any]]]:
     """Every point checked before anything is submitted: (group, checked specs, each point's values)."""
-    from orchestrator.api.sweep import axes_of, new_group, point_overrides, points
+    from orchestrator.api.sweep import axes_of, new_group, point_overrides, points, refuse_duplicates
 
     given = as_overrides(overrides)
+    swept = axes_of(axes)  # an empty grid is refused before the file is read
     base = check(source, given, target)
-    grid = points(axes_of(axes))
+    refuse_duplicates(base.job, swept)
+    grid = points(swept)
     name = base.job.metadata.name
     group = group or new_group(name)
     checked, settings = [], []

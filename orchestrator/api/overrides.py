@@ -2,7 +2,8 @@
 
 An override is typed and validated exactly like the file: its value is read by the spec's bounded
 YAML loader (`spec/loader.py`: `micro=8` is the integer 8, `mixed=no` the string the spec means,
-`args=[--steps, "5"]` a list), put in place in the spec's data, and the whole TrainingJob is validated
+`args=[--steps, "5"]` a list), put in place in the spec's data (a list item is `args.2`, or `args[2]`
+as Helm and kubectl write it), and the whole TrainingJob is validated
 again by the same pydantic model, then by the same cross-field rules. Errors name the override as it
 was given (`--set spec.batch.micro=abc: spec.batch.micro: ...`), so a bad one is one line, never
 blamed on a line of the file.
@@ -24,6 +25,7 @@ from orchestrator.spec.models import TrainingJob
 
 MAX_VALUE_CHARS = 4096  # one field's value; a list of script arguments fits many times over
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$|^[0-9]{1,4}$")  # a field name, or a list index
+_INDEX = re.compile(r"(?<=[A-Za-z0-9_\]])\[([0-9]{1,4})\]")  # `name[2]` (and `name[2][0]`): `name.2`
 ROOTS = ("metadata", "spec")
 
 
@@ -50,11 +52,14 @@ class Override:
 
 
 def check_key(key: str, shown: str) -> str:
-    """A dotted field path under metadata or spec; raises OverrideError naming `shown`."""
+    """A dotted field path under metadata or spec, in its dotted form (a list item `args[2]`, as Helm and
+    kubectl write it, is `args.2`); raises OverrideError naming `shown`."""
+    given = key
+    key = _INDEX.sub(r".\1", key)
     parts = key.split(".")
     if not key or not all(_KEY.fullmatch(p) for p in parts):
-        raise OverrideError([f"{shown}: {key[:80]!r} is not a field path (dotted names such as spec.batch.micro; "
-                             "a number picks an item of a list)"])
+        raise OverrideError([f"{shown}: {given[:80]!r} is not a field path (dotted names such as spec.batch.micro; "
+                             "a number picks an item of a list: args.2 or args[2])"])
     if parts[0] not in ROOTS or len(parts) < 2:
         raise OverrideError([f"{shown}: only fields under metadata. or spec. can be set (got {key[:80]!r})"])
     return key
@@ -90,8 +95,7 @@ def from_mapping(values: Mapping[str, Any]) -> list[Override]:
     out = []
     for key, value in values.items():
         text = f"{key}={value!r}"
-        check_key(key, f"overrides[{key!r}]")
-        out.append(Override(key, value, text, "overrides"))
+        out.append(Override(check_key(key, f"overrides[{key!r}]"), value, text, "overrides"))
     return out
 
 
@@ -127,8 +131,8 @@ def _put(data: dict[str, Any], override: Override) -> None:
             if last:
                 node[part] = override.value
             else:
-                if node.get(part) is None:
-                    node[part] = {}
+                if node.get(part) is None:  # a field not set yet: a list where the next part is an index
+                    node[part] = [] if parts[depth + 1].isdigit() else {}
                 node = node[part]
         else:
             parent = ".".join(parts[:depth])

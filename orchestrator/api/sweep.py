@@ -6,19 +6,26 @@ bounded loader (`4,8` is `[4, 8]`), so they are typed like the file. Point i is 
 values set as overrides, named `<base>-<i>` and labelled `shardctl.dev/group=<group>` and
 `shardctl.dev/sweep-point=<i>` (metadata.labels: the store records them with the spec, and the
 Kubernetes target copies them onto every object), so `list --group` finds the points on every target.
-Every point is validated before the first is submitted: a bad point submits nothing.
+The group is the base name and a random suffix (`quickstart-3fa2c1`); `list --group quickstart` finds
+the newest group of that name. A group listed later shows each point's values as the fields in which
+the points' recorded specs differ (`settings_of`).
+Every value is normalised by the spec model before the grid is built (`spec.sharding=full,zero3` is one
+value given twice, refused); every point is validated before the first is submitted: a bad point
+submits nothing, and an empty grid is refused.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.api.overrides import Override, OverrideError, check_key, read_value
+from orchestrator.api.overrides import Override, OverrideError, apply, check_key, read_value
+from orchestrator.spec.models import TrainingJob
 from orchestrator.views.report import describe_config
 
 GROUP_LABEL = "shardctl.dev/group"
@@ -49,7 +56,7 @@ def parse_axis(text: str, flag: str = "--sweep") -> Axis:
 def axis(key: str, values: Any, shown: str | None = None) -> Axis:
     """An axis from Python values (the API's `sweep={"spec.batch.micro": [4, 8]}`)."""
     shown = shown or f"sweep[{key!r}]"
-    check_key(key, shown)
+    key = check_key(key, shown)
     if isinstance(values, str | bytes) or not isinstance(values, Sequence):
         raise OverrideError([f"{shown}: the values must be a list (got {type(values).__name__})"])
     if not values:
@@ -67,6 +74,8 @@ def axes_of(given: Mapping[str, Sequence[Any]] | Sequence[str | Axis]) -> list[A
         out = [axis(k, v) for k, v in given.items()]
     else:
         out = [g if isinstance(g, Axis) else parse_axis(g) for g in given]
+    if not out:
+        raise OverrideError(["--sweep: no axis to sweep over (give at least one key.path=v1,v2,...)"])
     keys = [a.key for a in out]
     for k in keys:
         if k == "metadata" or k.startswith("metadata."):
@@ -76,8 +85,51 @@ def axes_of(given: Mapping[str, Sequence[Any]] | Sequence[str | Axis]) -> list[A
     return out
 
 
+def _field(data: Any, parts: Sequence[str]) -> tuple[bool, Any]:
+    """The value at a dotted path of a spec's JSON form: (found, value)."""
+    for part in parts:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return False, None
+    return True, data
+
+
+def normalised(base: TrainingJob, a: Axis) -> list[Any]:
+    """Each value of the axis as the spec model reads it (`zero3`, `FULL_SHARD` and `3` are all
+    `spec.sharding: full`), set alone on the base spec; a value the model refuses stays as given (its
+    point is refused, naming it, when the points are checked)."""
+    out = []
+    for v in a.values:
+        try:
+            job = apply(base, [Override(a.key, v, f"{a.key}={v!r}", "--sweep")])
+        except OverrideError:
+            out.append(v)
+            continue
+        found, value = _field(job.model_dump(mode="json", by_alias=True), a.key.split("."))
+        out.append(value if found else v)
+    return out
+
+
+def refuse_duplicates(base: TrainingJob, axes: Sequence[Axis]) -> None:
+    """Two values of one axis that the spec reads as the same value would be two identical points: refused
+    in one line naming the axis and the values."""
+    for a in axes:
+        same: dict[str, list[Any]] = {}
+        for given, value in zip(a.values, normalised(base, a), strict=True):
+            same.setdefault(json.dumps(value, sort_keys=True, default=repr), []).append(given)
+        repeated = [(k, [repr(v) for v in vs]) for k, vs in same.items() if len(vs) > 1]
+        if repeated:
+            told = "; ".join(f"{', '.join(vs[:-1])} and {vs[-1]} are the same {a.key} ({k})" for k, vs in repeated)
+            raise OverrideError([f"{a.text}: {told}; give each value once"])
+
+
 def points(axes: Sequence[Axis]) -> list[list[Override]]:
     """Every combination of the axes' values as overrides (the first axis slowest)."""
+    if not axes or any(not a.values for a in axes):
+        raise OverrideError(["--sweep: an empty grid; give every axis at least one value"])
     total = 1
     for a in axes:
         total *= len(a.values)
@@ -89,7 +141,16 @@ def points(axes: Sequence[Axis]) -> list[list[Override]]:
 
 def new_group(base: str) -> str:
     """A group value: the base name and a random suffix (a Kubernetes label value: <= 63 characters)."""
-    return f"{base[:50].rstrip('-')}-{secrets.token_hex(3)}"
+    return f"{_group_stem(base)}-{secrets.token_hex(3)}"
+
+
+def _group_stem(base: str) -> str:
+    return base[:50].rstrip("-")
+
+
+def is_group_of(group: str, base: str) -> bool:
+    """Whether `group` is one that `new_group(base)` could have made (`base` is the sweep's name)."""
+    return re.fullmatch(re.escape(_group_stem(base)) + r"-[0-9a-f]{6}", group) is not None
 
 
 def point_name(base: str, index: int) -> str:
@@ -115,6 +176,33 @@ def point_of(spec_data: Mapping[str, Any]) -> int | None:
     labels = (spec_data.get("metadata") or {}).get("labels") or {}
     value = labels.get(POINT_LABEL)
     return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _leaves(data: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(data, dict) and data:
+        for k, v in data.items():
+            _leaves(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = data  # a list is one value: an axis over a whole list, or one of its items, shows it whole
+
+
+def settings_of(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each point's values, read back from the points' recorded specs (a group listed later): the spec fields
+    in which the points differ, less the checkpoint directory each point was given under a shared one.
+    A field that every point sets alike (a one-point sweep, an axis of one value) is not shown."""
+    flat = []
+    for spec in specs:
+        leaves: dict[str, Any] = {}
+        _leaves(spec.get("spec") or {}, "spec", leaves)
+        flat.append(leaves)
+    keys = list(dict.fromkeys(k for leaves in flat for k in leaves))
+    names = [(s.get("metadata") or {}).get("name") for s in specs]
+    own_dirs = all(isinstance(d := leaves.get("spec.checkpoint.dir"), str) and isinstance(name, str)
+                   and d.endswith(f"/{name}") for leaves, name in zip(flat, names, strict=True))
+    differ = [k for k in keys
+              if len({(k in leaves, json.dumps(leaves.get(k), sort_keys=True, default=repr)) for leaves in flat}) > 1
+              and not (k == "spec.checkpoint.dir" and own_dirs)]
+    return [{k: leaves[k] for k in differ if k in leaves} for leaves in flat]
 
 
 def steps_per_second(view: Mapping[str, Any]) -> float | None:

@@ -54,11 +54,13 @@ class LaunchCommand:
         return " ".join(render_var(t) if isinstance(t, Var) else shlex.quote(t) for t in self.argv)
 
 
-_PLACEHOLDER = re.compile(r"\{(micro_batch|grad_accum|checkpoint_dir|attempt|seq_len|world_size)\}")
+# a placeholder, or `{{` / `}}`: a literal brace (as str.format reads them); read left to right, so
+# `{{{micro_batch}}}` is `{8}`. A lone brace that is neither stays as it is (`{"a": 1}`).
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(micro_batch|grad_accum|checkpoint_dir|attempt|seq_len|world_size)\}")
 
 
 def fill_placeholders(arg: str, values: Mapping[str, str]) -> str:
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], arg)
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) else m.group()[0], arg)
 
 
 def placeholder_values(job: TrainingJob, attempt: int, checkpoint_dir: str) -> dict[str, str]:

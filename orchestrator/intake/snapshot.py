@@ -15,6 +15,10 @@ every relative path in its arguments resolve inside the snapshot. The tree is bu
 temporary directory and published by one rename (atomic on NFS too); a second submit of the same
 content keeps the first copy. A symlink is kept only when it points inside the tree; special files,
 nested repositories and symlinks out of the tree are skipped, each named in a warning.
+
+Listing and copying a big tree takes a while (100,000 files: about a minute): once one of them has run
+for PROGRESS_AFTER_S, it reports the files and bytes so far to a `progress` callback (a Progress, at most
+every PROGRESS_EVERY_S, and once more when it is done); the CLI prints them on stderr.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,77 @@ _CHUNK = 1 << 20
 _SHOWN = 5  # offenders named in a cap error
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+PROGRESS_AFTER_S = 2.0  # work shorter than this reports no progress (read at each call: tests lower it)
+PROGRESS_EVERY_S = 0.5  # at most one report per this many seconds
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Long work on a snapshot so far: `phase` is "listing" (the files and their sizes), "reading" (the digest,
+    to find a copy made before) or "copying"; the totals are known once the listing is done."""
+
+    phase: str
+    files: int
+    bytes: int
+    elapsed_s: float
+    total_files: int | None = None
+    total_bytes: int | None = None
+    done: bool = False  # the phase ended (sent only when a report of it was sent before)
+
+    def text(self) -> str:
+        """One line: `spec.workdir: copying 1,234 of 100,000 files (1.2 MiB of 80.0 MiB), 5 s`."""
+        files = f"{self.files:,}" + (f" of {self.total_files:,}" if self.total_files is not None else "")
+        size = size_text(self.bytes) + (f" of {size_text(self.total_bytes)}" if self.total_bytes is not None else "")
+        if self.done:
+            past = {"listing": "listed", "reading": "read", "copying": "copied"}.get(self.phase, self.phase)
+            return f"spec.workdir: {past} {self.files:,} files ({size_text(self.bytes)}) in {self.elapsed_s:.0f} s"
+        return f"spec.workdir: {self.phase} {files} files ({size}), {self.elapsed_s:.0f} s"
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class _Reporter:
+    """Counts files and bytes as they are done and reports them to `callback` once the work has run for
+    `after_s` (default PROGRESS_AFTER_S), at most every PROGRESS_EVERY_S; a phase that reported ends with a
+    report marked done."""
+
+    def __init__(self, callback: ProgressFn | None, after_s: float | None = None) -> None:
+        self.callback = callback
+        self.after_s = PROGRESS_AFTER_S if after_s is None else after_s
+        self.started = self.last = time.monotonic()
+        self.reported = False
+        self.phase = ""
+        self.files = self.bytes = 0
+        self.total_files: int | None = None
+        self.total_bytes: int | None = None
+
+    def begin(self, phase: str, total_files: int | None = None, total_bytes: int | None = None) -> None:
+        """A new phase of the same work: the counts start again, the clock does not."""
+        self.end()
+        self.phase, self.files, self.bytes = phase, 0, 0
+        self.total_files, self.total_bytes = total_files, total_bytes
+
+    def step(self, files: int = 1, nbytes: int = 0) -> None:
+        self.files += files
+        self.bytes += nbytes
+        if self.callback is None:
+            return
+        now = time.monotonic()
+        if now - self.started < self.after_s or (self.reported and now - self.last < PROGRESS_EVERY_S):
+            return
+        self.last, self.reported = now, True
+        self.callback(self._progress(now, done=False))
+
+    def end(self) -> None:
+        """The phase is over: a last report, only if this phase reported before."""
+        if self.callback is not None and self.reported and self.phase:
+            self.callback(self._progress(time.monotonic(), done=True))
+        self.reported = False
+
+    def _progress(self, now: float, done: bool) -> Progress:
+        return Progress(self.phase, self.files, self.bytes, now - self.started, self.total_files, self.total_bytes,
+                        done)
 
 
 @dataclass(frozen=True)
@@ -121,10 +196,12 @@ class Frozen:
     plan: Plan
 
 
-def prepare(job: TrainingJob, spec_file: str | None, cwd: str, env: Mapping[str, str] | None = None) -> Frozen | None:
-    """Check spec.workdir and list its files (None when it is unset). The recorded job names its source
-    absolutely and the script relative to it; a relative checkpoint.dir and env_from file keep resolving
-    against `cwd` (the submit's directory, as without a snapshot): data and secrets stay out of the copy."""
+def prepare(job: TrainingJob, spec_file: str | None, cwd: str, env: Mapping[str, str] | None = None,
+            progress: ProgressFn | None = None) -> Frozen | None:
+    """Check spec.workdir and list its files (None when it is unset): every check of the snapshot, nothing
+    copied. The recorded job names its source absolutely and the script relative to it; a relative
+    checkpoint.dir and env_from file keep resolving against `cwd` (the submit's directory, as without a
+    snapshot): data and secrets stay out of the copy. `progress`: see Progress."""
     from orchestrator.compile.launch import MODULE_PREFIX
 
     spec = job.spec
@@ -141,7 +218,7 @@ def prepare(job: TrainingJob, spec_file: str | None, cwd: str, env: Mapping[str,
                 raise SnapshotError(f"{script} is outside spec.workdir ({source}), so the snapshot would not hold "
                                     "it: give it relative to spec.workdir", "spec.entrypoint.script")
             script = real.relative_to(source).as_posix()
-    found = plan(source, max_bytes, max_files)
+    found = plan(source, max_bytes, max_files, progress=progress)
     if not script.startswith(MODULE_PREFIX) and not found.holds(script):
         why = "left out by .gitignore" if (source / script).is_file() else "no such file"
         raise SnapshotError(f"{script} is not among the files a snapshot of spec.workdir ({source}) holds: {why}",
@@ -158,16 +235,22 @@ def prepare(job: TrainingJob, spec_file: str | None, cwd: str, env: Mapping[str,
 # --- listing ---------------------------------------------------------------------------------------------
 
 
-def plan(source: Path, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES) -> Plan:
+def plan(source: Path, max_bytes: int = MAX_BYTES, max_files: int = MAX_FILES, *, progress: ProgressFn | None = None,
+         progress_after_s: float | None = None) -> Plan:
     """List what a snapshot of `source` holds (as git would), and refuse it past a cap (SnapshotError
-    naming the biggest offenders)."""
+    naming the biggest offenders). A listing that takes over `progress_after_s` (PROGRESS_AFTER_S) reports
+    to `progress`."""
     source = source.resolve()
     entries: list[Entry] = []
     warnings: list[str] = []
+    reporter = _Reporter(progress, progress_after_s)
+    reporter.begin("listing")
     for rel in _listed(source):
         entry = _entry(source, rel, warnings)
         if entry is not None:
             entries.append(entry)
+            reporter.step(1, entry.size)
+    reporter.end()
     entries.sort(key=lambda e: e.path)
     found = Plan(source, tuple(entries), tuple(warnings))
     if found.bytes > max_bytes:
@@ -245,22 +328,29 @@ def _entry(source: Path, rel: str, warnings: list[str]) -> Entry | None:
 # --- copying -------------------------------------------------------------------------------------------
 
 
-def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES) -> Snapshot:
+def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES, *, progress: ProgressFn | None = None,
+         progress_after_s: float | None = None) -> Snapshot:
     """Copy the planned files into `root`/<digest>/code (read-only) and publish it; the copy of the same
-    content that is already there is reused. Raises SnapshotError (nothing left behind) on failure."""
+    content that is already there is reused. Raises SnapshotError (nothing left behind) on failure. Reading
+    and copying that take over `progress_after_s` (PROGRESS_AFTER_S) together report to `progress`."""
     from orchestrator.procfiles import make_private_dirs, write_files
 
     make_private_dirs(root)
     tmp = root / f".tmp-{secrets.token_hex(8)}"
+    reporter = _Reporter(progress, progress_after_s)
     try:
-        digest, size = _copy(found, None, max_bytes)  # read only: the points of a sweep copy the code once
+        reporter.begin("reading", len(found.entries), found.bytes)
+        digest, size = _copy(found, None, max_bytes, reporter)  # read only: the points of a sweep copy the code once
+        reporter.end()
         known = root / digest.removeprefix("sha256:")
         if (known / MANIFEST).is_file():
             return Snapshot(digest, str(known / CODE), len(found.entries), size, str(found.source))
         tmp.mkdir(mode=0o700)
         code = tmp / CODE
         code.mkdir(mode=0o700)
-        digest, copied = _copy(found, code, max_bytes)
+        reporter.begin("copying", len(found.entries), found.bytes)
+        digest, copied = _copy(found, code, max_bytes, reporter)
+        reporter.end()
         write_files(tmp, {MANIFEST: json.dumps({"digest": digest, "files": len(found.entries), "bytes": copied,
                                                  "source": str(found.source), "created_at": time.time()})})
         _freeze(code)
@@ -280,7 +370,7 @@ def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES) -> Snapshot:
         raise SnapshotError(f"cannot snapshot {found.source} into {root}: {exc}") from None
 
 
-def _copy(found: Plan, code: Path | None, max_bytes: int) -> tuple[str, int]:
+def _copy(found: Plan, code: Path | None, max_bytes: int, reporter: _Reporter | None = None) -> tuple[str, int]:
     """Copy the files into `code` (None: only read them); the digest of what was read, and its size."""
     total = hashlib.sha256()
     copied = 0
@@ -292,6 +382,8 @@ def _copy(found: Plan, code: Path | None, max_bytes: int) -> tuple[str, int]:
             if dest is not None:
                 os.symlink(e.link, dest)
             total.update(f"link\0{e.path}\0{e.link}\n".encode())
+            if reporter is not None:
+                reporter.step()
             continue
         content, size = _copy_file(found.source / e.path, dest, e.kind == "exec")
         copied += size
@@ -299,6 +391,8 @@ def _copy(found: Plan, code: Path | None, max_bytes: int) -> tuple[str, int]:
             raise SnapshotError(f"{found.source} grew past the snapshot cap of {size_text(max_bytes)} while it was "
                                 f"copied (at {e.path}); submit again once it is quiet, or raise {MAX_BYTES_ENV}")
         total.update(f"{e.kind}\0{e.path}\0{content}\n".encode())
+        if reporter is not None:
+            reporter.step(1, size)
     return f"sha256:{total.hexdigest()}", copied
 
 

@@ -58,7 +58,7 @@ PLACEHOLDERS = ("micro_batch", "grad_accum", "checkpoint_dir", "attempt", "seq_l
 # and use `[0-9]`, not `\d`, so that the CRD and the JSON Schema (RE2, ECMA-262) read them the same way.
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")  # `{{`, `}}`: a literal brace
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 # Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S (at most 8 digits of minutes, hours or days).
 _SLURM_TIME = re.compile(r"^([0-9]{1,8}|[0-9]{1,8}:[0-9]{1,2}|[0-9]{1,8}:[0-9]{1,2}:[0-9]{1,2}|[0-9]{1,4}-[0-9]{1,2}"
@@ -215,7 +215,7 @@ def _scalar_to_str(value: Any) -> Any:
 def _check_placeholders(args: list[str]) -> list[str]:
     for arg in args:
         for name in _PLACEHOLDER.findall(arg):
-            if name not in PLACEHOLDERS:
+            if name and name not in PLACEHOLDERS:
                 raise ValueError(
                     f"unknown placeholder {{{name}}} in {_shown(arg)}; known: "
                     + ", ".join("{" + p + "}" for p in PLACEHOLDERS)
@@ -360,7 +360,9 @@ class Entrypoint(_Strict):
     args: Annotated[list[Annotated[str, BeforeValidator(_scalar_to_str)]], AfterValidator(_check_placeholders)] = Field(
         default_factory=list,
         description="Script arguments. Placeholders {micro_batch}, {grad_accum}, {checkpoint_dir}, {attempt}, "
-                    "{seq_len}, {world_size} are filled per attempt (the fallback may change micro_batch/grad_accum).",
+                    "{seq_len}, {world_size} are filled per attempt (the fallback may change micro_batch/grad_accum). "
+                    "As in Python's str.format, {{ and }} stand for one literal brace each (--fmt={{epoch}} passes "
+                    "--fmt={epoch}); a lone brace is kept as it is.",
     )
     env: Annotated[EnvMap, AfterValidator(_refuse_secret_values)] = Field(
         default_factory=dict,

@@ -82,3 +82,19 @@ def test_python_mappings_are_overrides_too() -> None:
         apply(job(), as_overrides({"spec.batch.micro": "4"}))  # typed by the caller: a string is not a number
     assert caught.value.lines()[0].startswith("overrides spec.batch.micro='4': spec.batch.micro:")
     assert as_overrides(["spec.batch.micro=4"])[0] == Override("spec.batch.micro", 4, "spec.batch.micro=4")
+
+
+def test_a_list_item_is_picked_by_dot_n_or_bracket_n() -> None:
+    base = job()  # args: --micro-batch {micro_batch} --grad-accum {grad_accum}
+    assert parse("spec.entrypoint.args[2]=--accum").key == "spec.entrypoint.args.2"
+    assert parse("spec.entrypoint.args[2]=--accum").text == "spec.entrypoint.args[2]=--accum"  # errors quote it
+    for text in ("spec.entrypoint.args[2]=--accum", "spec.entrypoint.args.2=--accum"):
+        assert apply(base, [parse(text)]).spec.entrypoint.args[2] == "--accum"
+    assert apply(base, as_overrides({"spec.entrypoint.args[4]": "--x"})).spec.entrypoint.args[4] == "--x"  # appends
+    assert apply(base, [parse("spec.entrypoint.env_from[0].env=HF_HOME")]).spec.entrypoint.env_from[0].env == "HF_HOME"
+    with pytest.raises(OverrideError) as caught:
+        apply(base, [parse("spec.entrypoint.args[7]=x")])
+    assert caught.value.lines()[0].startswith("--set spec.entrypoint.args[7]=x: spec.entrypoint.args.7: the list has 4")
+    for bad in ("spec.entrypoint.args[]=x", "spec.entrypoint.args[x]=x", "spec.entrypoint.args[-1]=x"):
+        with pytest.raises(OverrideError, match=r"is not a field path .*args.2 or args\[2\]"):
+            parse(bad)

@@ -11,21 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.api.job import plan_sweep
+from orchestrator.api.job import find_group, get_sweep, plan_sweep, sweep
 from orchestrator.api.overrides import OverrideError
 from orchestrator.api.sweep import (
     GROUP_LABEL,
     MAX_POINTS,
     POINT_LABEL,
+    Axis,
     axes_of,
+    is_group_of,
+    new_group,
     parse_axis,
     point_name,
     points,
+    settings_of,
     steps_per_second,
     summary_rows,
     summary_text,
 )
-from orchestrator.errors import ShardctlError
+from orchestrator.errors import BadInput, ShardctlError
+from orchestrator.store.jobstore import Store
+from orchestrator.supervise.supervisor import job_to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples/quickstart.yaml"
@@ -84,6 +90,29 @@ def test_every_point_is_checked_before_any_is_submitted() -> None:
     assert "(with --sweep spec.batch.micro=7)" in caught.value.lines()[0]
 
 
+def test_values_the_spec_reads_alike_are_refused_as_one_point_given_twice() -> None:
+    with pytest.raises(OverrideError) as caught:
+        plan_sweep(QUICKSTART, ["spec.sharding=full,zero3,FULL_SHARD,3"])
+    assert caught.value.lines() == ["--sweep spec.sharding=full,zero3,FULL_SHARD,3: 'full', 'zero3', 'FULL_SHARD' "
+                                    'and 3 are the same spec.sharding ("full"); give each value once']
+    with pytest.raises(OverrideError, match=r"sweep\['spec.sharding'\]: 'grad_op' and 'zero2' are the same"):
+        plan_sweep(QUICKSTART, {"spec.sharding": ["grad_op", "full", "zero2"]})
+    with pytest.raises(OverrideError, match="4 and '4' are the same spec.entrypoint.args.5"):  # args are strings
+        plan_sweep(QUICKSTART, ["spec.entrypoint.args.5=4,'4'"])
+    _, checked, _ = plan_sweep(QUICKSTART, ["spec.sharding=grad_op,zero3"])  # distinct values: two points
+    assert [c.job.spec.sharding for c in checked] == ["grad_op", "full"]
+
+
+@pytest.mark.parametrize("grid", [{}, [], {"spec.batch.micro": []}, [Axis("spec.batch.micro", (), "--sweep x")]])
+def test_an_empty_grid_is_refused_as_bad_input_and_submits_nothing(grid: object, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
+    with pytest.raises(BadInput) as caught:
+        sweep(QUICKSTART, grid)  # type: ignore[arg-type]
+    assert len(caught.value.lines()) == 1 and caught.value.exit_code == 2
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("job.json"))
+
+
 def test_points_never_share_a_checkpoint_directory() -> None:
     _, checked, _ = plan_sweep(QUICKSTART, {"spec.batch.micro": [4, 8]}, overrides={"spec.checkpoint.dir": "/ck"})
     assert [c.job.spec.checkpoint.dir for c in checked] == ["/ck/quickstart-0", "/ck/quickstart-1"]
@@ -125,3 +154,46 @@ def test_the_sweep_example_runs_three_points_and_prints_the_summary(tmp_path: Pa
     views = json.loads(listed.stdout)
     assert sorted(v["name"] for v in views) == ["quickstart-0", "quickstart-1", "quickstart-2"]
     assert sorted(v["attempts"][-1]["micro_batch"] for v in views) == [4, 8, 16]
+
+
+def _record_sweep(store: Store, axes: dict, group: str | None = None, **overrides: object) -> str:
+    """A sweep's points recorded as ended jobs (nothing runs): what `list --group` reads later."""
+    group, checked, _ = plan_sweep(QUICKSTART, axes, overrides=overrides or None, group=group)
+    for c in checked:
+        record = store.create_job(name=c.job.metadata.name, target="local", spec=job_to_json(c.job), source=None,
+                                  workdir=str(ROOT), checkpoint_dir=None, options={})
+        store.finish_job(record.id, "succeeded", "done")
+    return group
+
+
+def test_a_sweep_group_is_found_by_its_name_and_shows_each_points_values(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHARDCTL_HOME", str(tmp_path / "state"))
+    store = Store()
+    older = _record_sweep(store, {"spec.batch.micro": [4, 8]})
+    newer = _record_sweep(store, {"spec.batch.micro": [4, 16], "spec.sharding": ["grad_op", "zero3"]},
+                          **{"spec.checkpoint.dir": "/ck"})
+    said: list[str] = []
+    assert find_group("quickstart", store=store, warn=said.append) == newer
+    assert said == [f"group 'quickstart': showing {newer} (the newest of 2 sweeps of that name); "
+                    f"`--group {newer}` names it exactly"]
+    assert find_group(older, store=store, warn=said.append) == older and len(said) == 1  # its label: no note
+    assert find_group("quick", store=store, warn=said.append) == "quick" and len(said) == 1  # not a prefix match
+    found = get_sweep("quickstart", warn=said.append)
+    assert found.group == newer and [j.name for j in found.jobs] == [f"quickstart-{i}" for i in range(4)]
+    assert found.settings == [  # the fields in which the points differ; not each point's own checkpoint dir
+        {"spec.sharding": "grad_op", "spec.batch.micro": 4}, {"spec.sharding": "full", "spec.batch.micro": 4},
+        {"spec.sharding": "grad_op", "spec.batch.micro": 16}, {"spec.sharding": "full", "spec.batch.micro": 16}]
+    rows = found.summary()
+    assert [r["set"] for r in rows] == found.settings and "batch.micro=16" in summary_text(rows).splitlines()[3]
+    assert get_sweep(older).settings == [{"spec.batch.micro": 4}, {"spec.batch.micro": 8}]
+
+
+def test_group_names_and_settings_read_back_from_specs() -> None:
+    assert is_group_of(new_group("quickstart"), "quickstart")
+    assert not is_group_of("quickstart-3fa2c1-x", "quickstart") and not is_group_of("quickstart-3fa2c", "quickstart")
+    assert is_group_of(new_group("a" * 63), "a" * 63)  # the name was cut to 50 characters in the label
+    specs = [{"metadata": {"name": "q-0"}, "spec": {"batch": {"micro": 4}, "entrypoint": {"args": ["a"]}}},
+             {"metadata": {"name": "q-1"}, "spec": {"batch": {"micro": 4}, "entrypoint": {"args": ["a", "b"]}}}]
+    assert settings_of(specs) == [{"spec.entrypoint.args": ["a"]}, {"spec.entrypoint.args": ["a", "b"]}]
+    assert settings_of(specs[:1]) == [{}]  # one point: nothing to tell it from

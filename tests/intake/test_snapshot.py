@@ -275,3 +275,44 @@ def test_the_snapshot_never_runs_the_repositorys_own_fsmonitor_command(tmp_path:
     subprocess.run(["git", "-C", str(repo), "config", "core.hooksPath", str(tmp_path)], check=True)
     assert paths(plan(repo)) == ["train.py"]
     assert not marker.exists()
+
+
+# --- progress on long work (issue 20) ---------------------------------------------------------------------
+
+
+def _many_files(root: Path, n: int) -> Path:
+    for i in range(n):
+        (root / f"pkg{i % 10}").mkdir(parents=True, exist_ok=True)
+        (root / f"pkg{i % 10}" / f"m{i}.py").write_text(f"X = {i}\n" * (1 + i % 7))
+    (root / "train.py").write_text("print('train')\n")
+    return root
+
+
+def test_long_listing_and_copying_report_progress_and_the_snapshot_is_the_same(tmp_path: Path) -> None:
+    src = _many_files(tmp_path / "src", 400)
+    seen: list[snapshot.Progress] = []
+    listed = plan(src, progress=seen.append, progress_after_s=0)  # a threshold of 0: this tree counts as long
+    assert [p.phase for p in seen if p.done] == ["listing"]
+    last = seen[-1]
+    assert last.done and last.files == len(listed.entries) == 401 and last.bytes == listed.bytes
+    assert all(p.files <= last.files and p.bytes <= last.bytes for p in seen)
+    with_progress = take(listed, tmp_path / "a", progress=seen.append, progress_after_s=0)
+    phases = [p.phase for p in seen if p.done]
+    assert phases == ["listing", "reading", "copying"], phases
+    copying = [p for p in seen if p.phase == "copying"]
+    assert copying[-1].files == copying[-1].total_files == 401 and copying[-1].bytes == listed.bytes
+    assert copying[0].text().startswith("spec.workdir: copying ") and " of 401 files (" in copying[0].text()
+    assert copying[-1].text().startswith("spec.workdir: copied 401 files (")
+    quiet = take(plan(src), tmp_path / "b")  # no callback: the same snapshot
+    assert (with_progress.digest, with_progress.files, with_progress.bytes) == (quiet.digest, quiet.files, quiet.bytes)
+    copied = {p.relative_to(with_progress.path): p.read_bytes() for p in Path(with_progress.path).rglob("*")
+              if p.is_file()}
+    assert copied == {p.relative_to(quiet.path): p.read_bytes() for p in Path(quiet.path).rglob("*") if p.is_file()}
+    assert copied == {p.relative_to(src): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+
+
+def test_short_work_reports_no_progress(tmp_path: Path) -> None:
+    src = _many_files(tmp_path / "src", 20)
+    seen: list[snapshot.Progress] = []
+    take(plan(src, progress=seen.append), tmp_path / "a", progress=seen.append)  # well under 2 s
+    assert seen == []
