@@ -18,7 +18,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from orchestrator.errors import SlurmRefused, SlurmTimeout, SlurmUnavailable
@@ -227,13 +227,19 @@ class Poller:
         found = parse_sacct(run_slurm(["sacct", "-n", "-P", "-D", "-j", ",".join(ids),
                                        "-o", ",".join(SACCT_FIELDS)]))
         missing = [i for i in ids if i not in found]
-        if missing:  # too new for accounting: slurmctld knows it
+        # too new for accounting, or pending: slurmctld knows them, and knows why a job pends now (accounting's
+        # Reason lags behind the scheduler's), so one squeue covers both
+        pending = [i for i in ids if i in found and found[i].phase == "pending"]
+        if missing or pending:
             self.calls["squeue"] += 1
             try:
-                found.update(parse_squeue(run_slurm(["squeue", "-h", "-j", ",".join(missing), "-o", SQUEUE_FORMAT],
-                                                    retries=0)))
+                live = parse_squeue(run_slurm(["squeue", "-h", "-j", ",".join(missing + pending), "-o",
+                                               SQUEUE_FORMAT], retries=0))
             except SlurmUnavailable:
-                pass  # squeue refuses ids it has forgotten: they stay unknown
+                live = {}  # squeue refuses ids it has forgotten: they stay unknown
+            found.update({i: live[i] for i in missing if i in live})
+            found.update({i: replace(found[i], reason=live[i].reason) for i in pending
+                          if i in live and live[i].reason not in ("", "None")})
         self.known.update(found)
         self.polled_at = time.monotonic()
         return found

@@ -260,7 +260,7 @@ def test_a_job_held_by_its_qos_says_why_and_both_cancel_cleanly(home: Path) -> N
     def held() -> bool:
         view = json.loads(cli("status", second, "--json").stdout)
         return "QOSMaxJobsPerUserLimit" in (view["attempts"][0]["target_state"] or "")
-    wait_for(held, 60, "status to say why the second job waits")
+    wait_for(held, 90, "status to say why the second job waits")
     text = cli("status", second).stdout
     assert "slurm: PENDING (QOSMaxJobsPerUserLimit)" in text.splitlines(), text
     assert json.loads(cli("status", second, "--json").stdout)["state"] == "running"  # queued in Slurm: open
