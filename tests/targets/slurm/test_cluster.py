@@ -253,19 +253,25 @@ def test_a_job_held_by_its_qos_says_why_and_both_cancel_cleanly(home: Path) -> N
     behind, and nothing is resubmitted."""
     first = submit(long_job(home, "qos-first", **{"slurm.qos": "single"}))
     store = Store(home)
-    log = Path(store.attempts(first)[0].log_path)
-    wait_for(lambda: log.exists() and "step 2/" in log.read_text(), 120, "the first job to train")
-    second = submit(long_job(home, "qos-second", **{"slurm.qos": "single"}))
+    second = None
+    try:
+        log = Path(store.attempts(first)[0].log_path)
+        wait_for(lambda: log.exists() and "step 2/" in log.read_text(), 120, "the first job to train")
+        second = submit(long_job(home, "qos-second", **{"slurm.qos": "single"}))
 
-    def held() -> bool:
-        view = json.loads(cli("status", second, "--json").stdout)
-        return "QOSMaxJobsPerUserLimit" in (view["attempts"][0]["target_state"] or "")
-    wait_for(held, 90, "status to say why the second job waits")
-    text = cli("status", second).stdout
-    assert "slurm: PENDING (QOSMaxJobsPerUserLimit)" in text.splitlines(), text
-    assert json.loads(cli("status", second, "--json").stdout)["state"] == "running"  # queued in Slurm: open
-    cancel_and_check(second, store)
-    cancel_and_check(first, store)
+        def held() -> bool:
+            view = json.loads(cli("status", second, "--json").stdout)
+            return "QOSMaxJobsPerUserLimit" in (view["attempts"][0]["target_state"] or "")
+        wait_for(held, 90, "status to say why the second job waits")
+        text = cli("status", second).stdout
+        assert "slurm: PENDING (QOSMaxJobsPerUserLimit)" in text.splitlines(), text
+        assert json.loads(cli("status", second, "--json").stdout)["state"] == "running"  # queued in Slurm: open
+        cancel_and_check(second, store)
+        cancel_and_check(first, store)
+    finally:  # a failure here must not leave minutes of training holding the QOS and the CPUs for later tests
+        for job_id in (first, second):
+            for name in slurm_names(job_id) if job_id else []:
+                subprocess.run(["scancel", "--name", name], capture_output=True, timeout=30)
 
 
 @pytest.mark.parametrize("changes,field,words", [
