@@ -107,18 +107,34 @@ def _check_attempt(v: Verdict, job_id: str, a: Any, winner: str, events: list[di
     others = {e["w"] for e in writes} - {winner}
     if others:
         v.violations.append(f"{where}: written by {sorted(others)} though {winner} won it")
+    # An end is written once, except by a worker killed between logging it and being told it was
+    # written: its restart cannot know whether it landed unless the store shows it, and writes it
+    # again (the store keeps the first). Two ends the store said it recorded are always wrong.
     ends = [e for e in writes if e["ev"] == "end-do"]
-    if len(ends) > 1:
+    told = [e for e in writes if e["ev"] == "end-done"]
+    unanswered = [e for e in ends if not any(d["w"] == e["w"] and d["ended_at"] == e["ended_at"] for d in told)]
+    rewritten_after_kill = [e for e in unanswered if any(o["t"] > e["t"] for o in ends)]
+    if len(ends) - len(rewritten_after_kill) > 1:
         v.violations.append(f"{where}: its end was written {len(ends)} times")
+    recorded = [e for e in told if e.get("recorded", True)]
+    if len(recorded) > 1:
+        v.violations.append(f"{where}: its end was recorded {len(recorded)} times (the first must stand)")
     # the last write the winner was told is done, and whether one more may have happened after it
     done = [e for e in writes if e["ev"].endswith("-done")]
     pending = [e for e in writes if e["ev"].endswith("-do") and not any(
-        d["ev"] == e["ev"][:-2] + "done" and d["t"] >= e["t"] and d["w"] == e["w"] for d in done)]
+        d["ev"] == e["ev"][:-2] + "done" and d["t"] >= e["t"] and d["w"] == e["w"] and _same_write(d, e)
+        for d in done)]
     candidates = ([done[-1]] if done else [None]) + pending[-1:]
     if not any(_matches(a, c) for c in candidates):
         want = " or ".join(_describe(c) for c in candidates)
         v.violations.append(f"{where}: holds state={a.state} external_id={a.external_id} "
                             f"failure_kind={_kind(a)} ended_at={a.ended_at}; its winner wrote {want}")
+
+
+def _same_write(done: dict[str, Any], do: dict[str, Any]) -> bool:
+    """A "done" answers the "do" with the same values (a restarted worker logs under the same name)."""
+    keys = ("external_id",) if do["ev"].startswith("running") else ("state", "failure_kind", "ended_at")
+    return all(done.get(k) == do.get(k) for k in keys)
 
 
 def _matches(a: Any, e: dict[str, Any] | None) -> bool:

@@ -201,8 +201,9 @@ class Mover:
         self.log("end-do", job=job.id, n=attempt.number, state=state, failure_kind=kind, ended_at=ended_at)
         self.ended.add(key)
         failure = Failure(kind, f"{state} [{self.log.name}]") if kind else None
-        self.store.end_attempt(job.id, attempt.number, state, failure, ended_at=ended_at)
-        self.log("end-done", job=job.id, n=attempt.number, state=state, failure_kind=kind, ended_at=ended_at)
+        recorded = self.store.end_attempt(job.id, attempt.number, state, failure, ended_at=ended_at)
+        self.log("end-done", job=job.id, n=attempt.number, state=state, failure_kind=kind, ended_at=ended_at,
+                 recorded=recorded is not False)
         return "end"
 
 
