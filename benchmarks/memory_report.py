@@ -4,7 +4,7 @@ benchmarks/import_h100.py).
 
     python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl          # table, held-out summary
     python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl --fit    # refit on the fit cases
-    python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl --markdown
+    python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl --json     # the same, as JSON
 
 What is compared:
 - planner: orchestrator.plan.memory.estimate with the profile of the device measured (on CPU

@@ -313,7 +313,8 @@ class _ProgressPrinter:
 @click.option("--wait", is_flag=True, help="Follow the job until it ends; exit 0 only if it succeeded.")
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted (as `render`) and submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (docs/cli-json.md).")
-@click.option("--all-lines", is_flag=True, help="With --wait off a terminal: every log line, not just progress.")
+@click.option("--all-lines", is_flag=True, help="With --wait: every log line as plain lines, not just progress "
+                                                 "(control characters shown inert; `logs -f` passes them as written).")
 @_set_option
 @click.option("--sweep", "sweeps", multiple=True, metavar="KEY.PATH=V1,V2,...",
               help="Submit one job per value (repeatable: every combination, a grid), named NAME-<point> and "
@@ -434,7 +435,10 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
     try:
         if sys.stdout.isatty() and not all_lines:
             return follow_live(store, job_id, overrides)
-        return follow_plain(store, job_id, click.echo, everything=all_lines, overrides=overrides)
+        # --all-lines: every line of the script's, not just progress, but still shown inert (a view of shardctl's,
+        # on a terminal too); `logs -f` alone passes them as written
+        echo = _echo_inert if all_lines else click.echo
+        return follow_plain(store, job_id, echo, everything=all_lines, overrides=overrides)
     except KeyboardInterrupt:
         _err(f"stopped watching; job {job_id} goes on (`shardctl status {job_id}`)")
         sys.exit(130)
@@ -581,7 +585,7 @@ def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, con
     if follow:
         from orchestrator.views.follow import follow_plain
 
-        _final_exit(follow_plain(store, record.id, click.echo, everything=True, overrides=overrides))
+        _final_exit(follow_plain(store, record.id, _echo_as_written, everything=True, overrides=overrides))
     _view(store, record, overrides=overrides)  # brings the record up to date first
     attempts = store.attempts(record.id)
     if not attempts:
@@ -593,7 +597,18 @@ def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, con
     if not lines:
         _err(f"attempt {chosen.number} has no output yet" + (f" ({chosen.log_path})" if chosen.log_path else ""))
     for line in lines:
-        click.echo(line)
+        _echo_as_written(line)
+
+
+def _echo_inert(text: str) -> None:
+    """A line that may hold a job's output (follow_plain's everything=True lines are as written) shown inert."""
+    click.echo(safe(text))
+
+
+def _echo_as_written(line: str) -> None:
+    """A line of a job's output on stdout as the script wrote it. click.echo alone drops every CSI sequence
+    (colours, cursor moves) where stdout is no terminal: `shardctl logs JOB > run.log` would lose them."""
+    click.echo(line, color=True)
 
 
 @main.command()

@@ -8,6 +8,7 @@ them from here), grouped by what the caller should do about it:
         SpecError, OverrideError, InvalidSpec, CompileError, RenderError, ConvertError, ImportRefused,
         ModelConfigError, SnapshotError, NodeLocalPath, PolicyError, UnknownTarget, FunctionPickleError
       StoreError                  the job store has no such job, or cannot be read or written
+        StoreFull                 its filesystem has no space left (or the quota is spent): wait, nothing is lost
       TargetError                 a target (local, Slurm, Kubernetes) did not do what was asked
         Refused (SubmitError)     for good: the request is wrong or not allowed; do not retry it as it is
           SlurmRefused            sbatch refused the request (nothing was submitted)
@@ -165,6 +166,12 @@ class FunctionPickleError(BadInput):
 class StoreError(ShardctlError):
     """The job store has no such job, or cannot be read or written (raised by store/jobstore.py); also the loser
     of a race to record the same attempt (Store.add_attempt), which does nothing more."""
+
+
+class StoreFull(StoreError):
+    """The job store's filesystem has no space left (ENOSPC, or EDQUOT: the quota is spent). Nothing written so far
+    is lost and a write that failed left nothing half-done, so a supervisor waits for space instead of dying (a
+    new one could do no more) and the CLI starts none meanwhile."""
 
 
 # --- a target: refused for good, unavailable for now, or in conflict -------------------------------------------

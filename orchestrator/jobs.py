@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from orchestrator.errors import Refused, StoreError, TargetError
+from orchestrator.errors import Refused, StoreError, StoreFull, TargetError
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
@@ -145,6 +145,8 @@ class BySupervisor(InStore):
         return store.get_job(record.id)
 
     def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        if (full := store.full()) is not None:  # a supervisor waits for space; a new one would die at once
+            return f"note: job {record.id} cannot move on until its store has space: {full}"
         if ensure_supervised(store, record):
             return f"note: job {record.id} had no supervisor (killed, or the machine restarted); started a new one"
         return None
@@ -171,7 +173,10 @@ class ByJudge(InStore):
 
     def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
         before = [a.state for a in store.attempts(record.id)]
-        Supervisor(store, record.id, target).advance()
+        try:
+            Supervisor(store, record.id, target).advance()
+        except StoreFull as exc:  # what the target says is recorded once there is space; the judge does the same
+            return f"note: job {record.id} cannot move on until its store has space: {exc}"
         after = [a.state for a in store.attempts(record.id)]
         if after != before:
             moved = [f"attempt {i + 1} {s}" for i, s in enumerate(after) if i >= len(before) or before[i] != s]

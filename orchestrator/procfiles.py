@@ -191,6 +191,16 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def free_bytes(path: str | Path) -> int | None:
+    """Space this process may still write on `path`'s filesystem (root may use the blocks kept for it);
+    None when it cannot be asked."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return None
+    return (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+
+
 def open_log(path: str | Path, buffering: int = -1) -> BinaryIO:
     """A log opened for appending, created 0600, never through a symlink planted at its name."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)

@@ -705,3 +705,53 @@ def test_submit_dry_run_shows_a_long_listings_progress_on_stderr_only(tmp_path: 
     assert re.search(r"^spec\.workdir: listing \d+ files \(", r.stderr, re.M), r.stderr
     assert "spec.workdir:" not in r.stdout and "--- launch.sh" in r.stdout
     assert not (tmp_path / "home").exists()
+
+
+
+def _finished_job(tmp_path: Path, output: str) -> tuple[Path, str]:
+    """A succeeded local job in a store under tmp_path whose one attempt printed `output`."""
+    from orchestrator.store.jobstore import Store
+    from tests.helpers import doc
+
+    home = tmp_path / "state"
+    store = Store(home)
+    record = store.create_job(name="printed", target="local", spec=doc(), source=None, workdir=str(tmp_path),
+                              checkpoint_dir=None)
+    log = tmp_path / "output.log"
+    log.write_text(output)
+    store.add_attempt(record.id, 1, spec=doc(), rung=None, reason="first attempt", run_dir=str(tmp_path),
+                      log_path=str(log), artifacts={}, warnings=[], resume_from=None)
+    store.start_attempt(record.id, 1, external_id="1:1", started_at=1.0)
+    store.end_attempt(record.id, 1, "succeeded", None, ended_at=2.0, exit_code=0)
+    store.finish_job(record.id, "succeeded", "done")
+    return home, record.id
+
+
+@pytest.mark.parametrize("follow", [[], ["-f"]])
+def test_logs_piped_keeps_the_scripts_colour_and_cursor_sequences(tmp_path: Path, follow: list[str]) -> None:
+    """`shardctl logs JOB > run.log` is the output as written: click.echo alone drops every CSI sequence where
+    stdout is no terminal (it kept OSC and the rest, so only colours and cursor moves were lost)."""
+    written = "\x1b[31mred\x1b[0m \x1b[2K\x1b[1A 3/10 [00:01<00:02, 2.00it/s] \x1b]0;title\x07\n"
+    home, job_id = _finished_job(tmp_path, written)
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "logs", *follow, job_id], cwd=ROOT,
+                       capture_output=True, timeout=60, env={**os.environ, "SHARDCTL_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert (b"[attempt 1] " if follow else b"") + written.encode() in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_submit_wait_all_lines_shows_every_line_of_the_script_inert(tmp_path: Path, terminal: bool,
+                                                                    capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--all-lines` is every line rather than progress alone, still a view of shardctl's (on a terminal too,
+    where it is followed the same way): the script's OSC 52 reaches no terminal; only `logs -f` passes it."""
+    from orchestrator import cli
+    from orchestrator.store.jobstore import Store
+    from orchestrator.views.textsafe import is_safe
+
+    home, job_id = _finished_job(tmp_path, "plain line\n\x1b]52;c;cm0gLXJmIH4=\x07 \x1b[2J \x9b2J ok\rgone\n")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    assert cli._follow(Store(home), job_id, all_lines=True) == "succeeded"
+    out = capsys.readouterr().out
+    assert is_safe(out), out
+    assert "[attempt 1] plain line\n" in out and "[attempt 1] ^[]52;c;cm0gLXJmIH4=^G ^[[2J <U+009B>2J ok^Mgone\n" in out

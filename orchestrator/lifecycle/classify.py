@@ -48,6 +48,9 @@ PATTERNS: tuple[tuple[FailureKind, re.Pattern[str], str], ...] = tuple(
         (K.HOST_OOM, r"std::bad_alloc", "host memory exhausted (std::bad_alloc)"),
         (K.HOST_OOM, r"^(?:\[rank\d+\]: )?MemoryError\b", "host memory exhausted (MemoryError)"),
         (K.HOST_OOM, r"Cannot allocate memory", "host memory exhausted (ENOMEM)"),
+        # ENOSPC (and EDQUOT) in the words of Python's OSError and of C's strerror: a checkpoint or a log that
+        # cannot be written. No smaller config helps and a retry fails the same way until space is freed.
+        (K.DISK_FULL, r"\[Errno (?:28|122)\]|No space left on device|Disk quota exceeded", "no space left on device"),
         (K.TIMEOUT, r"DUE TO TIME LIMIT", "time limit reached"),
         # Not "Signal 15 (SIGTERM) received": torchrun sends SIGTERM to every rank once one fails.
         (K.PREEMPTED, r"DUE TO PREEMPTION", "preempted by the scheduler"),
@@ -106,6 +109,7 @@ class Outcome:
     timed_out: bool = False
     cancelled: bool = False
     preempted: bool = False
+    no_space: str | None = None  # outside evidence: a filesystem the run wrote was full when it ended (its path)
 
 
 def end_state(failure: Failure | None) -> AttemptState:
@@ -189,7 +193,7 @@ def _stream_evidence(lines: list[str], out: dict[str, list[Any]]) -> None:
 
 def evidence(tail: str) -> Evidence:
     """What the run died of (see the module docstring). Lines printed before it started dying are not in it."""
-    lines = tail.splitlines()
+    lines = tail.split("\n")  # lines as the log reader cuts them: a \r or \f inside a message is kept
     drop = _launcher_report(lines)
     streams: dict[str | None, list[str]] = {}
     for i, line in enumerate(lines):
@@ -247,6 +251,9 @@ def classify(outcome: Outcome) -> Failure | None:
     matched = _cause(found)
     if matched and matched.is_oom:
         return matched
+    if outcome.no_space:  # what the run died of could not even be written to its log
+        return Failure(K.DISK_FULL, f"no space left on device ({outcome.no_space})",
+                       matched.evidence if matched and matched.kind is K.DISK_FULL else "")
     if outcome.timed_out:
         return Failure(K.TIMEOUT, "time limit reached")
     if outcome.preempted:
@@ -264,7 +271,7 @@ def classify(outcome: Outcome) -> Failure | None:
 
 
 def _last_error_line(tail: str) -> str:
-    for line in reversed(tail.splitlines()):
+    for line in reversed(tail.split("\n")):
         if re.search(r"(Error|Exception)\b", line) and "ChildFailedError" not in line:
             return line.strip()[:300]
     return ""

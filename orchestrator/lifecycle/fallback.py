@@ -48,6 +48,9 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         return Stop("cancelled by the user")
     if failure.kind is FailureKind.REFUSED:
         return Stop(f"{failure.reason}; the same request would be refused again")
+    if failure.kind is FailureKind.DISK_FULL:
+        return Stop(f"{failure.reason}; a retry would fail the same way: free some space, then submit again (it "
+                    "resumes from the last complete checkpoint)")
     if len(tried) >= spec.fallback.max_attempts:
         return Stop(f"stopped after {len(tried)} attempts (fallback.max_attempts): last failure was {failure.kind}: "
                     f"{failure.reason}")

@@ -32,8 +32,8 @@ class Failure:
 
     # a plain string in the CRD's schema, as it always was: the controller reads it with from_json
     kind: Annotated[FailureKind, WithJsonSchema({"type": "string"}), Field(
-        description="How the attempt failed: cuda_oom, host_oom, preempted, timeout, cancelled, user_error, "
-                    "refused or unknown. An attempt that succeeded has no failure.")]
+        description=f"How the attempt failed: {', '.join(k.value for k in FailureKind)}. An attempt that "
+                    "succeeded has no failure.")]
     reason: Annotated[str, Field(description="One line: why the attempt ended so.")] = ""
     evidence: Annotated[str, Field(description="The log line or fact that decided it.")] = ""
 

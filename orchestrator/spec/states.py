@@ -43,6 +43,7 @@ class FailureKind(StrEnum):
     CANCELLED = "cancelled"
     USER_ERROR = "user_error"
     REFUSED = "refused"  # the target refused the request (a bad partition, an invalid Job, admission)
+    DISK_FULL = "disk_full"  # no space left on a filesystem the run writes (its log, checkpoints, the store)
     UNKNOWN = "unknown"
 
     @property

@@ -28,6 +28,7 @@ others. A `shardctl.db` of the SQLite store that came before is migrated on firs
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -40,7 +41,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
-from orchestrator.errors import StoreError
+from orchestrator.errors import StoreError, StoreFull
+from orchestrator.procfiles import free_bytes
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, JobState
 from orchestrator.store.files import Owner, event_name, make_dir, name_key, publish, read_record
@@ -49,6 +51,7 @@ from orchestrator.store.paths import private_state_dir, state_dir
 __all__ = ["AttemptNote", "AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
 
 _R = TypeVar("_R")
+FULL_BELOW_BYTES = 256 * 1024  # less free than this and the store is full: a record takes a few KiB
 NAME_CLAIM_WAIT_S = 5.0  # how long a job that holds a name may take to appear after its claim
 
 
@@ -196,17 +199,31 @@ class Store:
 
     # writing: a write the filesystem refuses (read-only, full, another user's directory) is a StoreError
 
+    def full(self) -> StoreFull | None:
+        """What a write would say now if the store's filesystem has (almost) no space left; None when it has."""
+        free = free_bytes(self.root)
+        return self._full("no space left on device") if free is not None and free < FULL_BELOW_BYTES else None
+
+    def _full(self, detail: str) -> StoreFull:
+        return StoreFull(f"cannot write the job store in {self.root}: {detail}; free some space: nothing recorded "
+                         "so far is lost")
+
+    def _write_error(self, exc: OSError) -> StoreError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._full(exc.strerror or str(exc))
+        return StoreError(f"cannot write the job store in {self.root}: {exc}")
+
     def _publish(self, directory: Path, name: str, data: dict[str, Any]) -> bool:
         try:
             return publish(directory, name, data)
         except OSError as exc:
-            raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+            raise self._write_error(exc) from None
 
     def _dir(self, path: Path) -> Path:
         try:
             return make_dir(path)
         except OSError as exc:
-            raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+            raise self._write_error(exc) from None
 
     # reading
 
@@ -298,7 +315,7 @@ class Store:
             except FileExistsError:
                 continue  # id taken: draw again
             except OSError as exc:
-                raise StoreError(f"cannot write the job store in {self.root}: {exc}") from None
+                raise self._write_error(exc) from None
             break
         else:
             raise StoreError("could not draw a unique job id")

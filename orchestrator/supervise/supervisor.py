@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import assert_never
 
-from orchestrator.errors import Refused, StoreError, TargetError
+from orchestrator.errors import Refused, StoreError, StoreFull, TargetError
 from orchestrator.lifecycle.moves import (
     Adopt,
     AttemptView,
@@ -57,9 +57,16 @@ LOCK_NAME = "supervisor.lock"
 SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt and its judge: 2 x 120 s at most)
 
 
+FULL_WAIT_S = 5.0  # how often a supervisor whose store is full looks for space again
+
+
 def _log(message: str) -> None:
-    """stderr: the daemon's and the judge's log; for the CLI (inline moves) it stays off --json output."""
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+    """stderr: the daemon's and the judge's log; for the CLI (inline moves) it stays off --json output. A log on
+    a full disk loses the line, not the supervisor."""
+    try:
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+    except OSError:
+        pass
 
 
 def job_to_json(job: TrainingJob) -> dict:
@@ -141,16 +148,23 @@ class Supervisor:
         if not lock.acquire():
             return None
         try:
-            caught_up = False
+            caught_up = full = False
             while True:
-                job = self.store.get_job(self.job_id)
-                if job.terminal:
-                    return job.state
-                if not self.step(job):
-                    if not caught_up:  # the record now tells the truth: say who watches it
-                        self.store.note_supervisor(self.job_id, os.getpid())
-                        caught_up = True
-                    time.sleep(POLL_S)
+                try:
+                    job = self.store.get_job(self.job_id)
+                    if job.terminal:
+                        return job.state
+                    if not self.step(job):
+                        if not caught_up:  # the record now tells the truth: say who watches it
+                            self.store.note_supervisor(self.job_id, os.getpid())
+                            caught_up = True
+                        time.sleep(POLL_S)
+                    full = False
+                except StoreFull as exc:  # wait for space: a step is redone from the store, as after a restart
+                    if not full:
+                        _log(f"{exc}; waiting for space (looking again every {FULL_WAIT_S:g} s)")
+                        full = True
+                    time.sleep(FULL_WAIT_S)
         finally:
             lock.release()
 
@@ -336,6 +350,8 @@ def ensure_supervised(store: Store, job: JobRecord, wait_s: float = 10.0) -> boo
     Returns True when one was started; waits until it has caught up with what happened meanwhile."""
     if job.terminal or is_supervised(job):
         return False
+    if (full := store.full()) is not None:  # a new supervisor could record nothing: it would die at once
+        raise full
     proc = spawn(store, job)
     wait_caught_up(store, job.id, proc, wait_s)
     return True

@@ -150,6 +150,7 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
     target = target_of(record, overrides)
     driver = driver_of(target)
     last_refresh = float("-inf")
+    said: str | None = None
     while True:
         if time.monotonic() - last_refresh >= driver.catch_up_every_s:
             last_refresh = time.monotonic()
@@ -157,8 +158,9 @@ def events(store: Store, job_id: str, poll_s: float = 0.2,
                 note = driver.catch_up(store, target, store.get_job(job_id))
             except TargetError as exc:
                 note = f"could not ask {target.name}: {exc}"
-            if note:
+            if note and note != said:  # a state that lasts (a full store) is said once, not every look
                 yield Note(note)
+            said = note
         job = store.get_job(job_id)
         attempts = store.attempts(job_id)
         view = job_json(job, attempts, with_progress=False)

@@ -46,6 +46,10 @@ def test_sigkill_needs_outside_evidence_to_be_an_oom() -> None:
     ("slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-11-23T10:00:00 DUE TO TIME LIMIT ***", "timeout"),
     ("[rank0]:   File \"t.py\", line 3\n[rank0]: SyntaxError: invalid syntax", "user_error"),
     ("train.py: error: unrecognized arguments: --bogus", "user_error"),
+    ("OSError: [Errno 28] No space left on device", "disk_full"),
+    ("[rank0]: OSError: [Errno 122] Disk quota exceeded: '/ckpt/step-10'", "disk_full"),
+    ("RuntimeError: [enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0: No space left on device",
+     "disk_full"),
 ])
 def test_table(line: str, kind: str) -> None:
     assert classify(Outcome(exit_code=1, log_tail=f"noise\n{line}\nmore noise\n")).kind == kind
@@ -181,3 +185,19 @@ def test_an_oom_kill_wins_over_the_refusal_it_may_print() -> None:
     tail = "srun: error: Unable to create step for job 7: Job/step already completing or completed\n"
     f = classify(Outcome(exit_code=0, signal=9, log_tail=tail, oom_killed=True))
     assert f is not None and f.kind == "host_oom"
+
+
+def test_a_full_filesystem_at_the_end_is_the_cause_when_the_log_could_not_say_it() -> None:
+    """Nothing of the death reached the log (it is on the full disk): the target's outside evidence decides,
+    over "exited 1 with no recognised cause" and over a wrapper that vanished (read as preempted)."""
+    f = classify(Outcome(exit_code=1, log_tail="step 3/10\n", no_space="/scratch/run"))
+    assert f.kind == "disk_full" and "/scratch/run" in f.reason
+    assert classify(Outcome(exit_code=None, preempted=True, no_space="/scratch/run")).kind == "disk_full"
+    oom = read("host_oom_cpu_allocator.txt")
+    assert classify(Outcome(exit_code=1, log_tail=oom, no_space="/scratch/run")).kind == "host_oom"
+
+
+def test_evidence_keeps_a_message_whole_across_a_carriage_return() -> None:
+    """Lines are cut at \\n only, as the log reader cuts them: a \\r inside the message stays in the evidence."""
+    f = classify(Outcome(exit_code=1, log_tail="step 1\nTypeError: bad value succeeded\rfailed\n"))
+    assert f.kind == "user_error" and f.evidence == "TypeError: bad value succeeded\rfailed"

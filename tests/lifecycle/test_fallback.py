@@ -70,6 +70,12 @@ def test_timeout_and_preemption_resume_the_same_config() -> None:
         assert isinstance(d, Next) and d.rung is None and d.job == start and "resume" in d.reason
 
 
+def test_a_full_disk_stops_with_what_to_do_and_is_not_retried() -> None:
+    start = job()
+    d = next_step(start, [start], Failure("disk_full", "no space left on device (/ckpt)"))
+    assert isinstance(d, Stop) and "free some space" in d.reason and "/ckpt" in d.reason
+
+
 def test_user_error_and_unknown_stop() -> None:
     start = job()
     assert "never retried" in next_step(start, [start], Failure("user_error", "ImportError")).reason

@@ -68,6 +68,7 @@ ENDINGS: dict[str, Outcome | None] = {
     "user_error": Outcome(exit_code=1, log_tail=(DATA / "user_error_import.txt").read_text()),
     "unknown_exit": Outcome(exit_code=3, log_tail="step 10 loss 2.31\n"),
     "unknown_killed": Outcome(exit_code=None, signal=9),  # a kill with no out-of-memory evidence
+    "disk_full": Outcome(exit_code=1, log_tail="step 3\n", no_space="/ckpt"),  # its death could not be logged
     "no_outcome": None,  # the target could not say how it ended
 }
 # How a run ends when the stop a cancel sent reaches it: the wrapper's signal, Slurm's CANCELLED, a vanished run.

@@ -169,6 +169,8 @@ class LocalTarget:
             "memory_limit_bytes": limit,
             "memory_mode": self.memory_mode,
             "cgroup_name": f"shardctl-{ref.job_id}-{ref.number}",
+            # where the run writes: one of them full when it ends says what it died of (its log may be empty)
+            "disk_paths": [p for p in (ref.run_dir, ref.checkpoint_dir) if p],
             # secrets by reference: the wrapper adds their values to the run's environment at launch
             "env_from": [{kind: resolve_path(value, ref.workdir) if kind == "file" else value}
                          for source in references(job.spec.entrypoint.env_from) for kind, value in source.items()],
@@ -235,13 +237,15 @@ class LocalTarget:
         result = result or _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce)  # it may just have ended
         tail = read_tail(ref.log_path, TAIL_BYTES)
         if result is None:
-            return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, log_tail=tail, preempted=True),
+            return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, log_tail=tail, preempted=True,
+                                                           no_space=local_wrapper.full_filesystem([ref.run_dir])),
                                detail="the attempt's wrapper is gone without an exit status (machine restart or "
                                        "killed from outside)")
         return Observation(
             Seen.ENDED,
             outcome=Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
-                    oom_killed=result.get("oom_kills", 0) > 0, preempted=result.get("terminated_by") is not None),
+                            oom_killed=result.get("oom_kills", 0) > 0,
+                            preempted=result.get("terminated_by") is not None, no_space=result.get("no_space")),
             peak_memory_bytes=result.get("peak_bytes"),
         )
 

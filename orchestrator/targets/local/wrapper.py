@@ -12,11 +12,15 @@ process tree: torchrun starts its workers in sessions of their own, so a process
 would miss them; `terminated_by` is recorded only when the run was really stopped (not when it had
 already ended by itself). Secrets named by entrypoint.env_from are added to the run's environment
 here, at launch, and never written anywhere.
+A full disk does not lose the result: `exit.reserve` holds room for `exit.json` from the start and is
+given back just before it is written, and a filesystem the run writes that is full when it ends is
+recorded (`no_space`), since what the run died of could not reach its log then.
 Stdlib only, so the gap between two attempts stays short.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,14 +28,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from orchestrator.intake.secrets import SecretSourceError, environment
-from orchestrator.procfiles import open_log, write_json
+from orchestrator.procfiles import free_bytes, open_log, write_json
 from orchestrator.targets.local import memlimit
 
 ATTEMPT_FILE = "attempt.json"
 WRAPPER_FILE = "wrapper.json"
 EXIT_FILE = "exit.json"
+RESERVE_FILE = "exit.reserve"
+RESERVE_BYTES = 64 * 1024  # far more than exit.json takes, on any block size
+FULL_BELOW_BYTES = 1024 * 1024  # less free than this (for this user) when the run ends: that filesystem was full
 TERM_GRACE_S = 10.0
 
 
@@ -99,6 +107,66 @@ def stop_tree(limit: memlimit.MemoryLimit, grace: float = TERM_GRACE_S) -> set[i
     return signalled
 
 
+def reserve(run_dir: Path) -> None:
+    """Room for exit.json, taken while there is some: written out (not sparse), so the blocks are ours."""
+    try:
+        fd = os.open(run_dir / RESERVE_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, bytes(RESERVE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # full already: exit.json is written if it can be
+
+
+def full_filesystem(paths: list[str]) -> str | None:
+    """The first of `paths` whose filesystem had (almost) no space left for this user, else None."""
+    for path in paths:
+        free = free_bytes(path)
+        if free is not None and free < FULL_BELOW_BYTES:
+            return path
+    return None
+
+
+def write_result(run_dir: Path, result: dict) -> None:
+    """exit.json; on a full disk, written into the room kept for it (no block is needed then, so nothing that
+    fills the disk meanwhile can take it) and renamed. The reserve is given back either way."""
+    try:
+        write_json(run_dir / EXIT_FILE, result)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _into_reserve(run_dir, result):
+            raise
+    finally:
+        (run_dir / RESERVE_FILE).unlink(missing_ok=True)
+
+
+def _into_reserve(run_dir: Path, result: dict) -> bool:
+    data = (json.dumps(result, indent=1) + "\n").encode()
+    try:
+        fd = os.open(run_dir / RESERVE_FILE, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_size:
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(run_dir / RESERVE_FILE, run_dir / EXIT_FILE)  # whole or absent, as write_json's
+    return True
+
+
+def _say(log: BinaryIO, text: str) -> None:
+    """A line of shardctl's own in the run's log, if the disk has room for it."""
+    try:
+        log.write(text.encode())
+    except OSError:
+        pass
+
+
 def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -112,6 +180,7 @@ def run(run_dir: Path) -> int:
     launch = request.get("launch")
     info: dict = {"pid": me, "start_ticks": start_ticks(me), "started_at": time.time(), "launch": launch}
     write_json(run_dir / WRAPPER_FILE, info)
+    reserve(run_dir)
 
     limit, parent = memlimit.create(request["cgroup_name"], request.get("memory_limit_bytes"),
                                     request.get("memory_mode", "auto"))
@@ -132,10 +201,10 @@ def run(run_dir: Path) -> int:
     try:
         secrets = environment(request.get("env_from", []), os.environ, request["cwd"])
     except SecretSourceError as exc:  # the line names the variable or file, never a value
-        log.write(f"[shardctl] cannot start the run: entrypoint.env_from: {exc}\n".encode())
+        _say(log, f"[shardctl] cannot start the run: entrypoint.env_from: {exc}\n")
         log.close()
         limit.remove(parent)
-        write_json(run_dir / EXIT_FILE, {"exit_code": 2, "signal": None, "oom_kills": 0, "peak_bytes": None,
+        write_result(run_dir, {"exit_code": 2, "signal": None, "oom_kills": 0, "peak_bytes": None,
                                          "memory": info["memory"], "terminated_by": None, "ended_at": time.time(),
                                          "error": f"entrypoint.env_from: {exc}", "launch": launch})
         return 1
@@ -144,16 +213,19 @@ def run(run_dir: Path) -> int:
                                  stderr=subprocess.STDOUT, preexec_fn=limit.apply_rlimit, close_fds=True,
                                  env={**os.environ, **secrets} if secrets else None)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:  # still leave a result behind
-        log.write(f"[shardctl] could not start the run: {exc}\n".encode())
+        _say(log, f"[shardctl] could not start the run: {exc}\n")
         log.close()
         limit.remove(parent)
-        write_json(run_dir / EXIT_FILE, {"exit_code": 127, "signal": None, "oom_kills": 0, "peak_bytes": None,
+        write_result(run_dir, {"exit_code": 127, "signal": None, "oom_kills": 0, "peak_bytes": None,
                                          "memory": info["memory"], "terminated_by": None, "ended_at": time.time(),
                                          "error": str(exc), "launch": launch})
         return 1
     del secrets
     info.update(child_pid=child.pid, launched_at=time.time())
-    write_json(run_dir / WRAPPER_FILE, info)
+    try:
+        write_json(run_dir / WRAPPER_FILE, info)
+    except OSError:  # the disk filled up meanwhile: the run goes on, and its result has room kept for it
+        pass
 
     stopping = stopped = False
     while True:
@@ -165,7 +237,7 @@ def run(run_dir: Path) -> int:
                 stopping = True
                 if child.poll() is not None:  # it ended by itself just before the signal came: nothing to stop
                     continue
-                log.write(f"\n[shardctl] signal {terminated[0]} received: stopping the run\n".encode())
+                _say(log, f"\n[shardctl] signal {terminated[0]} received: stopping the run\n")
                 # the run was stopped only if it was still running when the signal reached it
                 stopped = child.pid in stop_tree(limit)
     ended = time.time()
@@ -180,10 +252,14 @@ def run(run_dir: Path) -> int:
         "terminated_by": terminated[0] if stopped else None,  # a signal after the run ended stopped nothing
         "ended_at": ended,
         "launch": launch,
+        "no_space": full_filesystem(request.get("disk_paths", [])) if rc != 0 else None,
     }
-    log.close()
+    try:
+        log.close()
+    except OSError:  # the last of the run's output could not be written: the disk is full
+        pass
     limit.remove(parent)
-    write_json(run_dir / EXIT_FILE, result)
+    write_result(run_dir, result)
     return 0
 
 
