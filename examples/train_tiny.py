@@ -9,6 +9,11 @@ model weights carry over (optimizer state restarts), and it says so.
 `--long-seq-from STEP --long-seq-len N` switches to longer sequences at STEP, as curriculum
 training does: memory grows mid-run, which is how the OOM example really runs out of memory
 after checkpoints exist.
+
+`--hang-at-step STEP --hang-rank R --hang-on-attempt A` makes rank R block forever (in a sleep) when it
+reaches STEP on attempt A (SHARDCTL_ATTEMPT), while the other ranks go on into the step's collectives and
+wait there: a hung run, as a deadlocked data loader or a lost peer leaves one, for the hang watchdog
+(spec.resilience.hang_after) to find. Other attempts run normally, so the restart resumes and finishes.
 """
 
 from __future__ import annotations
@@ -91,7 +96,21 @@ def parse() -> argparse.Namespace:
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to idle per step (time-limit demos)")
     p.add_argument("--save-every", type=int, default=int(os.environ.get("SHARDCTL_CHECKPOINT_EVERY") or 5))
     p.add_argument("--checkpoint-dir", default=os.environ.get("SHARDCTL_CHECKPOINT_DIR", "checkpoints"))
+    p.add_argument("--hang-at-step", type=int, default=0, help="block forever on reaching this step (0: never)")
+    p.add_argument("--hang-rank", type=int, default=0, help="the rank that blocks (--hang-at-step)")
+    p.add_argument("--hang-on-attempt", type=int, default=1, help="the attempt on which it blocks (SHARDCTL_ATTEMPT)")
     return p.parse_args()
+
+
+def hang_here(args: argparse.Namespace, step: int, rank: int) -> None:
+    """Block forever (a sleep, as a deadlocked loader would) when this rank is told to hang at this step."""
+    attempt = os.environ.get("SHARDCTL_ATTEMPT", "1")
+    if not (args.hang_at_step and step == args.hang_at_step and rank == args.hang_rank
+            and attempt == str(args.hang_on_attempt)):
+        return
+    print(f"rank {rank}: simulating a hang at step {step} (attempt {attempt})", flush=True)
+    while True:
+        time.sleep(3600)
 
 
 def make_accelerator(grad_accum: int):
@@ -151,6 +170,7 @@ def main() -> None:
     for step in range(start, args.steps):
         seq = args.long_seq_len if args.long_seq_from and step >= args.long_seq_from else args.seq_len
         t0 = time.perf_counter()
+        hang_here(args, step + 1, accelerator.process_index)
         for _ in range(args.grad_accum):
             tokens = sequences(args.micro_batch, seq + 1, args.vocab, gen).to(accelerator.device)
             with accelerator.accumulate(model):

@@ -96,12 +96,31 @@ def launch_command(job: TrainingJob, config_dir: str, attempt: int, checkpoint_d
     return LaunchCommand(tuple(argv))
 
 
+# PyTorch's ProcessGroupNCCL (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp, torch 2.13), set explicitly so
+# that a collective that fails or times out ends the run in minutes instead of holding its GPUs (docs/design.md):
+NCCL_ENVIRONMENT = {
+    # 3 (SkipCleanUp): when a collective fails or times out, its watchdog tears the process down without
+    # ncclCommAbort (which can itself hang); torch 2.13's default, but 0 (NoHandling: the process waits on)
+    # before torch 2.2, and an inherited NCCL_ASYNC_ERROR_HANDLING=0 would turn it off
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+    # the heartbeat monitor: a thread that aborts the process when the watchdog itself is stuck (in a CUDA or NCCL
+    # call that never returns) for TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC; on by default in torch 2.13
+    "TORCH_NCCL_ENABLE_MONITORING": "1",
+    # 3 minutes instead of torch's 8 (480 s): a stuck watchdog is no slow step, it never recovers
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "180",
+}
+
+
 def script_environment(job: TrainingJob, attempt: int, checkpoint_dir: str) -> dict[str, str]:
     """What the training script can read (documented in README 'What your script sees')."""
     spec = job.spec
     # unbuffered: a script's stdout goes to a file, where Python would hold it back in 8 KiB blocks and
-    # progress lines (docs/progress.md) would reach `status` late and out of order with stderr
-    env = {"PYTHONUNBUFFERED": "1", **spec.entrypoint.env}
+    # progress lines (docs/progress.md) would reach `status` late and out of order with stderr.
+    # faulthandler: a fatal signal (SIGSEGV, and the SIGABRT the hang watchdog sends) prints every thread's
+    # Python traceback to stderr, the log: where each rank was (docs/design.md, "Hangs").
+    # The NCCL variables make a failed or stuck collective end the run in minutes (NCCL_ENVIRONMENT); a value the
+    # user set in entrypoint.env wins over each.
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **NCCL_ENVIRONMENT, **spec.entrypoint.env}
     env.update({
         "SHARDCTL_JOB_NAME": job.metadata.name,
         "SHARDCTL_ATTEMPT": str(attempt),

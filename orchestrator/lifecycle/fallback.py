@@ -9,16 +9,27 @@ else stops. No target is imported here: one policy serves all.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.compile import rules
 from orchestrator.compile.rungs import NOT_ABOUT_THE_ESTIMATE, RUNG_FUNCTIONS, config_key, config_line, ladder
+from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
+from orchestrator.spec import regex
 from orchestrator.spec.failure import Failure
-from orchestrator.spec.models import TrainingJob
+from orchestrator.spec.models import Rule, TrainingJob, TrainingJobSpec
 from orchestrator.spec.states import FailureKind
 
-RETRY_SAME = (FailureKind.TIMEOUT, FailureKind.PREEMPTED)  # resume the same config
+# Transient faults: the same config again, from the last checkpoint, counted by resilience.max_restarts (why each)
+RESTART = {
+    FailureKind.TIMEOUT: "the time limit ended it",
+    FailureKind.PREEMPTED: "the cluster took its resources",
+    FailureKind.HANG: "a hang is not the config's doing",
+    FailureKind.NODE_FAULT: "the hardware failed, not the config",
+    FailureKind.NETWORK: "the ranks lost each other, not the config's doing",
+}
+RETRY_SAME = tuple(RESTART)  # resume the same config
 RETRY_RUNG = "retry"  # what a same-config attempt is counted as (metrics)
 
 
@@ -48,26 +59,91 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         return Stop("cancelled by the user")
     if failure.kind is FailureKind.REFUSED:
         return Stop(f"{failure.reason}; the same request would be refused again")
+    rule = spec.resilience.rules[failure.rule] if failure.rule is not None and \
+        failure.rule < len(spec.resilience.rules) else None
+    if rule is not None:
+        why = f"resilience.rules[{failure.rule}] ({rule.when.text()} -> {rule.then})"
+        if rule.then == "fail":
+            return Stop(f"{failure.kind}: {failure.reason}; {why}: not retried")
+        if rule.then == "retry":
+            return _restart(spec, tried, current, failure, why)
+        ladder_kind = failure.kind if failure.is_oom else FailureKind.CUDA_OOM  # "fallback": treat it as memory
+        return _down_the_ladder(original, tried, current, failure, ladder_kind, fits, needs, why)
     if failure.kind is FailureKind.DISK_FULL:
         return Stop(f"{failure.reason}; a retry would fail the same way: free some space, then submit again (it "
                     "resumes from the last complete checkpoint)")
-    if len(tried) >= spec.fallback.max_attempts:
-        return Stop(f"stopped after {len(tried)} attempts (fallback.max_attempts): last failure was {failure.kind}: "
-                    f"{failure.reason}")
-    if failure.kind in RETRY_SAME:
-        return Next(current, None, f"{failure.reason}: resume the same config from the last checkpoint")
+    if failure.kind in RESTART:
+        return _restart(spec, tried, current, failure, RESTART[failure.kind])
     if not failure.is_oom:
         why = "user errors are never retried" if failure.kind is FailureKind.USER_ERROR else \
             "not an out-of-memory failure"
         return Stop(f"{failure.kind}: {failure.reason}; {why}")
+    return _down_the_ladder(original, tried, current, failure, failure.kind, fits, needs, None)
+
+
+# The worker's own exit code, which `accelerate launch` hides behind its 1: torchrun's failure block ("exitcode :
+# 75 (pid: N)" under "Root Cause (first observed failure)") or the simple launcher's CalledProcessError.
+_ROOT_EXIT = re.compile(r"Root Cause \(first observed failure\):[\s\S]{0,2000}?exitcode\s*:\s*(-?[0-9]{1,3}) ")
+_CALLED_EXIT = re.compile(r"CalledProcessError: Command .{0,4000}? returned non-zero exit status ([0-9]{1,3})\.")
+
+
+def exit_codes(outcome: Outcome) -> set[int]:
+    """The exit codes a rule's `exit_code` is matched against: the launcher's and its worker's."""
+    tail = outcome.log_tail[-TAIL_BYTES:]
+    found = {int(m[1]) for pattern in (_ROOT_EXIT, _CALLED_EXIT) for m in pattern.finditer(tail)}
+    return found | ({outcome.exit_code} if outcome.exit_code is not None else set())
+
+
+def matching_rule(rules: Sequence[Rule], failure: Failure, outcome: Outcome) -> int | None:
+    """The first of the spec's resilience rules that matches this failure (its index), or None. A cancel and a
+    refusal are never matched: what follows them is not the user's policy to change."""
+    if failure.kind in (FailureKind.CANCELLED, FailureKind.REFUSED):
+        return None
+    codes: set[int] | None = None
+    for index, rule in enumerate(rules):
+        when = rule.when
+        if when.kind is not None and failure.kind.value == when.kind:
+            return index
+        if when.exit_code is not None:
+            codes = exit_codes(outcome) if codes is None else codes
+            if when.exit_code in codes:
+                return index
+        if when.log is not None and regex.search(when.log, outcome.log_tail[-TAIL_BYTES:]):
+            return index
+    return None
+
+
+def restarts(tried: Sequence[TrainingJob]) -> int:
+    """Attempts that ran the config of the attempt before them: restarts, not rungs."""
+    return sum(config_key(a) == config_key(b) for a, b in zip(tried, tried[1:], strict=False))
+
+
+def _restart(spec: TrainingJobSpec, tried: Sequence[TrainingJob], current: TrainingJob, failure: Failure,
+             why: str) -> Next | Stop:
+    done = restarts(tried)
+    if done >= spec.resilience.max_restarts:
+        return Stop(f"{failure.kind}: {failure.reason}; {why}, but {done} restart(s) of the same config were spent "
+                    f"(resilience.max_restarts: {spec.resilience.max_restarts})")
+    return Next(current, None, f"{failure.kind} ({failure.reason}): {why}; restart {done + 1} of "
+                               f"{spec.resilience.max_restarts}: resume the same config from the last checkpoint")
+
+
+def _down_the_ladder(original: TrainingJob, tried: Sequence[TrainingJob], current: TrainingJob, failure: Failure,
+                     kind: FailureKind, fits: Callable[[TrainingJob], bool] | None,
+                     needs: Callable[[TrainingJob], int] | None, rule: str | None) -> Next | Stop:
+    spec = original.spec
+    configs = len(tried) - restarts(tried)
+    if configs >= spec.fallback.max_attempts:
+        return Stop(f"stopped after {configs} configs (fallback.max_attempts): last failure was {failure.kind}: "
+                    f"{failure.reason}")
     if not spec.fallback.enabled:
         return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
     seen = {config_key(j) for j in tried}
-    ceiling = needs(current) if needs is not None and failure.kind is FailureKind.CUDA_OOM else None
+    ceiling = needs(current) if needs is not None and kind is FailureKind.CUDA_OOM else None
     skipped: list[str] = []
     costlier: list[str] = []
     for rung in ladder(original):
-        proposal = RUNG_FUNCTIONS[rung](current, failure.kind)
+        proposal = RUNG_FUNCTIONS[rung](current, kind)
         if proposal is None:
             continue
         candidate, why = proposal
@@ -83,8 +159,9 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
         notes = ([f"skipped, predicted not to fit: {', '.join(skipped)}"] if skipped else []) + \
             ([f"skipped, predicted to need more GPU memory: {', '.join(costlier)}"] if costlier else [])
         note = f" ({'; '.join(notes)})" if notes else ""
+        by = f" ({rule})" if rule else ""
         return Next(candidate, rung,
-                    f"{failure.kind} ({failure.reason}) on {config_line(current)} -> {rung}: {why}{note}")
+                    f"{failure.kind} ({failure.reason}) on {config_line(current)}{by} -> {rung}: {why}{note}")
     if costlier:
         also = f"; predicted not to fit: {', '.join(skipped)}" if skipped else ""
         return Stop(f"{failure.kind} on {config_line(current)}: every remaining rung is predicted to need more GPU "

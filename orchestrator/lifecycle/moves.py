@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from orchestrator.lifecycle.classify import Outcome, classify, end_state
-from orchestrator.lifecycle.fallback import Next, next_step
+from orchestrator.lifecycle.fallback import Next, matching_rule, next_step
 from orchestrator.plan.choose import fit_predicate, need_estimate, starting_point
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
@@ -157,6 +157,8 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
         failure = classify(outcome)
     if failure is not None and observed.detail and failure.kind is not FailureKind.CANCELLED:
         failure = Failure(failure.kind, f"{failure.reason} ({observed.detail})", failure.evidence)
+    if failure is not None and (rule := matching_rule(job.spec.spec.resilience.rules, failure, outcome)) is not None:
+        failure = replace(failure, rule=rule)  # recorded with the end: the decision reads it, the history shows it
     return EndAttempt(last.number, end_state(failure), failure, outcome, observed.peak_memory_bytes)
 
 

@@ -7,6 +7,8 @@ carry it in their snapshots and `--json` shows it. Each of them writes `to_json(
 
     {"kind": "host_oom", "reason": "killed by the out-of-memory killer ...", "evidence": "oom_kill event"}
 
+plus `"rule": N` when the resilience rule spec.resilience.rules[N] matched it (and so decided what followed).
+
 A success has no failure (null). Earlier versions wrote a success as the kind "succeeded" (the
 TrainingJob status, the SQLite store): it is read as no failure.
 """
@@ -36,6 +38,9 @@ class Failure:
                     "succeeded has no failure.")]
     reason: Annotated[str, Field(description="One line: why the attempt ended so.")] = ""
     evidence: Annotated[str, Field(description="The log line or fact that decided it.")] = ""
+    rule: Annotated[int | None, Field(
+        description="The resilience rule (its index in spec.resilience.rules) that matched this failure and "
+                    "decided what followed; null when the built-in policy did.")] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", FailureKind(self.kind))  # ValueError for a kind no shardctl writes
@@ -49,8 +54,11 @@ class Failure:
         """The state an attempt ends in after this."""
         return AttemptState.CANCELLED if self.kind is FailureKind.CANCELLED else AttemptState.FAILED
 
-    def to_json(self) -> dict[str, str]:
-        return {"kind": self.kind.value, "reason": self.reason, "evidence": self.evidence}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason, "evidence": self.evidence}
+        if self.rule is not None:  # written only when a rule decided: records without one read as before
+            out["rule"] = self.rule
+        return out
 
     @staticmethod
     def from_json(data: Any) -> Failure | None:
@@ -63,7 +71,10 @@ class Failure:
         if data.get("kind") == _SUCCEEDED:
             return None
         kind, reason, evidence = (_text(data, name) for name in ("kind", "reason", "evidence"))
-        return Failure(FailureKind(kind), reason, evidence)
+        rule = data.get("rule")
+        if rule is not None and (not isinstance(rule, int) or isinstance(rule, bool) or not 0 <= rule < 1000):
+            raise ValueError(f"failure.rule is {rule!r}, not a rule's index")
+        return Failure(FailureKind(kind), reason, evidence, rule)
 
     @staticmethod
     def of_attempt(state: AttemptState, failure: Failure | None) -> Failure | None:

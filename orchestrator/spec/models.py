@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from orchestrator.spec.quantity import BYTES_PATTERN, COUNT_PATTERN, MAX_COUNT, parse_bytes, parse_count
+from orchestrator.spec.regex import check as check_pattern
 from orchestrator.spec.text import first_unsafe
 
 API_VERSION = "shardctl.dev/v1alpha1"
@@ -463,7 +464,9 @@ class Checkpoint(_Strict):
 
 class Fallback(_Strict):
     enabled: bool = Field(default=True, description="Fall back to a more frugal config on out-of-memory.")
-    max_attempts: int = Field(default=5, ge=1, le=50, description="Attempts in all, the first included.")
+    max_attempts: int = Field(default=5, ge=1, le=50,
+                              description="Attempts with a new config, the first included (fallback rungs); "
+                                          "same-config restarts are counted by resilience.max_restarts.")
     ladder: Literal["auto"] | list[Rung] = Field(
         default="auto",
         description="`auto` (the default ladder, cheapest slowdown first) or an explicit list of rungs.",
@@ -474,6 +477,76 @@ class Fallback(_Strict):
                     "config the memory planner predicts to fit, and the fallback skips rungs predicted not to fit. "
                     "`off`: start from the spec as written.",
     )
+
+
+_DURATION = re.compile(r"(?:([0-9]{1,3})h)?(?:([0-9]{1,4})m)?(?:([0-9]{1,6})s)?")
+MIN_HANG_S, MAX_HANG_S = 10, 7 * 24 * 3600
+
+
+def _duration_seconds(value: Any) -> Any:
+    """90, "90s", "10m", "1h30m" -> seconds; anything else is left for the int check to refuse."""
+    if isinstance(value, str) and value and (m := _DURATION.fullmatch(value.strip())) and any(m.groups()):
+        hours, minutes, seconds = (int(g or 0) for g in m.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    if isinstance(value, str):
+        raise ValueError(f"{_shown(value)} is not a duration; write seconds (600) or 30s, 10m, 1h30m")
+    return value
+
+
+Duration = Annotated[
+    int, BeforeValidator(_duration_seconds), Field(ge=MIN_HANG_S, le=MAX_HANG_S),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": MIN_HANG_S, "maximum": MAX_HANG_S},
+                              {"type": "string", "pattern": r"^([0-9]{1,3}h)?([0-9]{1,4}m)?([0-9]{1,6}s)?$"}],
+                    "description": "seconds, or a duration such as 30s, 10m, 1h30m"}),
+]
+
+RuleAction = Literal["retry", "fallback", "exclude_node", "fail"]
+RuleKind = Literal["cuda_oom", "host_oom", "preempted", "timeout", "user_error", "unknown", "disk_full", "hang",
+                   "node_fault", "network"]
+
+
+class RuleWhen(_Strict):
+    """What a rule matches in how an attempt failed: exactly one of kind, exit_code and log."""
+
+    kind: RuleKind | None = Field(default=None, description="A failure kind, as the classifier found it.")
+    exit_code: int | None = Field(default=None, ge=1, le=255, description="The run's exit code (the launcher's).")
+    log: Annotated[str, Field(max_length=256), AfterValidator(check_pattern)] | None = Field(
+        default=None, description="A regular expression (RE2: linear time, no backreferences or lookarounds; at "
+                                  "most 256 characters) searched in the last 256 KiB of the attempt's log.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RuleWhen:
+        given = [name for name in ("kind", "exit_code", "log") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a rule matches on exactly one of kind, exit_code and log (given: "
+                             f"{', '.join(given) or 'none'})")
+        return self
+
+    def text(self) -> str:
+        return next(f"{name} {getattr(self, name)!r}" if name == "log" else f"{name} {getattr(self, name)}"
+                    for name in ("kind", "exit_code", "log") if getattr(self, name) is not None)
+
+
+class Rule(_Strict):
+    when: RuleWhen = Field(description="What the rule matches: a failure kind, an exit code or a log pattern.")
+    then: RuleAction = Field(description="retry: the same config from the last checkpoint (counted by max_restarts); "
+                                         "fallback: the next rung of the ladder; exclude_node: retry elsewhere; "
+                                         "fail: stop, no retry.")
+
+
+class Resilience(_Strict):
+    hang_after: Duration | None = Field(
+        default=None, description="No progress and no output for this long and the attempt is hung: its ranks' "
+                                  "stacks are saved, it is stopped and restarted from the last checkpoint. Unset: "
+                                  "20 minutes before the first step, then 10 times the slowest step seen, at least 5 "
+                                  "minutes.")
+    max_restarts: int = Field(
+        default=3, ge=0, le=50,
+        description="Restarts with the same config after a transient fault (hang, node fault, network, timeout, "
+                    "preemption, a rule's retry); counted apart from fallback.max_attempts.")
+    rules: list[Rule] = Field(
+        default_factory=list, max_length=32,
+        description="Checked in order before the built-in policy; the first whose `when` matches decides.")
 
 
 # Backend pass-through (fsdp.config, deepspeed.config): keys with no neutral twin, carried verbatim into the
@@ -679,6 +752,9 @@ class TrainingJobSpec(_Strict):
     resources: Resources = Field(default_factory=Resources, description="Nodes, GPUs, CPUs and memory.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint,
                                    description="Where the script checkpoints; every attempt resumes from there.")
+    resilience: Resilience = Field(default_factory=Resilience,
+                                   description="Hangs, restarts after transient faults, and rules that decide "
+                                               "what follows a failure.")
     fallback: Fallback = Field(default_factory=Fallback,
                                description="After an out-of-memory failure: the next, more frugal config.")
     fsdp: FsdpOptions = Field(default_factory=FsdpOptions)

@@ -44,6 +44,9 @@ class FailureKind(StrEnum):
     USER_ERROR = "user_error"
     REFUSED = "refused"  # the target refused the request (a bad partition, an invalid Job, admission)
     DISK_FULL = "disk_full"  # no space left on a filesystem the run writes (its log, checkpoints, the store)
+    HANG = "hang"  # no progress and no output for spec.resilience.hang_after: stopped, its ranks' stacks kept
+    NODE_FAULT = "node_fault"  # the hardware under it failed: a GPU Xid, an uncorrectable ECC error, NODE_FAIL
+    NETWORK = "network"  # the ranks lost each other: NCCL errors and watchdog timeouts, rendezvous timeouts
     UNKNOWN = "unknown"
 
     @property

@@ -107,11 +107,21 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "finished_at": iso(job.finished_at),
         "checkpoint_dir": job.checkpoint_dir,
         "code": snapshot.of_workdir(job.workdir),  # the code every attempt ran (spec.workdir), None without one
-        "max_attempts": job.spec["spec"].get("fallback", {}).get("max_attempts"),
+        "max_attempts": max_attempts(job.spec["spec"]),
         "supervised": supervised,
         "namespace": job.options.get("namespace"),
         "attempts": [attempt_json(a, with_progress) for a in attempts],
     }
+
+
+def max_attempts(spec: dict[str, Any]) -> int | None:
+    """The most attempts the job may make: its configs (fallback.max_attempts) and the restarts of one
+    (resilience.max_restarts; 3 in records made before it existed)."""
+    configs = (spec.get("fallback") or {}).get("max_attempts")
+    restarts = (spec.get("resilience") or {}).get("max_restarts", 3)
+    if not isinstance(configs, int) or not isinstance(restarts, int):
+        return None
+    return configs + restarts
 
 
 def describe_config(c: dict[str, Any]) -> str:
@@ -163,6 +173,8 @@ def history_text(view: dict[str, Any]) -> str:
                        + ")")
             if f["evidence"]:
                 out.append(f"    evidence: {f['evidence']}")
+            if f.get("rule") is not None:
+                out.append(f"    matched: spec.resilience.rules[{f['rule']}], which decided what followed")
         elif a["state"] == "succeeded" and a["peak_memory_bytes"]:
             out.append(f"    peak memory {fmt_bytes(a['peak_memory_bytes'])}")
         if a.get("supervisor_error"):

@@ -23,6 +23,7 @@ class FailureJson(_Open):
     kind: FailureKind
     reason: str | None
     evidence: str | None
+    rule: int | None = None  # the index in spec.resilience.rules of the rule that matched it
 
 
 class OffloadJson(_Open):

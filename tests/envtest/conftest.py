@@ -47,15 +47,24 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         pytest.skip(problem)
     state = Path(tempfile.mkdtemp(prefix="shardctl-envtest-"))  # `down` removes it
     logs = tmp_path_factory.mktemp("envtest-logs")  # the components' logs are copied here before `down`
-    cp = ControlPlane(state, logs)
     t0 = time.monotonic()
-    try:
-        cp.up()
-        cp.install_crd()
-        cp.start_kubelet()
-    except BaseException:
-        cp.down()
-        raise
+    for attempt in (1, 2):  # a component that dies while starting (a port taken meanwhile) gets one more try
+        cp = ControlPlane(state, logs)
+        try:
+            cp.up()
+            cp.install_crd()
+            cp.start_kubelet()
+            break
+        except RuntimeError as exc:
+            cp.down()
+            if attempt == 2:
+                raise
+            print(f"the control plane did not start ({str(exc).splitlines()[0]}); starting it again on new ports")
+            shutil.rmtree(state, ignore_errors=True)
+            state.mkdir(mode=0o700)
+        except BaseException:
+            cp.down()
+            raise
     cp.startup_s = time.monotonic() - t0
     try:
         yield cp

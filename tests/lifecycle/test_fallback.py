@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
+import pytest
+
 from orchestrator.compile import rules
 from orchestrator.compile.rungs import config_key
-from orchestrator.lifecycle.classify import Failure
-from orchestrator.lifecycle.fallback import Next, Stop, next_step
+from orchestrator.lifecycle.classify import Failure, Outcome
+from orchestrator.lifecycle.fallback import Next, Stop, matching_rule, next_step, restarts
+from orchestrator.spec.models import TrainingJob
 from tests.helpers import job
 
 CUDA_OOM = Failure("cuda_oom", "CUDA out of memory")
@@ -114,3 +120,82 @@ def test_rungs_predicted_not_to_fit_are_skipped_and_named() -> None:
     assert "skipped, predicted not to fit: shard_more" in decision.reason
     stop = next_step(j, [j], oom, fits=lambda c: False)
     assert isinstance(stop, Stop) and "predicted not to fit" in stop.reason
+
+
+# --- resilience rules and restarts --------------------------------------------------------------------------
+
+
+def ruled(*rules: dict, max_restarts: int = 3) -> TrainingJob:
+    return job(resilience={"rules": list(rules), "max_restarts": max_restarts})
+
+
+def test_a_log_rule_makes_a_custom_error_fail_without_a_retry() -> None:
+    start = ruled({"when": {"log": r"DataCorrupted: shard [0-9]+"}, "then": "fail"})
+    failure = Failure("unknown", "exited 1 with no recognised cause")
+    outcome = Outcome(exit_code=1, log_tail="step 3\nDataCorrupted: shard 17 has a bad header\n")
+    index = matching_rule(start.spec.resilience.rules, failure, outcome)
+    assert index == 0
+    d = next_step(start, [start], replace(failure, rule=index))
+    assert isinstance(d, Stop) and "resilience.rules[0]" in d.reason and "not retried" in d.reason
+
+
+def test_an_exit_code_rule_retries_the_same_config_until_max_restarts_are_spent() -> None:
+    """Exit 75 as the worker's code: the launcher says 1, torchrun's failure block or the simple launcher's
+    CalledProcessError says 75."""
+    start = ruled({"when": {"exit_code": 75}, "then": "retry"}, max_restarts=2)
+    failure = Failure("unknown", "exited 1 with no recognised cause")
+    for tail in ("subprocess.CalledProcessError: Command '['/usr/bin/python', 'train.py']' returned non-zero exit "
+                 "status 75.\n",
+                 "Root Cause (first observed failure):\n[0]:\n  time      : 2026-12-06_10:00:00\n  host      : n1\n"
+                 "  rank      : 1 (local_rank: 1)\n  exitcode  : 75 (pid: 4242)\n"):
+        assert matching_rule(start.spec.resilience.rules, failure, Outcome(exit_code=1, log_tail=tail)) == 0
+    assert matching_rule(start.spec.resilience.rules, failure, Outcome(exit_code=1, log_tail="exit status 7\n")) is None
+    decided = replace(failure, rule=0)
+    tried = [start]
+    for n in (1, 2):
+        d = next_step(start, tried, decided)
+        assert isinstance(d, Next) and d.rung is None and d.job == start, d
+        assert f"restart {n} of 2" in d.reason and "resilience.rules[0]" in d.reason
+        tried.append(d.job)
+    d = next_step(start, tried, decided)
+    assert isinstance(d, Stop) and "max_restarts: 2" in d.reason
+
+
+def test_restarts_are_counted_apart_from_the_configs_of_the_ladder() -> None:
+    """Three timeouts of one config spend max_restarts, not fallback.max_attempts: an OOM after them still
+    gets its rung."""
+    start = job(fallback={"max_attempts": 2}, resilience={"max_restarts": 3})
+    tried = [start, start, start]
+    assert restarts(tried) == 2
+    d = next_step(start, tried, CUDA_OOM)
+    assert isinstance(d, Next) and d.rung is not None
+
+
+def test_transient_faults_restart_and_a_rule_can_send_one_down_the_ladder() -> None:
+    start = job()
+    for kind in ("hang", "node_fault", "network", "timeout", "preempted"):
+        d = next_step(start, [start], Failure(kind, kind))
+        assert isinstance(d, Next) and d.rung is None and "restart 1 of 3" in d.reason, (kind, d)
+    sent = ruled({"when": {"kind": "network"}, "then": "fallback"})
+    d = next_step(sent, [sent], Failure("network", "NCCL watchdog timeout", rule=0))
+    assert isinstance(d, Next) and d.rung is not None and "resilience.rules[0]" in d.reason
+
+
+def test_the_first_matching_rule_decides_and_a_cancel_is_never_matched() -> None:
+    start = ruled({"when": {"kind": "user_error"}, "then": "retry"}, {"when": {"log": "Error"}, "then": "fail"})
+    rules = start.spec.resilience.rules
+    out = Outcome(exit_code=1, log_tail="KeyError: 'x'\n")
+    assert matching_rule(rules, Failure("user_error", "KeyError"), out) == 0
+    assert matching_rule(rules, Failure("unknown", "?"), out) == 1
+    assert matching_rule(rules, Failure("cancelled", "cancelled by the user"), out) is None
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_pattern_is_matched_in_linear_time() -> None:
+    """`(a+)+$` takes Python's re exponential time on a line of a's ending in b; RE2 answers at once."""
+    start = ruled({"when": {"log": "(a+)+$"}, "then": "fail"})
+    tail = "a" * (256 * 1024 - 2) + "b\n"
+    t0 = time.monotonic()
+    assert matching_rule(start.spec.resilience.rules, Failure("unknown", "?"),
+                         Outcome(exit_code=1, log_tail=tail)) is None
+    assert time.monotonic() - t0 < 2.0

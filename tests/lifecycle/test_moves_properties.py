@@ -12,8 +12,9 @@ planner on or off), and a cancel may be asked at any point.
 
 Invariants: a Start for attempt N+1 only (numbers go up by one), once per number, and at most one submission
 of each attempt reaches the target; an attempt's state only moves forward (starting -> running -> ended); no
-attempt starts or is submitted once a cancel is asked; there are never more attempts than
-spec.fallback.max_attempts, nor more than 4 non-waiting moves per attempt; a finished job never moves again;
+attempt starts or is submitted once a cancel is asked; there are never more configs than
+spec.fallback.max_attempts nor more restarts than resilience.max_restarts, nor more than 4
+non-waiting moves per attempt; a finished job never moves again;
 and when the target keeps reporting ended attempts the job reaches Finish within that bound: cancelled, or with
 its last attempt's real outcome where the cancel stopped nothing (moves.py's docstring).
 """
@@ -33,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from orchestrator.compile import rules
 from orchestrator.compile.rungs import AUTO_LADDER
 from orchestrator.lifecycle.classify import Failure, Outcome, classify
-from orchestrator.lifecycle.fallback import Next, next_step
+from orchestrator.lifecycle.fallback import Next, next_step, restarts
 from orchestrator.lifecycle.moves import (
     Adopt,
     AttemptView,
@@ -69,6 +70,11 @@ ENDINGS: dict[str, Outcome | None] = {
     "unknown_exit": Outcome(exit_code=3, log_tail="step 10 loss 2.31\n"),
     "unknown_killed": Outcome(exit_code=None, signal=9),  # a kill with no out-of-memory evidence
     "disk_full": Outcome(exit_code=1, log_tail="step 3\n", no_space="/ckpt"),  # its death could not be logged
+    "hang": Outcome(exit_code=None, signal=15, hung="no output for 95 s after step 5"),  # its watchdog stopped it
+    "node_fault": Outcome(exit_code=1, log_tail="[rank0]: RuntimeError: CUDA error: uncorrectable ECC error "
+                                                "encountered\n"),
+    "network": Outcome(exit_code=1, log_tail="[rank1]: torch.distributed.DistNetworkError: The client socket has "
+                                             "timed out after 600000ms while trying to connect to (10.0.0.1, 29500)\n"),
     "no_outcome": None,  # the target could not say how it ended
 }
 # How a run ends when the stop a cancel sent reaches it: the wrapper's signal, Slurm's CANCELLED, a vanished run.
@@ -111,6 +117,7 @@ def specs(draw: Any) -> TrainingJob:
                      "enabled": draw(st.sampled_from([True, True, False])),
                      "ladder": "auto" if ladder == "auto" else
                      draw(st.lists(st.sampled_from(AUTO_LADDER), min_size=1, max_size=4, unique=True))},
+        "resilience": {"max_restarts": draw(st.sampled_from([3, 0, 1, 5]))},
     }
     if backend == "deepspeed" and draw(st.booleans()):
         spec["offload"] = {"nvme_path": "/local_nvme"}  # so that offload_nvme has somewhere to go
@@ -166,7 +173,8 @@ class Lifecycle(RuleBasedStateMachine):
 
     @property
     def max_attempts(self) -> int:
-        return self.spec.spec.fallback.max_attempts
+        """Every attempt the budgets allow: new configs (fallback.max_attempts) and restarts of one."""
+        return self.spec.spec.fallback.max_attempts + self.spec.spec.resilience.max_restarts
 
     def view(self) -> JobView:
         return JobView(spec=self.spec, attempts=tuple(self.attempts), cancel_requested=self.cancel,
@@ -300,7 +308,10 @@ class Lifecycle(RuleBasedStateMachine):
             assert not self.cancel, "an attempt started after the cancel was asked"
             assert last is None or last.state.ended
             assert move.number == len(self.attempts) + 1, "attempt numbers go up by one"
-            assert move.number <= self.max_attempts, "more attempts than fallback.max_attempts"
+            assert move.number <= self.max_attempts, "more attempts than the two budgets allow"
+            tried = [a.spec for a in self.attempts] + [move.job]
+            assert restarts(tried) <= self.spec.spec.resilience.max_restarts, "more restarts than max_restarts"
+            assert len(tried) - restarts(tried) <= self.spec.spec.fallback.max_attempts, "more configs than allowed"
             self.starts[move.number] += 1
             assert self.starts[move.number] == 1
             assert not rules.errors(rules.check(move.job)), "every attempt's config is a valid spec"

@@ -381,3 +381,32 @@ def test_a_variable_given_twice_or_reserved_is_refused() -> None:
     assert "HF_TOKEN is given twice" in problems(twice)[0]
     reserved = GOOD.replace("    script: train.py\n", "    script: train.py\n    env_from: [{env: SHARDCTL_ATTEMPT}]\n")
     assert "set by shardctl itself" in problems(reserved)[0]
+
+
+def test_resilience_durations_rules_and_their_refusals_name_the_field_and_line() -> None:
+    job = parse_spec_text(GOOD + "  resilience:\n    hang_after: 1h30m\n    rules:\n"
+                                 "      - {when: {exit_code: 75}, then: retry}\n").job
+    assert job.spec.resilience.hang_after == 5400 and job.spec.resilience.rules[0].when.exit_code == 75
+    assert parse_spec_text(GOOD + "  resilience: {hang_after: 90}\n").job.spec.resilience.hang_after == 90
+    out = problems(GOOD + "  resilience:\n    hang_after: 5s\n    rules:\n"
+                          "      - {when: {log: '(a)\\1'}, then: fail}\n"
+                          "      - {when: {kind: hang, exit_code: 3}, then: fail}\n"
+                          "      - {when: {kind: cancelled}, then: retry}\n")
+    assert out[0].startswith("job.yaml:16: spec.resilience.hang_after: Input should be greater than or equal to 10")
+    assert out[1].startswith("job.yaml:18: spec.resilience.rules.0.when.log: not a pattern RE2 accepts")
+    assert "backreferences" in out[1]
+    assert out[2] == ("job.yaml:19: spec.resilience.rules.1.when: a rule matches on exactly one of kind, exit_code "
+                      "and log (given: kind, exit_code)")
+    assert out[3].startswith("job.yaml:20: spec.resilience.rules.2.when.kind: Input should be")
+    assert len(out) == 4
+    assert problems(GOOD + "  resilience: {hang_after: 10 minutes}\n")[0].endswith(
+        "'10 minutes' is not a duration; write seconds (600) or 30s, 10m, 1h30m")
+
+
+def test_a_rule_matches_every_failure_kind_but_a_cancel_and_a_refusal() -> None:
+    from typing import get_args
+
+    from orchestrator.spec.models import RuleKind
+    from orchestrator.spec.states import FailureKind
+
+    assert set(get_args(RuleKind)) == {k.value for k in FailureKind} - {"cancelled", "refused"}
