@@ -10,6 +10,8 @@ an entry whose example is gone fails too. The checks run the real thing, with SH
   nothing recorded). A line that needs a cluster names the tests that run it there (`elsewhere`).
 - `synopsis`: every subcommand and every flag README's synopsis names is in that subcommand's `--help`.
 - `spec`: a TrainingJob is written to a file and `shardctl validate` must pass.
+- `spec_fragment`: a part of a spec (`spec: ...`), merged into examples/quickstart.yaml, must validate; so must
+  every alternative its comments list (`a | b | c`) in place of the value it comments.
 - `tree`: every path a layout listing names exists.
 - `ci`: commands CI runs itself (scripts/quickstart, scripts/test, the linters, the Slurm dev cluster): the
   script exists and is executable, the paths, markers, variables and subcommands it is given exist.
@@ -150,6 +152,11 @@ TABLE: dict[str, Check] = {
     "README.md: apiVersion: shardctl.dev/v1alpha1": Check(
         "spec", "a whole TrainingJob: `shardctl validate` exits 0; the alternatives its comments name (backend "
         "deepspeed, each sharding spelling) load too"),
+    "README.md: spec:": Check(
+        "spec_fragment", "merged into examples/quickstart.yaml it validates, and so does each `then` its comment "
+        "lists; the rules' behaviour is tests/lifecycle/test_fallback.py's",
+        tests=("tests/lifecycle/test_fallback.py::test_an_exit_code_rule_retries_the_same_config_until_max_restarts_"
+               "are_spent",)),
     "README.md: import shardctl": Check(
         "python_api", "compiled; every shardctl name and Job/Sweep method it uses exists and every call binds to the "
         "real signature; load() and list_jobs() run; the training runs are the named tests'",
@@ -440,6 +447,31 @@ def test_a_spec_example_validates(block: Block, check: Check, tmp_path: Path) ->
         values = [v.strip() for v in spellings.group(1).split("|")] + [v.strip() for v in spellings[2].split(",")]
         for value in values:  # ZeRO-1 (optimizer) has no FSDP equivalent: the listing is of the field's values
             shardctl.load(path, overrides={"spec.backend": "deepspeed", "spec.sharding": value})
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("block", "check"), blocks_of("spec_fragment"))
+def test_a_spec_fragment_validates_inside_the_quickstart_with_each_listed_alternative(block: Block, check: Check,
+                                                                                     tmp_path: Path) -> None:
+    import yaml
+
+    from orchestrator.spec import parse_spec_text
+
+    base = yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text())
+    fragment = yaml.safe_load(block.text)
+
+    def merged(text_fragment: dict) -> str:
+        doc = json.loads(json.dumps(base))
+        doc["spec"].update(text_fragment["spec"])
+        return yaml.safe_dump(doc)
+
+    parse_spec_text(merged(fragment), "README.md")
+    for line in block.text.splitlines():
+        listed = re.search(r"then: (\w+)\}\s+#.*?((?:\w+ \| )+\w+)", line)
+        if listed:
+            for alternative in listed[2].split(" | "):
+                text = block.text.replace(f"then: {listed[1]}}}", f"then: {alternative}}}")
+                parse_spec_text(merged(yaml.safe_load(text)), "README.md")
 
 
 # --- layout listings -------------------------------------------------------------------------------------------

@@ -34,7 +34,27 @@ NOT_ABOUT_THE_ESTIMATE = frozenset({"switch_backend"})
 def config_key(job: TrainingJob) -> tuple:
     """What distinguishes one attempt's config from another (for 'never try the same thing twice')."""
     s = job.spec
-    return (s.backend, s.sharding, s.offload.optimizer, s.offload.params, s.activation_checkpointing, s.batch.micro)
+    return (s.backend, s.sharding, s.offload.optimizer, s.offload.params, s.activation_checkpointing, s.batch.micro,
+            s.entrypoint.env.get(ALLOC_CONF))
+
+
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE = "expandable_segments:True"
+
+
+def expandable_segments(job: TrainingJob) -> bool:
+    """Whether the job's CUDA attempts run with PyTorch's expandable segments: always, unless its entrypoint.env
+    sets PYTORCH_CUDA_ALLOC_CONF without them (compile/launch.py sets it otherwise)."""
+    conf = job.spec.entrypoint.env.get(ALLOC_CONF)
+    return conf is None or "expandable_segments:true" in conf.replace(" ", "").lower()
+
+
+def with_expandable_segments(job: TrainingJob) -> TrainingJob:
+    """The job with expandable segments added to the allocator settings it names."""
+    conf = job.spec.entrypoint.env.get(ALLOC_CONF, "")
+    env = {**job.spec.entrypoint.env, ALLOC_CONF: f"{conf},{EXPANDABLE}" if conf else EXPANDABLE}
+    entrypoint = job.spec.entrypoint.model_copy(update={"env": env})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"entrypoint": entrypoint})})
 
 
 def config_line(job: TrainingJob) -> str:

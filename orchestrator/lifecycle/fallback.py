@@ -14,8 +14,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.compile import rules
-from orchestrator.compile.rungs import NOT_ABOUT_THE_ESTIMATE, RUNG_FUNCTIONS, config_key, config_line, ladder
-from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome
+from orchestrator.compile.rungs import (
+    ALLOC_CONF,
+    EXPANDABLE,
+    NOT_ABOUT_THE_ESTIMATE,
+    RUNG_FUNCTIONS,
+    config_key,
+    config_line,
+    expandable_segments,
+    ladder,
+    with_expandable_segments,
+)
+from orchestrator.lifecycle.classify import TAIL_BYTES, Outcome, fragmented_gib
 from orchestrator.spec import regex
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import Rule, TrainingJob, TrainingJobSpec
@@ -138,6 +148,13 @@ def _down_the_ladder(original: TrainingJob, tried: Sequence[TrainingJob], curren
                     f"{failure.reason}")
     if not spec.fallback.enabled:
         return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
+    if kind is FailureKind.CUDA_OOM and not expandable_segments(current) \
+            and (stranded := fragmented_gib(f"{failure.reason}\n{failure.evidence}")) is not None:
+        by = f" ({rule})" if rule else ""
+        return Next(with_expandable_segments(current), "expandable_segments",
+                    f"{failure.kind} ({failure.reason}) on {config_line(current)}{by} -> expandable_segments: "
+                    f"{stranded:g} GiB were reserved but unallocated (fragmentation); {EXPANDABLE} in "
+                    f"{ALLOC_CONF} lets the allocator use it, at no cost to speed")
     seen = {config_key(j) for j in tried}
     ceiling = needs(current) if needs is not None and kind is FailureKind.CUDA_OOM else None
     skipped: list[str] = []

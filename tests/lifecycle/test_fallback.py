@@ -199,3 +199,27 @@ def test_a_catastrophic_pattern_is_matched_in_linear_time() -> None:
     assert matching_rule(start.spec.resilience.rules, Failure("unknown", "?"),
                          Outcome(exit_code=1, log_tail=tail)) is None
     assert time.monotonic() - t0 < 2.0
+
+
+def test_a_fragmentation_oom_first_tries_expandable_segments_where_the_user_turned_them_off() -> None:
+    """The real H100 message (25.10 GiB asked, 16.97 GiB reserved but unallocated): with the user's own allocator
+    settings the first remedy is expandable segments, kept with them; with shardctl's default (expandable segments
+    on) there is nothing to gain there and the ladder goes on."""
+    from pathlib import Path
+
+    from orchestrator.lifecycle.classify import classify
+
+    tail = (Path(__file__).parent / "data" / "cuda_oom_h100.txt").read_text()
+    failure = classify(Outcome(exit_code=1, log_tail=tail))
+    assert failure is not None and failure.kind == "cuda_oom" and "fragmentation" in failure.reason
+    own = job(entrypoint={"script": "t.py", "args": ["--bs", "{micro_batch}"],
+                          "env": {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}})
+    d = next_step(own, [own], failure)
+    assert isinstance(d, Next) and d.rung == "expandable_segments", d
+    assert d.job.spec.entrypoint.env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:128,expandable_segments:True"
+    assert "reserved but unallocated" in d.reason and config_key(d.job) != config_key(own)
+    again = next_step(own, [own, d.job], failure)  # it ran out again: a real rung now
+    assert isinstance(again, Next) and again.rung not in (None, "expandable_segments")
+    default = job(entrypoint={"script": "t.py", "args": ["--bs", "{micro_batch}"]})
+    d = next_step(default, [default], failure)
+    assert isinstance(d, Next) and d.rung != "expandable_segments"
