@@ -626,6 +626,37 @@ def cancel(job: str, kubeconfig: str | None, context: str | None) -> None:
 
 
 @main.command()
+@click.option("--clear", "clear", metavar="NODE", help="Trust NODE again: later attempts may run on it.")
+@click.option("--target", type=click.Choice(TARGET_NAMES), help="Only the nodes of this target.")
+@click.option("--json", "as_json", is_flag=True, help="Print the suspect nodes as a JSON array.")
+def nodes(clear: str | None, target: str | None, as_json: bool) -> None:
+    """The site's suspect nodes: where a node fault happened, avoided by every attempt until it expires."""
+    from orchestrator.errors import ShardctlError
+    from orchestrator.store.nodes import SuspectNodes
+
+    suspects = SuspectNodes(_store().root)
+    try:
+        if clear is not None:
+            if not suspects.clear(clear, target):
+                _fail([f"node {clear!r} is not suspect" + (f" on {target}" if target else "")])
+            click.echo(safe(f"node {clear} cleared: later attempts may run on it"))
+            return
+        active = suspects.active(target)
+    except ShardctlError as exc:
+        _fail(exc.lines(), exc.exit_code)
+    if as_json:
+        _print_json([s.as_json() for s in active])
+        return
+    if not active:
+        click.echo("no suspect nodes")
+        return
+    for s in active:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.until))
+        by = f" (job {s.job_id}, attempt {s.attempt})" if s.job_id else ""
+        click.echo(safe(f"{s.node}  {s.target}  until {until}{by}: {s.why}", one_line=True))
+
+
+@main.command()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 @click.option("--to", "to", required=True, type=click.Choice(["fsdp", "deepspeed"]))
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of stdout.")

@@ -247,6 +247,7 @@ class Outcome:
     cancelled: bool = False
     preempted: bool = False
     no_space: str | None = None  # outside evidence: a filesystem the run wrote was full when it ended (its path)
+    node_failed: bool = False  # outside evidence: the cluster says a node of the allocation failed (Slurm NODE_FAIL)
     hung: str | None = None  # outside evidence: its executor stopped it as hung (what it saw: the last step, how long)
 
 
@@ -405,8 +406,10 @@ def classify(outcome: Outcome) -> Failure | None:
                        matched.evidence if matched and matched.kind is K.DISK_FULL else "")
     if outcome.timed_out:
         return Failure(K.TIMEOUT, "time limit reached")
-    if matched and matched.kind is K.NODE_FAULT:  # Slurm's NODE_FAIL reaches here as preempted: the log says which
+    if matched and matched.kind is K.NODE_FAULT:  # the log's own words say more than the cluster's state
         return matched
+    if outcome.node_failed:
+        return Failure(K.NODE_FAULT, "the cluster reports a node of the allocation failed", "NODE_FAIL")
     if outcome.preempted:
         return Failure(K.PREEMPTED, "preempted or terminated by the cluster")
     if matched:
@@ -419,6 +422,24 @@ def classify(outcome: Outcome) -> Failure | None:
                        root.group(0).strip())
     last = found.exceptions[-1].strip()[:300] if found.exceptions else _last_error_line(tail)
     return Failure(K.UNKNOWN, f"exited {outcome.exit_code} with no recognised cause", last)
+
+
+# Where a failure happened, when the log says: torchrun's failure block names the host of the first failure, and
+# srun names the node that failed.
+_ROOT_CAUSE_HOST = re.compile(r"Root Cause \(first observed failure\):[\s\S]{0,2000}?host\s*:\s*"
+                              r"([A-Za-z0-9._-]{1,253})")
+_SRUN_NODE_FAILURE = re.compile(r"^srun: error: Node failure on ([A-Za-z0-9._-]{1,253})\s*$", re.MULTILINE)
+
+
+def failed_node(tail: str) -> str | None:
+    """The node the log says failed (srun's node failure, else torchrun's first failure's host), or None. Only
+    the end of the log is read: the same bound as the classifier's."""
+    tail = tail[-TAIL_BYTES:]
+    for pattern in (_SRUN_NODE_FAILURE, _ROOT_CAUSE_HOST):
+        found = pattern.findall(tail)
+        if found:
+            return str(found[-1])
+    return None
 
 
 def _last_error_line(tail: str) -> str:

@@ -77,13 +77,16 @@ def next_step(original: TrainingJob, tried: Sequence[TrainingJob], failure: Fail
             return Stop(f"{failure.kind}: {failure.reason}; {why}: not retried")
         if rule.then == "retry":
             return _restart(spec, tried, current, failure, why)
+        if rule.then == "exclude_node":
+            return _restart(spec, tried, current, failure, why, avoid=True)
         ladder_kind = failure.kind if failure.is_oom else FailureKind.CUDA_OOM  # "fallback": treat it as memory
         return _down_the_ladder(original, tried, current, failure, ladder_kind, fits, needs, why)
     if failure.kind is FailureKind.DISK_FULL:
         return Stop(f"{failure.reason}; a retry would fail the same way: free some space, then submit again (it "
                     "resumes from the last complete checkpoint)")
     if failure.kind in RESTART:
-        return _restart(spec, tried, current, failure, RESTART[failure.kind])
+        return _restart(spec, tried, current, failure, RESTART[failure.kind],
+                        avoid=failure.kind is FailureKind.NODE_FAULT)
     if not failure.is_oom:
         why = "user errors are never retried" if failure.kind is FailureKind.USER_ERROR else \
             "not an out-of-memory failure"
@@ -129,13 +132,27 @@ def restarts(tried: Sequence[TrainingJob]) -> int:
 
 
 def _restart(spec: TrainingJobSpec, tried: Sequence[TrainingJob], current: TrainingJob, failure: Failure,
-             why: str) -> Next | Stop:
+             why: str, avoid: bool = False) -> Next | Stop:
+    """The same config again; with `avoid`, away from the node the failure points at (when it points at one)."""
     done = restarts(tried)
     if done >= spec.resilience.max_restarts:
         return Stop(f"{failure.kind}: {failure.reason}; {why}, but {done} restart(s) of the same config were spent "
                     f"(resilience.max_restarts: {spec.resilience.max_restarts})")
-    return Next(current, None, f"{failure.kind} ({failure.reason}): {why}; restart {done + 1} of "
-                               f"{spec.resilience.max_restarts}: resume the same config from the last checkpoint")
+    job, where = current, ""
+    if avoid and failure.node:
+        job = avoiding(current, failure.node)
+        where = f", away from node {failure.node}"
+    elif avoid:
+        where = " (it points at no one node: none is avoided)"
+    return Next(job, None, f"{failure.kind} ({failure.reason}): {why}; restart {done + 1} of "
+                           f"{spec.resilience.max_restarts}{where}: resume the same config from the last checkpoint")
+
+
+def avoiding(job: TrainingJob, *nodes: str) -> TrainingJob:
+    """The job with `nodes` added to resources.avoid_nodes (the same config otherwise: a restart, not a rung)."""
+    avoid = list(dict.fromkeys([*job.spec.resources.avoid_nodes, *nodes]))
+    resources = job.spec.resources.model_copy(update={"avoid_nodes": avoid})
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"resources": resources})})
 
 
 def _down_the_ladder(original: TrainingJob, tried: Sequence[TrainingJob], current: TrainingJob, failure: Failure,

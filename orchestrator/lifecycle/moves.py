@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from orchestrator.lifecycle.classify import Outcome, classify, end_state
+from orchestrator.lifecycle.classify import Outcome, classify, end_state, failed_node
 from orchestrator.lifecycle.fallback import Next, matching_rule, next_step
 from orchestrator.plan.choose import fit_predicate, need_estimate, starting_point
 from orchestrator.spec.failure import Failure
@@ -53,6 +53,7 @@ class Observation:
     refusal: str | None = None  # ended because the target refused it for good (its own words)
     recheck_s: float | None = None  # look again this soon even if nothing announces a change
     preemptions: int = 0  # times the target restarted the attempt in place (it resumed; not a new attempt)
+    nodes: tuple[str, ...] = ()  # the nodes the attempt ran on, when the target knows
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,18 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
         failure = Failure(failure.kind, f"{failure.reason} ({observed.detail})", failure.evidence)
     if failure is not None and (rule := matching_rule(job.spec.spec.resilience.rules, failure, outcome)) is not None:
         failure = replace(failure, rule=rule)  # recorded with the end: the decision reads it, the history shows it
+    if failure is not None and failure.node is None and _points_at_a_node(job, failure):
+        node = failed_node(outcome.log_tail) or (observed.nodes[0] if len(observed.nodes) == 1 else None)
+        failure = replace(failure, node=node)
     return EndAttempt(last.number, end_state(failure), failure, outcome, observed.peak_memory_bytes)
+
+
+def _points_at_a_node(job: JobView, failure: Failure) -> bool:
+    """A node fault, or a failure a rule sends away from its node, is pinned on the node it happened on."""
+    if failure.kind is FailureKind.NODE_FAULT:
+        return True
+    rules = job.spec.spec.resilience.rules
+    return failure.rule is not None and failure.rule < len(rules) and rules[failure.rule].then == "exclude_node"
 
 
 def _decide(job: JobView) -> Move:

@@ -7,7 +7,8 @@ carry it in their snapshots and `--json` shows it. Each of them writes `to_json(
 
     {"kind": "host_oom", "reason": "killed by the out-of-memory killer ...", "evidence": "oom_kill event"}
 
-plus `"rule": N` when the resilience rule spec.resilience.rules[N] matched it (and so decided what followed).
+plus `"node": NAME` when it points at a node, and `"rule": N` when the resilience rule
+spec.resilience.rules[N] matched it (and so decided what followed).
 
 A success has no failure (null). Earlier versions wrote a success as the kind "succeeded" (the
 TrainingJob status, the SQLite store): it is read as no failure.
@@ -38,6 +39,9 @@ class Failure:
                     "succeeded has no failure.")]
     reason: Annotated[str, Field(description="One line: why the attempt ended so.")] = ""
     evidence: Annotated[str, Field(description="The log line or fact that decided it.")] = ""
+    node: Annotated[str | None, Field(
+        description="The node the failure points at (where a node fault happened, or the one a hang or network "
+                    "fault is pinned on); null when it points at none.")] = None
     rule: Annotated[int | None, Field(
         description="The resilience rule (its index in spec.resilience.rules) that matched this failure and "
                     "decided what followed; null when the built-in policy did.")] = None
@@ -56,7 +60,9 @@ class Failure:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value, "reason": self.reason, "evidence": self.evidence}
-        if self.rule is not None:  # written only when a rule decided: records without one read as before
+        if self.node is not None:  # written only when known: records without one read as before
+            out["node"] = self.node
+        if self.rule is not None:  # written only when a rule decided
             out["rule"] = self.rule
         return out
 
@@ -74,7 +80,10 @@ class Failure:
         rule = data.get("rule")
         if rule is not None and (not isinstance(rule, int) or isinstance(rule, bool) or not 0 <= rule < 1000):
             raise ValueError(f"failure.rule is {rule!r}, not a rule's index")
-        return Failure(FailureKind(kind), reason, evidence, rule)
+        node = data.get("node")
+        if node is not None and (not isinstance(node, str) or not 0 < len(node) <= 253):
+            raise ValueError(f"failure.node is {node!r}, not a node name")
+        return Failure(FailureKind(kind), reason, evidence, node, rule)
 
     @staticmethod
     def of_attempt(state: AttemptState, failure: Failure | None) -> Failure | None:

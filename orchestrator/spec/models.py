@@ -294,6 +294,18 @@ def _refuse_controls(value: Any, where: str = "") -> None:
             _refuse_controls(sub, f"{where}.{i}" if where else f"item {i}")
 
 
+_NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
+
+
+def _check_node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise ValueError(f"{_shown(value)} is not a node name (letters, digits, '.', '_' and '-', at most 253)")
+    return value
+
+
+NodeName = Annotated[str, Field(max_length=253), AfterValidator(_check_node_name)]
+
+
 class _Strict(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored. No string holds a control character."""
 
@@ -453,6 +465,11 @@ class Resources(_Strict):
     memory_per_node: ByteQuantity | None = Field(
         default=None, description="Host memory per node; enforced as a real limit by every target.",
     )
+    avoid_nodes: list[NodeName] = Field(
+        default_factory=list, max_length=256,
+        description="Nodes the attempts must not run on (Slurm: sbatch --exclude; Kubernetes: a NotIn node "
+                    "affinity on kubernetes.io/hostname). After a node fault shardctl adds the node for the "
+                    "next attempt, and every attempt also avoids the site's suspect nodes (`shardctl nodes`).")
 
 
 class Checkpoint(_Strict):
@@ -500,7 +517,7 @@ Duration = Annotated[
                     "description": "seconds, or a duration such as 30s, 10m, 1h30m"}),
 ]
 
-RuleAction = Literal["retry", "fallback", "exclude_node", "fail"]
+RuleAction = Literal["retry", "fallback", "exclude_node", "fail"]  # exclude_node: retry, avoiding its node
 RuleKind = Literal["cuda_oom", "host_oom", "preempted", "timeout", "user_error", "unknown", "disk_full", "hang",
                    "node_fault", "network"]
 

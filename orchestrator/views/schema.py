@@ -23,6 +23,7 @@ class FailureJson(_Open):
     kind: FailureKind
     reason: str | None
     evidence: str | None
+    node: str | None = None  # the node it points at (a node fault's)
     rule: int | None = None  # the index in spec.resilience.rules of the rule that matched it
 
 

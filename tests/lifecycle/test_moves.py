@@ -107,3 +107,28 @@ def test_finding11_only_an_attempt_that_was_stopped_from_outside_becomes_cancell
     killed_for_memory = Outcome(exit_code=None, signal=9, oom_killed=True)
     move = next_move(view(running(), cancel=True), Observation(Seen.ENDED, outcome=killed_for_memory))
     assert isinstance(move, EndAttempt) and move.failure is not None and move.failure.kind is FailureKind.HOST_OOM
+
+
+def test_a_node_fault_is_pinned_on_its_node_and_the_restart_avoids_it() -> None:
+    """One node: that node. Several: the one srun or torchrun names, else none (no guess)."""
+    ecc = "[rank0]: RuntimeError: CUDA error: uncorrectable ECC error encountered\n"
+    ended = next_move(view(running()), Observation(Seen.ENDED, outcome=Outcome(exit_code=1, log_tail=ecc),
+                                                   nodes=("node1",)))
+    assert isinstance(ended, EndAttempt) and ended.failure is not None
+    assert ended.failure.kind is FailureKind.NODE_FAULT and ended.failure.node == "node1"
+    nxt = next_move(view(AttemptView(1, AttemptState.FAILED, SPEC, ended.failure)))
+    assert isinstance(nxt, Start) and nxt.rung is None and nxt.job.spec.resources.avoid_nodes == ["node1"]
+    assert "away from node node1" in nxt.reason
+    two = ("node1", "node2")
+    srun = ecc + "srun: error: Node failure on node2\n"
+    named = next_move(view(running()), Observation(Seen.ENDED, outcome=Outcome(exit_code=1, log_tail=srun), nodes=two))
+    assert isinstance(named, EndAttempt) and named.failure is not None and named.failure.node == "node2"
+    unnamed = next_move(view(running()), Observation(Seen.ENDED, outcome=Outcome(exit_code=1, log_tail=ecc), nodes=two))
+    assert isinstance(unnamed, EndAttempt) and unnamed.failure is not None and unnamed.failure.node is None
+
+
+def test_slurms_node_fail_is_a_node_fault_not_a_preemption() -> None:
+    ended = next_move(view(running()), Observation(Seen.ENDED, outcome=Outcome(
+        exit_code=0, preempted=True, node_failed=True), nodes=("node2",)))
+    assert isinstance(ended, EndAttempt) and ended.failure is not None
+    assert (ended.failure.kind, ended.failure.node) == (FailureKind.NODE_FAULT, "node2")

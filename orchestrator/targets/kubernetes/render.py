@@ -193,6 +193,11 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
                                 "automountServiceAccountToken": k8s.automount_service_account_token}
     if k8s.node_selector:
         pod_spec["nodeSelector"] = dict(k8s.node_selector)
+    if job.spec.resources.avoid_nodes:  # after a node fault: the scheduler may not place a pod there again
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "NotIn",
+                "values": list(job.spec.resources.avoid_nodes)}]}]}}}
     if k8s.tolerations:
         pod_spec["tolerations"] = [
             {key: value for key, value in {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,

@@ -34,7 +34,8 @@ ENDED_STATES = {"COMPLETED", "FAILED", "OUT_OF_MEMORY", "TIMEOUT", "CANCELLED", 
                 "BOOT_FAIL", "DEADLINE", "REVOKED"}
 LOST_STATES = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}  # the cluster ended it, not the script: resume as is
 
-SACCT_FIELDS = ("JobID", "State", "ExitCode", "MaxRSS", "Reason")
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "MaxRSS", "Reason", "NodeList")
+MAX_HOSTS = 4096  # a node list expands to at most this many names (more is not a list a job of ours gets)
 SQUEUE_FORMAT = "%i|%T|%r"
 
 
@@ -49,6 +50,7 @@ class JobInfo:
     max_rss_bytes: int | None = None
     source: str = "sacct"
     requeues: int = 0  # earlier runs of this job id (scontrol requeue, a preemption or node failure with --requeue)
+    nodes: tuple[str, ...] = ()  # the allocation's nodes (sacct's NodeList, expanded), once it has some
 
     @property
     def phase(self) -> Phase:
@@ -121,10 +123,48 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
             rss[parent] = value
         code, sig = parse_exit_code(exit_text)
         jobs[parent] = {"state": state, "exit_code": code, "signal": sig,
-                        "reason": parts[4] if len(parts) > 4 and parts[4] != "None" else ""}
+                        "reason": parts[4] if len(parts) > 4 and parts[4] != "None" else "",
+                        "nodes": expand_hostlist(parts[5]) if len(parts) > 5 else ()}
     return {job_id: JobInfo(job_id, steps=tuple(steps.get(job_id, ())), max_rss_bytes=rss.get(job_id),
                             requeues=requeues.get(job_id, 0), **fields)
             for job_id, fields in jobs.items()}
+
+
+_HOSTLIST_ITEM = re.compile(r"([A-Za-z0-9._-]*)(?:\[([0-9,\-]{1,1000})\])?([A-Za-z0-9._-]*)")
+
+
+def expand_hostlist(text: str) -> tuple[str, ...]:
+    """Slurm's compressed node list (`node[1-3,7],gpu-a01`) as names; () for "None assigned" or anything else
+    that is not a node list. Zero padding is kept (`a[08-10]` -> a08, a09, a10)."""
+    text = text.strip()
+    if not text or text.startswith("None") or text == "(null)":
+        return ()
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    out: list[str] = []
+    for item in items:
+        m = _HOSTLIST_ITEM.fullmatch(item)
+        if not m or not (m[1] or m[2]):
+            return ()
+        if m[2] is None:
+            out.append(item)
+            continue
+        for part in m[2].split(","):
+            low, _, high = part.partition("-")
+            if not low.isdigit() or (high and not high.isdigit()):
+                return ()
+            width = len(low) if low.startswith("0") else 0
+            for n in range(int(low), int(high or low) + 1):
+                out.append(f"{m[1]}{n:0{width}d}{m[3]}")
+                if len(out) > MAX_HOSTS:
+                    return ()
+    return tuple(out)
 
 
 def parse_squeue(text: str) -> dict[str, JobInfo]:

@@ -198,6 +198,8 @@ def directives(job: TrainingJob, req: SlurmRequest) -> list[str]:
     if spec.slurm.time:
         out.append(f"--time={spec.slurm.time}")
         out.append(f"--signal=B:USR1@{spec.slurm.signal_seconds}")
+    if res.avoid_nodes:  # after a node fault, and the site's suspect nodes (resources.avoid_nodes)
+        out.append(f"--exclude={','.join(res.avoid_nodes)}")
     out += _site(job, spec.slurm.partition)
     out += [f"--output={_directive_path(req.log_path)}", f"--error={_directive_path(req.log_path)}",
             "--open-mode=append"]  # a requeued attempt appends to the same log

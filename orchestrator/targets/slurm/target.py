@@ -180,16 +180,19 @@ class SlurmTarget:
         if info is None or info.phase == "unknown":
             return Observation(Seen.PENDING, detail=f"Slurm does not report job {external_id} yet")
         if info.phase != "ended":
-            return Observation(Seen(info.phase), detail=self.open_detail(info, ref), preemptions=info.requeues)
+            return Observation(Seen(info.phase), detail=self.open_detail(info, ref), preemptions=info.requeues,
+                               nodes=info.nodes)
         tail = read_tail(ref.log_path, TAIL_BYTES)
         outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
-                          cancelled=info.state == "CANCELLED", preempted=info.state in LOST_STATES)
+                          cancelled=info.state == "CANCELLED", preempted=info.state in LOST_STATES,
+                          node_failed=info.state == "NODE_FAIL")
         self.poller.forget([external_id])
         detail = f"Slurm job {external_id}: {info.summary()}"
         if info.state == "CANCELLED":
             detail = f"Slurm job {external_id} was cancelled (scancel, or an administrator)"
         return Observation(Seen.ENDED, outcome=outcome, peak_memory_bytes=info.max_rss_bytes, detail=detail,
+                           nodes=info.nodes,
                            preemptions=info.requeues)
 
     def open_detail(self, info: JobInfo, ref: AttemptRef) -> str:
@@ -207,6 +210,11 @@ class SlurmTarget:
             said.append(f"no judge job follows it (sbatch refused it: {refused}): the next shardctl command that "
                         "reads the job after the attempt ends judges it")
         return "; ".join(said)
+
+    def stop_hung(self, external_id: str, ref: AttemptRef) -> None:
+        """No stack capture here yet (no hang watchdog drives this target: docs/design.md, "Hangs"): the attempt is
+        cancelled, its judge is not (it runs after it and makes the next move: the restart)."""
+        run_slurm(["scancel", external_id])
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """The attempt and its judge: the caller records the end itself, nothing is left to resubmit."""

@@ -163,3 +163,15 @@ def test_a_function_runs_the_runner_on_the_call_from_this_trainingjobs_own_secre
     plain = manifests(kube_job())[0][2]["spec"]["template"]["spec"]  # a script mounts no call
     assert all(v["name"] != "shardctl-function" for v in plain["volumes"])
     assert "SHARDCTL_RESULT_TO" not in {e["name"] for e in plain["containers"][0]["env"]}
+
+
+def test_nodes_to_avoid_keep_every_pod_off_them_and_the_api_accepts_it() -> None:
+    spec = kube_job().spec
+    objects, _ = manifests(kube_job(resources={**spec.resources.model_dump(), "avoid_nodes": ["gpu-node-3"]}))
+    pod = objects[2]["spec"]["template"]["spec"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn",
+                                            "values": ["gpu-node-3"]}]}]
+    assert pod["nodeSelector"] == {"gpu": "h100"}  # both hold
+    kubernetes_validate.validate(objects[2], K8S_VERSION, strict=True)
+    assert "affinity" not in manifests(kube_job())[0][2]["spec"]["template"]["spec"]

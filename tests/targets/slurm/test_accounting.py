@@ -143,3 +143,27 @@ def test_a_failing_read_is_unavailable_and_a_refused_sbatch_is_refused(tmp_path:
         sbatch([str(tmp_path / "job.sbatch")])
     assert isinstance(refused.value, SubmitError) and not isinstance(refused.value, Unavailable)
     assert str(refused.value) == "sbatch: error: invalid partition specified: nope"
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("node[1-2]", ("node1", "node2")),
+    ("node1", ("node1",)),
+    ("node[1-3,7],gpu-a01", ("node1", "node2", "node3", "node7", "gpu-a01")),
+    ("a[08-10]", ("a08", "a09", "a10")),  # zero padding kept
+    ("rack[1-2]-n", ("rack1-n", "rack2-n")),
+    ("None assigned", ()),  # pending
+    ("node[1-99999]", ()),  # not a list a job of ours gets: nothing rather than 99999 names
+    ("x[", ()),
+])
+def test_a_node_list_expands_as_slurm_writes_it(text: str, names: tuple[str, ...]) -> None:
+    from orchestrator.targets.slurm.accounting import expand_hostlist
+
+    assert expand_hostlist(text) == names
+
+
+def test_the_nodes_of_an_allocation_come_with_its_state() -> None:
+    text = ("41|NODE_FAIL|0:0||None|node[1-2]\n41.batch|CANCELLED||1200K||node1\n"
+            "42|PENDING|0:0||Resources|None assigned\n")
+    jobs = parse_sacct(text)
+    assert jobs["41"].nodes == ("node1", "node2") and jobs["41"].state == "NODE_FAIL"
+    assert jobs["42"].nodes == ()

@@ -290,3 +290,11 @@ def test_a_requeued_job_is_its_newest_run_with_the_earlier_ones_counted() -> Non
     assert info.max_rss_bytes == 1024 << 10 and "requeued 1 time" in info.summary()
     once = parse_sacct("480|COMPLETED|0:0||None\n480.batch|COMPLETED|0:0|1024K|\n")["480"]
     assert once.requeues == 0 and "requeued" not in once.summary()
+
+
+def test_nodes_to_avoid_are_excluded_and_none_means_no_exclude(tmp_path: Path) -> None:
+    res = {"nodes": 2, "gpus_per_node": 4, "cpus_per_node": 32, "avoid_nodes": ["node1", "gpu-a07"]}
+    assert "--exclude=node1,gpu-a07" in directives(slurm_job(resources=res), request(tmp_path))
+    assert not any(d.startswith("--exclude") for d in directives(slurm_job(), request(tmp_path)))
+    with pytest.raises(ValidationError):
+        slurm_job(resources={**res, "avoid_nodes": ["node1,node2"]})  # one name each: no list smuggled in
