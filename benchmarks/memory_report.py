@@ -5,6 +5,7 @@ benchmarks/import_h100.py).
     python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl          # table, held-out summary
     python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl --fit    # refit on the fit cases
     python benchmarks/memory_report.py benchmarks/data/memory-cpu.jsonl --json     # the same, as JSON
+    python benchmarks/memory_report.py benchmarks/data/memory-h100.jsonl --verdicts  # verdicts, fragmentation
 
 What is compared:
 - planner: orchestrator.plan.memory.estimate with the profile of the device measured (on CPU
@@ -19,6 +20,11 @@ Measured on a GPU: peak allocated plus the memory the process holds outside PyTo
 (CUDA context and library workspaces); the allocator's cache (reserved minus allocated) is modelled
 and reported apart, since it is given back before an out-of-memory error. On CPU processes: peak
 RSS over the pre-model baseline (benchmarks/memory_probe.py).
+Fragmentation: what the allocator still reserved but had not allocated when it raised an out-of-memory
+error (it had given every whole cached segment back) is memory split blocks strand; the planner's verdict
+counts a share of the largest transient for it without expandable segments. A GPU record says which allocator
+setting it ran under (`expandable_segments`); without the key, PyTorch's default: none (the H100 runs were
+launched with `accelerate launch`, no PYTORCH_CUDA_ALLOC_CONF named in their README).
 """
 
 from __future__ import annotations
@@ -72,14 +78,23 @@ def profile_of(record: dict[str, Any]) -> memory.DeviceProfile:
     return memory.CUDA if is_gpu(record) else memory.CPU
 
 
-def estimated(record: dict[str, Any], profile: memory.DeviceProfile | None = None):
+def measured_expandable(record: dict[str, Any]) -> bool:
+    """The allocator setting the record ran under (no key: PyTorch's default, no expandable segments)."""
+    return bool(record.get("expandable_segments", False))
+
+
+def estimated(record: dict[str, Any], profile: memory.DeviceProfile | None = None,
+              expandable_segments: bool | None = None):
     """(job, shape, estimate, host share): on CPU processes the host is the device, so each
-    process's share of the offloaded state counts towards its peak."""
+    process's share of the offloaded state counts towards its peak. The estimate assumes the allocator
+    setting the record ran under unless `expandable_segments` says."""
     c = record["case"]
     job = job_for(c, Path("/unused"))
     shape = model_shape(job.spec.model.name_or_path, None)
     profile = profile or profile_of(record)
-    est = memory.estimate(shape, job, c["seq_len"], profile)
+    if expandable_segments is None:
+        expandable_segments = measured_expandable(record)
+    est = memory.estimate(shape, job, c["seq_len"], profile, expandable_segments=expandable_segments)
     return job, shape, est, est.host_bytes_per_node // c["gpus"] if profile.touched_only else 0
 
 
@@ -101,10 +116,53 @@ def fits_on_device(estimate: int | None, record: dict[str, Any], margin: bool = 
     return within(estimate, total) if margin else estimate <= total
 
 
-def verdict_right(record: dict[str, Any]) -> bool | None:
+VERDICTS = ("before", "expandable", "without_expandable")  # allocated only (the verdict before fragmentation
+# counted); with fragmentation under expandable segments (shardctl's default); without them
+
+
+def verdict_fits(record: dict[str, Any], rule: str = "as_run") -> bool | None:
+    """The planner's verdict on the GPU measured, by one of VERDICTS, or "as_run": under the allocator setting
+    the record ran under."""
+    if rule == "as_run":
+        rule = "expandable" if measured_expandable(record) else "without_expandable"
+    _, _, est, host = estimated(record, expandable_segments=rule == "expandable")
+    weighed = {"before": est.total, "expandable": est.verdict_bytes,
+               "without_expandable": est.verdict_bytes_without_expandable}[rule]
+    return fits_on_device(weighed + host, record)
+
+
+def verdict_right(record: dict[str, Any], rule: str = "as_run") -> bool | None:
     """On a GPU: does the planner's fit/does-not-fit verdict on the device measured match what happened?"""
-    fits = fits_on_device(planned(record), record)
+    fits = verdict_fits(record, rule)
     return None if fits is None else fits == bool(record["ok"])
+
+
+def confusion(records: list[dict[str, Any]], rule: str) -> dict[str, int]:
+    """Predicted fit / not against ran / out of memory, on the GPU records given."""
+    out = {"fit_ran": 0, "fit_oom": 0, "nofit_ran": 0, "nofit_oom": 0}
+    for r in records:
+        fits = verdict_fits(r, rule)
+        if fits is not None:
+            out[f"{'fit' if fits else 'nofit'}_{'ran' if r['ok'] else 'oom'}"] += 1
+    return out
+
+
+def fragmentation_fit(records: list[dict[str, Any]], a: float | None = None, b: float | None = None
+                      ) -> dict[str, Any] | None:
+    """Fragmentation without expandable segments, from the fit split's out-of-memory cases only: what was reserved
+    but unallocated when the allocation failed (every whole cached segment already given back) against the
+    case's largest transient; the largest share, rounded up to 0.01. None without such a case."""
+    cuda = memory.CUDA
+    a = cuda.activation_scale if a is None else a
+    b = cuda.logits_scale if b is None else b
+    seen = [(r["oom_figures"]["cached"] * GIB, _transient(r, a, b), r) for r in records
+            if not r["held_out"] and r.get("oom") and r.get("oom_figures") and not measured_expandable(r)]
+    if not seen:
+        return None
+    share = max(stranded / transient for stranded, transient, _ in seen)
+    return {"fragmentation_per_transient": -(-round(share * 10000) // 100) / 100,
+            "from": [{"case": r["source"]["case"], "stranded_gib": round(st / GIB, 2),
+                      "transient_gib": round(t / GIB, 2)} for st, t, r in seen]}
 
 
 def reserved_capped(record: dict[str, Any]) -> bool:
@@ -170,6 +228,12 @@ def report(records: list[dict[str, Any]]) -> dict[str, Any]:
             row.update(source=r.get("source", {}).get("case"), peak_phase=est.peak_phase,
                        measured_reserved=measured_reserved(r), planner_reserved=planned_reserved(r),
                        reserved_capped=reserved_capped(r), verdict_right=verdict_right(r),
+                       fragmentation=est.fragmentation_bytes_without_expandable,
+                       largest_transient=est.largest_transient,
+                       expandable_segments=measured_expandable(r), peak_allocated=r["peak_allocated_bytes"],
+                       peak_reserved=r.get("peak_reserved_bytes"),
+                       oom_unallocated=(round(r["oom_figures"]["cached"] * GIB) if r.get("oom_figures") else None),
+                       **{f"fits_{rule}": verdict_fits(r, rule) for rule in VERDICTS},
                        **{f"{name}_right": (None if fits_on_device(row[name], r, margin=False) is None
                                             else fits_on_device(row[name], r, margin=False) == row["ok"])
                           for name in ("deepspeed", "accelerate")})
@@ -189,7 +253,41 @@ def report(records: list[dict[str, Any]]) -> dict[str, Any]:
             if verdicts:
                 summary[split][f"{name}_verdicts_right"] = f"{sum(verdicts)}/{len(verdicts)}"
         summary[split]["cases"] = len(chosen)
-    return {"rows": rows, "summary": summary, "margin": MARGIN, "margin_from_measurements": margin(records)}
+        gpu_chosen = [r for r in records if is_gpu(r) and r["held_out"] == (split == "held_out")]
+        if gpu_chosen:
+            summary[split]["confusion"] = {rule: confusion(gpu_chosen, rule) for rule in VERDICTS}
+    return {"rows": rows, "summary": summary, "margin": MARGIN, "margin_from_measurements": margin(records),
+            "fragmentation": fragmentation_check(records)}
+
+
+def fragmentation_check(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fitted fragmentation share (fragmentation_fit), and against it every held-out out-of-memory case:
+    measured reserved-but-unallocated against the predicted term, and whether the failed request would have fit
+    in what was free plus that memory (if not, no allocator setting would have saved the run)."""
+    frag = fragmentation_fit(records)
+    if frag is None:
+        return None
+    frag["held_out"] = []
+    for r in records:
+        if r["held_out"] and r.get("oom") and r.get("oom_figures"):
+            o = r["oom_figures"]
+            _, _, est, _ = estimated(r, expandable_segments=False)
+            predicted = est.fragmentation_bytes_without_expandable
+            frag["held_out"].append({
+                "case": r["source"]["case"], "stranded_gib": o["cached"], "predicted_gib": round(predicted / GIB, 2),
+                "error_pct": round(100 * (predicted / GIB - o["cached"]) / o["cached"], 1),
+                "request_gib": o["request"], "free_gib": _free_gib(r),
+                "request_fits": o["request"] <= _free_gib(r) + o["cached"]})
+    return frag
+
+
+def _free_gib(record: dict[str, Any]) -> float:
+    """'of which X is free' in the out-of-memory message, GiB."""
+    import re
+
+    m = re.search(r"of which ([\d.]+) (GiB|MiB) is free", record["error_text"])
+    assert m, record["error_text"][:80]
+    return round(float(m.group(1)) / (1024 if m.group(2) == "MiB" else 1), 3)
 
 
 def margin(records: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -288,6 +386,12 @@ def fit(records: list[dict[str, Any]]) -> dict[str, Any]:
     worst_gap, c_mib, m = cache
     out.update(cache_mib=c_mib, cache_per_transient=m, cache_worst_gib=round(worst_gap / GIB, 2))
     print(f"  allocator cache: {c_mib} MiB + {m} x largest transient (worst miss {worst_gap / GIB:.2f} GiB)")
+    frag = fragmentation_fit(records, a, b)
+    if frag:
+        out["fragmentation_per_transient"] = frag["fragmentation_per_transient"]
+        print(f"  fragmentation without expandable segments: {frag['fragmentation_per_transient']} x largest "
+              "transient (" + "; ".join(f"{x['case']}: {x['stranded_gib']} GiB reserved but unallocated at the OOM, "
+                                        f"transient {x['transient_gib']} GiB" for x in frag["from"]) + ")")
     return out
 
 
@@ -329,6 +433,50 @@ def print_table(result: dict[str, Any]) -> None:
               f"(planner.MARGIN: {result['margin']})")
 
 
+def print_verdicts(result: dict[str, Any]) -> None:
+    """The GPU cases as a Markdown table: measured peaks, the OOM message's reserved-but-unallocated, the
+    estimate, its fragmentation term and the verdicts; then the confusion matrices per split."""
+    rows = [x for x in result["rows"] if "measured_reserved" in x]
+    word = {True: "fits", False: "does not fit", None: "-"}
+
+    def verdict(x: dict[str, Any], rule: str) -> str:
+        fits = x[f"fits_{rule}"]
+        return word[fits] + ("" if fits is None or fits == x["ok"] else " **(wrong)**")
+
+    print("| case | split | result | peak allocated GiB | peak reserved GiB | reserved but unallocated at the OOM, "
+          "GiB | estimate GiB | largest transient GiB | fragmentation (no expandable segments) GiB | "
+          "verdict before | after, expandable segments | after, without them (as measured) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for x in rows:
+        reserved = f"{x['peak_reserved'] / GIB:.2f}" if x["peak_reserved"] else "-"
+        unallocated = f"{x['oom_unallocated'] / GIB:.2f}" if x["oom_unallocated"] else "-"
+        print(f"| {x['source']} | {'held out' if x['held_out'] else 'fit'} | {'ran' if x['ok'] else 'CUDA OOM'} | "
+              f"{x['peak_allocated'] / GIB:.2f} | {reserved} | {unallocated} | "
+              f"{x['planner'] / GIB:.2f} | {x['largest_transient'] / GIB:.2f} | {x['fragmentation'] / GIB:.2f} | "
+              f"{verdict(x, 'before')} | {verdict(x, 'expandable')} | {verdict(x, 'without_expandable')} |")
+    print()
+    print("| split | verdict | fits, ran | fits, OOM | does not fit, ran | does not fit, OOM |")
+    print("|---|---|---|---|---|---|")
+    names = {"before": "before (allocated only)", "expandable": "after, expandable segments",
+             "without_expandable": "after, without them"}
+    for split in ("fit", "held_out"):
+        for rule, m in result["summary"][split].get("confusion", {}).items():
+            print(f"| {split.replace('_', ' ')} | {names[rule]} | {m['fit_ran']} | {m['fit_oom']} | "
+                  f"{m['nofit_ran']} | {m['nofit_oom']} |")
+    frag = result.get("fragmentation")
+    if frag:
+        print()
+        print(f"fragmentation without expandable segments: {frag['fragmentation_per_transient']} x the largest "
+              "transient, fitted on " + "; ".join(f"{f['case']} ({f['stranded_gib']} GiB reserved but unallocated "
+                                                 f"at the OOM / {f['transient_gib']} GiB transient)"
+                                                 for f in frag["from"]))
+        for check in frag.get("held_out", []):
+            print(f"held out: {check['case']}: {check['stranded_gib']} GiB reserved but unallocated at the OOM, "
+                  f"predicted {check['predicted_gib']} GiB ({check['error_pct']:+.0f}%); request "
+                  f"{check['request_gib']} GiB against {check['free_gib']} GiB free + {check['stranded_gib']} GiB "
+                  f"unallocated: {'fits in them' if check['request_fits'] else 'more than both'}")
+
+
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / GIB:.1f}G"
 
@@ -338,6 +486,7 @@ def main() -> None:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--fit", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--verdicts", action="store_true", help="GPU cases: peaks, fragmentation, verdicts (Markdown)")
     args = p.parse_args()
     records = load(args.files, failed=True)
     if args.fit:
@@ -347,6 +496,9 @@ def main() -> None:
         result = report(records)
     if args.json:
         print(json.dumps(result, indent=1))
+        return
+    if args.verdicts:
+        print_verdicts(result)
         return
     print_table(result)
 

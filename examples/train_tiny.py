@@ -14,6 +14,14 @@ after checkpoints exist.
 reaches STEP on attempt A (SHARDCTL_ATTEMPT), while the other ranks go on into the step's collectives and
 wait there: a hung run, as a deadlocked data loader or a lost peer leaves one, for the hang watchdog
 (spec.resilience.hang_after) to find. Other attempts run normally, so the restart resumes and finishes.
+
+`--fault LINE --fault-at-step STEP --fault-on-attempt A` makes every rank die at STEP on attempt A with LINE
+as its last word (say CUDA's "RuntimeError: CUDA error: uncorrectable ECC error encountered"), as a broken
+GPU or network makes a run die; `--fault-cuts-checkpoint` first cuts the newest checkpoint's weights short,
+as a kill mid-save does, so that the next attempt must resume from the one before.
+
+It resumes from SHARDCTL_RESUME_FROM, the newest complete checkpoint shardctl found, else from the one its
+latest.json marker names; each checkpoint says its own step and backend (checkpoint.json).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +108,26 @@ def parse() -> argparse.Namespace:
     p.add_argument("--hang-at-step", type=int, default=0, help="block forever on reaching this step (0: never)")
     p.add_argument("--hang-rank", type=int, default=0, help="the rank that blocks (--hang-at-step)")
     p.add_argument("--hang-on-attempt", type=int, default=1, help="the attempt on which it blocks (SHARDCTL_ATTEMPT)")
+    p.add_argument("--fault", default="", help="die with this line as the last word at --fault-at-step (a fault demo)")
+    p.add_argument("--fault-at-step", type=int, default=0, help="the step at which --fault happens (0: never)")
+    p.add_argument("--fault-on-attempt", type=int, default=1, help="the attempt on which it happens")
+    p.add_argument("--fault-cuts-checkpoint", action="store_true",
+                   help="with --fault: cut the newest checkpoint short first, as a kill mid-save does")
     return p.parse_args()
+
+
+def fault_here(args: argparse.Namespace, step: int, root: Path) -> None:
+    """Die as a broken node or network makes a run die: the fault's own words last, exit 1 (every rank)."""
+    if not (args.fault and step == args.fault_at_step
+            and os.environ.get("SHARDCTL_ATTEMPT", "1") == str(args.fault_on_attempt)):
+        return
+    if args.fault_cuts_checkpoint and (found := latest_checkpoint(root)) is not None:
+        weights = found[0] / "model_weights.pt"
+        if weights.exists():
+            data = weights.read_bytes()
+            weights.write_bytes(data[: len(data) // 2])
+    print(args.fault, file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def hang_here(args: argparse.Namespace, step: int, rank: int) -> None:
@@ -121,13 +149,19 @@ def make_accelerator(grad_accum: int):
     return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers)
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    marker = root / "latest.json"
-    if not marker.exists():
-        return None
-    info = json.loads(marker.read_text())
-    path = root / info["dir"]
-    return path if path.exists() else None
+def latest_checkpoint(root: Path) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from and what it says of itself (step, backend): the one shardctl chose
+    (SHARDCTL_RESUME_FROM: the newest complete one), else the one the latest.json marker names."""
+    chosen = os.environ.get("SHARDCTL_RESUME_FROM")
+    if chosen and Path(chosen).is_dir():
+        path = Path(chosen)
+    else:
+        marker = root / "latest.json"
+        if not marker.exists():
+            return None
+        path = root / json.loads(marker.read_text())["dir"]
+    meta = path / "checkpoint.json"
+    return (path, json.loads(meta.read_text())) if meta.exists() else None
 
 
 def main() -> None:
@@ -143,9 +177,9 @@ def main() -> None:
 
     root = Path(args.checkpoint_dir)
     start = 0
-    found = latest_checkpoint(root)
-    if found is not None:
-        info = json.loads((root / "latest.json").read_text())
+    resumable = latest_checkpoint(root)
+    if resumable is not None:
+        found, info = resumable
         if info.get("backend") == backend:
             accelerator.load_state(str(found))
             start = info["step"]
@@ -171,6 +205,7 @@ def main() -> None:
         seq = args.long_seq_len if args.long_seq_from and step >= args.long_seq_from else args.seq_len
         t0 = time.perf_counter()
         hang_here(args, step + 1, accelerator.process_index)
+        fault_here(args, step + 1, root)
         for _ in range(args.grad_accum):
             tokens = sequences(args.micro_batch, seq + 1, args.vocab, gen).to(accelerator.device)
             with accelerator.accumulate(model):
@@ -209,6 +244,7 @@ def save(accelerator, model, root: Path, step: int, backend: str) -> None:
     state = accelerator.get_state_dict(model)  # full weights on rank 0: carries over a backend switch
     if accelerator.is_main_process:
         torch.save({k: v.float().cpu() for k, v in state.items()}, target / "model_weights.pt")
+        (target / "checkpoint.json").write_text(json.dumps({"step": step, "backend": backend}))
         tmp = root / "latest.json.tmp"
         tmp.write_text(json.dumps({"dir": target.name, "step": step, "backend": backend}))
         os.replace(tmp, root / "latest.json")  # atomic: a crash never leaves a marker to a half checkpoint

@@ -96,6 +96,9 @@ def launch_command(job: TrainingJob, config_dir: str, attempt: int, checkpoint_d
     return LaunchCommand(tuple(argv))
 
 
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE = "expandable_segments:True"  # every attempt's default (script_environment)
+
 # PyTorch's ProcessGroupNCCL (torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp, torch 2.13), set explicitly so
 # that a collective that fails or times out ends the run in minutes instead of holding its GPUs (docs/design.md):
 NCCL_ENVIRONMENT = {
@@ -120,7 +123,10 @@ def script_environment(job: TrainingJob, attempt: int, checkpoint_dir: str) -> d
     # Python traceback to stderr, the log: where each rank was (docs/design.md, "Hangs").
     # The NCCL variables make a failed or stuck collective end the run in minutes (NCCL_ENVIRONMENT); a value the
     # user set in entrypoint.env wins over each.
-    env = {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **NCCL_ENVIRONMENT, **spec.entrypoint.env}
+    # expandable segments: the CUDA caching allocator grows one segment instead of stranding free memory in split
+    # blocks (a fragmentation OOM); unused without CUDA. A PYTORCH_CUDA_ALLOC_CONF of the user's replaces it.
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", ALLOC_CONF: EXPANDABLE, **NCCL_ENVIRONMENT,
+           **spec.entrypoint.env}
     env.update({
         "SHARDCTL_JOB_NAME": job.metadata.name,
         "SHARDCTL_ATTEMPT": str(attempt),

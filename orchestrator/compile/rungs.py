@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.compile import passthrough, rules
+from orchestrator.compile.launch import ALLOC_CONF, EXPANDABLE
 from orchestrator.spec.models import Offload, OffloadDevice, TrainingJob
 from orchestrator.spec.states import FailureKind
 
@@ -36,10 +37,6 @@ def config_key(job: TrainingJob) -> tuple:
     s = job.spec
     return (s.backend, s.sharding, s.offload.optimizer, s.offload.params, s.activation_checkpointing, s.batch.micro,
             s.entrypoint.env.get(ALLOC_CONF))
-
-
-ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
-EXPANDABLE = "expandable_segments:True"
 
 
 def expandable_segments(job: TrainingJob) -> bool:

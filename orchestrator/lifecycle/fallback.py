@@ -161,8 +161,9 @@ def _down_the_ladder(original: TrainingJob, tried: Sequence[TrainingJob], curren
     spec = original.spec
     configs = len(tried) - restarts(tried)
     if configs >= spec.fallback.max_attempts:
-        return Stop(f"stopped after {configs} configs (fallback.max_attempts): last failure was {failure.kind}: "
-                    f"{failure.reason}")
+        besides = f", besides {len(tried) - configs} restart(s)" if len(tried) > configs else ""
+        return Stop(f"stopped after {configs} attempts (fallback.max_attempts{besides}): last failure was "
+                    f"{failure.kind}: {failure.reason}")
     if not spec.fallback.enabled:
         return Stop(f"{failure.kind}: {failure.reason}; fallback is disabled (spec.fallback.enabled: false)")
     if kind is FailureKind.CUDA_OOM and not expandable_segments(current) \

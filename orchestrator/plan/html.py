@@ -14,7 +14,18 @@ from orchestrator.compile import rules
 from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import CUDA
 from orchestrator.plan.planner import MARGIN, Plan
-from orchestrator.plan.report import GIB, MAX_MICRO, TERMS, bars, count, gib, scale_of, term_style
+from orchestrator.plan.report import (
+    DIFFERS,
+    GIB,
+    MAX_MICRO,
+    TERMS,
+    allocator_line,
+    bars,
+    count,
+    gib,
+    scale_of,
+    term_style,
+)
 from orchestrator.spec.models import TrainingJob
 
 ROW = 30  # px per bar
@@ -108,6 +119,7 @@ def plan_html(result: Plan, source: str = "", *, model: str = "", job: str = "")
     rows = []
     for i, c in enumerate(result.candidates):
         verdict = '<span class="fits">fits</span>' if c.fits else '<span class="nofit">does not fit</span>'
+        verdict += "*" if c.fits_without_expandable is not None else ""
         chosen, arrow = (' class="chosen"', "&#8594; ") if i == result.chosen else ("", "")
         rows.append(f'<tr{chosen}><td class="num">{arrow}{i + 1}</td><td>{escape(config_line(c.job))}</td>'
                     f'<td class="num">{gib(c.estimate.total)}</td><td class="verdict">{verdict}</td>'
@@ -115,7 +127,8 @@ def plan_html(result: Plan, source: str = "", *, model: str = "", job: str = "")
                     f"<td>{escape(c.origin)}</td></tr>")
     body = [f"<h1>{heading}</h1>",
             f'<p class="sub">{origin}{count(shape.params)} parameters ({escape(shape.method)}); GPU '
-            f"{gib(result.gpu_memory)}, {MARGIN:.0%} kept free; sequence length {result.seq_len}. "
+            f"{gib(result.gpu_memory)}, {MARGIN:.0%} kept free; sequence length {result.seq_len}; "
+            f"{escape(allocator_line(result))}. "
             f"Each bar is one candidate's memory per GPU at its peak, term by term.</p>",
             _chart(result), _legend(result),
             '<table><thead><tr><th class="num">#</th><th>config</th><th class="num">per GPU</th><th>verdict</th>'
@@ -123,6 +136,8 @@ def plan_html(result: Plan, source: str = "", *, model: str = "", job: str = "")
             "</thead><tbody>", *rows, "</tbody></table>",
             f'<p class="note">max micro: {MAX_MICRO}, with the rest of that config unchanged. from: the fallback '
             "rung (or the spec as written) the config comes from. cost: its step time against the plain config.</p>"]
+    if any(c.fits_without_expandable is not None for c in result.candidates):
+        body.append(f'<p class="note">{escape(DIFFERS)}.</p>')
     if result.chosen is not None:
         c = result.candidates[result.chosen]
         body.append(f"<p>Chosen: #{result.chosen + 1}, the cheapest config predicted to fit; its peak is in the "
@@ -139,8 +154,11 @@ def plan_html(result: Plan, source: str = "", *, model: str = "", job: str = "")
         body.append("</tbody></table>")
         if c.estimate.cache_bytes:
             body.append(f'<p class="note">With room to spare the allocator also caches about '
-                        f"{gib(c.estimate.cache_bytes)}; it gives that back before running out of memory, so the "
-                        "verdict does not count it.</p>")
+                        f"{gib(c.estimate.cache_bytes)}; it gives whole blocks back before running out of memory, so "
+                        "the verdict does not count it.</p>")
+        if c.estimate.fragmentation_bytes:
+            body.append(f'<p class="note">Fragmentation the allocator cannot give back: '
+                        f"{gib(c.estimate.fragmentation_bytes)}, counted in the verdict.</p>")
     else:
         body.append('<p class="nofit">No candidate is predicted to fit.</p>')
     body += [f'<p class="note">note: {escape(n)}</p>' for n in result.notes]

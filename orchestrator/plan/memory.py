@@ -22,6 +22,15 @@ each layer's input kept under activation checkpointing. The coefficients are ten
 on CPU runs (benchmarks/data/memory-cpu.jsonl); what differs by device is in a DeviceProfile: the
 context outside the allocator, how the device's kernels scale the activations and logits, and
 what the allocator caches on top (the CUDA profile is fitted on benchmarks/data/memory-h100.jsonl).
+
+Fragmentation: when the caching allocator raises an out-of-memory error it has already given back every whole
+cached segment; what it still reserves but has not allocated is free space in segments split from larger blocks
+partly in use (c10/cuda/CUDACachingAllocator.cpp), which no allocation bigger than those pieces can use. Without
+expandable segments that stranded memory counts toward the verdict (`Estimate.fragmentation_bytes`): a share of
+the step's largest transient, the block whose space later allocations split. With
+PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (shardctl's default for CUDA attempts) the allocator maps pages
+into one growing segment, so a split does not strand a whole block, and the term is the profile's
+`fragmentation_per_transient_expandable` (0: nothing measured with them yet).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orchestrator.compile import rules
+from orchestrator.compile.rungs import expandable_segments as job_expandable_segments
 from orchestrator.plan.size import ModelShape
 from orchestrator.spec.models import TrainingJob
 
@@ -67,9 +77,14 @@ class DeviceProfile:
     foreach_optimizer: bool = False  # torch's Adam updates all tensors at once (CUDA) or one at a time
     # What the caching allocator holds on top of the live tensors at its high-water mark (reserved minus
     # allocated): cache_bytes plus cache_per_transient times the largest transient of the step. Not part
-    # of the verdict: the allocator gives cached blocks back before it raises an out-of-memory error.
+    # of the verdict: the allocator gives whole cached blocks back before it raises an out-of-memory error.
     cache_bytes: int = 0
     cache_per_transient: float = 0.0
+    # What it cannot give back: reserved but unallocated space in blocks split from larger blocks partly in use
+    # (fragmentation), as a share of the largest transient of the step. Part of the verdict. Without expandable
+    # segments (PyTorch's default allocator), and with them (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True).
+    fragmentation_per_transient: float = 0.0
+    fragmentation_per_transient_expandable: float = 0.0
     # Measured but not attributed to an allocation: bytes per parameter, by config kind ("zero3",
     # "zero3_offload"), fitted as the median residual per parameter of the fit cases.
     unattributed_per_param: dict[str, float] = field(default_factory=dict)
@@ -78,12 +93,16 @@ class DeviceProfile:
 # Fitted on the fit split of benchmarks/data/memory-h100.jsonl (one H100 80GB; `benchmarks/memory_report.py --fit`):
 # activations x0.90 and logits x1.82 of the coefficients above, 1.295 GiB outside the allocator (measured: the
 # out-of-memory messages) plus 784 MiB of per-process allocations no term names, and the allocator's cache.
+# Fragmentation without expandable segments: 0.17 of the largest transient, from the fit split's out-of-memory case
+# (2.7B FSDP, micro-batch 6: 3.41 GiB reserved but unallocated when a 162 MiB allocation failed, against a 20.13
+# GiB transient). With expandable segments none has been measured (all 12 H100 runs went without them): 0.
 CUDA = DeviceProfile("cuda", context_bytes=int(1.295 * GIB) + 784 * MIB, comm_bytes=int(0.25 * GIB),
                      touched_only=False,
                      source="fitted on H100 80GB measurements (benchmarks/data/memory-h100.jsonl); "
                             "communicator buffers (more than one GPU) not yet measured",
                      activation_scale=0.90, logits_scale=1.82, foreach_optimizer=True,
-                     cache_bytes=1152 * MIB, cache_per_transient=1.24)
+                     cache_bytes=1152 * MIB, cache_per_transient=1.24, fragmentation_per_transient=0.17,
+                     fragmentation_per_transient_expandable=0.0)
 # Refitted on benchmarks/data/memory-cpu.jsonl once ZeRO-3's gradient partitions and gathered parameters were
 # named: activations x1.06, logits x1.26, a 195 MiB per-process constant; with parameter offload ZeRO-3 still
 # holds 5.23 bytes per parameter more than the named allocations.
@@ -102,11 +121,23 @@ class Estimate:
     phases: dict[str, dict[str, int]] = field(default_factory=dict)  # every phase, term by term
     largest_transient: int = 0  # the biggest allocation made and freed within a step (bytes)
     cache_bytes: int = 0  # what the caching allocator is predicted to hold on top, when nothing presses it
+    expandable_segments: bool = True  # the allocator setting assumed (PYTORCH_CUDA_ALLOC_CONF)
+    fragmentation_bytes: int = 0  # stranded by splitting under that setting: counted in the verdict
+    fragmentation_bytes_without_expandable: int = 0  # the same without expandable segments
     notes: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.terms.values())
+
+    @property
+    def verdict_bytes(self) -> int:
+        """What the verdict weighs against the GPU: the allocated peak plus what fragmentation strands."""
+        return self.total + self.fragmentation_bytes
+
+    @property
+    def verdict_bytes_without_expandable(self) -> int:
+        return self.total + self.fragmentation_bytes_without_expandable
 
     @property
     def reserved_total(self) -> int:
@@ -257,9 +288,13 @@ def unattributed_kind(job: TrainingJob) -> str | None:
 
 
 def estimate(shape: ModelShape, job: TrainingJob, seq_len: int, profile: DeviceProfile = CUDA,
-             target_len: int | None = None) -> Estimate:
+             target_len: int | None = None, expandable_segments: bool | None = None) -> Estimate:
+    """`expandable_segments`: the allocator setting to assume; None: the job's own (on unless its entrypoint.env
+    sets PYTORCH_CUDA_ALLOC_CONF without them)."""
     spec = job.spec
-    est = Estimate()
+    if expandable_segments is None:
+        expandable_segments = job_expandable_segments(job)
+    est = Estimate(expandable_segments=expandable_segments)
     resident: dict[str, int] = {}
     dynamic: dict[str, dict[str, int]] = {name: {} for name in PHASES}
     if spec.backend == "deepspeed":
@@ -288,4 +323,7 @@ def estimate(shape: ModelShape, job: TrainingJob, seq_len: int, profile: DeviceP
     fp32_logits = 4 * spec.batch.micro * (target_len or seq_len) * shape.vocab
     est.largest_transient = max(fp32_logits, sum(dynamic["optimizer_step"].values()))
     est.cache_bytes = int(profile.cache_bytes + profile.cache_per_transient * est.largest_transient)
+    est.fragmentation_bytes_without_expandable = int(profile.fragmentation_per_transient * est.largest_transient)
+    est.fragmentation_bytes = (int(profile.fragmentation_per_transient_expandable * est.largest_transient)
+                               if expandable_segments else est.fragmentation_bytes_without_expandable)
     return est

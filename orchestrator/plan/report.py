@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.compile.rungs import config_line
 from orchestrator.plan.memory import CUDA
-from orchestrator.plan.planner import MARGIN, Plan
+from orchestrator.plan.planner import MARGIN, Candidate, Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,6 +51,22 @@ def count(n: float) -> str:
 
 
 MAX_MICRO = "the largest micro-batch predicted to fit"
+
+
+def allocator_line(result: Plan) -> str:
+    """The allocator setting the verdicts assume, in words."""
+    setting = "expandable segments" if result.expandable_segments else "no expandable segments"
+    source = {"default": "shardctl's default for CUDA attempts",
+              "argument": "as asked"}.get(result.allocator_source, result.allocator_source)
+    return f"allocator: {setting} ({source})"
+
+
+DIFFERS = "*: fits with expandable segments, predicted not to without them (PYTORCH_CUDA_ALLOC_CONF): fragmentation"
+
+
+def verdict_text(c: Candidate) -> str:
+    """fits / does not fit, starred where the verdict without expandable segments differs."""
+    return ("fits" if c.fits else "does not fit") + ("*" if c.fits_without_expandable is not None else "")
 
 
 def term_style(name: str) -> tuple[str, str, str]:
@@ -113,7 +129,8 @@ def render(result: Plan, console: Console) -> None:
 
     color = console.color_system is not None
     console.print(Text(f"model: {count(result.shape.params)} parameters ({result.shape.method}); GPU: "
-                       f"{gib(result.gpu_memory)}, keeping {MARGIN:.0%} free; sequence length {result.seq_len}"))
+                       f"{gib(result.gpu_memory)}, keeping {MARGIN:.0%} free; sequence length {result.seq_len}; "
+                       f"{allocator_line(result)}"))
     console.print(Text(f"shape from: {result.shape.source}"))
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False, show_edge=False, collapse_padding=True)
     table.add_column("#", justify="right", no_wrap=True)
@@ -125,11 +142,13 @@ def render(result: Plan, console: Console) -> None:
     table.add_column("from", overflow="fold", min_width=10)  # folded, never cut, on a narrow terminal
     for i, c in enumerate(result.candidates):
         mark = "->" if i == result.chosen else ""
-        table.add_row(f"{mark}{i + 1}", config_line(c.job), gib(c.estimate.total), "fits" if c.fits else "does not fit",
+        table.add_row(f"{mark}{i + 1}", config_line(c.job), gib(c.estimate.total), verdict_text(c),
                       f"{c.cost:.2f}x", str(c.max_micro_batch), c.origin,
                       style="bold" if i == result.chosen else None)
     console.print(table)
     console.print(Text(f"max micro: {MAX_MICRO}; from: the fallback rung (or the spec) the config comes from"))
+    if any(c.fits_without_expandable is not None for c in result.candidates):
+        console.print(Text(DIFFERS))
     _render_bars(result, console, color)
     if result.chosen is not None:
         c = result.candidates[result.chosen]
@@ -150,7 +169,13 @@ def render(result: Plan, console: Console) -> None:
         console.print(terms)
         if c.estimate.cache_bytes:
             console.print(Text(f"  with room to spare, the allocator also caches about {gib(c.estimate.cache_bytes)} "
-                               "(it gives it back before running out; not part of the verdict)"))
+                               "(it gives whole blocks back before running out; not part of the verdict)"))
+        if c.estimate.fragmentation_bytes:
+            console.print(Text(f"  fragmentation the allocator cannot give back (blocks split while partly in use): "
+                               f"{gib(c.estimate.fragmentation_bytes)}, counted in the verdict"))
+        elif c.estimate.fragmentation_bytes_without_expandable:
+            console.print(Text(f"  without expandable segments, fragmentation would strand about "
+                               f"{gib(c.estimate.fragmentation_bytes_without_expandable)} more"))
         if c.estimate.host_bytes_per_node:
             console.print(Text(f"  host memory per node (offloaded state, pinned): "
                                f"{gib(c.estimate.host_bytes_per_node)}"))

@@ -106,6 +106,7 @@ class AttemptRecord:
     preemptions: int | None = None  # times the target restarted it in place (Slurm --requeue)
     supervisor_error: str | None = None  # why its supervisor (a Slurm judge, the local daemon) stopped, its words
     target_state: str | None = None  # what the target last said of it while open ("Slurm PENDING (QOS...Limit)")
+    hung: str | None = None  # its watchdog found it hung (what it saw), recorded before it was stopped
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", AttemptState(self.state))
@@ -121,6 +122,7 @@ class AttemptNote(TypedDict, total=False):
     preemptions: int
     supervisor_error: str | None
     target_state: str | None
+    hung: str | None  # the watchdog found it hung (recorded before the target is asked to stop it)
     external_id: str | None  # known before the start (a mirror: the cluster names the Job it will create)
 
 

@@ -11,7 +11,8 @@ Candidates: the directory the `latest.json` marker names (the convention of exam
 then every subdirectory whose name ends in a number (`step_40`, `checkpoint-40`, `global_step40`),
 highest number first. "Whole" is read from the files' own formats, without loading them (no torch
 here; a checkpoint may be tens of GB): a torch.save file (`.pt`, `.bin`, `.pth`) is a zip archive
-whose central directory sits at its very end, so a cut file has none; a safetensors file's header
+whose central directory sits at its very end, so a cut file has none (so are accelerate's `.pkl` RNG
+states: any file that starts as a zip is checked as one); a safetensors file's header
 gives the end of its last tensor, which the file must reach; a pickle ends with the STOP opcode; a
 DeepSpeed `latest` tag names a directory that exists; no file is empty. Other files are only read.
 """
@@ -102,7 +103,9 @@ def _file_problem(f: Path) -> str | None:
         if size == 0:
             return "is empty"
         name = f.name
-        if name.endswith(_TORCH):
+        with f.open("rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"
+        if name.endswith(_TORCH) or zipped:  # accelerate's random_states_N.pkl are torch.save files too
             return _zip_problem(f)
         if name.endswith(".safetensors"):
             return _safetensors_problem(f, size)

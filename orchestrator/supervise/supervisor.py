@@ -15,6 +15,13 @@ left to the winner. An attempt recorded by another process that may still be sub
 on this host; on another host, for SUBMIT_LEASE_S) is left alone until it is. The per-job flock
 (`JobLock`) is only a same-host convenience: one resident supervisor per job for the local target,
 and `is_supervised` tells the CLI whether one runs.
+
+A resident supervisor (`run`: the local target's) also watches a running attempt for hangs (`HangWatchdog`):
+its log's mtime (the last output, which a supervisor that restarts sees too) and the step the log shows, against
+`lifecycle.hang`'s limit. A hung attempt is recorded first (`hung`, through note_attempt), then the target is
+asked to stop it (`stop_hung`: the local wrapper dumps every rank's stacks first); a supervisor that finds the
+hang recorded and the attempt still running asks again. When its end is observed, what was recorded goes into
+the Outcome, so that the classifier ends it as a hang (docs/design.md, "Hangs").
 """
 
 from __future__ import annotations
@@ -22,13 +29,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import assert_never
 
-from orchestrator.errors import Refused, StoreError, StoreFull, TargetError
+from orchestrator.errors import Refused, ShardctlError, StoreError, StoreFull, TargetError
+from orchestrator.lifecycle import progress
+from orchestrator.lifecycle.classify import Outcome
+from orchestrator.lifecycle.fallback import avoiding
+from orchestrator.lifecycle.hang import Watch
 from orchestrator.lifecycle.moves import (
     Adopt,
     AttemptView,
@@ -50,7 +63,10 @@ from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
+from orchestrator.store.nodes import SuspectNodes
+from orchestrator.supervise import checkpoints
 from orchestrator.targets.base import AttemptRef, DryRun, Target
+from orchestrator.targets.filelog import read_tail
 
 POLL_S = 0.1
 LOCK_NAME = "supervisor.lock"
@@ -58,6 +74,8 @@ SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt a
 
 
 FULL_WAIT_S = 5.0  # how often a supervisor whose store is full looks for space again
+WATCH_S = 1.0  # how often the hang watchdog looks at a running attempt's log
+WATCH_TAIL_BYTES = 64 * 1024  # what it reads of the log's end for the step, when the log changed
 
 
 def _log(message: str) -> None:
@@ -111,19 +129,73 @@ def is_supervised(job: JobRecord) -> bool:
     return True
 
 
+def resume_point(checkpoint_dir: str | None) -> tuple[str | None, str | None]:
+    """(the checkpoint a new attempt resumes from: the newest complete one, what its history says of it: which
+    one, and which newer ones were passed over and why; None when there is nothing)."""
+    choice = checkpoints.choose(checkpoint_dir)
+    text = choice.summary()
+    if choice.path is not None and text is not None:
+        try:
+            marker = json.loads((choice.path.parent / checkpoints.MARKER).read_text())
+            if marker.get("dir") == choice.path.name:
+                said = f"{choice.path.name} (step {marker.get('step')}, saved by {marker.get('backend', '?')})"
+                text = said + text[len(choice.path.name):]
+        except (OSError, ValueError, AttributeError):
+            pass
+    return (str(choice.path) if choice.path else None), text
+
+
 def checkpoint_summary(checkpoint_dir: str) -> str | None:
     """What a new attempt will find to resume from (for the history); None when there is nothing."""
-    root = Path(checkpoint_dir)
-    try:
-        marker = json.loads((root / "latest.json").read_text())
-        return f"{marker.get('dir')} (step {marker.get('step')}, saved by {marker.get('backend', '?')})"
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        entries = sorted((p for p in root.iterdir() if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
-    except OSError:
-        return None
-    return entries[-1].name if entries else None
+    return resume_point(checkpoint_dir)[1]
+
+
+class HangWatchdog:
+    """Watches one running attempt at a time: feeds `lifecycle.hang.Watch` the log's mtime and the step it shows,
+    at most every WATCH_S, re-reading the log's end only when it changed."""
+
+    def __init__(self) -> None:
+        self.number: int | None = None
+        self.watch: Watch | None = None
+        self.hang_after: int | None = None
+        self.next_look = 0.0
+        self.seen: tuple[int, float] | None = None  # the log's (size, mtime) at the last read
+        self.step: int | None = None
+
+    def look(self, attempt: AttemptRecord) -> tuple[float, Watch] | None:
+        """(now, the watch after this look), or None when it is not time to look yet."""
+        mono = time.monotonic()
+        if self.number == attempt.number and mono < self.next_look:
+            return None
+        self.next_look = mono + WATCH_S
+        output_at = self.output(attempt.log_path)
+        now = time.time()
+        if self.number != attempt.number or self.watch is None:
+            self.number, self.seen = attempt.number, None
+            self.hang_after = TrainingJob.model_validate(attempt.spec).spec.resilience.hang_after
+            self.watch = Watch.begin(now, output_at, attempt.started_at, self.step)
+        else:
+            self.watch = self.watch.seen(now, output_at, self.step)
+        return now, self.watch
+
+    def output(self, log_path: str) -> float | None:
+        """The log's mtime (None: no log yet, or not a plain file); updates the step when the log changed."""
+        try:
+            info = os.lstat(log_path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if self.seen != (info.st_size, info.st_mtime):
+            self.seen = (info.st_size, info.st_mtime)
+            try:
+                found = progress.parse(read_tail(log_path, WATCH_TAIL_BYTES),
+                                       cut_at_start=info.st_size > WATCH_TAIL_BYTES)
+            except (ValueError, ArithmeticError):  # a log is untrusted: no reading, never a crash
+                found = None
+            if found is not None and found.step is not None:
+                self.step = found.step
+        return info.st_mtime
 
 
 class Supervisor:
@@ -135,6 +207,8 @@ class Supervisor:
         self.job_id = job_id
         self.target = target
         self.cancel_sent = False
+        self.watchdog: HangWatchdog | None = None  # a resident supervisor (run) watches for hangs
+        self.hung_sent: int | None = None  # the attempt this supervisor asked its target to stop as hung
 
     def ref(self, job: JobRecord, number: int) -> AttemptRef:
         run_dir = str(Path(job.job_dir) / f"attempt-{number}")
@@ -147,6 +221,7 @@ class Supervisor:
         lock = JobLock(job.job_dir)
         if not lock.acquire():
             return None
+        self.watchdog = HangWatchdog()
         try:
             caught_up = full = False
             while True:
@@ -195,12 +270,38 @@ class Supervisor:
         observed = self.observe(job, last) if last is not None and not last.ended else None
         if observed is not None and last is not None and observed.preemptions > (last.preemptions or 0):
             self.note_preemptions(job, last.number, observed.preemptions)
+        if observed is not None and last is not None and last.hung and observed.seen is Seen.ENDED:
+            observed = with_hang(observed, last.hung)  # stopped as hung: the classifier records a hang
         move = next_move(job_view(job, attempts, self.target.on_gpu), observed)
         if isinstance(move, Wait) and last is not None and move.detail != (last.target_state or ""):
             # what the target says of the open attempt (queued behind a QOS limit, requeued, no judge) is
             # recorded when it changes, so that status shows why it waits
             self.store.note_attempt(job.id, last.number, target_state=move.detail or None)
+        if isinstance(move, Wait) and not move.stop_attempt and last is not None and observed is not None \
+                and observed.seen is Seen.RUNNING and last.state is AttemptState.RUNNING:
+            self.watch_for_hang(job, last)
         return self.apply(job, move)
+
+    def watch_for_hang(self, job: JobRecord, attempt: AttemptRecord) -> None:
+        """Record a hang before acting on it, then ask the target to stop the attempt (again, when an earlier
+        supervisor recorded it: asking twice does no harm). Only a resident supervisor watches."""
+        assert attempt.external_id is not None
+        if attempt.hung is None and self.watchdog is not None:
+            looked = self.watchdog.look(attempt)
+            if looked is None:
+                return
+            now, watch = looked
+            hang_after = self.watchdog.hang_after
+            if not watch.is_hung(now, hang_after):
+                return
+            if not self.store.note_attempt(job.id, attempt.number, hung=watch.reason(now, hang_after)):
+                return  # recorded by another supervisor meanwhile: the next step reads it
+            attempt = self.store.attempts(job.id)[attempt.number - 1]
+        if attempt.hung is None or self.hung_sent == attempt.number or attempt.external_id is None:
+            return
+        _log(f"job {job.id}: attempt {attempt.number} is hung ({attempt.hung}); taking its stacks and stopping it")
+        self.target.stop_hung(attempt.external_id, self.ref(job, attempt.number))
+        self.hung_sent = attempt.number
 
     def submitting_elsewhere(self, job: JobRecord, attempt: AttemptRecord) -> bool:
         """Whether the process that holds this attempt's submission may still be submitting it: then
@@ -259,16 +360,17 @@ class Supervisor:
         """Record attempt N, and submit it only if this supervisor recorded it (False: another did)."""
         from orchestrator.compile import CompileError
 
-        ref = self.ref(job, move.number)
+        resume, resume_text = resume_point(job.checkpoint_dir)
+        ref = replace(self.ref(job, move.number), resume_from=resume)
+        attempt_job = self.avoiding_suspects(job, move)
         try:
-            dry = self.target.render(move.job, ref)
+            dry = self.target.render(attempt_job, ref)
         except CompileError as exc:
             return self.apply(job, cannot_render(move.number, exc))
         try:
-            self.store.add_attempt(job.id, move.number, spec=job_to_json(move.job), rung=move.rung,
+            self.store.add_attempt(job.id, move.number, spec=job_to_json(attempt_job), rung=move.rung,
                                    reason=move.reason, run_dir=ref.run_dir, log_path=ref.log_path,
-                                   artifacts=dry.files, warnings=list(dry.warnings),
-                                   resume_from=checkpoint_summary(job.checkpoint_dir))
+                                   artifacts=dry.files, warnings=list(dry.warnings), resume_from=resume_text)
         except StoreError:
             return False  # someone recorded it first: the next step reads it
         if self.store.get_job(job.id).terminal:
@@ -282,13 +384,34 @@ class Supervisor:
         self.launch(job, move.number, dry, ref)
         return True
 
+    def avoiding_suspects(self, job: JobRecord, move: Start) -> TrainingJob:
+        """The attempt's job away from the site's suspect nodes; a node the last attempt's failure was pinned on
+        (a node fault) becomes suspect first, for every later job of this store (store/nodes.py)."""
+        suspects = SuspectNodes(self.store.root)
+        if move.number > 1:
+            last = self.store.attempts(job.id)[move.number - 2]
+            failure = last.failure
+            if failure is not None and failure.node and failure.node in move.job.spec.resources.avoid_nodes:
+                try:
+                    suspects.add(failure.node, self.target.name, f"{failure.kind}: {failure.reason}"[:500],
+                                 job_id=job.id, attempt=last.number)
+                except ShardctlError as exc:  # the job goes on, away from the node; the site's list missed it
+                    _log(f"job {job.id}: could not record node {failure.node} as suspect: {exc}")
+        try:
+            avoid = [s.node for s in suspects.active(self.target.name)]
+        except ShardctlError as exc:
+            _log(f"job {job.id}: could not read the suspect nodes: {exc}")
+            avoid = []
+        new = [n for n in avoid if n not in move.job.spec.resources.avoid_nodes]
+        return avoiding(move.job, *new) if new else move.job
+
     def submit_recorded(self, job: JobRecord, move: Submit) -> bool:
         """Submit an attempt that was recorded but never submitted (its recorder died first), once this supervisor
         won the takeover of its submission (False: another one did)."""
         if not self.store.claim_submit(job.id, move.number):
             return False
         attempt = self.store.attempts(job.id)[move.number - 1]
-        ref = self.ref(job, move.number)
+        ref = replace(self.ref(job, move.number), resume_from=resume_point(job.checkpoint_dir)[0])
         self.launch(job, move.number, self.target.render(TrainingJob.model_validate(attempt.spec), ref), ref)
         return True
 
@@ -330,6 +453,14 @@ class Supervisor:
             return False
         _log(f"job {job.id}: {move.state}: {move.reason}")
         return True
+
+
+def with_hang(observed: Observation, hung: str) -> Observation:
+    """An ended attempt's observation with what its watchdog recorded: the outcome says it was stopped as hung
+    (the target's own words, where each rank waited, follow what the watchdog saw)."""
+    outcome = observed.outcome or Outcome(exit_code=None)
+    said = f"{hung}; {outcome.hung}" if outcome.hung else hung
+    return replace(observed, outcome=replace(outcome, hung=said))
 
 
 def job_view(job: JobRecord, attempts: list[AttemptRecord], on_gpu: bool) -> JobView:

@@ -67,6 +67,7 @@ class AttemptRef:
     checkpoint_dir: str
     workdir: str
     log_path: str
+    resume_from: str | None = None  # the newest complete checkpoint (supervise/checkpoints.py): SHARDCTL_RESUME_FROM
 
 
 class LogSource(Protocol):
@@ -122,6 +123,13 @@ class Target(Protocol):
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """Stop the attempt and everything it started."""
+
+    def stop_hung(self, external_id: str, ref: AttemptRef) -> None:
+        """Stop an attempt its executor found hung, keeping where each rank waited when the target can: local
+        dumps every rank's Python stacks into the log and RUN_DIR/stacks.txt, then stops the tree as `cancel`
+        does, and its `describe` then reports `Outcome.hung` (where each rank waited). A target that cannot
+        capture stacks (Slurm, Kubernetes, for now) stops it as `cancel` does. Asked again (a supervisor that
+        restarted after recording the hang), it must do no harm."""
 
     def log_source(self, ref: AttemptRef, external_id: str | None) -> LogSource:
         """The attempt's output (every process's stdout and stderr)."""

@@ -40,3 +40,25 @@ def test_a_single_braced_unknown_name_is_still_refused_and_a_doubled_one_is_not(
     assert kept.spec.entrypoint.args == ["--fmt={{epoch}}"]  # the spec keeps it as written; the launch fills it
     with pytest.raises(ValidationError, match=r"unknown placeholder \{epoch\}"):  # {{ then {epoch} then }}
         job(entrypoint={"script": "train.py", "args": ["{{{epoch}}}"]})
+
+
+def test_every_attempt_runs_with_faulthandler_and_nccls_fast_failure_settings() -> None:
+    from orchestrator.compile.launch import NCCL_ENVIRONMENT, script_environment
+
+    env = script_environment(job(), 1, "/ckpt")
+    assert env["PYTHONFAULTHANDLER"] == "1" and env["PYTHONUNBUFFERED"] == "1"
+    assert NCCL_ENVIRONMENT == {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "3", "TORCH_NCCL_ENABLE_MONITORING": "1",
+                                "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "180"}
+    assert {k: env[k] for k in NCCL_ENVIRONMENT} == NCCL_ENVIRONMENT
+
+
+def test_the_users_entrypoint_env_wins_over_shardctls_nccl_and_faulthandler_settings() -> None:
+    from orchestrator.compile.launch import script_environment
+
+    mine = {"TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "900", "TORCH_NCCL_ENABLE_MONITORING": "0", "PYTHONFAULTHANDLER": ""}
+    spec = job()
+    spec = spec.model_copy(update={"spec": spec.spec.model_copy(update={
+        "entrypoint": spec.spec.entrypoint.model_copy(update={"env": mine})})})
+    env = script_environment(spec, 1, "/ckpt")
+    assert {k: env[k] for k in mine} == mine
+    assert env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "3"

@@ -75,3 +75,43 @@ def test_nothing_complete_or_nothing_at_all(tmp_path: Path) -> None:
     cut(only / "model.safetensors", 0.9)
     choice = choose(tmp_path)
     assert choice.path is None and choice.summary() is not None and choice.summary().startswith("nothing complete")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_run_killed_mid_save_resumes_from_the_checkpoint_before(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real accelerate processes: attempt 1 saves step_2 and step_4, then dies of a network fault (a restart)
+    with step_4's weights cut short; attempt 2 resumes from step_2 and finishes, and the history says why."""
+    import subprocess
+    import sys
+
+    from orchestrator.store.jobstore import Store
+    from tests.helpers import wait_for
+
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "examples/quickstart.yaml").read_text().replace(
+        '"--steps", "20"', '"--steps", "6", "--fault-at-step", "5", "--fault-cuts-checkpoint", "--fault", '
+                           '"torch.distributed.DistNetworkError: Connection reset by peer"')
+    text = text.replace("every_steps: 5", "every_steps: 2")
+    assert "--fault-cuts-checkpoint" in text and "every_steps: 2" in text
+    (tmp_path / "cut.yaml").write_text(text)
+    home = tmp_path / "state"
+    monkeypatch.setenv("SHARDCTL_HOME", str(home))
+    monkeypatch.setenv("SHARDCTL_FORCE_CPU", "1")
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "submit", str(tmp_path / "cut.yaml"), "--json"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    job_id = json.loads(r.stdout)["id"]
+    store = Store(home)
+    wait_for(lambda: store.get_job(job_id).terminal, 240, "the job to end")
+    attempts = store.attempts(job_id)
+    assert store.get_job(job_id).state == "succeeded", [a.failure for a in attempts]
+    assert [a.failure.kind if a.failure else None for a in attempts] == ["network", None]
+    assert (attempts[1].resume_from or "").startswith("step_2 (step_4 passed over: model_weights.pt is cut short")
+    log = Path(attempts[1].log_path).read_text()
+    assert "step_2 at step 2" in log and "step 3/6" in log and "training complete" in log
+    history = subprocess.run([sys.executable, "-m", "orchestrator", "history", job_id], cwd=root,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert "resumed from: step_2" in history and "step_4 passed over" in history, history

@@ -234,9 +234,14 @@ def test_only_one_supervisor_holds_a_job(store: Store, tmp_path: Path) -> None:
 def test_checkpoint_summary_reads_the_marker(tmp_path: Path) -> None:
     assert checkpoint_summary(str(tmp_path / "missing")) is None
     (tmp_path / "step_4").mkdir()
+    (tmp_path / "step_4" / "random_states_0.pkl").write_bytes(b"\x80\x04K\x04.")  # a whole pickle
     assert checkpoint_summary(str(tmp_path)) == "step_4"
     (tmp_path / "latest.json").write_text('{"dir": "step_4", "step": 4, "backend": "fsdp"}')
     assert checkpoint_summary(str(tmp_path)) == "step_4 (step 4, saved by fsdp)"
+    (tmp_path / "step_6").mkdir()  # a save under way: the marker still names the newest complete one
+    assert checkpoint_summary(str(tmp_path)) == "step_4 (step 4, saved by fsdp)"
+    (tmp_path / "latest.json").write_text('{"dir": "step_6", "step": 6, "backend": "fsdp"}')  # named too early
+    assert checkpoint_summary(str(tmp_path)) == "step_4 (step_6 passed over: it is empty)"
 
 
 def test_advance_makes_every_move_that_needs_no_waiting(store: Store, tmp_path: Path) -> None:

@@ -370,6 +370,11 @@ class KubernetesTarget:
             return Observation(Seen.RUNNING if running else Seen.PENDING)
         return Observation(Seen.RUNNING if running else Seen.PENDING, recheck_s=recheck)
 
+    def stop_hung(self, external_id: str, ref: AttemptRef) -> None:
+        """No stack capture here yet (no hang watchdog drives this target: docs/design.md, "Hangs"): stopped as
+        `cancel` stops it."""
+        self.cancel(external_id, ref)
+
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
         """Controller side: delete the attempt's Job (its pods go with it). Cancelling a whole job deletes
         the TrainingJob instead (withdraw), and garbage collection removes its Jobs and pods."""

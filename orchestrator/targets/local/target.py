@@ -160,7 +160,8 @@ class LocalTarget:
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         dry = render(job, ref.run_dir, checkpoint_dir=ref.checkpoint_dir, attempt=ref.number, cpu=self.cpu,
                      port=self.port or free_port(), workdir=ref.workdir, bin_dir=self.bin_dir,
-                     extra_env={"SHARDCTL_JOB_ID": ref.job_id, "SHARDCTL_RUN_DIR": ref.run_dir})
+                     extra_env={"SHARDCTL_JOB_ID": ref.job_id, "SHARDCTL_RUN_DIR": ref.run_dir,
+                                **({"SHARDCTL_RESUME_FROM": ref.resume_from} if ref.resume_from else {})})
         limit = memory_limit(job)
         request = {
             "command": dry.command,
@@ -245,17 +246,35 @@ class LocalTarget:
             Seen.ENDED,
             outcome=Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
                             oom_killed=result.get("oom_kills", 0) > 0,
-                            preempted=result.get("terminated_by") is not None, no_space=result.get("no_space")),
+                            preempted=result.get("terminated_by") is not None, no_space=result.get("no_space"),
+                            hung=hung_text(result.get("hung"), run_dir)),
             peak_memory_bytes=result.get("peak_bytes"),
         )
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
+        self._signal(external_id, signal.SIGTERM)  # the wrapper stops the whole tree, then writes exit.json
+
+    def stop_hung(self, external_id: str, ref: AttemptRef) -> None:
+        """The wrapper dumps each rank's Python stacks into the log and stacks.txt, then stops the tree as on a
+        cancel; exit.json's `hung` says where each rank waited. A second ask while it does so changes nothing."""
+        self._signal(external_id, local_wrapper.HUNG_SIGNAL)
+
+    def _signal(self, external_id: str, signum: int) -> None:
         pid, ticks, _ = _parse_id(external_id)
         if local_wrapper.is_alive(pid, ticks):
             try:
-                os.kill(pid, signal.SIGTERM)  # the wrapper stops the whole tree, then writes exit.json
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+
+
+def hung_text(where: object, run_dir: Path) -> str | None:
+    """Where each rank waited, from exit.json's `hung` (rank -> `file:line function`), for the attempt's reason."""
+    if not isinstance(where, dict):
+        return None
+    ranks = sorted(((int(r), str(w)) for r, w in where.items() if str(r).isdigit()), key=lambda rw: rw[0])
+    said = "; ".join(f"rank {r} in {w}" for r, w in ranks) or "no rank found to dump"
+    return f"where each rank waited: {said} (stacks: {run_dir / local_wrapper.STACKS_FILE})"
 
 
 def _parse_id(external_id: str) -> tuple[int, int | None, str | None]:

@@ -12,6 +12,11 @@ process tree: torchrun starts its workers in sessions of their own, so a process
 would miss them; `terminated_by` is recorded only when the run was really stopped (not when it had
 already ended by itself). Secrets named by entrypoint.env_from are added to the run's environment
 here, at launch, and never written anywhere.
+SIGUSR2 means "hung: dump the stacks, then stop" (the supervisor's hang watchdog, `LocalTarget.stop_hung`):
+every process of the run is frozen (SIGSTOP), then each rank in turn gets SIGABRT and SIGCONT, so that its
+faulthandler (every attempt runs with PYTHONFAULTHANDLER=1) prints every thread's traceback to the log while
+its peers cannot yet notice it is gone; the dumps are copied to `stacks.txt`, the innermost frame of each
+rank's main thread is recorded in exit.json (`hung`), and the rest of the tree is stopped as on SIGTERM.
 A full disk does not lose the result: `exit.reserve` holds room for `exit.json` from the start and is
 given back just before it is written, and a filesystem the run writes that is full when it ends is
 recorded (`no_space`), since what the run died of could not reach its log then.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +47,10 @@ RESERVE_FILE = "exit.reserve"
 RESERVE_BYTES = 64 * 1024  # far more than exit.json takes, on any block size
 FULL_BELOW_BYTES = 1024 * 1024  # less free than this (for this user) when the run ends: that filesystem was full
 TERM_GRACE_S = 10.0
+HUNG_SIGNAL = signal.SIGUSR2  # from the supervisor: the run is hung, dump its ranks' stacks and stop it
+STACKS_FILE = "stacks.txt"
+DUMP_WAIT_S = 10.0  # how long one rank may take to print its stacks and die of its SIGABRT
+DUMP_MAX_BYTES = 256 * 1024  # what is read of the log per rank: faulthandler prints at most 100 threads x 100 frames
 
 
 def start_ticks(pid: int) -> int | None:
@@ -105,6 +115,146 @@ def stop_tree(limit: memlimit.MemoryLimit, grace: float = TERM_GRACE_S) -> set[i
         _kill(pid, signal.SIGKILL)
     limit.kill_all()
     return signalled
+
+
+def _environ_rank(pid: int) -> int | None:
+    """The RANK a process was started with (torchrun gives each worker its own), else None."""
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(b"RANK="):
+            value = item[5:].decode(errors="replace")
+            return int(value) if value.isdigit() and len(value) < 9 else None
+    return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def rank_processes(tree: list[int]) -> list[tuple[int, int]]:
+    """(rank, pid) of each worker of the run: the topmost process of each chain that has a RANK (a data loader's
+    workers, forked from a rank, inherit its RANK and are not ranks themselves), by rank."""
+    ranks = {pid: r for pid in tree if (r := _environ_rank(pid)) is not None}
+    return sorted((r, pid) for pid, r in ranks.items() if _parent(pid) not in ranks)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for `signum` (faulthandler's, for SIGABRT): otherwise SIGABRT would only
+    kill it (and write a core file), printing nothing."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+_THREAD = re.compile(r"^(Thread|Current thread) 0x[0-9a-fA-F]+ \(most recent call first\):$", re.MULTILINE)
+_FRAME = re.compile(r'^  File "(?P<file>[^"\n]*)", line (?P<line>\d+) in (?P<func>[^\n]+)$', re.MULTILINE)
+
+
+def faulthandler_dump(text: str) -> str:
+    """faulthandler's report in `text` ("Fatal Python error: Aborted", then each thread's frames), without the list
+    of extension modules that follows it; '' when there is none."""
+    start = text.find("Fatal Python error:")
+    if start < 0:
+        return ""
+    end = text.find("\nExtension modules:", start)
+    return text[start:end if end >= 0 else len(text)].rstrip() + "\n"
+
+
+def _short(path: str) -> str:
+    """A frame's file as people read it: from the package down (site-packages/torch/... -> torch/...)."""
+    for marker in ("site-packages/", "dist-packages/"):
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    return "/".join(path.rsplit("/", 2)[-2:]) if path.count("/") > 2 else path
+
+
+def innermost_frame(dump: str) -> str | None:
+    """Where the main thread of a dumped process waited: its innermost frame as `file:line function`. The main
+    thread is the one whose outermost frame is `<module>` (a started thread's is threading's _bootstrap); else the
+    thread that took the signal."""
+    blocks = []
+    marks = list(_THREAD.finditer(dump))
+    for i, mark in enumerate(marks):
+        body = dump[mark.end():marks[i + 1].start() if i + 1 < len(marks) else len(dump)]
+        frames = list(_FRAME.finditer(body))
+        if frames:
+            blocks.append((mark.group(1) == "Current thread", frames))
+    if not blocks:
+        return None
+    main = next((f for _, f in blocks if f[-1]["func"].strip() == "<module>"), None) or \
+        next((f for current, f in blocks if current), blocks[0][1])
+    top = main[0]
+    return f"{_short(top['file'])}:{top['line']} {top['func'].strip()}"
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int, limit: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path) -> dict[str, str]:
+    """Every rank's Python stacks, one rank at a time, while the rest of the run is frozen; returns rank -> where
+    its main thread waited (`file:line function`, or why there is no stack). The dumps go to the log (where the
+    ranks write) and, copied from it, to RUN_DIR/stacks.txt. Ranks left alive (no faulthandler) are killed while
+    still frozen, so no rank reports its peers' disappearance as a network error."""
+    tree = descendants(os.getpid())
+    ticks = {pid: start_ticks(pid) for pid in tree}
+    ranks = rank_processes(tree)
+    where: dict[str, str] = {}
+    dumps: list[str] = []
+    for pid in tree:
+        _kill(pid, signal.SIGSTOP)
+    try:
+        for rank, pid in ranks:
+            if not catches(pid, signal.SIGABRT):
+                where[str(rank)] = "no stack (no faulthandler in that process: PYTHONFAULTHANDLER was unset)"
+                continue
+            _say(log, f"\n[shardctl] hung: rank {rank} (pid {pid}) prints its stacks (SIGABRT to its faulthandler)\n")
+            offset = _log_size(log_path)
+            _kill(pid, signal.SIGABRT)
+            _kill(pid, signal.SIGCONT)
+            deadline = time.monotonic() + DUMP_WAIT_S
+            while time.monotonic() < deadline and is_alive(pid, ticks[pid]):
+                time.sleep(0.05)
+            dump = faulthandler_dump(_read_from(log_path, offset, DUMP_MAX_BYTES))
+            where[str(rank)] = innermost_frame(dump) or "no stack printed"
+            dumps.append(f"=== rank {rank} (pid {pid}): {where[str(rank)]}\n{dump or '(nothing printed)'}\n")
+        for _, pid in ranks:  # hung ranks that printed nothing: nothing to save, and none may wake up to their peers
+            if is_alive(pid, ticks[pid]):
+                _kill(pid, signal.SIGKILL)
+    finally:
+        for pid in tree:
+            _kill(pid, signal.SIGCONT)
+    header = ("shardctl: the attempt was found hung; each rank's Python stacks (faulthandler), most recent call "
+              "first. The first line of each names where its main thread waited.\n\n")
+    try:
+        fd = os.open(run_dir / STACKS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(header + "".join(dumps))
+    except OSError:
+        pass  # a full disk: the dumps are in the log, where they were printed
+    return where
 
 
 def reserve(run_dir: Path) -> None:
@@ -195,6 +345,7 @@ def run(run_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(HUNG_SIGNAL, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal is not a reason to stop
 
     log = open_log(run_dir / request["log"], buffering=0)  # held for the whole run; never through a symlink
@@ -228,6 +379,7 @@ def run(run_dir: Path) -> int:
         pass
 
     stopping = stopped = False
+    hung: dict[str, str] | None = None
     while True:
         try:
             rc = child.wait(timeout=0.2)
@@ -237,7 +389,12 @@ def run(run_dir: Path) -> int:
                 stopping = True
                 if child.poll() is not None:  # it ended by itself just before the signal came: nothing to stop
                     continue
-                _say(log, f"\n[shardctl] signal {terminated[0]} received: stopping the run\n")
+                if terminated[0] == HUNG_SIGNAL:
+                    _say(log, "\n[shardctl] the run is hung (no output, no progress): dumping each rank's stacks, "
+                              "then stopping it\n")
+                    hung = capture_stacks(log, run_dir / request["log"], run_dir)
+                else:
+                    _say(log, f"\n[shardctl] signal {terminated[0]} received: stopping the run\n")
                 # the run was stopped only if it was still running when the signal reached it
                 stopped = child.pid in stop_tree(limit)
     ended = time.time()
@@ -250,6 +407,8 @@ def run(run_dir: Path) -> int:
         "peak_bytes": limit.peak_bytes(),
         "memory": info["memory"],
         "terminated_by": terminated[0] if stopped else None,  # a signal after the run ended stopped nothing
+        # stopped as hung: rank -> where its main thread waited (file:line function); the dumps are in stacks.txt
+        "hung": hung if stopped and hung is not None else None,
         "ended_at": ended,
         "launch": launch,
         "no_space": full_filesystem(request.get("disk_paths", [])) if rc != 0 else None,

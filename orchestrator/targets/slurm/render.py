@@ -64,6 +64,7 @@ class SlurmRequest:
     # there is none ("" when nobody asked: a dry run).
     cpus_per_gpu: int | None = None
     cpus_basis: str = ""
+    resume_from: str | None = None  # the newest complete checkpoint, for SHARDCTL_RESUME_FROM
 
 
 def slurm_job_name(name: str, job_id: str, attempt: int) -> str:
@@ -232,6 +233,8 @@ def job_script(compiled: CompiledJob, req: SlurmRequest) -> str:
     env = dict(compiled.env)
     env.update({"SHARDCTL_JOB_ID": req.job_id, "SHARDCTL_RUN_DIR": req.run_dir,
                 "SHARDCTL_CHECKPOINT_REQUEST": f"{req.run_dir}/{CHECKPOINT_REQUEST}"})
+    if req.resume_from:
+        env["SHARDCTL_RESUME_FROM"] = req.resume_from
     if req.cpu:
         env.update(cpu_environment(job))
     q = shlex.quote

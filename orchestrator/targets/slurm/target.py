@@ -111,7 +111,7 @@ class SlurmTarget:
             workdir=ref.workdir, log_path=ref.log_path, state_dir=self.state_dir, python=self.python,
             package_root=str(Path(orchestrator.__file__).resolve().parent.parent),
             bin_dir=str(Path(self.python).parent), cpu=self.cpu, cpus_per_gpu=self.cpus_per_gpu,
-            cpus_basis=self.cpus_basis)
+            cpus_basis=self.cpus_basis, resume_from=ref.resume_from)
 
     def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
         return slurm_render.render(job, self.request(ref))

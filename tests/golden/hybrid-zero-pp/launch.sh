@@ -3,7 +3,9 @@
 set -euo pipefail
 cd /work
 export HF_HUB_OFFLINE=1
+export PYTHONFAULTHANDLER=1
 export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export SHARDCTL_ACTIVATION_CHECKPOINTING=0
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=deepspeed
@@ -22,6 +24,9 @@ export SHARDCTL_SEQ_LEN=2048
 export SHARDCTL_SHARDING=hybrid
 export SHARDCTL_WORLD_SIZE=16
 export SHARDCTL_ZERO_STAGE=3
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+export TORCH_NCCL_ENABLE_MONITORING=1
+export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC=180
 # one launcher per 'machine', all on localhost (static rendezvous on 127.0.0.1)
 pids=()
 accelerate launch --config_file /run/hybrid-13b/accelerate_config.yaml --num_machines 2 --num_processes 16 --machine_rank 0 --main_process_ip 127.0.0.1 --main_process_port 29500 /app/train.py --micro-batch 2 --grad-accum 16 & pids+=($!)

@@ -2,7 +2,9 @@
 # shardctl: job gpt2-xl-zero3-offload, attempt 1, target local. Exactly what submit runs.
 set -euo pipefail
 cd /work
+export PYTHONFAULTHANDLER=1
 export PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export SHARDCTL_ACTIVATION_CHECKPOINTING=0
 export SHARDCTL_ATTEMPT=1
 export SHARDCTL_BACKEND=deepspeed
@@ -21,4 +23,7 @@ export SHARDCTL_SEQ_LEN=128
 export SHARDCTL_SHARDING=full
 export SHARDCTL_WORLD_SIZE=1
 export SHARDCTL_ZERO_STAGE=3
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=3
+export TORCH_NCCL_ENABLE_MONITORING=1
+export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC=180
 exec accelerate launch --config_file /run/gpt2-xl-zero3-offload/accelerate_config.yaml --num_machines 1 --num_processes 1 --machine_rank 0 --main_process_ip 127.0.0.1 --main_process_port 29500 run_clm_no_trainer.py --per_device_train_batch_size 16 --output_dir /ckpt

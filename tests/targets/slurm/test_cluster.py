@@ -362,3 +362,52 @@ def test_a_requeued_attempt_resumes_from_its_checkpoint_as_the_same_attempt(home
     judge = ["sacct", "-n", "-P", "-D", "-X", "--name", f"oom-fallback.{job_id}.1.judge", "-o", "State,Partition"]
     wait_for(lambda: subprocess.run(judge, capture_output=True, text=True).stdout.split() == ["COMPLETED|debug"], 60,
              "the one judge to have run once, after the real end, on the default partition")
+
+
+def sacct_nodes(slurm_id: str) -> str:
+    return subprocess.run(["sacct", "-n", "-X", "-P", "-j", slurm_id, "-o", "NodeList"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_a_node_fault_moves_the_next_attempt_and_later_jobs_off_the_node(home: Path) -> None:
+    """Attempt 1 dies of CUDA's own words for a broken GPU (an uncorrectable ECC error) on its node: attempt 2
+    runs on the other node with the same config, resumed from its checkpoint, and the node is suspect for the
+    site: a job submitted afterwards avoids it too, until `shardctl nodes --clear`."""
+    tiny = ["--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64", "--checkpoint-dir", "{checkpoint_dir}"]
+    single = {"resources": {"nodes": 1, "gpus_per_node": 1, "cpus_per_node": 2}, "batch": {"micro": 2, "global": 2},
+              "checkpoint": {"every_steps": 2}}
+    path = spec_file(home.parent, "oom-fallback.yaml", "ecc", **single, **{
+        "entrypoint.args": ["--steps", "8", *tiny, "--fault-at-step", "5", "--fault-on-attempt", "1",
+                            "--fault", "RuntimeError: CUDA error: uncorrectable ECC error encountered"]})
+    job_id = submit(path)
+    store = Store(home)
+    suspects = []
+    try:
+        wait_for(lambda: store.get_job(job_id).terminal, 300, "the judges to finish the job")
+        attempts = store.attempts(job_id)
+        assert [(a.state, a.failure and a.failure.kind) for a in attempts] == [("failed", "node_fault"),
+                                                                                ("succeeded", None)], attempts
+        bad = sacct_nodes(str(attempts[0].external_id))
+        suspects = [bad]
+        assert attempts[0].failure is not None and attempts[0].failure.node == bad
+        other = sacct_nodes(str(attempts[1].external_id))
+        assert other and other != bad, (bad, other)
+        assert attempts[1].rung is None and (attempts[1].resume_from or "").startswith("step_4")
+        assert f"#SBATCH --exclude={bad}" in sbatch_lines(Path(attempts[1].run_dir))
+        listed = json.loads(cli("nodes", "--json").stdout)
+        assert [(s["node"], s["target"], s["job"]) for s in listed] == [(bad, "slurm", job_id)]
+        history = cli("history", job_id).stdout
+        assert "ended: node_fault" in history and f"away from node {bad}" in history, history
+        later = submit(spec_file(home.parent, "oom-fallback.yaml", "after-ecc", **single,
+                                 **{"entrypoint.args": ["--steps", "2", *tiny]}))
+        wait_for(lambda: store.get_job(later).terminal, 240, "the later job to end")
+        first = store.attempts(later)[0]
+        assert store.get_job(later).state == "succeeded"
+        assert f"#SBATCH --exclude={bad}" in sbatch_lines(Path(first.run_dir))
+        assert sacct_nodes(str(first.external_id)) != bad
+        cleared = cli("nodes", "--clear", bad)
+        assert cleared.returncode == 0 and json.loads(cli("nodes", "--json").stdout) == []
+        suspects = []
+    finally:  # the suspect list is the store's (this test's home): nothing outlives it
+        for node in suspects:
+            cli("nodes", "--clear", node)
