@@ -431,14 +431,21 @@ _ROOT_CAUSE_HOST = re.compile(r"Root Cause \(first observed failure\):[\s\S]{0,2
 _SRUN_NODE_FAILURE = re.compile(r"^srun: error: Node failure on ([A-Za-z0-9._-]{1,253})\s*$", re.MULTILINE)
 
 
-def failed_node(tail: str) -> str | None:
-    """The node the log says failed (srun's node failure, else torchrun's first failure's host), or None. Only
-    the end of the log is read: the same bound as the classifier's."""
+def failed_node(tail: str, nodes: tuple[str, ...] = ()) -> str | None:
+    """The node of `nodes` (the attempt's, as its target names them) that the failure points at: the one srun
+    says failed, the only one, or the host of torchrun's first failure when it is one of them (its short name
+    too: torchrun says `node1.cluster.local` where Slurm says `node1`). None when that cannot be told: a
+    guess would send a restart away from a good node. Only the end of the log is read."""
     tail = tail[-TAIL_BYTES:]
-    for pattern in (_SRUN_NODE_FAILURE, _ROOT_CAUSE_HOST):
-        found = pattern.findall(tail)
-        if found:
-            return str(found[-1])
+    said = _SRUN_NODE_FAILURE.findall(tail)
+    if said and (not nodes or said[-1] in nodes):
+        return str(said[-1])
+    if len(nodes) == 1:
+        return nodes[0]
+    for host in reversed(_ROOT_CAUSE_HOST.findall(tail)):
+        for name in (host, host.split(".")[0]):
+            if name in nodes:
+                return name
     return None
 
 

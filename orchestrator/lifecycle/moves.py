@@ -161,8 +161,7 @@ def _open(job: JobView, last: AttemptView, observed: Observation) -> Move:
     if failure is not None and (rule := matching_rule(job.spec.spec.resilience.rules, failure, outcome)) is not None:
         failure = replace(failure, rule=rule)  # recorded with the end: the decision reads it, the history shows it
     if failure is not None and failure.node is None and _points_at_a_node(job, failure):
-        node = failed_node(outcome.log_tail) or (observed.nodes[0] if len(observed.nodes) == 1 else None)
-        failure = replace(failure, node=node)
+        failure = replace(failure, node=failed_node(outcome.log_tail, observed.nodes))
     return EndAttempt(last.number, end_state(failure), failure, outcome, observed.peak_memory_bytes)
 
 

@@ -40,6 +40,8 @@ from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_
 from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.local import wrapper as local_wrapper
 
+HOST = socket.gethostname()  # where every local attempt runs: its one node
+
 LAUNCH_SCRIPT = "launch.sh"
 
 
@@ -234,21 +236,21 @@ class LocalTarget:
         run_dir = Path(ref.run_dir)
         result = _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce)
         if result is None and local_wrapper.is_alive(pid, ticks):
-            return Observation(Seen.RUNNING)
+            return Observation(Seen.RUNNING, nodes=(HOST,))
         result = result or _own(read_json(run_dir / local_wrapper.EXIT_FILE), nonce)  # it may just have ended
         tail = read_tail(ref.log_path, TAIL_BYTES)
         if result is None:
             return Observation(Seen.ENDED, outcome=Outcome(exit_code=None, log_tail=tail, preempted=True,
                                                            no_space=local_wrapper.full_filesystem([ref.run_dir])),
                                detail="the attempt's wrapper is gone without an exit status (machine restart or "
-                                       "killed from outside)")
+                                       "killed from outside)", nodes=(HOST,))
         return Observation(
             Seen.ENDED,
             outcome=Outcome(exit_code=result["exit_code"], signal=result["signal"], log_tail=tail,
                             oom_killed=result.get("oom_kills", 0) > 0,
                             preempted=result.get("terminated_by") is not None, no_space=result.get("no_space"),
                             hung=hung_text(result.get("hung"), run_dir)),
-            peak_memory_bytes=result.get("peak_bytes"),
+            peak_memory_bytes=result.get("peak_bytes"), nodes=(HOST,),
         )
 
     def cancel(self, external_id: str, ref: AttemptRef) -> None:
