@@ -51,7 +51,7 @@ def _at_most(new: str | None, old: str | None) -> bool:
 class _Store:
     """One resource's objects, tombstones and (for pods) an index by owning Job name."""
 
-    def __init__(self, max_tombstones: int) -> None:
+    def __init__(self, max_tombstones: int, max_departed: int = 0) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.tombstones: OrderedDict[Key, str | None] = OrderedDict()  # key -> resourceVersion of the delete
         self.stale: set[Key] = set()  # invalidated: unknown until read from the API again
@@ -59,6 +59,10 @@ class _Store:
         self.max_tombstones = max_tombstones
         self.synced = threading.Event()
         self.revision: str | None = None  # newest resourceVersion seen (list, event or bookmark)
+        # the last state of objects a watch saw deleted (pods only): a pod lost with its node is force-deleted
+        # right after pod GC or the taint manager marks it, and that mark is the only word that its node failed
+        self.departed: OrderedDict[Key, dict[str, Any]] = OrderedDict()
+        self.max_departed = max_departed
 
     def _index(self, key: Key, obj: dict[str, Any] | None, add: bool) -> None:
         if obj is None:
@@ -97,6 +101,15 @@ class _Store:
         while len(self.tombstones) > self.max_tombstones:
             self.tombstones.popitem(last=False)
 
+    def depart(self, key: Key, obj: dict[str, Any]) -> None:
+        """Keep a deleted object's last state (a watch's DELETED event carries it), the newest `max_departed`."""
+        if not self.max_departed:
+            return
+        self.departed[key] = obj
+        self.departed.move_to_end(key)
+        while len(self.departed) > self.max_departed:
+            self.departed.popitem(last=False)
+
     def saw(self, rv: str | None) -> None:
         if rv is not None and (self.revision is None or not_older(rv, self.revision)):
             self.revision = rv
@@ -105,9 +118,10 @@ class _Store:
 class Cache:
     """Thread-safe: the watch threads write, the workers read."""
 
-    def __init__(self, resources: Iterable[str] = RESOURCES, max_tombstones: int = 10_000) -> None:
+    def __init__(self, resources: Iterable[str] = RESOURCES, max_tombstones: int = 10_000,
+                 max_departed_pods: int = 1_000) -> None:
         self.lock = threading.Lock()
-        self.stores = {r: _Store(max_tombstones) for r in resources}
+        self.stores = {r: _Store(max_tombstones, max_departed_pods if r == "pods" else 0) for r in resources}
 
     # -- fed by the watches ---------------------------------------------------------------
     def replace(self, resource: str, items: list[dict[str, Any]], rv: str | None) -> None:
@@ -134,8 +148,10 @@ class Cache:
                 return
             if kind == "DELETED":
                 s.remove(_key(obj), _rv(obj))
+                s.depart(_key(obj), obj)
             else:
                 s.store(_key(obj), obj)
+                s.departed.pop(_key(obj), None)  # a namesake was created again
 
     # -- fed by the controller's own reads and writes -------------------------------------
     def put(self, resource: str, obj: dict[str, Any]) -> None:
@@ -173,6 +189,14 @@ class Cache:
                 return None
             keys = sorted(s.by_job.get((namespace, job_name), ()))
             return [copy.deepcopy(s.objects[k]) for k in keys]
+
+    def departed_pods_of(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The last state of the pods of one Job that a watch saw deleted (the newest few, while this process
+        runs): what a pod said just before it went, for one whose Job failed because it went."""
+        s = self.stores["pods"]
+        with self.lock:
+            return [copy.deepcopy(o) for k, o in s.departed.items() if k[0] == namespace
+                    and ((o.get("metadata") or {}).get("labels") or {}).get(JOB_NAME_LABEL) == job_name]
 
     def keys(self, resource: str, namespace: str | None = None) -> list[Key]:
         with self.lock:

@@ -126,7 +126,8 @@ class KubeApi:
     def job_pods(self, ns: str, job_name: str) -> list[dict]:
         """From the cache, except for a Job that failed: its pods say why (the first to fail is the root
         cause), and the pod watch may lag the Job watch, so those are listed from the API (by the reconcile that
-        ends the attempt)."""
+        ends the attempt), with the last state the pod watch saw of those already deleted: a pod lost with its
+        node is force-deleted once pod GC or the taint manager has marked it, often before its Job has failed."""
         if self.cache is not None:
             known, job = self.cache.lookup("jobs", ns, job_name)
             failed = any(c.get("type") == "Failed" and c.get("status") == "True"
@@ -135,7 +136,12 @@ class KubeApi:
             if known and job is not None and not failed and pods is not None:
                 return pods
         listing = self.core.list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={job_name}")
-        return [self.plain(p) for p in listing.items]
+        listed = [self.plain(p) for p in listing.items]
+        if self.cache is None:
+            return listed
+        uids = {(p.get("metadata") or {}).get("uid") for p in listed}
+        return listed + [p for p in self.cache.departed_pods_of(ns, job_name)
+                         if (p.get("metadata") or {}).get("uid") not in uids]
 
     def retire_attempt(self, ns: str, name: str, owner_uid: str) -> list[str]:
         """An ended attempt's Service and ConfigMap, if they are the owner's. Its Job stays (it runs nothing once

@@ -8,6 +8,12 @@ with the log's last lines as the termination message, as FallbackToLogsOnError g
 eviction. With backoffLimit 0 the first failed pod fails the Job (condition Failed,
 BackoffLimitExceeded) and its other pods are deleted; when all indexes succeed the Job is Complete.
 
+Pods are bound to `nodes` when they start (`spec.nodeName`; index i on the i-th node it may use, a required NotIn
+node affinity on kubernetes.io/hostname respected as the scheduler respects it; none left: it stays Pending,
+Unschedulable). `PodEnd.node_lost()` is a pod lost with its node the way Kubernetes 1.36's pod GC shows it once
+the node is deleted: phase Failed with condition DisruptionTarget (DeletionByPodGC, "PodGC: node no longer
+exists"), its container never terminated, then force-deleted; the Job fails a moment later, after the pod is gone.
+
 The ways an attempt stalls, each as a real cluster shows it (opt-in; the default runs every pod):
 - Pods refused at admission (`FakeApiServer.refuse_pods(ns)`): the Job controller creates no pod
   and records a Warning `FailedCreate` event on the Job, `Error creating: <the API's refusal>`,
@@ -32,6 +38,9 @@ from pathlib import Path
 
 from tests.fakekube.server import ApiError, FakeApiServer, Resource, now
 
+NODES = ("gpu-node-0", "gpu-node-1")
+LOST_MESSAGES = {"DeletionByPodGC": "PodGC: node no longer exists",
+                 "DeletionByTaintManager": "Taint manager: deleting due to NoExecute taint"}
 UNSCHEDULABLE_MESSAGE = (
     "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are available: "
     "4 No preemption victims found for incoming pod.")
@@ -52,6 +61,11 @@ class PodEnd:
     evicted: bool = False
     pending: str = ""  # "Unschedulable", or a container waiting reason: ErrImagePull, InvalidImageName, ...
     pending_message: str = ""  # the scheduler's or the kubelet's words; {image} is the container's image
+    lost: str = ""  # the DisruptionTarget reason of a pod lost with its node (DeletionByPodGC, DeletionByTaintManager)
+
+    @staticmethod
+    def node_lost(reason: str = "DeletionByPodGC") -> PodEnd:
+        return PodEnd("Failed", 0, "", lost=reason)
 
     @staticmethod
     def ok() -> PodEnd:
@@ -95,8 +109,10 @@ Script = Callable[[dict, int], PodEnd]  # (job object, completion index) -> how 
 
 class SimulatedCluster:
     def __init__(self, api: FakeApiServer, script: Script | None = None, run_s: float = 0.3,
-                 tick_s: float = 0.02, retry_s: float = 1.0) -> None:
+                 tick_s: float = 0.02, retry_s: float = 1.0, nodes: tuple[str, ...] = NODES) -> None:
         self.api = api
+        self.nodes = nodes
+        self.lost: dict[str, float] = {}  # Job uid -> when one of its pods was lost with its node
         self.store = api.store
         self.script = script or (lambda job, index: PodEnd.ok())
         self.run_s = run_s
@@ -165,11 +181,12 @@ class SimulatedCluster:
         failed = [p for p in pods if p["status"]["phase"] == "Failed"]
         succeeded = [p for p in pods if p["status"]["phase"] == "Succeeded"]
         job = self.store.objects[self.jobs][(ns, name)]
-        if failed:
+        lost = uid in self.lost and time.monotonic() - self.lost[uid] >= 0.2  # the Job controller saw it gone
+        if failed or lost:
             for p in pods:  # backoffLimit 0: the Job fails and its other pods are deleted
                 if p["status"]["phase"] not in ("Failed", "Succeeded"):
                     self.store.delete(self.pods, ns, p["metadata"]["name"], "Background")
-            job["status"] = {**job.get("status", {}), "failed": len(failed), "active": 0, "conditions": [
+            job["status"] = {**job.get("status", {}), "failed": len(failed) + lost, "active": 0, "conditions": [
                 {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                  "message": "Job has reached the specified backoff limit", "lastTransitionTime": now()}]}
             self.store._bump(self.jobs, "MODIFIED", job)
@@ -243,6 +260,10 @@ class SimulatedCluster:
         if status["phase"] == "Pending" and self.script(job, index).pending:
             self._stuck(pod, self.script(job, index), image["image"])
         elif status["phase"] == "Pending":
+            node = self._schedule(pod, index)
+            if node is None:
+                return
+            pod["spec"]["nodeName"] = node
             status.update(phase="Running", startTime=now(), containerStatuses=[
                 {"name": container, **image, "ready": True, "restartCount": 0, "started": True,
                  "state": {"running": {"startedAt": now()}}}])
@@ -250,6 +271,15 @@ class SimulatedCluster:
             self.store._bump(self.pods, "MODIFIED", pod)
         elif status["phase"] == "Running" and time.monotonic() - self.started.get(name, 0) >= self.run_s:
             end = self.script(job, index)
+            if end.lost:  # pod GC (or the taint manager) marks it, then it is force-deleted
+                status.update(phase="Failed")
+                status["conditions"] = status.get("conditions", []) + [
+                    {"type": "DisruptionTarget", "status": "True", "reason": end.lost,
+                     "message": LOST_MESSAGES.get(end.lost, ""), "lastTransitionTime": now()}]
+                self.store._bump(self.pods, "MODIFIED", pod)
+                self.store.delete(self.pods, ns, name, "Background")
+                self.lost.setdefault(job["metadata"]["uid"], time.monotonic())
+                return
             terminated = {"exitCode": end.exit_code, "reason": end.reason, "startedAt": status["startTime"],
                           "finishedAt": now()}
             if end.message:
@@ -264,6 +294,25 @@ class SimulatedCluster:
                 status["conditions"] = status.get("conditions", []) + [
                     {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"}]
             self.store._bump(self.pods, "MODIFIED", pod)
+
+    def _schedule(self, pod: dict, index: int) -> str | None:
+        """The node pod `index` is bound to: the index-th of those its required NotIn hostname affinity allows;
+        None (it stays Pending, Unschedulable, as the scheduler leaves it) when it allows none."""
+        terms = ((((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or [])
+        avoid = {v for t in terms for e in t.get("matchExpressions") or []
+                 if e.get("key") == "kubernetes.io/hostname" and e.get("operator") == "NotIn" for v in e["values"]}
+        allowed = [n for n in self.nodes if n not in avoid]
+        if not allowed:
+            message = f"0/{len(self.nodes)} nodes are available: {len(self.nodes)} node(s) didn't match Pod's node " \
+                      "affinity/selector."
+            if [c.get("reason") for c in pod["status"].get("conditions") or []] != ["Unschedulable"]:
+                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "lastProbeTime": None,
+                                                "lastTransitionTime": now(), "reason": "Unschedulable",
+                                                "message": message}]
+                self.store._bump(self.pods, "MODIFIED", pod)
+            return None
+        return allowed[index % len(allowed)]
 
     def _stuck(self, pod: dict, end: PodEnd, image: str) -> None:
         """A pod that never starts, as the scheduler or the kubelet leaves it; written only when it changes."""

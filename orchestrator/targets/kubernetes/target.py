@@ -26,7 +26,7 @@ from orchestrator.spec.states import Phase
 from orchestrator.spec.status import TrainingJobStatus
 from orchestrator.targets.base import AttemptRef, ClusterAttempt, ClusterRecord, Driver, DryRun
 from orchestrator.targets.kubernetes import stalls as k8s_stalls
-from orchestrator.targets.kubernetes.observe import observe
+from orchestrator.targets.kubernetes.observe import node_of, nodes_of, observe, root_cause
 from orchestrator.targets.kubernetes.render import KubeRequest, manifests, render
 
 T = TypeVar("T")
@@ -346,7 +346,7 @@ class KubernetesTarget:
         ended = observe(k8s_job, pods)
         if ended is not None:
             outcome, detail = ended
-            return Observation(Seen.ENDED, outcome=outcome, detail=detail)
+            return Observation(Seen.ENDED, outcome=outcome, detail=detail, nodes=_ended_on(outcome, pods))
         suspended = bool((k8s_job.get("spec") or {}).get("suspend"))
         now = datetime.now(UTC)
         created = k8s_stalls.parse_time((k8s_job.get("metadata") or {}).get("creationTimestamp"))
@@ -361,14 +361,14 @@ class KubernetesTarget:
         age = (now - created).total_seconds() if created is not None else 0.0
         recheck = min(RECHECK_MAX_S, max(RECHECK_S, age / 5))
         if stall is not None and stall.permanent:
-            return Observation(Seen.PENDING, refusal=f"{stall.reason}: {stall.message}")
+            return Observation(Seen.PENDING, refusal=f"{stall.reason}: {stall.message}", nodes=nodes_of(pods))
         if stall is not None:
             return Observation(Seen.PENDING, detail=f"{stall.reason}: {stall.message}", stalled=True,
-                               recheck_s=recheck)
+                               recheck_s=recheck, nodes=nodes_of(pods))
         running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
         if not missing or suspended:  # a pod or the Job changing is announced by the watches
-            return Observation(Seen.RUNNING if running else Seen.PENDING)
-        return Observation(Seen.RUNNING if running else Seen.PENDING, recheck_s=recheck)
+            return Observation(Seen.RUNNING if running else Seen.PENDING, nodes=nodes_of(pods))
+        return Observation(Seen.RUNNING if running else Seen.PENDING, recheck_s=recheck, nodes=nodes_of(pods))
 
     def stop_hung(self, external_id: str, ref: AttemptRef) -> None:
         """No stack capture here yet (no hang watchdog drives this target: docs/design.md, "Hangs"): stopped as
@@ -459,6 +459,19 @@ class KubernetesTarget:
                           GROUP, VERSION, ns, PLURAL, name, body=body, _request_timeout=TIMEOUT_S), missing_ok=True)
         except Conflict:
             pass  # a 409 on the uid precondition: a newer TrainingJob of that name, not ours to delete
+
+
+def _ended_on(outcome: Outcome, pods: list[dict]) -> tuple[str, ...]:
+    """The nodes an ended attempt reports (`Observation.nodes`, what a node fault is pinned on): for a failure,
+    the node of the pod whose failure ended it (observe.root_cause: the pod lost with its node, or the first to
+    fail, whose termination message is the log tail the classifier reads), as srun names the node that failed;
+    otherwise every node its pods ran on. Pinning a failure on all of a multi-node attempt's nodes would be no pin
+    at all (lifecycle.classify.failed_node: only one node, or one the log names)."""
+    if outcome.exit_code != 0 or outcome.node_failed:
+        culprit = root_cause(pods)
+        if culprit is not None and (node := node_of(culprit)):
+            return (node,)
+    return nodes_of(pods)
 
 
 def _wanted_pods(job: dict) -> int:

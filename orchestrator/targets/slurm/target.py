@@ -183,7 +183,9 @@ class SlurmTarget:
             return Observation(Seen(info.phase), detail=self.open_detail(info, ref), preemptions=info.requeues,
                                nodes=info.nodes)
         tail = read_tail(ref.log_path, TAIL_BYTES)
-        outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail,
+        found = read_json(Path(ref.run_dir) / slurm_render.HUNG_FILE)
+        hung = found.get("reason") if isinstance(found, dict) and isinstance(found.get("reason"), str) else None
+        outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail, hung=hung and hung[:1000],
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
                           cancelled=info.state == "CANCELLED", preempted=info.state in LOST_STATES,
                           node_failed=info.state == "NODE_FAIL")

@@ -411,3 +411,30 @@ def test_a_node_fault_moves_the_next_attempt_and_later_jobs_off_the_node(home: P
     finally:  # the suspect list is the store's (this test's home): nothing outlives it
         for node in suspects:
             cli("nodes", "--clear", node)
+
+
+def test_a_hung_attempt_is_stopped_by_its_watchdog_and_restarted_not_left_to_the_time_limit(home: Path) -> None:
+    """The only rank blocks at step 3 of attempt 1 (a sleep, as a deadlocked loader would). The watchdog the batch
+    script starts beside srun finds no output and no progress for hang_after (20 s), records what it saw and
+    stops the step; the judge ends the attempt `hang` and attempt 2 resumes from step 2 and finishes, well
+    before the 30-minute time limit that would otherwise have ended it."""
+    path = spec_file(home.parent, "oom-fallback.yaml", "hangs", **{
+        "entrypoint.args": ["--steps", "5", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
+                            "--checkpoint-dir", "{checkpoint_dir}", "--hang-at-step", "3", "--hang-rank", "0"],
+        "resources": {"nodes": 1, "gpus_per_node": 1, "cpus_per_node": 2}, "batch": {"micro": 2, "global": 2},
+        "checkpoint": {"every_steps": 2}, "resilience": {"hang_after": "20s"},
+        "slurm.partition": "short", "slurm.time": "30:00"})
+    job_id = submit(path)
+    store = Store(home)
+    t0 = time.monotonic()
+    wait_for(lambda: store.get_job(job_id).terminal, 240, "the hang to be found and the job to finish")
+    took = time.monotonic() - t0
+    attempts = store.attempts(job_id)
+    assert [(a.state, a.failure and a.failure.kind) for a in attempts] == [("failed", "hang"), ("succeeded", None)], \
+        [a.failure for a in attempts]
+    assert attempts[0].failure is not None
+    assert attempts[0].failure.reason.startswith("hung: no output and no progress for ")
+    assert "last step seen: 2" in attempts[0].failure.reason
+    assert "[shardctl] hung: " in Path(attempts[0].log_path).read_text()
+    assert attempts[1].rung is None and (attempts[1].resume_from or "").startswith("step_2")
+    assert took < 200, took  # minutes before the time limit
