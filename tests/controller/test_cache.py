@@ -160,3 +160,19 @@ def test_a_job_deleted_and_recreated_under_its_name_is_seen_afresh(api: FakeApiS
         finally:
             controller.shutdown()
     assert api.store.created[("jobs", NS, "llm-a1")] == 2  # one per incarnation
+
+
+@pytest.mark.timeout(10)
+def test_a_deleted_pods_last_state_is_kept_for_its_job() -> None:
+    """A pod lost with its node is force-deleted right after pod GC marks it: its last state is the evidence."""
+    cache = Cache()
+    cache.replace("pods", [], "1")
+    lost = {"metadata": {"name": "llm-a1-1-x", "namespace": NS, "resourceVersion": "5", "uid": "u1",
+                         "labels": {"batch.kubernetes.io/job-name": "llm-a1"}},
+            "status": {"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "reason": "DeletionByPodGC"}]}}
+    cache.apply("pods", "ADDED", lost)
+    cache.apply("pods", "DELETED", lost)
+    assert cache.pods_of(NS, "llm-a1") == []
+    assert cache.departed_pods_of(NS, "llm-a1") == [lost] and cache.departed_pods_of(NS, "other") == []
+    cache.apply("pods", "ADDED", {**lost, "metadata": {**lost["metadata"], "resourceVersion": "9"}})
+    assert cache.departed_pods_of(NS, "llm-a1") == []  # a namesake came back: the live one counts
