@@ -265,3 +265,41 @@ def test_submit_dry_run_and_submit_share_one_check_function(home: Path, tmp_path
         submit_checked(checked, store=Store(home))
     assert type(by_dry.value) is type(by_submit.value) and by_dry.value.lines() == by_submit.value.lines()
     assert calls == ["checks"] * 3 and Store(home).list_jobs() == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_resilience_rules_decide_on_real_runs_an_exit_code_retries_and_a_log_line_fails(home: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Two real processes under accelerate launch (torchrun hides the workers' exit 75 behind its own 1): the
+    exit-code rule restarts the same config until resilience.max_restarts (1) is spent; the log rule, checked
+    first, fails a run that prints its custom error at once, without a retry."""
+    (tmp_path / "quits.py").write_text(
+        "import os, sys\n"
+        "print('step 1/4', flush=True)\n"
+        "if os.environ.get('SHARDCTL_ATTEMPT') == '1' and os.environ.get('RANK') == '0' and len(sys.argv) > 1:\n"
+        "    print('DataCorrupted: shard 17 has a bad header', file=sys.stderr, flush=True)\n"
+        "sys.exit(75)\n")
+    base = ("apiVersion: shardctl.dev/v1alpha1\nkind: TrainingJob\nmetadata: {name: NAME}\nspec:\n"
+            "  entrypoint: {script: quits.py, args: ARGS}\n  model: {name_or_path: tiny-lm, parameters: 1.0e6}\n"
+            "  backend: deepspeed\n  sharding: grad_op\n  precision: {mixed: 'no', params: fp32}\n"
+            "  batch: {micro: 1, global: 2}\n  resources: {nodes: 1, gpus_per_node: 2}\n"
+            "  resilience:\n    max_restarts: 1\n    rules:\n"
+            "      - {when: {log: 'DataCorrupted: shard [0-9]+'}, then: fail}\n"
+            "      - {when: {exit_code: 75}, then: retry}\n")
+    for name, args in (("exits-75", "[]"), ("corrupted", "[--corrupt]")):
+        (tmp_path / f"{name}.yaml").write_text(base.replace("NAME", name).replace("ARGS", args))
+    env = {**os.environ, "SHARDCTL_FORCE_CPU": "1"}
+    runs = {}
+    for name in ("exits-75", "corrupted"):
+        r = subprocess.run([*SHARDCTL, "submit", f"{name}.yaml", "--wait", "--json"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=200)
+        assert r.returncode == 1, r.stderr
+        runs[name] = json.loads(r.stdout[r.stdout.index("{\n"):])
+    retried = runs["exits-75"]
+    assert [a["failure"]["rule"] for a in retried["attempts"]] == [1, 1]
+    assert retried["attempts"][1]["rung"] is None and "restart 1 of 1" in retried["attempts"][1]["reason"]
+    assert "max_restarts: 1" in retried["reason"]
+    failed = runs["corrupted"]
+    assert len(failed["attempts"]) == 1 and failed["attempts"][0]["failure"]["rule"] == 0
+    assert "resilience.rules[0]" in failed["reason"] and "not retried" in failed["reason"]

@@ -1,9 +1,11 @@
 """When a running attempt is hung: the limit, and the decision. Pure: the times are given, nothing is read.
 
-A run is hung when it shows no progress AND no output for the limit (`spec.resilience.hang_after`, seconds):
-its log has not grown and the step it prints has not changed. Unset, the limit follows the run: 20 minutes
-until the first step is seen (start-up: imports, compilation, loading a model, a first checkpoint load),
-then 10 times the slowest interval seen between two steps (an interval that holds a checkpoint save counts:
+A run is hung when it shows no progress AND no output for the limit: its log has not grown and the step it
+prints has not changed. Before the first step is seen (start-up: imports, compilation, loading a model, a
+first checkpoint load) the limit is `spec.resilience.first_step_within`, 20 minutes unless set, as
+nvidia-resiliency-ext keeps an initial heartbeat timeout apart from the one between heartbeats. Then it is
+`spec.resilience.hang_after`; unset, it follows the run: 20 minutes until two steps are timed, then 10 times the
+slowest interval seen between two steps (an interval that holds a checkpoint save counts:
 it is how long a step can really take), never under 5 minutes. The executor that watches (the supervisor,
 for the local target) feeds `Watch` what it sees and asks `hung`; what it then does (record, capture the
 ranks' stacks, stop, restart from the last checkpoint) is the fallback policy's and the target's.
@@ -18,9 +20,13 @@ STEP_FACTOR = 10  # default limit once steps are seen: this many times the slowe
 FLOOR_S = 5 * 60  # the default limit is never shorter
 
 
-def limit_s(hang_after: int | None, slowest_step_s: float | None) -> float:
-    """The limit in seconds: `hang_after` when set; else 20 minutes while no interval between two steps is known,
-    then STEP_FACTOR x the slowest one, at least FLOOR_S."""
+def limit_s(hang_after: int | None, slowest_step_s: float | None, first_step_within: int | None = None,
+            stepping: bool = True) -> float:
+    """The limit in seconds. Before the first step (`stepping` False: start-up, imports, loading, compilation)
+    `first_step_within`, else 20 minutes. Then `hang_after` when set; else 20 minutes while no interval between
+    two steps is known, then STEP_FACTOR x the slowest one, at least FLOOR_S."""
+    if not stepping:
+        return float(first_step_within if first_step_within is not None else BEFORE_FIRST_STEP_S)
     if hang_after is not None:
         return float(hang_after)
     if slowest_step_s is None:
@@ -65,17 +71,20 @@ class Watch:
             out = replace(out, step=step, progress_at=now)
         return out
 
-    def limit(self, hang_after: int | None) -> float:
-        return limit_s(hang_after, self.slowest_step_s)
+    def limit(self, hang_after: int | None, first_step_within: int | None = None) -> float:
+        return limit_s(hang_after, self.slowest_step_s, first_step_within, self.step is not None)
 
-    def is_hung(self, now: float, hang_after: int | None) -> bool:
-        return hung(self.limit(hang_after), now - self.output_at, now - self.progress_at)
+    def is_hung(self, now: float, hang_after: int | None, first_step_within: int | None = None) -> bool:
+        return hung(self.limit(hang_after, first_step_within), now - self.output_at, now - self.progress_at)
 
-    def reason(self, now: float, hang_after: int | None) -> str:
+    def reason(self, now: float, hang_after: int | None, first_step_within: int | None = None) -> str:
         """What the watchdog saw, for the record and the history: how long it was quiet, the limit, the last step."""
-        limit = self.limit(hang_after)
+        limit = self.limit(hang_after, first_step_within)
         quiet = min(now - self.output_at, now - self.progress_at)
-        if hang_after is not None:
+        if self.step is None:
+            why = "spec.resilience.first_step_within" if first_step_within is not None else \
+                "the default before the first step"
+        elif hang_after is not None:
             why = "spec.resilience.hang_after"
         elif self.slowest_step_s is None:
             why = "the default before steps are timed"

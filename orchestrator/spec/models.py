@@ -553,10 +553,13 @@ class Rule(_Strict):
 
 class Resilience(_Strict):
     hang_after: Duration | None = Field(
-        default=None, description="No progress and no output for this long and the attempt is hung: its ranks' "
-                                  "stacks are saved, it is stopped and restarted from the last checkpoint. Unset: "
-                                  "20 minutes before the first step, then 10 times the slowest step seen, at least 5 "
-                                  "minutes.")
+        default=None, description="Once steps are seen: no progress and no output for this long and the attempt is "
+                                  "hung: its ranks' stacks are saved (local), it is stopped and restarted from the "
+                                  "last checkpoint. Unset: 10 times the slowest step seen, at least 5 minutes (20 "
+                                  "minutes until two steps are timed).")
+    first_step_within: Duration | None = Field(
+        default=None, description="Before the first step is seen (imports, loading the model, compilation): the "
+                                  "silence after which the attempt is hung. Unset: 20 minutes.")
     max_restarts: int = Field(
         default=3, ge=0, le=50,
         description="Restarts with the same config after a transient fault (hang, node fault, network, timeout, "

@@ -158,6 +158,7 @@ class HangWatchdog:
         self.number: int | None = None
         self.watch: Watch | None = None
         self.hang_after: int | None = None
+        self.first_step_within: int | None = None
         self.next_look = 0.0
         self.seen: tuple[int, float] | None = None  # the log's (size, mtime) at the last read
         self.step: int | None = None
@@ -172,7 +173,8 @@ class HangWatchdog:
         now = time.time()
         if self.number != attempt.number or self.watch is None:
             self.number, self.seen = attempt.number, None
-            self.hang_after = TrainingJob.model_validate(attempt.spec).spec.resilience.hang_after
+            resilience = TrainingJob.model_validate(attempt.spec).spec.resilience
+            self.hang_after, self.first_step_within = resilience.hang_after, resilience.first_step_within
             self.watch = Watch.begin(now, output_at, attempt.started_at, self.step)
         else:
             self.watch = self.watch.seen(now, output_at, self.step)
@@ -291,10 +293,10 @@ class Supervisor:
             if looked is None:
                 return
             now, watch = looked
-            hang_after = self.watchdog.hang_after
-            if not watch.is_hung(now, hang_after):
+            limits = self.watchdog.hang_after, self.watchdog.first_step_within
+            if not watch.is_hung(now, *limits):
                 return
-            if not self.store.note_attempt(job.id, attempt.number, hung=watch.reason(now, hang_after)):
+            if not self.store.note_attempt(job.id, attempt.number, hung=watch.reason(now, *limits)):
                 return  # recorded by another supervisor meanwhile: the next step reads it
             attempt = self.store.attempts(job.id)[attempt.number - 1]
         if attempt.hung is None or self.hung_sent == attempt.number or attempt.external_id is None:

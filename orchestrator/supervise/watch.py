@@ -1,4 +1,4 @@
-"""The hang watchdog inside a Slurm attempt: `python -m orchestrator.supervise.watch RUN_DIR LOG PID [HANG_AFTER]`.
+"""The hang watchdog inside a Slurm attempt: `python -m orchestrator.supervise.watch RUN_DIR LOG PID HANG FIRST`.
 
 On Slurm nothing of shardctl runs while an attempt does (its judge starts when it has ended), so the
 attempt's batch script starts this beside its srun step. It watches the attempt's log as the local
@@ -45,7 +45,8 @@ def last_step(log: Path, size: int) -> int | None:
     return found.step if found is not None else None
 
 
-def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, every_s: float = WATCH_S) -> str | None:
+def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, first_step_within: int | None = None,
+          every_s: float = WATCH_S) -> str | None:
     """Until the step `pid` ends (None) or is hung (what was seen: also written to RUN_DIR/hung.json)."""
     started = time.time()
     state: Watch | None = None
@@ -62,8 +63,8 @@ def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, every_s: f
             output_at = None
         now = time.time()
         state = Watch.begin(now, output_at, started, step) if state is None else state.seen(now, output_at, step)
-        if state.is_hung(now, hang_after):
-            reason = state.reason(now, hang_after)
+        if state.is_hung(now, hang_after, first_step_within):
+            reason = state.reason(now, hang_after, first_step_within)
             write_json(run_dir / HUNG_FILE, {"reason": reason, "at": now})
             try:
                 with log.open("a") as out:
@@ -80,10 +81,10 @@ def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, every_s: f
 
 
 def main() -> None:
-    if len(sys.argv) not in (4, 5):
-        sys.exit("usage: python -m orchestrator.supervise.watch RUN_DIR LOG PID [HANG_AFTER_S]")
-    hang_after = int(sys.argv[4]) if len(sys.argv) == 5 and sys.argv[4] != "-" else None
-    watch(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), hang_after)
+    if len(sys.argv) != 6:
+        sys.exit("usage: python -m orchestrator.supervise.watch RUN_DIR LOG PID HANG_AFTER_S|- FIRST_STEP_WITHIN_S|-")
+    hang_after, first = (None if value == "-" else int(value) for value in sys.argv[4:6])
+    watch(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), hang_after, first)
 
 
 if __name__ == "__main__":

@@ -71,4 +71,14 @@ def test_step_intervals_set_the_default_limit() -> None:
 
 def test_the_reason_says_when_no_step_was_seen() -> None:
     w = Watch.begin(now=0.0, output_at=0.0, started_at=0.0, step=None)
-    assert w.reason(1300.0, None).endswith("(limit 1200 s, the default before steps are timed); no step seen")
+    assert w.reason(1300.0, None).endswith("(limit 1200 s, the default before the first step); no step seen")
+
+
+def test_start_up_has_its_own_limit_and_hang_after_applies_once_steps_are_seen() -> None:
+    """Loading a model is silent for minutes: hang_after (20 s) must not end it; first_step_within does."""
+    w = Watch.begin(now=0.0, output_at=0.0, started_at=0.0, step=None)
+    assert not w.is_hung(60.0, 20) and w.is_hung(1200.0, 20)
+    assert w.is_hung(90.0, 20, first_step_within=90)
+    assert "spec.resilience.first_step_within" in w.reason(90.0, 20, 90)
+    stepping = w.seen(100.0, 100.0, 1)
+    assert stepping.is_hung(121.0, 20) and "spec.resilience.hang_after" in stepping.reason(121.0, 20)

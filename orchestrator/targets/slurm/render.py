@@ -277,14 +277,15 @@ def job_script(compiled: CompiledJob, req: SlurmRequest) -> str:
             "trap on_usr1 USR1",
         ]
     inner = "exec " + _launch_words(compiled)
-    hang_after = str(spec.resilience.hang_after) if spec.resilience.hang_after is not None else "-"
+    limits = " ".join("-" if v is None else str(v)
+                      for v in (spec.resilience.hang_after, spec.resilience.first_step_within))
     lines += [
         f"srun --nodes={spec.resources.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {q(inner)} &",
         "step=$!",
         "# the hang watchdog (spec.resilience.hang_after): no output and no progress for the limit, and it writes",
         f"# {HUNG_FILE} and stops the step; it leaves by itself when the step ends",
         f"PYTHONPATH={q(req.package_root)}${{PYTHONPATH:+:$PYTHONPATH}} {q(req.python)} "
-        f'-m orchestrator.supervise.watch {q(req.run_dir)} {q(req.log_path)} "$step" {hang_after} &',
+        f'-m orchestrator.supervise.watch {q(req.run_dir)} {q(req.log_path)} "$step" {limits} &',
         "# a trapped signal interrupts wait: wait again until the step has really ended, then pass on its status",
         'while kill -0 "$step" 2>/dev/null; do wait "$step" || true; done',
         'wait "$step"',
