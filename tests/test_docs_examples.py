@@ -214,6 +214,12 @@ TABLE: dict[str, Check] = {
         "benchmark", "both scripts take the flags given; memory_report.py runs for real on the committed CPU data"),
     "docs/benchmarks.md: .venv/bin/python benchmarks/cold_start.py --runs 11": Check(
         "benchmark", "the script takes --runs (the run itself times 22 cold starts of heavy CLIs: too slow here)"),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/resilience.py --hangs 3 --node-f": Check(
+        "benchmark", "the script takes --hangs and --node-faults (the runs are real hangs and node faults: minutes; "
+        "the same scenarios run in CI)",
+        tests=("tests/supervise/test_hang_local.py::test_a_hung_rank_is_found_its_stacks_kept_and_the_run_resumes",
+               "tests/targets/slurm/test_cluster.py::test_a_node_fault_moves_the_next_attempt_and_later_jobs_off_the_"
+               "node")),
     "docs/benchmarks.md: .venv/bin/python benchmarks/fallback_gap.py --jobs 3": Check(
         "benchmark", "the script takes --jobs (the run itself is real OOMs under a memory limit: minutes)"),
     "docs/benchmarks.md: slurm/dev/cluster up; eval \"$(slurm/dev/cluster env)\"; .venv": Check(
