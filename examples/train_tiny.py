@@ -121,11 +121,14 @@ def fault_here(args: argparse.Namespace, step: int, root: Path) -> None:
     if not (args.fault and step == args.fault_at_step
             and os.environ.get("SHARDCTL_ATTEMPT", "1") == str(args.fault_on_attempt)):
         return
-    if args.fault_cuts_checkpoint and (found := latest_checkpoint(root)) is not None:
+    if args.fault_cuts_checkpoint and os.environ.get("RANK", "0") == "0" \
+            and (found := latest_checkpoint(root)) is not None:  # one rank cuts it: two would race
         weights = found[0] / "model_weights.pt"
         if weights.exists():
             data = weights.read_bytes()
             weights.write_bytes(data[: len(data) // 2])
+    elif args.fault_cuts_checkpoint:
+        time.sleep(2)  # rank 0 cuts it: dying first would have torchrun stop rank 0 halfway through
     print(args.fault, file=sys.stderr, flush=True)
     sys.exit(1)
 
