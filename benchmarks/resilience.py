@@ -52,18 +52,22 @@ def wait(predicate, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def one_hang(work: Path) -> dict[str, float]:
-    text = (ROOT / "examples/quickstart.yaml").read_text()
-    text = text.replace('"--steps", "20"', '"--steps", "8", "--hang-at-step", "5", "--hang-rank", "1"')
-    text = text.replace("every_steps: 5", "every_steps: 4") + f"  resilience:\n    hang_after: {HANG_AFTER_S}s\n"
-    spec = work / "hang.yaml"
+def submit(work: Path, name: str, text: str) -> tuple[str, Store]:
+    """The spec `text` submitted from `work` into its own store: the job's id and that store."""
+    spec = work / name
     spec.write_text(text)
     home = work / "state"
     r = cli(home, "submit", str(spec), "--json")
     if r.returncode:
         raise SystemExit(r.stderr)
-    job_id = json.loads(r.stdout)["id"]
-    store = Store(home)
+    return json.loads(r.stdout)["id"], Store(home)
+
+
+def one_hang(work: Path) -> dict[str, float]:
+    text = (ROOT / "examples/quickstart.yaml").read_text()
+    text = text.replace('"--steps", "20"', '"--steps", "8", "--hang-at-step", "5", "--hang-rank", "1"')
+    text = text.replace("every_steps: 5", "every_steps: 4") + f"  resilience:\n    hang_after: {HANG_AFTER_S}s\n"
+    job_id, store = submit(work, "hang.yaml", text)
     log = Path(store.attempts(job_id)[0].log_path)
     wait(lambda: log.exists() and "simulating a hang" in log.read_text(errors="replace"), 240)
     last_output = log.stat().st_mtime
@@ -93,14 +97,7 @@ def one_node_fault(work: Path, n: int) -> dict[str, float]:
                          "batch": {"micro": 2, "global": 2}, "checkpoint": {"every_steps": 2}})
     data["spec"]["entrypoint"]["args"] = ["--steps", "8", *tiny, "--fault-at-step", "5", "--fault",
                                           "RuntimeError: CUDA error: uncorrectable ECC error encountered"]
-    spec = work / "ecc.yaml"
-    spec.write_text(yaml.safe_dump(data))
-    home = work / "state"
-    r = cli(home, "submit", str(spec), "--json")
-    if r.returncode:
-        raise SystemExit(r.stderr)
-    job_id = json.loads(r.stdout)["id"]
-    store = Store(home)
+    job_id, store = submit(work, "ecc.yaml", yaml.safe_dump(data))
     wait(lambda: store.get_job(job_id).terminal, 300)
     a1, a2 = store.attempts(job_id)
     bad = sacct(str(a1.external_id), "NodeList")
@@ -109,11 +106,10 @@ def one_node_fault(work: Path, n: int) -> dict[str, float]:
     on_bad = int(sacct(str(a2.external_id), "NodeList") == bad)
     data["metadata"]["name"] = f"after-ecc-{n}"
     data["spec"]["entrypoint"]["args"] = ["--steps", "2", *tiny]
-    spec.write_text(yaml.safe_dump(data))
-    later = json.loads(cli(home, "submit", str(spec), "--json").stdout)["id"]
+    later, _ = submit(work, "later.yaml", yaml.safe_dump(data))
     wait(lambda: store.get_job(later).terminal, 240)
     on_bad += int(sacct(str(store.attempts(later)[0].external_id), "NodeList") == bad)
-    cli(home, "nodes", "--clear", bad)
+    cli(work / "state", "nodes", "--clear", bad)
     return {"fault_to_next_start_s": start2 - end1, "attempts_on_the_bad_node": float(on_bad),
             "succeeded": float(store.get_job(job_id).state == "succeeded")}
 
