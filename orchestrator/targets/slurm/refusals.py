@@ -58,8 +58,10 @@ def _shape(job: TrainingJob, limits: SiteLimits) -> str:
     res = job.spec.resources
     mem = f", {res.memory_per_node} memory" if res.memory_per_node else ""
     cpus = f", {res.cpus_per_node} CPUs" if res.cpus_per_node else ""
+    avoided = (f" once resources.avoid_nodes ({', '.join(res.avoid_nodes)}: after a node fault, or the site's "
+               "suspect nodes, `shardctl nodes`) are left out" if res.avoid_nodes else "")
     return (f"no node of partition {limits.partition or '(the default)'} has {res.gpus_per_node} GPUs{cpus}{mem} "
-            f"free to give, or there are fewer than {res.nodes} such nodes (`sinfo -N -o '%N %c %m %G'`)")
+            f"free to give, or there are fewer than {res.nodes} such nodes{avoided} (`sinfo -N -o '%N %c %m %G'`)")
 
 
 def _memory(job: TrainingJob, limits: SiteLimits) -> str:

@@ -137,7 +137,14 @@ class SlurmTarget:
                           "was submitted")
         run_dir = Path(ref.run_dir)
         write_files(run_dir, dryrun.files)
-        job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
+        try:
+            job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
+        except SlurmRefused as exc:  # said as at submit: the spec's field (too few nodes once some are avoided...)
+            job = dryrun.compiled.job
+            explained = slurm_refusals.explain(job, str(exc), slurm_refusals.SiteLimits(job.spec.slurm.partition or ""))
+            if explained is None:
+                raise
+            raise SlurmRefused(f"{explained[0]}: {explained[1]}") from None
         write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": None})
         try:
             judge = sbatch([f"--dependency=afterany:{job_id}", str(run_dir / slurm_render.JUDGE_SCRIPT)],

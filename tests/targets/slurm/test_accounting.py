@@ -167,3 +167,29 @@ def test_the_nodes_of_an_allocation_come_with_its_state() -> None:
     jobs = parse_sacct(text)
     assert jobs["41"].nodes == ("node1", "node2") and jobs["41"].state == "NODE_FAIL"
     assert jobs["42"].nodes == ()
+
+
+def test_an_attempt_refused_for_too_few_nodes_says_which_were_avoided(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart away from a faulted node that leaves too few nodes ends refused in words that name the avoided
+    node and the field, never waiting in silence (a stand-in sbatch says what Slurm says)."""
+    from orchestrator.errors import SlurmRefused
+    from orchestrator.targets.base import AttemptRef
+    from orchestrator.targets.slurm.target import SlurmTarget
+    from tests.helpers import job
+
+    _answering(tmp_path / "bin", "sbatch",
+               "sbatch: error: Batch job submission failed: Requested node configuration is not available")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    spec = job(target="slurm", backend="deepspeed", sharding="grad_op", batch={"micro": 1, "global": 2},
+               resources={"nodes": 2, "gpus_per_node": 1, "cpus_per_node": 1, "avoid_nodes": ["node1"]},
+               slurm={"partition": "debug"})
+    ref = AttemptRef("ab12cd34", 2, str(tmp_path / "attempt-2"), str(tmp_path / "ckpt"), str(tmp_path),
+                     str(tmp_path / "attempt-2" / "output.log"))
+    target = SlurmTarget(cpu=True, state_dir=str(tmp_path / "state"))
+    with pytest.raises(SlurmRefused) as refused:
+        target.submit(target.render(spec, ref), ref)
+    said = str(refused.value)
+    assert said.startswith("spec.resources: ") and "once resources.avoid_nodes (node1: " in said, said
+    assert said.endswith("(Slurm: sbatch: error: Batch job submission failed: Requested node configuration is not "
+                         "available)"), said

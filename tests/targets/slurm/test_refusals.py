@@ -42,3 +42,14 @@ def test_words_that_name_no_field_of_ours_are_left_as_slurm_said_them() -> None:
     job = make_job(target="slurm")
     assert explain(job, "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying",
                    SiteLimits()) is None
+
+
+def test_too_few_nodes_once_the_avoided_ones_are_left_out_says_which_were_avoided() -> None:
+    """After a node fault (or with the site's suspect nodes) the nodes left may be too few: the refusal says so,
+    naming them, rather than leaving the job to wait in silence."""
+    job = make_job(target="slurm", resources={"nodes": 2, "gpus_per_node": 1, "avoid_nodes": ["node1"]})
+    explained = explain(job, WORDS["shape"], SiteLimits("debug"))
+    assert explained is not None
+    field, line = explained
+    assert field == "spec.resources" and "fewer than 2 such nodes once resources.avoid_nodes (node1: " in line
+    assert "shardctl nodes" in line
