@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -38,7 +37,6 @@ from pathlib import Path
 from typing import assert_never
 
 from orchestrator.errors import Refused, ShardctlError, StoreError, StoreFull, TargetError
-from orchestrator.lifecycle import progress
 from orchestrator.lifecycle.classify import Outcome
 from orchestrator.lifecycle.fallback import avoiding
 from orchestrator.lifecycle.hang import Watch
@@ -65,8 +63,8 @@ from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
 from orchestrator.store.nodes import SuspectNodes
 from orchestrator.supervise import checkpoints
+from orchestrator.supervise.watch import LogProgress
 from orchestrator.targets.base import AttemptRef, DryRun, Target
-from orchestrator.targets.filelog import read_tail
 
 POLL_S = 0.1
 LOCK_NAME = "supervisor.lock"
@@ -75,7 +73,6 @@ SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt a
 
 FULL_WAIT_S = 5.0  # how often a supervisor whose store is full looks for space again
 WATCH_S = 1.0  # how often the hang watchdog looks at a running attempt's log
-WATCH_TAIL_BYTES = 64 * 1024  # what it reads of the log's end for the step, when the log changed
 
 
 def _log(message: str) -> None:
@@ -145,11 +142,6 @@ def resume_point(checkpoint_dir: str | None) -> tuple[str | None, str | None]:
     return (str(choice.path) if choice.path else None), text
 
 
-def checkpoint_summary(checkpoint_dir: str) -> str | None:
-    """What a new attempt will find to resume from (for the history); None when there is nothing."""
-    return resume_point(checkpoint_dir)[1]
-
-
 class HangWatchdog:
     """Watches one running attempt at a time: feeds `lifecycle.hang.Watch` the log's mtime and the step it shows,
     at most every WATCH_S, re-reading the log's end only when it changed."""
@@ -160,8 +152,7 @@ class HangWatchdog:
         self.hang_after: int | None = None
         self.first_step_within: int | None = None
         self.next_look = 0.0
-        self.seen: tuple[int, float] | None = None  # the log's (size, mtime) at the last read
-        self.step: int | None = None
+        self.log = LogProgress()
 
     def look(self, attempt: AttemptRecord) -> tuple[float, Watch] | None:
         """(now, the watch after this look), or None when it is not time to look yet."""
@@ -169,35 +160,18 @@ class HangWatchdog:
         if self.number == attempt.number and mono < self.next_look:
             return None
         self.next_look = mono + WATCH_S
-        output_at = self.output(attempt.log_path)
+        if self.number != attempt.number:
+            self.log = LogProgress()
+        output_at = self.log.look(attempt.log_path)
         now = time.time()
         if self.number != attempt.number or self.watch is None:
-            self.number, self.seen = attempt.number, None
+            self.number = attempt.number
             resilience = TrainingJob.model_validate(attempt.spec).spec.resilience
             self.hang_after, self.first_step_within = resilience.hang_after, resilience.first_step_within
-            self.watch = Watch.begin(now, output_at, attempt.started_at, self.step)
+            self.watch = Watch.begin(now, output_at, attempt.started_at, self.log.step)
         else:
-            self.watch = self.watch.seen(now, output_at, self.step)
+            self.watch = self.watch.seen(now, output_at, self.log.step)
         return now, self.watch
-
-    def output(self, log_path: str) -> float | None:
-        """The log's mtime (None: no log yet, or not a plain file); updates the step when the log changed."""
-        try:
-            info = os.lstat(log_path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        if self.seen != (info.st_size, info.st_mtime):
-            self.seen = (info.st_size, info.st_mtime)
-            try:
-                found = progress.parse(read_tail(log_path, WATCH_TAIL_BYTES),
-                                       cut_at_start=info.st_size > WATCH_TAIL_BYTES)
-            except (ValueError, ArithmeticError):  # a log is untrusted: no reading, never a crash
-                found = None
-            if found is not None and found.step is not None:
-                self.step = found.step
-        return info.st_mtime
 
 
 class Supervisor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from orchestrator.targets.filelog import read_tail
 from orchestrator.targets.slurm.render import HUNG_FILE
 
 WATCH_S = 2.0  # a look at the log costs one stat, and a read of its end when it changed
-TAIL_BYTES = 64 * 1024
+TAIL_BYTES = 64 * 1024  # what is read of the log's end for the step, when the log changed
 
 
 def alive(pid: int) -> bool:
@@ -37,12 +38,31 @@ def alive(pid: int) -> bool:
         return False
 
 
-def last_step(log: Path, size: int) -> int | None:
-    try:
-        found = progress.parse(read_tail(str(log), TAIL_BYTES), cut_at_start=size > TAIL_BYTES)
-    except (ValueError, ArithmeticError):  # a log is untrusted: no reading, never a crash
-        return None
-    return found.step if found is not None else None
+class LogProgress:
+    """A running attempt's log as a hang watchdog sees it: when it last changed (its mtime: a watchdog that
+    restarts sees the same) and the step it shows, re-read from its end only when it changed."""
+
+    def __init__(self) -> None:
+        self.seen: tuple[int, float] | None = None  # the log's (size, mtime) at the last read
+        self.step: int | None = None
+
+    def look(self, log: str | Path) -> float | None:
+        """The log's mtime (None: no log yet, or not a plain file); updates `step` when the log changed."""
+        try:
+            info = os.lstat(log)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if self.seen != (info.st_size, info.st_mtime):
+            self.seen = (info.st_size, info.st_mtime)
+            try:
+                found = progress.parse(read_tail(str(log), TAIL_BYTES), cut_at_start=info.st_size > TAIL_BYTES)
+            except (ValueError, ArithmeticError):  # a log is untrusted: no reading, never a crash
+                found = None
+            if found is not None and found.step is not None:
+                self.step = found.step
+        return info.st_mtime
 
 
 def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, first_step_within: int | None = None,
@@ -50,19 +70,12 @@ def watch(run_dir: Path, log: Path, pid: int, hang_after: int | None, first_step
     """Until the step `pid` ends (None) or is hung (what was seen: also written to RUN_DIR/hung.json)."""
     started = time.time()
     state: Watch | None = None
-    seen: tuple[int, float] | None = None
-    step: int | None = None
+    seen = LogProgress()
     while alive(pid):
-        try:
-            info = log.stat()
-            output_at: float | None = info.st_mtime
-            if seen != (info.st_size, info.st_mtime):
-                seen = (info.st_size, info.st_mtime)
-                step = last_step(log, info.st_size) or step
-        except OSError:
-            output_at = None
+        output_at = seen.look(log)
         now = time.time()
-        state = Watch.begin(now, output_at, started, step) if state is None else state.seen(now, output_at, step)
+        state = Watch.begin(now, output_at, started, seen.step) if state is None else \
+            state.seen(now, output_at, seen.step)
         if state.is_hung(now, hang_after, first_step_within):
             reason = state.reason(now, hang_after, first_step_within)
             write_json(run_dir / HUNG_FILE, {"reason": reason, "at": now})

@@ -23,7 +23,7 @@ from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.store import files as store_files
 from orchestrator.store.jobstore import JobRecord, Store
 from orchestrator.supervise import supervisor as supervisor_module
-from orchestrator.supervise.supervisor import JobLock, Supervisor, checkpoint_summary, job_to_json
+from orchestrator.supervise.supervisor import JobLock, Supervisor, job_to_json, resume_point
 from orchestrator.targets.base import AttemptRef, DryRun
 from tests.helpers import job
 
@@ -229,6 +229,10 @@ def test_only_one_supervisor_holds_a_job(store: Store, tmp_path: Path) -> None:
     finally:
         holder.release()
     assert store.attempts(record.id) == []
+
+
+def checkpoint_summary(checkpoint_dir: str) -> str | None:
+    return resume_point(checkpoint_dir)[1]
 
 
 def test_checkpoint_summary_reads_the_marker(tmp_path: Path) -> None:
