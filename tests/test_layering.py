@@ -22,11 +22,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("compile", ("compile",)),  # pure: a TrainingJob in, configs and the launch command out
     ("plan", ("plan",)),  # the memory planner: sizes compiled candidates
     ("lifecycle", ("lifecycle",)),  # pure: classify, fallback, next_move
-    ("targets", ("targets", "entry", "store", "intake")),  # what executors act on, the job store, what submit takes
+    ("targets", ("targets", "entry", "store", "intake", "notify")),  # what executors act on, the job store, what submit
+    # takes, and the webhooks told after a state change is recorded
     ("executors", ("supervise", "controller")),
     ("jobs", ("jobs",)),  # record, catch up and cancel a job by its driver
     ("views", ("views",)),  # the one view of a job, following it live, progress, text made terminal-safe
     ("api", ("api",)),  # the Python API: jobs, --set overrides, sweeps
+    ("web", ("web",)),  # the dashboard: pages over a read-only job source, served with a token
     ("cli", ("cli", "__main__")),
 ]
 
