@@ -741,6 +741,11 @@ class KubernetesOptions(_Strict):
     volumes: list[Volume] = Field(
         default_factory=list, description="Volumes for the training container; put checkpoint.dir on a writable PVC "
                                           "so that a new attempt can resume.")
+    termination_grace_seconds: int = Field(
+        default=120, ge=10, le=3600,
+        description="The pods' terminationGracePeriodSeconds. When a pod is to stop (preemption, a node drained, the "
+                    "job cancelled), its container is told at once and asks the training script for a checkpoint "
+                    "(SHARDCTL_CHECKPOINT_REQUEST); the launcher gets SIGTERM 10 s before this ends, SIGKILL at it.")
 
 
 class TrainingJobSpec(_Strict):
