@@ -20,6 +20,9 @@ as its last word (say CUDA's "RuntimeError: CUDA error: uncorrectable ECC error 
 GPU or network makes a run die; `--fault-cuts-checkpoint` first cuts the newest checkpoint's weights short,
 as a kill mid-save does, so that the next attempt must resume from the one before.
 
+A notice (README, "What your script sees": SHARDCTL_CHECKPOINT_REQUEST, or SIGTERM) saves a checkpoint at the
+end of the step; on `terminate` it then exits 143, as a process stopped by SIGTERM does.
+
 It resumes from SHARDCTL_RESUME_FROM, the newest complete checkpoint shardctl found, else from the one its
 latest.json marker names; each checkpoint says its own step and backend (checkpoint.json).
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -203,6 +207,7 @@ def main() -> None:
     print(f"rank {accelerator.process_index}/{accelerator.num_processes} is process "
           f"{accelerator.local_process_index} on machine {os.environ.get('SLURM_NODEID', '-')}", flush=True)
     gen = torch.Generator().manual_seed(1234 + accelerator.process_index)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     model.train()
     for step in range(start, args.steps):
         seq = args.long_seq_len if args.long_seq_from and step >= args.long_seq_from else args.seq_len
@@ -221,24 +226,52 @@ def main() -> None:
                           f"time {time.perf_counter() - t0:.3f}s", flush=True)
         if args.step_sleep:
             time.sleep(args.step_sleep)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or checkpoint_requested(accelerator):
+        notice = checkpoint_requested(accelerator)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or notice:
             save(accelerator, model, root, step + 1, backend)
+        if notice == "terminate" and step + 1 < args.steps:
+            accelerator.print(f"stopping after the checkpoint at step {step + 1}: the run is being terminated",
+                              flush=True)
+            sys.exit(TERMINATED)
     accelerator.print("training complete")
     accelerator.end_training()
 
 
-def checkpoint_requested(accelerator) -> bool:
-    """shardctl's Slurm script creates SHARDCTL_CHECKPOINT_REQUEST shortly before the time limit.
-    Every rank must decide alike (saving is collective), so the ranks agree on it first."""
+TERMINATED = 143  # 128 + SIGTERM: how a process stopped by SIGTERM ends, said after saving
+_sigterm = False
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM straight to a rank (Slurm signals every task on a preemption or a cancel; torchrun passes its
+    own on): note it, save at the end of this step, then stop."""
+    global _sigterm
+    _sigterm = True
+
+
+def checkpoint_requested(accelerator) -> str | None:
+    """Why a checkpoint is wanted now, or None. shardctl writes SHARDCTL_CHECKPOINT_REQUEST with the reason:
+    `time_limit` (Slurm, shortly before the limit: save, then go on) or `terminate` (a preemption, a pod stopping,
+    a cancel: save, then stop); a SIGTERM to this process counts as `terminate`. Every rank must decide alike
+    (saving is collective), so the ranks agree first: any rank's `terminate` wins over a `time_limit`."""
     path = os.environ.get("SHARDCTL_CHECKPOINT_REQUEST")
-    seen = torch.tensor([1.0 if path and os.path.exists(path) else 0.0], device=accelerator.device)
-    if accelerator.reduce(seen, reduction="sum").item() == 0:
-        return False
+    why = 2.0 if _sigterm else 0.0
+    if path and os.path.exists(path):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            text = ""
+        why = max(why, 2.0 if text == "terminate" else 1.0)
+    seen = torch.tensor([why], device=accelerator.device)
+    agreed = accelerator.reduce(seen, reduction="max").item()
+    if agreed == 0:
+        return None
     accelerator.wait_for_everyone()
+    reason = "terminate" if agreed >= 2 else "time_limit"
     if accelerator.is_main_process:
-        os.remove(path)
-        print("checkpoint requested before the time limit: saving now", flush=True)
-    return True
+        if path and os.path.exists(path) and reason == "time_limit":
+            os.remove(path)  # asked once: the next request is a new one
+        print(f"checkpoint requested ({reason}): saving now", flush=True)
+    return reason
 
 
 def save(accelerator, model, root: Path, step: int, backend: str) -> None:

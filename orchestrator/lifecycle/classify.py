@@ -96,6 +96,19 @@ PATTERNS: tuple[tuple[FailureKind, re.Pattern[str], str], ...] = tuple(
         (K.TIMEOUT, r"DUE TO TIME LIMIT", "time limit reached"),
         # Not "Signal 15 (SIGTERM) received": torchrun sends SIGTERM to every rank once one fails.
         (K.PREEMPTED, r"DUE TO PREEMPTION", "preempted by the scheduler"),
+        # Stopped from outside while nothing else went wrong: a preemption's notice (Slurm signals every task
+        # SIGTERM at once, GraceTime before the end: slurmstepd's "*** STEP N.M ON NODE CANCELLED AT TIME ***" with
+        # no reason; a user's scancel is the job's CANCELLED state, read first), the container's SIGTERM when its
+        # pod stops (the line shardctl's pod and batch scripts print on it), and torchrun's agent stopped by
+        # SIGTERM itself (torch/distributed/elastic/agent/server/api.py logs "Received 15 death signal, shutting
+        # down workers", and multiprocessing/api.py raises "SignalException: Process N got signal: 15" as the
+        # launcher's last word; older torch spells the signal Signals.SIGTERM). Not SIGINT (2): a Ctrl-C is the
+        # user's. The next attempt resumes as is, from the checkpoint the notice asked for.
+        (K.PREEMPTED, r"^slurmstepd(?:-\S+)?: error: \*\*\* STEP \S+ ON \S+ CANCELLED AT \S+ \*\*\*\s*$",
+         "Slurm stopped the job step (a preemption's notice)"),
+        (K.PREEMPTED, r"^\[shardctl\] SIGTERM \(", "the job was told to stop (SIGTERM: a preemption, a drain)"),
+        (K.PREEMPTED, r"Received (?:15|Signals\.SIGTERM) death signal|SignalException: Process \d+ got signal: "
+                      r"(?:15|Signals\.SIGTERM)\b", "the launcher was stopped by SIGTERM from outside"),
         # Slurm refusing to start the step or a submission, in its own words (srun's fatal() and error() from
         # src/srun and src/common: "Unable to create step for job N: ...", "Unable to allocate resources: ...",
         # the SLURM_MEM_PER_* conflict; sbatch's "Batch job submission failed: ..."). Not "srun: error: NODE:

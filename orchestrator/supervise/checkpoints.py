@@ -154,3 +154,25 @@ def _safetensors_problem(f: Path, size: int) -> str | None:
     if 8 + length + end > size:
         return f"is cut short ({size} bytes of {8 + length + end})"
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m orchestrator.supervise.checkpoints DIR`: the newest complete checkpoint's path on stdout (nothing
+    when there is none), and what was passed over on stderr. A requeued Slurm attempt restarts its batch script
+    without a supervisor in between: the script asks this to choose what to resume from."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m orchestrator.supervise.checkpoints CHECKPOINT_DIR", file=sys.stderr)
+        return 2
+    choice = choose(args[0])
+    for name, why in choice.passed_over:
+        print(f"[shardctl] checkpoint {name} passed over: {why}", file=sys.stderr)
+    if choice.path is not None:
+        print(choice.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

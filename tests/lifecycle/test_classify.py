@@ -31,6 +31,28 @@ def test_user_error_captured_from_accelerate_launch() -> None:
     assert f.kind == "user_error" and "nonexistent_training_lib" in f.evidence
 
 
+def test_a_preemptions_notice_captured_on_the_dev_cluster_is_a_preemption_not_an_unknown_failure() -> None:
+    """Slurm's SIGTERM to every task at a preemption: the ranks saved and stopped, and torchrun's agent, signalled
+    too, died of it (its SignalException is the launcher's last word)."""
+    f = classify(Outcome(exit_code=1, log_tail=read("preempted_slurm_notice.txt")))
+    assert f is not None and f.kind == "preempted", f
+    assert "got signal: 15" in f.evidence
+
+
+@pytest.mark.parametrize("tail,kind", [
+    ("torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 2\n", "unknown"),  # ^C
+    ("[shardctl] SIGTERM (the pod is stopping: a preemption, a drain or a cancel): requesting a checkpoint\n"
+     "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'x'\n", "user_error"),
+    ("[shardctl] SIGTERM (the pod is stopping: a preemption, a drain or a cancel): requesting a checkpoint\n"
+     "stopping after the checkpoint at step 40: the run is being terminated\n", "preempted"),
+    ("RuntimeError: CUDA error: uncorrectable ECC error encountered\n"
+     "torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 15\n", "node_fault"),
+])
+def test_a_stop_from_outside_is_a_preemption_only_when_nothing_else_went_wrong(tail: str, kind: str) -> None:
+    f = classify(Outcome(exit_code=1, log_tail=tail))
+    assert f is not None and f.kind == kind, f
+
+
 def test_sigkill_needs_outside_evidence_to_be_an_oom() -> None:
     tail = "exitcode  : -9 (pid: 4242)\nSignal 9 (SIGKILL) received by PID 4242\n"
     assert classify(Outcome(exit_code=1, log_tail=tail)).kind == "unknown"

@@ -31,6 +31,7 @@ CONFIG_DIR = "/etc/shardctl"
 FUNCTION_DIR = "/etc/shardctl-function"
 DEFAULT_CHECKPOINT_DIR = "/checkpoints"
 PORT = 29500
+CHECKPOINT_REQUEST = "/dev/shm/shardctl-checkpoint-requested"  # the pod's own memory volume: writable
 MANIFESTS = "manifests.yaml"
 GROUP_LABEL = "shardctl.dev"
 _SHELL_VARS = {MACHINE_RANK: '"$JOB_COMPLETION_INDEX"', MAIN_PROCESS_IP: '"$MAIN_PROCESS_IP"',
@@ -80,7 +81,37 @@ def _meta(job: TrainingJob, request: KubeRequest, name: str, extra_labels: dict[
 
 def _launch_line(compiled: CompiledJob) -> str:
     words = [_SHELL_VARS[t.name] if isinstance(t, Var) else shlex.quote(t) for t in compiled.launch.argv]
-    return "exec " + " ".join(words)
+    return " ".join(words)
+
+
+def forward_after(grace: int) -> int:
+    """Seconds from the kubelet's SIGTERM to the launcher's: the launcher (torchrun) then stops its workers
+    and waits at most 30 s for them before SIGKILL, so it gets 30 s of the period, or half of a short one."""
+    return grace - min(30, grace // 2)
+
+
+def container_script(compiled: CompiledJob) -> str:
+    """The container's command. The kubelet sends SIGTERM to the container's first process when the pod is to
+    stop (a preemption, a node drained, the job cancelled), then SIGKILL after terminationGracePeriodSeconds.
+    A launcher told at once would stop its workers within seconds; instead this shell asks the script for a
+    checkpoint ($SHARDCTL_CHECKPOINT_REQUEST, as on Slurm), and passes SIGTERM on only near the end of the
+    period (`forward_after`). Without a notice it only waits: the launcher's status is the container's."""
+    later = forward_after(compiled.job.spec.kubernetes.termination_grace_seconds)
+    return "\n".join([
+        'rm -f "$SHARDCTL_CHECKPOINT_REQUEST"',
+        "on_term() {",
+        '  echo "[shardctl] SIGTERM (the pod is stopping: a preemption, a drain or a cancel): requesting a '
+        'checkpoint ($SHARDCTL_CHECKPOINT_REQUEST: terminate)"',
+        '  printf \'terminate\\n\' > "$SHARDCTL_CHECKPOINT_REQUEST" || true',
+        f'  (sleep {later}; kill -TERM "$child" 2>/dev/null) &',
+        "}",
+        "trap on_term TERM",
+        _launch_line(compiled) + " &",
+        "child=$!",
+        "# a trapped signal interrupts wait: wait again until the launcher has really ended, then pass on its status",
+        'while kill -0 "$child" 2>/dev/null; do wait "$child" || true; done',
+        'wait "$child"',
+    ]) + "\n"
 
 
 def _volumes(job: TrainingJob, config_map: str, request: KubeRequest) -> tuple[list[dict], list[dict], list[str]]:
@@ -165,7 +196,8 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(compiled.env.items())]
     env += [{"name": "MAIN_PROCESS_IP", "value": f"{name}-0.{name}"},  # pod 0 through the headless Service
             {"name": "MAIN_PROCESS_PORT", "value": str(PORT)},
-            {"name": "SHARDCTL_RUN_DIR", "value": CONFIG_DIR}]
+            {"name": "SHARDCTL_RUN_DIR", "value": CONFIG_DIR},
+            {"name": "SHARDCTL_CHECKPOINT_REQUEST", "value": CHECKPOINT_REQUEST}]
     if spec.entrypoint.function:  # where the runner finds the call, and that its outcome goes to the log
         env += [{"name": FUNCTION_FILE_ENV, "value": f"{FUNCTION_DIR}/{FUNCTION_FILE}"},
                 {"name": RESULT_TO_ENV, "value": "log"}]
@@ -176,7 +208,7 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
     container = {
         "name": "trainer",
         "image": k8s.image,
-        "command": ["bash", "-c", _launch_line(compiled)],
+        "command": ["bash", "-c", container_script(compiled)],
         "env": env,
         **({"envFrom": env_from} if env_from else {}),
         "resources": _resources(job),
@@ -189,6 +221,7 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod_spec: dict[str, Any] = {"subdomain": name, "restartPolicy": "Never", "containers": [container],
+                                "terminationGracePeriodSeconds": k8s.termination_grace_seconds,
                                 "volumes": volumes, "securityContext": _pod_security(job),
                                 "automountServiceAccountToken": k8s.automount_service_account_token}
     if k8s.node_selector:

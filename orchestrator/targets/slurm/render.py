@@ -266,15 +266,34 @@ def job_script(compiled: CompiledJob, req: SlurmRequest) -> str:
         'echo "[shardctl] Slurm job $SLURM_JOB_ID on $SLURM_JOB_NODELIST (restart ${SLURM_RESTART_COUNT:-0}),'
         ' rendezvous $MAIN_PROCESS_IP:$MAIN_PROCESS_PORT"',
     ]
+    lines += [
+        "# Notices (docs/design.md, \"Notices\"): the script learns of them from $SHARDCTL_CHECKPOINT_REQUEST, a",
+        "# file holding why: time_limit (save, then go on: the limit ends the run) or terminate (save, then stop).",
+        '# A request left by an earlier run of this job (a requeue) is not this one\'s.',
+        'rm -f "$SHARDCTL_CHECKPOINT_REQUEST"',
+        "notice() {",
+        '  echo "[shardctl] $2: requesting a checkpoint ($SHARDCTL_CHECKPOINT_REQUEST: $1)"',
+        '  printf \'%s\\n\' "$1" > "$SHARDCTL_CHECKPOINT_REQUEST" || true',
+        "}",
+        "# A preemption (Slurm sends SIGTERM to this shell and every task, GraceTime before SIGKILL) or a cancel.",
+        "trap 'notice terminate \"SIGTERM (a preemption or a cancel)\"' TERM",
+    ]
     if spec.slurm.time:
         lines += [
             "# Slurm sends SIGUSR1 to this shell before the time limit (--signal=B:USR1@...): ask the script",
             "# to save a checkpoint now; the next attempt resumes from it.",
-            "on_usr1() {",
-            '  echo "[shardctl] time limit near: requesting a checkpoint ($SHARDCTL_CHECKPOINT_REQUEST)"',
-            '  touch "$SHARDCTL_CHECKPOINT_REQUEST"',
-            "}",
-            "trap on_usr1 USR1",
+            "trap 'notice time_limit \"time limit near\"' USR1",
+        ]
+    if req.checkpoint_dir:
+        lines += [
+            "# A requeued run (a preemption, a node failure) starts here again with no supervisor in between: it",
+            "# resumes from the newest complete checkpoint (a save cut short by the preemption is passed over).",
+            'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then',
+            f"  SHARDCTL_RESUME_FROM=$(PYTHONPATH={q(req.package_root)}${{PYTHONPATH:+:$PYTHONPATH}} {q(req.python)} "
+            f"-m orchestrator.supervise.checkpoints {q(req.checkpoint_dir)}) || SHARDCTL_RESUME_FROM=",
+            '  [ -n "$SHARDCTL_RESUME_FROM" ] && export SHARDCTL_RESUME_FROM || unset SHARDCTL_RESUME_FROM',
+            '  echo "[shardctl] requeued: resuming from ${SHARDCTL_RESUME_FROM:-the start (nothing complete)}"',
+            "fi",
         ]
     inner = "exec " + _launch_words(compiled)
     limits = " ".join("-" if v is None else str(v)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -114,6 +115,61 @@ def test_the_container_command_passes_arguments_verbatim(tmp_path: Path) -> None
     assert argv[argv.index("--machine_rank") + 1] == "1"
     assert argv[argv.index("--main_process_ip") + 1] == "t-a1-0.t-a1"
     assert argv[argv.index("train.py") + 1:] == evil and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_terminating_pod_asks_for_a_checkpoint_at_once_and_stops_the_launcher_near_the_grace_end(
+        tmp_path: Path) -> None:
+    """The container's script run by real bash with an `accelerate` that trains until SIGTERM: the kubelet's
+    SIGTERM reaches the script as a request file at once, the launcher only forward_after(grace) later, and the
+    container's status is the launcher's."""
+    from orchestrator.targets.kubernetes.render import forward_after
+
+    grace = 12
+    batch = manifests(kube_job(kubernetes={"image": IMAGE, "termination_grace_seconds": grace}))[0][2]
+    pod = batch["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    request = tmp_path / "request"
+    env["SHARDCTL_CHECKPOINT_REQUEST"] = str(request)  # the pod's /dev/shm, here a private path
+    request.write_text("terminate\n")  # a stale request from before this run is dropped at start
+    record = tmp_path / "record.json"
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(f"""
+import json, os, signal, sys, time
+t0 = time.monotonic(); seen = {{}}
+def on_term(*_):
+    seen["term_at"] = time.monotonic() - t0
+    open({str(record)!r}, "w").write(json.dumps(seen)); sys.exit(143)
+signal.signal(signal.SIGTERM, on_term)
+print("training", flush=True)
+while True:
+    if "request" not in seen and os.path.exists({str(request)!r}):
+        seen["request"] = open({str(request)!r}).read().strip(); seen["request_at"] = time.monotonic() - t0
+    time.sleep(0.05)
+""")
+    fake = tmp_path / "accelerate"
+    fake.write_text(f"#!/bin/bash\nexec {sys.executable} {trainer}\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    proc = subprocess.Popen(container["command"], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+                                 "JOB_COMPLETION_INDEX": "0", **env})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "training"
+    assert not request.exists()
+    proc.send_signal(signal.SIGTERM)  # the kubelet
+    out, _ = proc.communicate(timeout=40)
+    seen = json.loads(record.read_text())
+    assert proc.returncode == 143, out
+    assert seen["request"] == "terminate" and "requesting a checkpoint" in out
+    assert seen["request_at"] < seen["term_at"]
+    assert forward_after(grace) - 1 <= seen["term_at"] - seen["request_at"] <= forward_after(grace) + 3, seen
+
+
+def test_the_launcher_gets_the_last_30_seconds_of_a_long_grace_period_and_half_of_a_short_one() -> None:
+    from orchestrator.targets.kubernetes.render import forward_after
+
+    assert (forward_after(120), forward_after(60), forward_after(20), forward_after(10)) == (90, 30, 10, 5)
 
 
 def test_render_command_writes_one_multi_document_file(tmp_path: Path) -> None:

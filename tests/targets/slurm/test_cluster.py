@@ -210,7 +210,7 @@ def test_a_timeout_resumes_the_same_config(home: Path) -> None:
     assert kinds[0] == "timeout" and kinds[-1] == "succeeded" and set(kinds[:-1]) == {"timeout"}
     assert all(a.rung is None and a.spec == attempts[0].spec for a in attempts[1:])  # the same config
     first_log = Path(attempts[0].log_path).read_text()
-    assert "checkpoint requested before the time limit" in first_log and "DUE TO TIME LIMIT" in first_log
+    assert "checkpoint requested (time_limit)" in first_log and "DUE TO TIME LIMIT" in first_log
     resumed = [int(a.resume_from.split()[0].removeprefix("step_")) for a in attempts[1:]]
     assert resumed == sorted(resumed) and resumed[0] >= 5  # each attempt goes on from further along
 
@@ -438,3 +438,40 @@ def test_a_hung_attempt_is_stopped_by_its_watchdog_and_restarted_not_left_to_the
     assert "[shardctl] hung: " in Path(attempts[0].log_path).read_text()
     assert attempts[1].rung is None and (attempts[1].resume_from or "").startswith("step_2")
     assert took < 200, took  # minutes before the time limit
+
+
+@pytest.mark.timeout(600)
+def test_a_preempted_attempt_saves_on_the_notice_and_the_job_resumes_from_that_checkpoint(home: Path) -> None:
+    """A real preemption (the site profile's `urgent` partition, PriorityTier 10, preempts `debug`, GraceTime 30 s):
+    Slurm sends SIGTERM to every task at once; the ranks save a checkpoint at the end of their step and stop; the
+    attempt is recorded as preempted and the job goes on, with the same config, from that checkpoint: no step
+    done before the notice is done again. No periodic checkpoint: the notice's is the only one."""
+    path = spec_file(home.parent, "oom-fallback.yaml", name="preempted", **{
+        "entrypoint.args": ["--steps", "24", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
+                            "--step-sleep", "0.5", "--checkpoint-dir", "{checkpoint_dir}"],
+        "resources": {"nodes": 1, "gpus_per_node": 2, "memory_per_node": "4GiB"},
+        "batch": {"micro": 2, "global": 4}, "checkpoint": {"every_steps": 1000}})
+    job_id = submit(path)
+    store = Store(home)
+    log = Path(store.attempts(job_id)[0].log_path)
+    wait_for(lambda: log.exists() and re.search(r"^step [6-9]/24", log.read_text(), re.MULTILINE), 240,
+             "step 6 of attempt 1")
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-N2", "--exclusive", "--wrap", "sleep 1",
+                             "-o", str(home.parent / "urgent.out")], capture_output=True, text=True, timeout=30)
+    assert urgent.returncode == 0, urgent.stderr
+    wait_for(lambda: store.get_job(job_id).terminal, 420, "the job to finish after its preemption")
+    attempts = store.attempts(job_id)
+    first = log.read_text()
+    saved = re.findall(r"checkpoint requested \(terminate\): saving now", first)
+    stopped = re.search(r"stopping after the checkpoint at step (\d+)", first)
+    assert saved and stopped, first[-4000:]
+    notice_step = int(stopped.group(1))
+    assert store.get_job(job_id).state == "succeeded", [(a.number, a.state, a.failure) for a in attempts]
+    assert [a.number for a in attempts] == [1, 2]
+    assert attempts[0].failure is not None and attempts[0].failure.kind == "preempted", attempts[0].failure
+    assert attempts[1].rung is None and attempts[1].spec["spec"] == attempts[0].spec["spec"]  # no rung spent
+    text = "".join(Path(a.log_path).read_text() for a in attempts if a.log_path)
+    resumed = re.findall(r"resumed from \S*step_(\d+)", text)
+    assert resumed and int(resumed[-1]) == notice_step, (notice_step, resumed)
+    assert text.count("no checkpoint: starting from step 0") == 1
+    assert text.count("training complete") == 1
