@@ -150,8 +150,12 @@ def _restart(spec: TrainingJobSpec, tried: Sequence[TrainingJob], current: Train
 
 def avoiding(job: TrainingJob, *nodes: str) -> TrainingJob:
     """The job with `nodes` added to resources.avoid_nodes (the same config otherwise: a restart, not a rung)."""
-    avoid = list(dict.fromkeys([*job.spec.resources.avoid_nodes, *nodes]))
-    resources = job.spec.resources.model_copy(update={"avoid_nodes": avoid})
+    return avoiding_only(job, [*job.spec.resources.avoid_nodes, *nodes])
+
+
+def avoiding_only(job: TrainingJob, nodes: Sequence[str]) -> TrainingJob:
+    """The job with resources.avoid_nodes set to `nodes` (in order, once each)."""
+    resources = job.spec.resources.model_copy(update={"avoid_nodes": list(dict.fromkeys(nodes))})
     return job.model_copy(update={"spec": job.spec.model_copy(update={"resources": resources})})
 
 

@@ -9,6 +9,7 @@ nodes --clear`). Expired suspicions are simply not active; nothing has to clean 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +19,26 @@ from typing import Any
 from orchestrator.errors import BadInput, StoreError
 from orchestrator.store.files import event_name, make_dir, publish, read_record
 
-SUSPECT_FOR_S = 24 * 3600.0  # how long a node stays suspect after a fault (the issue's default, a day)
+SUSPECT_FOR_S = 24 * 3600.0  # how long a node stays suspect after a fault, unless the site says (a day)
+SUSPECT_FOR_ENV = "SHARDCTL_SUSPECT_FOR"  # the site's word: its repair turnaround, in seconds or as 90m, 24h
+_DURATION = re.compile(r"([0-9]{1,3}h)?([0-9]{1,4}m)?([0-9]{1,6}s)?")
+
+
+def suspect_for_s() -> float:
+    """How long a faulty node stays suspect: SHARDCTL_SUSPECT_FOR (a site that repairs or drains nodes within an
+    hour need not lose a node for a day), else a day. A value that is not a duration is refused in one line."""
+    raw = os.environ.get(SUSPECT_FOR_ENV, "").strip()
+    if not raw:
+        return SUSPECT_FOR_S
+    if raw.isdigit():
+        seconds = int(raw)
+    elif (m := _DURATION.fullmatch(raw)) and any(m.groups()):
+        seconds = sum(int(g[:-1]) * unit for g, unit in zip(m.groups(), (3600, 60, 1), strict=True) if g)
+    else:
+        raise BadInput(f"{SUSPECT_FOR_ENV}={raw[:40]!r} is not a duration; write seconds (600) or 30m, 24h")
+    if not 60 <= seconds <= 30 * 86400:
+        raise BadInput(f"{SUSPECT_FOR_ENV}: {seconds} s is out of range (1 minute to 30 days)")
+    return float(seconds)
 _NODE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 
 
@@ -42,8 +62,9 @@ class SuspectNodes:
         self.path = root / "nodes"
 
     def add(self, node: str, target: str, why: str, *, job_id: str | None = None, attempt: int | None = None,
-            for_s: float = SUSPECT_FOR_S, now: float | None = None) -> Suspect:
+            for_s: float | None = None, now: float | None = None) -> Suspect:
         now = time.time() if now is None else now
+        for_s = suspect_for_s() if for_s is None else for_s
         suspect = Suspect(_checked(node), target, why[:500], job_id, attempt, now, now + for_s)
         self._publish(node, {"action": "suspect", **suspect.as_json()})
         return suspect

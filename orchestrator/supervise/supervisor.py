@@ -38,7 +38,7 @@ from typing import assert_never
 
 from orchestrator.errors import Refused, ShardctlError, StoreError, StoreFull, TargetError
 from orchestrator.lifecycle.classify import Outcome
-from orchestrator.lifecycle.fallback import avoiding
+from orchestrator.lifecycle.fallback import avoiding_only
 from orchestrator.lifecycle.hang import Watch
 from orchestrator.lifecycle.moves import (
     Adopt,
@@ -362,24 +362,30 @@ class Supervisor:
 
     def avoiding_suspects(self, job: JobRecord, move: Start) -> TrainingJob:
         """The attempt's job away from the site's suspect nodes; a node the last attempt's failure was pinned on
-        (a node fault) becomes suspect first, for every later job of this store (store/nodes.py)."""
+        (a node fault) becomes suspect first, for every later job of this store (store/nodes.py). The attempt
+        avoids what the user asked it to (the submitted resources.avoid_nodes), that node, and the nodes suspect
+        now: a node of an earlier fault whose suspicion expired or was cleared (repaired) is used again, so a job
+        on a small cluster does not run out of nodes one fault at a time."""
         suspects = SuspectNodes(self.store.root)
+        pinned: list[str] = []
         if move.number > 1:
             last = self.store.attempts(job.id)[move.number - 2]
             failure = last.failure
             if failure is not None and failure.node and failure.node in move.job.spec.resources.avoid_nodes:
+                pinned.append(failure.node)
                 try:
                     suspects.add(failure.node, self.target.name, f"{failure.kind}: {failure.reason}"[:500],
                                  job_id=job.id, attempt=last.number)
                 except ShardctlError as exc:  # the job goes on, away from the node; the site's list missed it
                     _log(f"job {job.id}: could not record node {failure.node} as suspect: {exc}")
         try:
-            avoid = [s.node for s in suspects.active(self.target.name)]
-        except ShardctlError as exc:
+            suspect = [s.node for s in suspects.active(self.target.name)]
+        except ShardctlError as exc:  # unreadable: keep avoiding what the job avoided so far
             _log(f"job {job.id}: could not read the suspect nodes: {exc}")
-            avoid = []
-        new = [n for n in avoid if n not in move.job.spec.resources.avoid_nodes]
-        return avoiding(move.job, *new) if new else move.job
+            return move.job
+        asked = TrainingJob.model_validate(job.spec).spec.resources.avoid_nodes
+        avoid = list(dict.fromkeys([*asked, *pinned, *suspect]))
+        return move.job if avoid == move.job.spec.resources.avoid_nodes else avoiding_only(move.job, avoid)
 
     def submit_recorded(self, job: JobRecord, move: Submit) -> bool:
         """Submit an attempt that was recorded but never submitted (its recorder died first), once this supervisor
