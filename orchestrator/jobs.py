@@ -31,6 +31,7 @@ from orchestrator.supervise.supervisor import (
     ensure_supervised,
     is_supervised,
     job_to_json,
+    notify_pending,
     spawn,
     wait_caught_up,
 )
@@ -299,6 +300,18 @@ def check_secret_sources(job: TrainingJob, workdir: str) -> None:
         raise CompileError(problems)
 
 
+def check_notify_sources(job: TrainingJob, workdir: str) -> None:
+    """Every spec.notify URL and signing secret readable here (a variable set, a file private with its key, the URL
+    http(s)): CompileError naming the field, never a value. Only local and Slurm get here with spec.notify."""
+    from orchestrator.compile import CompileError, Finding
+    from orchestrator.notify.refs import check
+
+    problems = [Finding("error", f"spec.notify.{i}.{field}", why)
+                for i, hook in enumerate(job.spec.notify) for field, why in check(hook, os.environ, workdir)]
+    if problems:
+        raise CompileError(problems)
+
+
 def freeze_code(job: TrainingJob, source: str | None, workdir: str, target: Target,
                 progress: ProgressFn | None = None) -> Frozen | None:
     """spec.workdir checked and listed (intake/snapshot.py), or None without one; CompileError naming the field."""
@@ -374,6 +387,7 @@ def submit_checks(store_root: str | Path, job: TrainingJob, *, source: str | Non
     code_dir = str(frozen.plan.source) if frozen else workdir
     dry_run(job, code_dir, target=target)  # compiles for this target, or raises before anything is recorded
     check_secret_sources(job, workdir)
+    check_notify_sources(job, workdir)
     check_nodes_read(store_root, job, workdir, target, frozen is not None)
     target.preflight(job, code_dir)
     if frozen:
@@ -403,7 +417,7 @@ def record_and_start(store: Store, job: TrainingJob, *, source: str | None, work
 def catch_up(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
     """Make sure an unfinished job keeps moving (or mirror its record), by its driver's `catch_up`; a note when
     something had stalled."""
-    if record.terminal:
+    if record.terminal and not notify_pending(record):  # a finished job's undelivered notifications move on too
         return None
     target = target_of(record, overrides)
     return driver_of(target).catch_up(store, target, record)

@@ -157,6 +157,12 @@ TABLE: dict[str, Check] = {
         "lists; the rules' behaviour is tests/lifecycle/test_fallback.py's",
         tests=("tests/lifecycle/test_fallback.py::test_an_exit_code_rule_retries_the_same_config_until_max_restarts_"
                "are_spent",)),
+    "README.md: # spec.notify: two webhooks, each with its events": Check(
+        "spec_fragment", "merged into examples/quickstart.yaml it validates; delivery, signature and retries are "
+        "the named tests'",
+        tests=("tests/notify/test_end_to_end.py::test_the_receiver_gets_each_asked_event_once_signed_across_failures_"
+               "and_restarts",
+               "tests/notify/test_refs.py::test_a_file_reference_reads_its_key_from_a_private_file_only")),
     "README.md: import shardctl": Check(
         "python_api", "compiled; every shardctl name and Job/Sweep method it uses exists and every call binds to the "
         "real signature; load() and list_jobs() run; the training runs are the named tests'",

@@ -229,7 +229,16 @@ def prepare(job: TrainingJob, spec_file: str | None, cwd: str, env: Mapping[str,
         else s for s in spec.entrypoint.env_from]})
     ckpt = spec.checkpoint.dir
     checkpoint = spec.checkpoint.model_copy(update={"dir": str((base / ckpt).resolve()) if ckpt else None})
-    return Frozen(job.with_spec(workdir=str(source), entrypoint=entry, checkpoint=checkpoint), found)
+    notify = [hook.model_copy(update={name: _absolute_file(ref, base) for name in ("url", "signing_secret")
+                                      if (ref := getattr(hook, name)) is not None}) for hook in spec.notify]
+    return Frozen(job.with_spec(workdir=str(source), entrypoint=entry, checkpoint=checkpoint, notify=notify), found)
+
+
+def _absolute_file(ref: Any, base: Path) -> Any:
+    """A spec.notify reference to a relative file, made absolute against the submit's directory (as env_from's)."""
+    if ref.file and not Path(ref.file).expanduser().is_absolute():
+        return ref.model_copy(update={"file": str(base / ref.file)})
+    return ref
 
 
 # --- listing ---------------------------------------------------------------------------------------------

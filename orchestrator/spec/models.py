@@ -9,6 +9,7 @@ rules that relate fields to each other (accelerate's FSDP/DeepSpeed restrictions
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -748,6 +749,107 @@ class KubernetesOptions(_Strict):
                     "(SHARDCTL_CHECKPOINT_REQUEST); the launcher gets SIGTERM 10 s before this ends, SIGKILL at it.")
 
 
+
+# spec.notify: webhooks told after a state change is recorded (orchestrator/notify/, docs/design.md "Notifications").
+class NotifyEvent(StrEnum):
+    """What a webhook can ask to hear about. There is no `stalled`: no store-backed target reports a stall."""
+
+    ATTEMPT_ENDED = "attempt_ended"  # an attempt's end is recorded, whatever it was
+    FALLBACK_TAKEN = "fallback_taken"  # the next attempt runs a different config than the last (a rung)
+    JOB_FINISHED = "job_finished"  # the job reached a terminal state
+    HANG_DETECTED = "hang_detected"  # an attempt ended with failure kind `hang`
+
+
+MAX_WEBHOOKS = 8
+
+
+def _notify_event(value: Any) -> Any:
+    if isinstance(value, str) and not isinstance(value, NotifyEvent):
+        try:
+            return NotifyEvent(value)
+        except ValueError:
+            raise ValueError(f"unknown event {_shown(value, 40)}; use "
+                             + " | ".join(e.value for e in NotifyEvent)) from None
+    return value
+
+
+def _refuse_literal_secret(what: str):
+    """A literal string where a reference belongs is refused, without the value in the message."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"{what} is a secret and is never written in the spec (it would be copied into the "
+                             "stored spec and every record): give it by reference, `env: NAME` (a variable of the "
+                             "submitting shell) or `file: PATH` with `key: NAME` (a private KEY=VALUE file)")
+        return value
+
+    return check
+
+
+class SecretRef(_Strict):
+    """One secret value by reference, as entrypoint.env_from names its sources: exactly one of env, file and
+    secret; `key` says which value of a file or a Secret."""
+
+    env: EnvName | None = Field(
+        default=None,
+        description="Local and Slurm: this variable of the shell that runs `shardctl submit` (the supervisor "
+                    "inherits it; a Slurm judge gets it through sbatch's default --export=ALL).")
+    file: Annotated[str, AfterValidator(_check_file_path)] | None = Field(
+        default=None, min_length=1,
+        description="Local and Slurm: a private file (mode 0600 or 0400) of KEY=VALUE lines, read when a "
+                    "notification is sent; `key` names the line. `~` is your home, a relative path is relative to "
+                    "the directory of `shardctl submit`.")
+    secret: Annotated[str, AfterValidator(_check_secret_name)] | None = Field(
+        default=None, description="Kubernetes: a Secret in the job's namespace; `key` names the value.")
+    key: EnvName | None = Field(default=None, description="With `file` or `secret`: which value.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SecretRef:
+        given = [k for k in ("secret", "env", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a secret reference is exactly one of `env: NAME`, `file: PATH` (with `key`) or "
+                             "`secret: NAME` (with `key`)" + (f", not {' and '.join(given)}" if given else ""))
+        if self.env is not None and self.key is not None:
+            raise ValueError("`key` selects a value of a `file` or a `secret`; `env: NAME` is one value already")
+        if self.env is None and self.key is None:
+            raise ValueError(f"`{given[0]}` holds several values: say which with `key: NAME`")
+        return self
+
+    @property
+    def kind(self) -> Literal["secret", "env", "file"]:
+        return "secret" if self.secret is not None else "env" if self.env is not None else "file"
+
+
+class Webhook(_Strict):
+    """One receiver of notifications: where (a secret), in which body format, about which events."""
+
+    url: Annotated[SecretRef, BeforeValidator(_refuse_literal_secret("a webhook URL"))] = Field(
+        description="The webhook's http(s) URL, by reference (it is a credential: whoever has it can post): "
+                    "`env: NAME`, or `file: PATH` with `key: NAME`. A literal URL is refused.")
+    format: Literal["slack", "json"] = Field(
+        default="json",
+        description="slack: a Slack-compatible {\"text\": ...} body, one line. json: a JSON object (event, job, "
+                    "attempt, state, failure, time, idempotency key) signed with HMAC-SHA256 (signing_secret) in "
+                    "X-Shardctl-Signature over \"<X-Shardctl-Timestamp>.<body>\".")
+    signing_secret: Annotated[SecretRef | None, BeforeValidator(_refuse_literal_secret("a signing secret"))] = Field(
+        default=None,
+        description="format json: the shared HMAC-SHA256 key, by reference as `url` is (required there). Not with "
+                    "format slack: Slack's incoming webhooks take no signature, the URL is the secret.")
+    events: Annotated[list[Annotated[NotifyEvent, BeforeValidator(_notify_event)]], Field(min_length=1)] = Field(
+        description="Which events this webhook hears: attempt_ended, fallback_taken, job_finished, hang_detected.")
+
+    @model_validator(mode="after")
+    def _signed_when_json(self) -> Webhook:
+        if self.format == "json" and self.signing_secret is None:
+            raise ValueError("format json is signed: give `signing_secret` (by reference, as `url`)")
+        if self.format == "slack" and self.signing_secret is not None:
+            raise ValueError("format slack sends no signature (Slack's incoming webhooks take none): remove "
+                             "`signing_secret`, or use format json")
+        if len(set(self.events)) != len(self.events):
+            raise ValueError("`events` names an event twice")
+        return self
+
+
 class TrainingJobSpec(_Strict):
     target: Target = Field(default="local", description="local | slurm | kubernetes: where `shardctl submit` runs "
                                                         "it. The controller runs every TrainingJob on Kubernetes.")
@@ -787,6 +889,11 @@ class TrainingJobSpec(_Strict):
     slurm: SlurmOptions = Field(default_factory=SlurmOptions, description="Options for target slurm (sbatch).")
     kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions,
                                           description="Options for target kubernetes: image, queue, pod placement.")
+    notify: list[Webhook] = Field(
+        default_factory=list, max_length=MAX_WEBHOOKS,
+        description="Webhooks told after a state change is recorded (local and Slurm): each with its URL by "
+                    "reference, its body format and the events it wants. Sent in the background with retries and "
+                    "an idempotency key; a receiver that is down never holds up or fails the job.")
 
     @property
     def world_size(self) -> int:

@@ -17,6 +17,8 @@ from orchestrator.store.jobstore import Store
 from orchestrator.supervise.supervisor import Supervisor
 from orchestrator.targets import get_target
 
+JUDGE_NOTIFY_WAIT_S = 60.0  # a judge retries undelivered notifications this long; the next process sends the rest
+
 
 def record_failure(store: Store, job_id: str, who: str, exc: BaseException) -> None:
     """Put this process's failure on the job's newest attempt (`supervisor_error`), so that `status` and
@@ -45,7 +47,7 @@ def main() -> None:
           flush=True)
     supervisor = Supervisor(store, job.id, target)
     try:
-        final = supervisor.advance() if once else supervisor.run()  # --once: the Slurm judge
+        final = supervisor.advance(JUDGE_NOTIFY_WAIT_S) if once else supervisor.run()  # --once: the Slurm judge
     except Exception as exc:  # the traceback stays in this log; the job's record says it in one line
         record_failure(store, job.id, "judge" if once else "supervisor", exc)
         raise

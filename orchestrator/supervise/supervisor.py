@@ -22,6 +22,11 @@ its log's mtime (the last output, which a supervisor that restarts sees too) and
 asked to stop it (`stop_hung`: the local wrapper dumps every rank's stacks first); a supervisor that finds the
 hang recorded and the attempt still running asks again. When its end is observed, what was recorded goes into
 the Outcome, so that the classifier ends it as a hang (docs/design.md, "Hangs").
+
+Notifications (spec.notify, orchestrator/notify/) hook in here, the one place both store-backed targets share:
+after a move is recorded the job's outbox is brought up to date from the store's records, and a background thread
+delivers it (`run`), or one bounded pass does (`advance`: the Slurm judge waits a little longer for retries).
+Delivery never blocks or fails a move.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from orchestrator.lifecycle.moves import (
     next_move,
     refused,
 )
+from orchestrator.notify.send import Background, Notifier, wanted
 from orchestrator.procfiles import spawn_detached
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import TrainingJob
@@ -73,6 +79,8 @@ SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt a
 
 FULL_WAIT_S = 5.0  # how often a supervisor whose store is full looks for space again
 WATCH_S = 1.0  # how often the hang watchdog looks at a running attempt's log
+NOTIFY_SYNC_S = 5.0  # how often a resident supervisor also queues what other processes recorded
+NOTIFY_PASS_S = 10.0  # at most this long delivering in one `advance` (the CLI's inline moves)
 
 
 def _log(message: str) -> None:
@@ -185,6 +193,17 @@ class Supervisor:
         self.cancel_sent = False
         self.watchdog: HangWatchdog | None = None  # a resident supervisor (run) watches for hangs
         self.hung_sent: int | None = None  # the attempt this supervisor asked its target to stop as hung
+        self.notifier: Notifier | None = None  # spec.notify's webhooks, when the job has any
+
+    def notify(self, job: JobRecord) -> None:
+        """Queue what the records now call for (after a move is recorded); never raises."""
+        if self.notifier is None and wanted(job):
+            self.notifier = Notifier(job, log=_log)
+        if self.notifier is not None:
+            try:
+                self.notifier.sync(self.store.get_job(job.id), self.store.attempts(job.id))
+            except ShardctlError as exc:  # the store could not be read: the next sync catches up
+                _log(f"job {job.id}: notify: could not read the job store: {exc}")
 
     def ref(self, job: JobRecord, number: int) -> AttemptRef:
         run_dir = str(Path(job.job_dir) / f"attempt-{number}")
@@ -198,14 +217,26 @@ class Supervisor:
         if not lock.acquire():
             return None
         self.watchdog = HangWatchdog()
+        self.notify(job)
+        background = Background(self.notifier) if self.notifier is not None else None
         try:
             caught_up = full = False
+            synced = time.monotonic()
             while True:
                 try:
                     job = self.store.get_job(self.job_id)
                     if job.terminal:
+                        if background is not None and self.notifier is not None:
+                            self.notify(job)
+                            background.stop()
+                            self.notifier.drain(self.notifier.schedule.patience(self.notifier.pending()))
                         return job.state
-                    if not self.step(job):
+                    moved = self.step(job)
+                    if background is not None and (moved or time.monotonic() - synced >= NOTIFY_SYNC_S):
+                        self.notify(job)
+                        background.poke()
+                        synced = time.monotonic()
+                    if not moved:
                         if not caught_up:  # the record now tells the truth: say who watches it
                             self.store.note_supervisor(self.job_id, os.getpid())
                             caught_up = True
@@ -217,13 +248,16 @@ class Supervisor:
                         full = True
                     time.sleep(FULL_WAIT_S)
         finally:
+            if background is not None:
+                background.stop()
             lock.release()
 
-    def advance(self) -> JobState | None:
+    def advance(self, notify_wait_s: float = 0.0) -> JobState | None:
         """Every move that needs no waiting, then return: how the Slurm judge and the CLI drive a job
         whose target starts the next look itself. Returns the job's state (None when another process on this
         host is stepping it; one on another host may step it at the same time, which the store's claims
-        make safe)."""
+        make safe). Then the notifications that are due are sent: one pass of at most NOTIFY_PASS_S, or
+        retrying for up to `notify_wait_s` (the judge); what is left stays in the outbox for the next process."""
         job = self.store.get_job(self.job_id)
         lock = JobLock(job.job_dir)
         if not lock.acquire():
@@ -232,7 +266,14 @@ class Supervisor:
             while True:
                 job = self.store.get_job(self.job_id)
                 if job.terminal or not self.step(job):
-                    return job.state
+                    break
+            self.notify(job)
+            if self.notifier is not None:
+                if notify_wait_s > 0:
+                    self.notifier.drain(notify_wait_s)
+                else:
+                    self.notifier.deliver(time.monotonic() + NOTIFY_PASS_S)
+            return job.state
         finally:
             lock.release()
 
@@ -452,6 +493,11 @@ def job_view(job: JobRecord, attempts: list[AttemptRecord], on_gpu: bool) -> Job
                                          Failure.of_attempt(a.state, a.failure)) for a in attempts])
 
 
+def notify_pending(job: JobRecord) -> bool:
+    """Whether notifications of the job wait in its outbox (cheap for a job without spec.notify)."""
+    return wanted(job) and Notifier(job, log=_log).pending() > 0
+
+
 def spawn(store: Store, job: JobRecord) -> subprocess.Popen:
     """A detached supervisor (new session): it outlives the terminal and the CLI that started it."""
     return spawn_detached("orchestrator.supervise.daemon", [job.id], cwd=job.workdir,
@@ -459,9 +505,10 @@ def spawn(store: Store, job: JobRecord) -> subprocess.Popen:
 
 
 def ensure_supervised(store: Store, job: JobRecord, wait_s: float = 10.0) -> bool:
-    """If an unfinished job has no supervisor (it was killed, the machine restarted), start one.
+    """If an unfinished job has no supervisor (it was killed, the machine restarted), start one; a finished job
+    too while notifications of it wait in its outbox (its supervisor was killed before it delivered them).
     Returns True when one was started; waits until it has caught up with what happened meanwhile."""
-    if job.terminal or is_supervised(job):
+    if (job.terminal and not notify_pending(job)) or is_supervised(job):
         return False
     if (full := store.full()) is not None:  # a new supervisor could record nothing: it would die at once
         raise full

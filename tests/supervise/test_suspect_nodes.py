@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lifecycle.classify import Outcome
-from orchestrator.lifecycle.moves import Observation, Seen
+from orchestrator.lifecycle.moves import Observation
 from orchestrator.store.jobstore import Store
 from orchestrator.store.nodes import SuspectNodes
 from orchestrator.supervise.supervisor import Supervisor, job_to_json
