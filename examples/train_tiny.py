@@ -42,6 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from fault_schedule import Schedule
+
 
 class Block(nn.Module):
     """Pre-norm transformer block. Attention is written out (scores materialised), so activation
@@ -117,6 +119,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--fault-on-attempt", type=int, default=1, help="the attempt on which it happens")
     p.add_argument("--fault-cuts-checkpoint", action="store_true",
                    help="with --fault: cut the newest checkpoint short first, as a kill mid-save does")
+    p.add_argument("--fault-schedule", default="", help="a JSON list of faults by step (examples/fault_schedule.py)")
+    p.add_argument("--fault-state", default="", help="where the schedule keeps which faults happened")
+    p.add_argument("--pg-timeout", type=float, default=0, help="seconds a collective may wait (0: torch's default)")
     return p.parse_args()
 
 
@@ -148,11 +153,14 @@ def hang_here(args: argparse.Namespace, step: int, rank: int) -> None:
         time.sleep(3600)
 
 
-def make_accelerator(grad_accum: int):
+def make_accelerator(grad_accum: int, pg_timeout: float = 0):
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    timeout = {"timeout": timedelta(seconds=pg_timeout)} if pg_timeout else {}
+    handlers = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo", **timeout)]
     return Accelerator(gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers)
 
 
@@ -175,7 +183,9 @@ def main() -> None:
     args = parse()
     backend = os.environ.get("SHARDCTL_BACKEND", "fsdp")
     ckpt_on = os.environ.get("SHARDCTL_ACTIVATION_CHECKPOINTING") == "1"
-    accelerator = make_accelerator(args.grad_accum)
+    accelerator = make_accelerator(args.grad_accum, args.pg_timeout)
+    faults = Schedule(args.fault_schedule, args.fault_state, accelerator.process_index)
+    faults.at_start()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if os.environ.get("SHARDCTL_LOAD_DTYPE") == "bf16" else torch.float32
     model = TinyLM(args.vocab, args.dim, args.layers, args.heads, ckpt_on).to(dtype)
@@ -214,6 +224,7 @@ def main() -> None:
         t0 = time.perf_counter()
         hang_here(args, step + 1, accelerator.process_index)
         fault_here(args, step + 1, root)
+        faults.at_step(step + 1)
         for _ in range(args.grad_accum):
             tokens = sequences(args.micro_batch, seq + 1, args.vocab, gen).to(accelerator.device)
             with accelerator.accumulate(model):

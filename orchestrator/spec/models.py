@@ -793,7 +793,7 @@ class SecretRef(_Strict):
     env: EnvName | None = Field(
         default=None,
         description="Local and Slurm: this variable of the shell that runs `shardctl submit` (the supervisor "
-                    "inherits it; a Slurm judge gets it through sbatch's default --export=ALL).")
+                    "inherits it; a Slurm judge gets it by name in --export, whatever the site's SBATCH_EXPORT).")
     file: Annotated[str, AfterValidator(_check_file_path)] | None = Field(
         default=None, min_length=1,
         description="Local and Slurm: a private file (mode 0600 or 0400) of KEY=VALUE lines, read when a "

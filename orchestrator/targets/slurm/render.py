@@ -99,8 +99,12 @@ def _site(job: TrainingJob, partition: str | None) -> list[str]:
 
 
 def exported_names(job: TrainingJob) -> list[str]:
-    """The variables of the submitting shell that must reach the job (entrypoint.env_from `env`)."""
-    return [s.env for s in job.spec.entrypoint.env_from if s.env is not None]
+    """The variables of the submitting shell that must reach the job (entrypoint.env_from `env`), and its judge,
+    which tells the webhooks (spec.notify's `env` references) and passes them all on to the next attempt."""
+    names = [s.env for s in job.spec.entrypoint.env_from if s.env is not None]
+    for hook in job.spec.notify:
+        names += [ref.env for ref in (hook.url, hook.signing_secret) if ref is not None and ref.env is not None]
+    return list(dict.fromkeys(names))
 
 
 def export_directive(job: TrainingJob) -> list[str]:

@@ -298,3 +298,14 @@ def test_nodes_to_avoid_are_excluded_and_none_means_no_exclude(tmp_path: Path) -
     assert not any(d.startswith("--exclude") for d in directives(slurm_job(), request(tmp_path)))
     with pytest.raises(ValidationError):
         slurm_job(resources={**res, "avoid_nodes": ["node1,node2"]})  # one name each: no list smuggled in
+
+
+def test_notify_variables_reach_the_judge_by_name_and_their_values_are_in_no_file(tmp_path: Path) -> None:
+    """spec.notify's `env` references are named in --export (of the attempt and its judge, which sends the
+    notifications and submits the next attempt): a site's SBATCH_EXPORT=NONE cannot lose them."""
+    spec = slurm_job(resources={"nodes": 1, "gpus_per_node": 1}, notify=[
+        {"url": {"env": "HOOK_URL"}, "format": "json", "signing_secret": {"env": "HOOK_SECRET"},
+         "events": ["job_finished"]}])
+    files = render(spec, request(tmp_path)).files
+    for name in (JOB_SCRIPT, "judge.sbatch"):
+        assert "#SBATCH --export=ALL,HOOK_URL,HOOK_SECRET" in files[name], files[name]
