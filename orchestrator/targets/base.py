@@ -178,3 +178,15 @@ class ControlledTarget(Target, Protocol):
     def read_outcome(self, options: dict[str, Any], external_id: str | None) -> tuple[str, Any] | None:
         """A submitted function's outcome, ("success", value) or ("error", traceback text), from what the attempt
         `external_id` printed (its attempts have no run directory here); None when it printed none."""
+
+
+def ranks_waited(where: object, stacks: str) -> str | None:
+    """Where each rank of a hung run waited (rank -> `file:line function`, as its stacks were taken: untrusted
+    JSON from the run's directory), for the attempt's reason; `stacks` names where the whole stacks are."""
+    if not isinstance(where, dict):
+        return None
+    ranks = sorted(((int(r), str(w)[:300]) for r, w in where.items() if str(r).isdigit() and len(str(r)) < 9),
+                   key=lambda rw: rw[0])
+    said = "; ".join(f"rank {r} in {w}" for r, w in ranks[:64]) or "no rank found to dump"
+    return f"where each rank waited: {said} (stacks: {stacks})"
+

@@ -35,7 +35,7 @@ from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.procfiles import read_json, spawn_detached, write_files
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
-from orchestrator.targets.base import AttemptRef, Driver, DryRun
+from orchestrator.targets.base import AttemptRef, Driver, DryRun, ranks_waited
 from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
 from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.local import wrapper as local_wrapper
@@ -272,11 +272,7 @@ class LocalTarget:
 
 def hung_text(where: object, run_dir: Path) -> str | None:
     """Where each rank waited, from exit.json's `hung` (rank -> `file:line function`), for the attempt's reason."""
-    if not isinstance(where, dict):
-        return None
-    ranks = sorted(((int(r), str(w)) for r, w in where.items() if str(r).isdigit()), key=lambda rw: rw[0])
-    said = "; ".join(f"rank {r} in {w}" for r, w in ranks) or "no rank found to dump"
-    return f"where each rank waited: {said} (stacks: {run_dir / local_wrapper.STACKS_FILE})"
+    return ranks_waited(where, str(run_dir / local_wrapper.STACKS_FILE))
 
 
 def _parse_id(external_id: str) -> tuple[int, int | None, str | None]:

@@ -213,12 +213,15 @@ def _read_from(path: Path, offset: int, limit: int) -> str:
         return ""
 
 
-def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path) -> dict[str, str]:
+def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path, tree: list[int] | None = None,
+                   out: str = STACKS_FILE, settle_s: float = 0.0) -> dict[str, str]:
     """Every rank's Python stacks, one rank at a time, while the rest of the run is frozen; returns rank -> where
     its main thread waited (`file:line function`, or why there is no stack). The dumps go to the log (where the
-    ranks write) and, copied from it, to RUN_DIR/stacks.txt. Ranks left alive (no faulthandler) are killed while
-    still frozen, so no rank reports its peers' disappearance as a network error."""
-    tree = descendants(os.getpid())
+    ranks write) and, copied from it, to RUN_DIR/`out`. Ranks left alive (no faulthandler) are killed while
+    still frozen, so no rank reports its peers' disappearance as a network error. `tree`: the run's processes
+    (default: this process's descendants); `settle_s`: how long a dump may take to reach the log after its rank
+    died (on Slurm it travels through slurmstepd and srun)."""
+    tree = descendants(os.getpid()) if tree is None else tree
     ticks = {pid: start_ticks(pid) for pid in tree}
     ranks = rank_processes(tree)
     where: dict[str, str] = {}
@@ -238,6 +241,10 @@ def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path) -> dict[str, st
             while time.monotonic() < deadline and is_alive(pid, ticks[pid]):
                 time.sleep(0.05)
             dump = faulthandler_dump(_read_from(log_path, offset, DUMP_MAX_BYTES))
+            settled = time.monotonic() + settle_s
+            while not dump and time.monotonic() < settled:
+                time.sleep(0.1)
+                dump = faulthandler_dump(_read_from(log_path, offset, DUMP_MAX_BYTES))
             where[str(rank)] = innermost_frame(dump) or "no stack printed"
             dumps.append(f"=== rank {rank} (pid {pid}): {where[str(rank)]}\n{dump or '(nothing printed)'}\n")
         for _, pid in ranks:  # hung ranks that printed nothing: nothing to save, and none may wake up to their peers
@@ -249,7 +256,7 @@ def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path) -> dict[str, st
     header = ("shardctl: the attempt was found hung; each rank's Python stacks (faulthandler), most recent call "
               "first. The first line of each names where its main thread waited.\n\n")
     try:
-        fd = os.open(run_dir / STACKS_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = os.open(run_dir / out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(header + "".join(dumps))
     except OSError:

@@ -19,7 +19,7 @@ from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.procfiles import read_json, write_files, write_json
 from orchestrator.spec.models import TrainingJob
 from orchestrator.store.paths import state_dir as default_state_dir
-from orchestrator.targets.base import AttemptRef, Driver, DryRun
+from orchestrator.targets.base import AttemptRef, Driver, DryRun, ranks_waited
 from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.slurm import refusals as slurm_refusals
 from orchestrator.targets.slurm import render as slurm_render
@@ -192,6 +192,9 @@ class SlurmTarget:
         tail = read_tail(ref.log_path, TAIL_BYTES)
         found = read_json(Path(ref.run_dir) / slurm_render.HUNG_FILE)
         hung = found.get("reason") if isinstance(found, dict) and isinstance(found.get("reason"), str) else None
+        if hung and isinstance(found, dict) and (waited := ranks_waited(found.get("where"),
+                                                                         f"{ref.run_dir}/stacks-NODE.txt")):
+            hung = f"{hung[:500]}; {waited}"
         outcome = Outcome(exit_code=info.exit_code, signal=info.signal, log_tail=tail, hung=hung and hung[:1000],
                           oom_killed=info.out_of_memory, timed_out=info.state in ("TIMEOUT", "DEADLINE"),
                           cancelled=info.state == "CANCELLED", preempted=info.state in LOST_STATES,

@@ -414,14 +414,15 @@ def test_a_node_fault_moves_the_next_attempt_and_later_jobs_off_the_node(home: P
 
 
 def test_a_hung_attempt_is_stopped_by_its_watchdog_and_restarted_not_left_to_the_time_limit(home: Path) -> None:
-    """The only rank blocks at step 3 of attempt 1 (a sleep, as a deadlocked loader would). The watchdog the batch
-    script starts beside srun finds no output and no progress for hang_after (20 s), records what it saw and
-    stops the step; the judge ends the attempt `hang` and attempt 2 resumes from step 2 and finishes, well
-    before the 30-minute time limit that would otherwise have ended it."""
+    """Rank 1 blocks at step 3 of attempt 1 (a sleep, as a deadlocked loader would); rank 0 waits for it in the
+    step's collective. The watchdog the batch script starts beside srun finds no output and no progress for
+    hang_after (20 s), records what it saw, takes both ranks' stacks (srun --overlap beside the step) and stops
+    the step; the judge ends the attempt `hang`, saying where each rank waited, and attempt 2 resumes from step 2
+    and finishes, well before the 30-minute time limit that would otherwise have ended it."""
     path = spec_file(home.parent, "oom-fallback.yaml", "hangs", **{
         "entrypoint.args": ["--steps", "5", "--dim", "32", "--heads", "2", "--layers", "1", "--vocab", "64",
-                            "--checkpoint-dir", "{checkpoint_dir}", "--hang-at-step", "3", "--hang-rank", "0"],
-        "resources": {"nodes": 1, "gpus_per_node": 1, "cpus_per_node": 2}, "batch": {"micro": 2, "global": 2},
+                            "--checkpoint-dir", "{checkpoint_dir}", "--hang-at-step", "3", "--hang-rank", "1"],
+        "resources": {"nodes": 1, "gpus_per_node": 2, "cpus_per_node": 2}, "batch": {"micro": 2, "global": 4},
         "checkpoint": {"every_steps": 2}, "resilience": {"hang_after": "20s"},
         "slurm.partition": "short", "slurm.time": "30:00"})
     job_id = submit(path)
@@ -436,6 +437,11 @@ def test_a_hung_attempt_is_stopped_by_its_watchdog_and_restarted_not_left_to_the
     assert attempts[0].failure.reason.startswith("hung: no output and no progress for ")
     assert "last step seen: 2" in attempts[0].failure.reason
     assert "[shardctl] hung: " in Path(attempts[0].log_path).read_text()
+    reason = attempts[0].failure.reason
+    assert re.search(r"rank 0 in \S+:\d+ \S+; rank 1 in \S*train_tiny\.py:\d+ hang_here", reason), reason
+    assert "hang_here" not in reason.split("rank 1 in")[0]  # rank 0 waited elsewhere: in the collective
+    stacks = list(Path(attempts[0].run_dir).glob("stacks-*.txt"))
+    assert len(stacks) == 1 and stacks[0].read_text().count("=== rank ") == 2, stacks
     assert attempts[1].rung is None and (attempts[1].resume_from or "").startswith("step_2")
     assert took < 200, took  # minutes before the time limit
 
