@@ -853,5 +853,27 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; another than loopback reaches other machines (plain HTTP: prefer a tunnel).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+def ui(host: str, port: int) -> None:
+    """A dashboard of the job store in the browser: jobs, attempts, loss curves, logs, cancel. Prints its URL with
+    an access token (SHARDCTL_UI_TOKEN gives a fixed one); every request needs it."""
+    from orchestrator.web.auth import new_token, token_from_env  # the web stack is imported by this command only
+    from orchestrator.web.serve import serve
+    from orchestrator.web.source import StoreSource
+
+    try:
+        token = token_from_env() or new_token()
+    except ValueError as exc:
+        _fail([str(exc)])
+    source = StoreSource(_store())
+    try:
+        serve(source, host, port, token, say=click.echo, warn=_err)
+    except OSError as exc:
+        _fail([f"cannot listen on {host}:{port}: {exc.strerror or exc}"], EXIT_FAILED)
+
+
 if __name__ == "__main__":
     main()

@@ -233,6 +233,9 @@ TABLE: dict[str, Check] = {
         "dev Slurm cluster)"),
     "docs/benchmarks.md: .venv/bin/python benchmarks/controller_scale.py --jobs 1000": Check(
         "benchmark", "the script takes every flag given (1000 TrainingJobs against the fake API server: minutes)"),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/ui_pages.py --jobs 1000 --runs 1": Check(
+        "benchmark", "the script takes --jobs and --runs (filling 1,000 jobs takes a minute here; the pages it times "
+        "are tested in tests/web)"),
     "docs/cli-json.md: {\"format\": 1, \"id\": \"33e5bf07\", \"name\": \"oom-fallback\", \"tar": Check(
         "json_fragment", "a fragment (abridged with ...): every field it names is in docs/cli-json.schema.json, "
         "and its failure kind and states are the enums'"),
