@@ -162,25 +162,30 @@ def test_cancel_needs_the_sessions_csrf_token_and_then_stops_the_job(dashboard: 
                        capture_output=True, text=True, timeout=120)
     job_id = re.fullmatch(r"(\w+)\n", r.stdout)  # submit prints the id once attempt 1 has started
     assert r.returncode == 0 and job_id, (r.stdout, r.stderr)
-    store = Store(dashboard.home)
-    cookie = login(dashboard)
-    url = f"{dashboard.base}jobs/{job_id[1]}"
-    status, _, page = request(url, headers={"Cookie": cookie})
-    csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
-    assert status == 200 and csrf and 'action="/jobs/' in page
-    form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
-    for body in (b"", b"csrf=" + b"0" * 64, b"csrf=" + csrf[1].encode()[:-1]):
-        status, _, said = request(url + "/cancel", method="POST", headers=form, body=body)
-        assert status == 403 and "CSRF" in said, body
-    other = login(dashboard)  # another session's token is not this one's
-    assert request(url + "/cancel", method="POST", headers={**form, "Cookie": other},
-                   body=b"csrf=" + csrf[1].encode())[0] == 403
-    time.sleep(1)
-    assert store.get_job(job_id[1]).state is not None and not store.get_job(job_id[1]).terminal
-    assert not store.get_job(job_id[1]).cancel_requested
-    status, headers, _ = request(url + "/cancel", method="POST", headers=form, body=b"csrf=" + csrf[1].encode())
-    assert status == 303 and headers["location"] == f"/jobs/{job_id[1]}"
-    wait_for(lambda: store.get_job(job_id[1]).terminal, 60, "the job to end")
-    assert store.get_job(job_id[1]).state == "cancelled"
-    status, _, page = request(url, headers={"Cookie": cookie})
-    assert 'id="cancel"' not in page and "cancelled" in page
+    try:
+        store = Store(dashboard.home)
+        cookie = login(dashboard)
+        url = f"{dashboard.base}jobs/{job_id[1]}"
+        status, _, page = request(url, headers={"Cookie": cookie})
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page)
+        assert status == 200 and csrf and 'action="/jobs/' in page
+        form = {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+        for body in (b"", b"csrf=" + b"0" * 64, b"csrf=" + csrf[1].encode()[:-1]):
+            status, _, said = request(url + "/cancel", method="POST", headers=form, body=body)
+            assert status == 403 and "CSRF" in said, body
+        other = login(dashboard)  # another session's token is not this one's
+        assert request(url + "/cancel", method="POST", headers={**form, "Cookie": other},
+                       body=b"csrf=" + csrf[1].encode())[0] == 403
+        time.sleep(1)
+        assert store.get_job(job_id[1]).state is not None and not store.get_job(job_id[1]).terminal
+        assert not store.get_job(job_id[1]).cancel_requested
+        status, headers, _ = request(url + "/cancel", method="POST", headers=form, body=b"csrf=" + csrf[1].encode())
+        assert status == 303 and headers["location"] == f"/jobs/{job_id[1]}"
+        wait_for(lambda: store.get_job(job_id[1]).terminal, 60, "the job to end")
+        assert store.get_job(job_id[1]).state == "cancelled"
+        status, _, page = request(url, headers={"Cookie": cookie})
+        assert 'id="cancel"' not in page and "cancelled" in page
+    finally:  # a failed assertion must not leave the sleeper running
+        if not Store(dashboard.home).get_job(job_id[1]).terminal:
+            subprocess.run([sys.executable, "-m", "orchestrator", "cancel", job_id[1]], cwd=ROOT, env=dashboard.env,
+                           capture_output=True, timeout=60)
