@@ -8,8 +8,11 @@ not a pickled Python callable. Watching goes through one batched `sacct` (slurm_
 from __future__ import annotations
 
 import os
+import random
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import orchestrator
@@ -36,13 +39,47 @@ from orchestrator.targets.slurm.accounting import (
 SUBMITTED_FILE = "slurm.json"  # {"job": id, "judge": id or None[, "judge_refused": why]}, once sbatch answered
 
 
-def sbatch(argv: list[str], cwd: str | None = None) -> str:
-    """sbatch, never retried (a retry after a lost answer could submit twice); returns the job id. SlurmRefused
-    when sbatch refuses (nothing was submitted), SlurmTimeout when it does not answer (it may have submitted)."""
-    proc = run_once(["sbatch", "--parsable", *argv], timeout=120, cwd=cwd)
-    if proc.returncode != 0:
-        raise SlurmRefused(proc.stderr.strip() or f"sbatch exited {proc.returncode}")
-    return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+# A busy slurmctld (a sweep of hundreds of points submitted at once) answers sbatch with these, in Slurm's words
+# (slurm_strerror: ESLURM_... and errno strings; sbatch's "Batch job submission failed: ..."): try again later.
+BUSY = re.compile(r"Socket timed out on send/recv operation|Resource temporarily unavailable|Unable to contact "
+                  r"slurm controller|Slurm temporarily unable to accept job|Zero Bytes were transmitted or received|"
+                  r"Slurmctld is busy|slurmctld not responding")
+SBATCH_TRIES = 6
+SBATCH_BACKOFF_S = 2.0  # then 4, 8, 16, 32 s (with jitter): about a minute in all before giving up
+
+
+def sbatch(argv: list[str], cwd: str | None = None, name: str | None = None) -> str:
+    """sbatch; returns the job id. SlurmRefused when sbatch refuses (nothing was submitted), SlurmTimeout when it
+    does not answer (it may have submitted). When slurmctld is busy (BUSY) it is tried again with backoff, but
+    only once the job's name (`name`: unique per attempt) shows that the lost try did not submit it after all:
+    a socket timeout may lose the answer to a submission that happened."""
+    for attempt in range(SBATCH_TRIES):
+        proc = run_once(["sbatch", "--parsable", *argv], timeout=120, cwd=cwd)
+        if proc.returncode == 0:
+            return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+        words = proc.stderr.strip() or f"sbatch exited {proc.returncode}"
+        if not BUSY.search(words) or attempt == SBATCH_TRIES - 1:
+            raise SlurmRefused(words)
+        time.sleep(SBATCH_BACKOFF_S * 2 ** attempt * random.uniform(0.8, 1.2))
+        if name is not None and (found := submitted_as(name)) is not None:
+            return found
+        print(f"shardctl: sbatch: Slurm is busy ({words.splitlines()[-1][:200]}); trying again "
+              f"({attempt + 2} of {SBATCH_TRIES})", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def submitted_as(name: str) -> str | None:
+    """The id of the job named `name`, if Slurm has one (slurmctld knows a job the moment sbatch returns;
+    accounting may lag behind, so ask both), else None; None too when Slurm cannot say."""
+    for argv in (["squeue", "-h", "--name", name, "-o", "%i"],
+                 ["sacct", "-n", "-X", "-P", "--name", name, "-S", "now-30days", "-o", "JobID"]):
+        try:
+            ids = [line.strip() for line in run_slurm(argv).splitlines() if line.strip()]
+        except (SlurmUnavailable, SlurmTimeout):
+            return None
+        if ids:
+            return ids[-1]
+    return None
 
 
 def test_only(script: str) -> str:
@@ -138,7 +175,8 @@ class SlurmTarget:
         run_dir = Path(ref.run_dir)
         write_files(run_dir, dryrun.files)
         try:
-            job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir)
+            job_id = sbatch([str(run_dir / slurm_render.JOB_SCRIPT)], cwd=ref.workdir,
+                            name=_job_name(dryrun.files[slurm_render.JOB_SCRIPT]))
         except SlurmRefused as exc:  # said as at submit: the spec's field (too few nodes once some are avoided...)
             job = dryrun.compiled.job
             explained = slurm_refusals.explain(job, str(exc), slurm_refusals.SiteLimits(job.spec.slurm.partition or ""))
@@ -148,7 +186,7 @@ class SlurmTarget:
         write_json(run_dir / SUBMITTED_FILE, {"job": job_id, "judge": None})
         try:
             judge = sbatch([f"--dependency=afterany:{job_id}", str(run_dir / slurm_render.JUDGE_SCRIPT)],
-                           cwd=ref.workdir)
+                           cwd=ref.workdir, name=_job_name(dryrun.files[slurm_render.JUDGE_SCRIPT]))
         except (SlurmRefused, SlurmTimeout) as exc:  # the attempt runs: any shardctl command that reads the job
             # judges it later; status says so meanwhile (open_detail)
             refused = " ".join(str(exc).split())[:500]
