@@ -26,12 +26,16 @@ _NUMBER = r"[-+]?(?:\d{1,40}\.?\d{0,40}(?:[eE][-+]?\d{1,4})?|\.\d{1,40}(?:[eE][-
 TQDM_BAR = re.compile(
     r"(?<![\d.])(?P<n>\d{1,15})(?:/(?P<total>\d{1,15}|\?)|[A-Za-z]*)\s*"
     r"\[(?P<elapsed>\d{1,9}(?::\d\d){1,2})(?:<(?P<remaining>\d{1,9}(?::\d\d){1,2}|\?))?,\s*"
-    r"(?P<rate>\d{1,15}(?:\.\d{1,15})?|\?)\s*(?P<unit>s/[A-Za-z]*|[A-Za-z]*/s)(?P<postfix>,[^\]]*)?\]", A)
+    r"(?P<rate>\d{1,15}(?:\.\d{1,15})?|\?)\s*(?P<unit>s/[A-Za-z]*|[A-Za-z]*/s)(?P<postfix>,[^\]\[]{0,1024})?\]", A)
 _DICT_LOSS = re.compile(r"""['"]loss['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE | A)
 _DICT_EPOCH = re.compile(r"""['"]epoch['"]\s*:\s*['"]?(?:np\.float\d+\()?(?P<v>""" + _NUMBER + ")", re.IGNORECASE | A)
 _STEP = re.compile(r"\bstep\s+(?P<n>\d{1,15})(?:\s*/\s*(?P<total>\d{1,15}))?(?!\d)", re.IGNORECASE | A)
 _LOSS = re.compile(r"\bloss\b\s*[:=]?\s*(?P<v>" + _NUMBER + r")(?![\w.])", re.IGNORECASE | A)
-_SHARDCTL = re.compile(r"\bshardctl:\s+(?P<pairs>(?:[a-z_]+=\S+\s*)+)$", A)
+# Every pattern here reads a job's output, which is untrusted: each must run in linear time on any line (no nested
+# repetition that can match the same text two ways; bounded repeats), and a piece is cut to its last SEGMENT_MAX
+# characters first (tests/lifecycle/test_progress.py feeds them hostile lines).
+_SHARDCTL = re.compile(r"\bshardctl:\s+(?P<pairs>[a-z_]+=\S+(?:\s+[a-z_]+=\S+)*)\s*$", A)
+SEGMENT_MAX = 4096
 _PAIR = re.compile(r"([a-z_]+)=(\S+)", A)
 _TOTAL_HINT = re.compile(r"Total optimization steps\s*=\s*(?P<v>\d[\d,]{0,20})", A)
 
@@ -159,7 +163,7 @@ def _step(segment: str) -> tuple[int, Reading] | None:
 def readings(segment: str) -> list[Reading]:
     """What one line (one `\\r`-separated piece of a line) says about progress, in the order it says
     it: a piece may hold two kinds (a bar and then a loss dict or a log line, with no newline between)."""
-    text = ANSI.sub("", segment)
+    text = ANSI.sub("", segment[-SEGMENT_MAX:])
     found = [f for f in (_shardctl(text) if "shardctl:" in text else None,
                          _tqdm(text) if "[" in text else None,
                          _trainer(text) if "{" in text else None,
@@ -181,7 +185,7 @@ def segments(text: str, cut_at_start: bool) -> list[str]:
     if cut_at_start and pieces:
         pieces = pieces[1:]
     if pieces and not text.endswith(("\n", "\r")):
-        last = ANSI.sub("", pieces.pop()).rstrip()
+        last = ANSI.sub("", pieces.pop()[-SEGMENT_MAX:]).rstrip()
         if any(m.end() == len(last) for m in TQDM_BAR.finditer(last)):
             pieces.append(last)
     return [p for p in pieces if p.strip()]

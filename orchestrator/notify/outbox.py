@@ -62,7 +62,10 @@ class Outbox:
         return data if isinstance(data, dict) else None
 
     def queue(self, n: Notification, hook: int) -> bool:
-        """Queue the notification for webhook `hook` once (True when this call queued it)."""
+        """Queue the notification for webhook `hook` once (True when this call queued it). One already queued
+        costs a stat, not a write and an fsync: every sync asks again for everything due."""
+        if (self.path / f"{stem(n, hook)}.json").exists():
+            return False
         return self._publish(f"{stem(n, hook)}.json", {"notification": n.to_json(), "hook": hook,
                                                        "queued_at": time.time()})
 

@@ -89,7 +89,31 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 def post(url: str, data: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
-    """POST once; the 2xx status, or DeliveryError whose message never holds the URL."""
+    """POST once, taking at most about `timeout_s` in all: urllib's timeout bounds each socket operation, not the
+    request (a receiver that drips its answer a byte at a time, or a slow name lookup, would hold the caller for
+    ever), so the request runs in a daemon thread and one not done by then fails this try; the thread is left to
+    its socket's own timeout. The 2xx status, or DeliveryError whose message never holds the URL."""
+    outcome: list[int | DeliveryError] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append(_post(url, data, headers, timeout_s))
+        except DeliveryError as exc:
+            outcome.append(exc)
+        except Exception as exc:  # noqa: BLE001 - anything else is a failed try, in words without the URL
+            outcome.append(DeliveryError(f"request failed: {type(exc).__name__}"))
+
+    worker = threading.Thread(target=attempt, name="shardctl-notify-post", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 0.5)
+    if not outcome:
+        raise DeliveryError(f"no whole answer within {timeout_s:g} s")
+    if isinstance(outcome[0], DeliveryError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _post(url: str, data: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
     request = urllib.request.Request(url, data=data, headers=dict(headers), method="POST")
     try:
         with _OPENER.open(request, timeout=timeout_s) as response:
@@ -175,8 +199,8 @@ class Notifier:
         if item.last_failure is None:
             owner = Owner.of((item.last_try or {}).get("by"))
             lease = self.schedule.timeout_s + 30.0
-            if owner is not None and (owner.is_me() or owner.may_be_acting(lease)):
-                return None  # in flight (here, or in a process that lives)
+            if owner is not None and owner.may_be_acting(lease):
+                return None  # in flight in another process that lives (this one's tries end before it looks)
         elif not item.last_failure.get("retry", True):
             return now  # given up below
         return last_at + self.schedule.gap(item.tries)

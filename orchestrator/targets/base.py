@@ -190,3 +190,12 @@ def ranks_waited(where: object, stacks: str) -> str | None:
     said = "; ".join(f"rank {r} in {w}" for r, w in ranks[:64]) or "no rank found to dump"
     return f"where each rank waited: {said} (stacks: {stacks})"
 
+
+def notify_env_names(job: TrainingJob) -> list[str]:
+    """The variables spec.notify reads its webhook URLs and signing secrets from (credentials of the supervisor,
+    which a training script's environment dump or crash report would otherwise carry into the log)."""
+    asked = {s.env for s in job.spec.entrypoint.env_from if s.env is not None}
+    names = [ref.env for hook in job.spec.notify for ref in (hook.url, hook.signing_secret)
+             if ref is not None and ref.env is not None]
+    return [n for n in dict.fromkeys(names) if n not in asked]
+

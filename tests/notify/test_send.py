@@ -113,3 +113,67 @@ def test_a_missing_variable_is_a_recorded_failure_naming_it(tmp_path: Path) -> N
     sender.deliver()
     assert "HOOK is not set in the environment" in Outbox(job.job_dir).failures()[0]["error"]
     assert os.stat(Outbox(job.job_dir).path).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.timeout(30)
+def test_a_receiver_that_drips_its_answer_holds_a_try_no_longer_than_its_timeout() -> None:
+    """urllib's timeout bounds each socket read: a receiver sending a byte every 0.3 s would hold the try (and the
+    supervisor's drain, and a CLI read that delivers inline) for ever."""
+    import socket
+    import time
+
+    from orchestrator.notify.send import DeliveryError, post
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not stop.is_set():
+            try:
+                conn.sendall(b"x")
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    threading.Thread(target=drip, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError, match="no whole answer within 1 s"):
+            post(f"http://127.0.0.1:{server.getsockname()[1]}/", b"{}", {}, timeout_s=1.0)
+        assert time.monotonic() - t0 < 3
+    finally:
+        stop.set()
+        server.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_try_whose_end_could_not_be_recorded_is_tried_again_by_the_same_process(tmp_path: Path) -> None:
+    """A full disk when the failure is written leaves the try claimed with no end; this process's own claim is not
+    in flight once it looks again, so the item is retried, not left pending for ever."""
+    store, job = finished_job(tmp_path, ["job_finished"])
+    with Receiver() as receiver:
+        receiver.down = True
+        n = notifier(store, job, receiver.url)
+        n.sync(job, store.attempts(job.id))
+        real_failed = Outbox.failed
+        calls = []
+
+        def full_disk(self, *args, **kwargs):  # noqa: ANN001, ANN202 - Outbox.failed's signature
+            calls.append(args)
+            if len(calls) == 1:
+                raise OSError(28, "No space left on device")
+            return real_failed(self, *args, **kwargs)
+
+        Outbox.failed = full_disk  # type: ignore[method-assign]
+        try:
+            n.deliver()
+            receiver.down = False
+            assert n.drain(10)
+        finally:
+            Outbox.failed = real_failed  # type: ignore[method-assign]
+        assert [r.status for r in receiver.seen()][-1] == 200 and len(receiver.accepted()) == 1

@@ -241,3 +241,19 @@ def test_any_mix_of_progress_fragments_parses_or_gives_nothing(parts: list[str])
     got = parse("".join(parts))
     if got is not None:
         summary_line(got.as_json())
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("line", [
+    "shardctl: " + "a=a" * 40_000 + " X",  # pairs that can be split two ways, and no end to match
+    "shardctl: step=1 " + "a=aa=" * 20_000 + " X",
+    "3/10 [00:01<00:09, 1.00it/s, " + "loss=1.0, " * 50_000,  # a tqdm bar whose postfix never closes
+    "12/100 [00:01<00:09, 2.5it/s" + "[" * 100_000,
+])
+def test_a_hostile_line_is_read_in_linear_time_by_every_reader(line: str) -> None:
+    """A job's output is untrusted: lines built to make a backtracking regex take hours (seen: 92 bytes of
+    `a=aa=aa=...` took 4 s, and each 3 bytes more about 2.7 times as long) are read at once, by the parser
+    behind `status`, the dashboard's curves and the hang watchdog."""
+    for text in (line + "\n", line):
+        parse(text * 3)
+        parse(line[:92] + "\n")

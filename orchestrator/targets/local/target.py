@@ -35,7 +35,7 @@ from orchestrator.lifecycle.moves import Observation, Seen
 from orchestrator.procfiles import read_json, spawn_detached, write_files
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
-from orchestrator.targets.base import AttemptRef, Driver, DryRun, ranks_waited
+from orchestrator.targets.base import AttemptRef, Driver, DryRun, notify_env_names, ranks_waited
 from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment, has_gpu
 from orchestrator.targets.filelog import FileLog, read_tail
 from orchestrator.targets.local import wrapper as local_wrapper
@@ -177,6 +177,8 @@ class LocalTarget:
             # secrets by reference: the wrapper adds their values to the run's environment at launch
             "env_from": [{kind: resolve_path(value, ref.workdir) if kind == "file" else value}
                          for source in references(job.spec.entrypoint.env_from) for kind, value in source.items()],
+            # spec.notify's variables are the supervisor's (it sends the webhooks), never the training script's
+            "env_drop": notify_env_names(job),
         }
         warnings = list(dry.warnings)
         if limit is None:
@@ -290,3 +292,4 @@ def _own(record: dict | None, nonce: str | None) -> dict | None:
 
 
 __all__ = ["LAUNCH_SCRIPT", "LocalTarget", "free_port", "has_gpu", "launch_script", "render"]
+

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -264,6 +265,12 @@ def capture_stacks(log: BinaryIO, log_path: Path, run_dir: Path, tree: list[int]
     return where
 
 
+def child_environment(environ: Mapping[str, str], secrets: Mapping[str, str], drop: list[str]) -> dict[str, str]:
+    """The run's environment: this process's, less what is the supervisor's alone (spec.notify's credentials),
+    plus the secrets entrypoint.env_from gives it."""
+    return {**{k: v for k, v in environ.items() if k not in set(drop)}, **secrets}
+
+
 def reserve(run_dir: Path) -> None:
     """Room for exit.json, taken while there is some: written out (not sparse), so the blocks are ours."""
     try:
@@ -369,7 +376,7 @@ def run(run_dir: Path) -> int:
     try:
         child = subprocess.Popen(request["command"], cwd=request["cwd"], stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, preexec_fn=limit.apply_rlimit, close_fds=True,
-                                 env={**os.environ, **secrets} if secrets else None)
+                                 env=child_environment(os.environ, secrets, request.get("env_drop", [])))
     except (OSError, subprocess.SubprocessError, ValueError) as exc:  # still leave a result behind
         _say(log, f"[shardctl] could not start the run: {exc}\n")
         log.close()

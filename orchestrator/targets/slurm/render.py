@@ -28,7 +28,7 @@ from orchestrator.compile.launch import MACHINE_RANK, MAIN_PROCESS_IP, MAIN_PROC
 from orchestrator.intake.secrets import resolve_path
 from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.quantity import parse_bytes
-from orchestrator.targets.base import DryRun
+from orchestrator.targets.base import DryRun, notify_env_names
 from orchestrator.targets.cpu import compile_maybe_on_cpu, cpu_environment
 
 JOB_SCRIPT = "job.sbatch"
@@ -254,6 +254,8 @@ def job_script(compiled: CompiledJob, req: SlurmRequest) -> str:
         f"export PATH={q(req.bin_dir)}:\"$PATH\"",
     ]
     lines += [f"export {k}={q(v)}" for k, v in sorted(env.items())]
+    if dropped := notify_env_names(job):  # named in --export for the judge, which sends the webhooks
+        lines.append(f"unset {' '.join(dropped)}  # spec.notify's credentials: the judge's, not the training's")
     lines += env_file_lines(job, req.workdir)
     world = spec.world_size
     lines += [

@@ -229,3 +229,21 @@ def test_a_script_that_does_not_exist_is_refused_at_submit_and_nothing_is_record
     assert refusals == [f"{spec}:7: spec.entrypoint.script: {tmp_path / 'nosuch.py'}: no such file in {ROOT}; "
                         "nothing was recorded"], r.stderr
     assert not (tmp_path / "state" / "jobs").exists() or not any((tmp_path / "state" / "jobs").iterdir())
+
+
+def test_the_webhook_credentials_are_the_supervisors_and_never_reach_the_training_process() -> None:
+    """spec.notify reads its URL and signing secret from the submitting shell: the supervisor needs them, the
+    script must not have them (an environment dump in its log would show them); a variable the script asks
+    for itself (entrypoint.env_from) stays."""
+    from orchestrator.targets.base import notify_env_names
+    from orchestrator.targets.local.wrapper import child_environment
+
+    spec = job(entrypoint={"script": "t.py", "env_from": [{"env": "SHARED"}]}, notify=[
+        {"url": {"env": "HOOK_URL"}, "format": "json", "signing_secret": {"env": "HOOK_KEY"},
+         "events": ["job_finished"]},
+        {"url": {"env": "SHARED"}, "format": "slack", "events": ["job_finished"]}])
+    drop = notify_env_names(spec)
+    assert drop == ["HOOK_URL", "HOOK_KEY"]
+    env = child_environment({"HOOK_URL": "https://x", "HOOK_KEY": "k", "SHARED": "s", "PATH": "/bin"},
+                            {"FROM_FILE": "f"}, drop)
+    assert env == {"SHARED": "s", "PATH": "/bin", "FROM_FILE": "f"}

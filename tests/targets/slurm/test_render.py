@@ -309,3 +309,5 @@ def test_notify_variables_reach_the_judge_by_name_and_their_values_are_in_no_fil
     files = render(spec, request(tmp_path)).files
     for name in (JOB_SCRIPT, "judge.sbatch"):
         assert "#SBATCH --export=ALL,HOOK_URL,HOOK_SECRET" in files[name], files[name]
+    # the judge sends the webhooks; the training step never sees the credentials
+    assert "\nunset HOOK_URL HOOK_SECRET " in files[JOB_SCRIPT] and "unset" not in files["judge.sbatch"]
