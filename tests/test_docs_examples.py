@@ -226,6 +226,9 @@ TABLE: dict[str, Check] = {
         tests=("tests/supervise/test_hang_local.py::test_a_hung_rank_is_found_its_stacks_kept_and_the_run_resumes",
                "tests/targets/slurm/test_cluster.py::test_a_node_fault_moves_the_next_attempt_and_later_jobs_off_the_"
                "node")),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/goodput.py --minutes 20": Check(
+        "benchmark", "the script takes --minutes (its run is 20 minutes of training with faults on the dev Slurm "
+        "cluster)"),
     "docs/benchmarks.md: .venv/bin/python benchmarks/fallback_gap.py --jobs 3": Check(
         "benchmark", "the script takes --jobs (the run itself is real OOMs under a memory limit: minutes)"),
     "docs/benchmarks.md: slurm/dev/cluster up; eval \"$(slurm/dev/cluster env)\"; .venv": Check(
