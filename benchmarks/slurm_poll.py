@@ -7,6 +7,9 @@ interleaved, several rounds. sacct calls are counted by a shim on PATH that logs
 invocation, not by the poller's own counter.
 
     eval "$(slurm/dev/cluster env)"; .venv/bin/python benchmarks/slurm_poll.py --rounds 5
+    .venv/bin/python benchmarks/slurm_poll.py --sizes 1,200,1000,10000 --rounds 5   # the naive way up to 200
+
+10,000 jobs need the dev cluster's MaxJobCount (20,000: slurm/dev/slurm.conf.in).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,11 +60,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,50,200")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--per-job-up-to", type=int, default=200, help="the naive way only up to this many jobs")
+    ap.add_argument("--submitters", type=int, default=4, help="sbatch processes at once while submitting")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    ids = [subprocess.run(["sbatch", "--parsable", "--hold", "--mem=16M", "-o", "/dev/null", "--wrap", "true"],
-                          capture_output=True, text=True, check=True).stdout.strip() for _ in range(max(sizes))]
-    time.sleep(3)  # let slurmctld hand them to slurmdbd, so sacct knows them all
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.submitters) as pool:  # 10,000 one at a time would take many minutes
+        ids = list(pool.map(lambda _: held_job(), range(max(sizes))))
+    print(f"submitted {len(ids)} held jobs in {time.perf_counter() - t0:.0f} s", flush=True)
+    wait_for_accounting(ids)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["PATH"], log = counting_path(Path(tmp))
@@ -69,21 +77,50 @@ def main() -> None:
                 watched = ids[:n]
                 times: dict[str, list[float]] = {"batched": [], "per-job": []}
                 counts: dict[str, list[int]] = {"batched": [], "per-job": []}
+                ways = (("batched", batched), ("per-job", per_job)) if n <= args.per_job_up_to else \
+                    (("batched", batched),)
                 for _ in range(args.rounds):  # interleaved, so both ways see the same machine load
-                    for way, fn in (("batched", batched), ("per-job", per_job)):
+                    for way, fn in ways:
                         before = calls(log)
                         t0 = time.perf_counter()
                         fn(watched)
                         times[way].append(time.perf_counter() - t0)
                         counts[way].append(calls(log) - before)
-                for way in ("batched", "per-job"):
+                for way, _ in ways:
                     c = statistics.median(counts[way])
                     t = times[way]
                     print(f"{n:>5} {way:>8} {c:>17.0f} {statistics.median(t):>14.3f} {min(t):>7.3f} {max(t):>7.3f}")
-                ratio = statistics.median(times["per-job"]) / statistics.median(times["batched"])
-                print(f"{n:>5} per-job / batched wall time: {ratio:.1f}x")
+                if len(ways) == 2:
+                    ratio = statistics.median(times["per-job"]) / statistics.median(times["batched"])
+                    print(f"{n:>5} per-job / batched wall time: {ratio:.1f}x")
     finally:
-        subprocess.run(["scancel", *ids], check=False)
+        for i in range(0, len(ids), 1000):
+            subprocess.run(["scancel", *ids[i:i + 1000]], check=False)
+
+
+def held_job() -> str:
+    """One held job (PENDING, using nothing); sbatch is tried again while slurmctld is busy."""
+    for attempt in range(10):
+        r = subprocess.run(["sbatch", "--parsable", "--hold", "--mem=16M", "-o", "/dev/null", "--wrap", "true"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.strip()
+        time.sleep(0.5 * (attempt + 1))
+    raise SystemExit(f"sbatch: {r.stderr.strip()}")
+
+
+def wait_for_accounting(ids: list[str], timeout: float = 600) -> None:
+    """Until slurmctld has handed every job to slurmdbd, so that sacct knows them all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        poller = Poller(interval_s=0)
+        poller.watch(ids)
+        known = sum(1 for info in poller.poll().values() if info.source == "sacct")
+        if known == len(ids):
+            return
+        print(f"accounting knows {known} of {len(ids)} jobs", flush=True)
+        time.sleep(5)
+    raise SystemExit("accounting did not learn of every job")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""What Slurm says about jobs: one `sacct` call for every watched job, parsed into a small record.
+"""What Slurm says about jobs: one `squeue` and at most one `sacct` per poll, however many jobs are watched.
 
-Parsing is pure (tested on captured output). The poller batches: however many jobs are watched,
-one poll is one `sacct -j ID,ID,...` (plus one `squeue` only for ids that accounting does not
-know yet: slurmctld hands a new job to slurmdbd a moment after `sbatch` returns). Like submitit,
-it never asks more often than its interval. Steps are read too: when only a step (`srun`) runs
-out of memory the job is FAILED and the step is OUT_OF_MEMORY. `sacct -D` lists every run of a
-requeued job (a REQUEUED record per restart, then the current one): the current one decides,
-the earlier ones are counted as requeues.
+Parsing is pure (tested on captured output). The poller batches: one poll is one `squeue -u USER` for
+every live job (pending, running: their state, why they pend, their earlier runs, their nodes), then one
+`sacct -j ID,ID,...` only for the watched jobs squeue does not show (ended ones, or another user's).
+Neither gets a list of 10,000 ids to parse when 10,000 jobs are live (measured on the dev cluster: squeue
+2.6 s with the ids, 0.2 s without; sacct 2.7 s). Like submitit, it never asks more often than its interval.
+Steps are read from accounting too: when only a step (`srun`) runs out of memory the job is FAILED and the
+step is OUT_OF_MEMORY. `sacct -D` lists every run of a requeued job (a REQUEUED record per restart, then the
+current one): the current one decides, the earlier ones are counted as requeues (squeue's RestartCnt while
+the job is live).
 
 `node_shapes` reads `sinfo` for the CPUs and GPUs of a partition's nodes (the target derives
 --cpus-per-task from them when the spec sets none).
@@ -14,11 +16,12 @@ the earlier ones are counted as requeues.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.errors import SlurmRefused, SlurmTimeout, SlurmUnavailable
@@ -37,6 +40,9 @@ LOST_STATES = {"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}  # the cluster ended it, n
 SACCT_FIELDS = ("JobID", "State", "ExitCode", "MaxRSS", "Reason", "NodeList")
 MAX_HOSTS = 4096  # a node list expands to at most this many names (more is not a list a job of ours gets)
 SQUEUE_FORMAT = "%i|%T|%r"
+# What slurmctld holds of every live job (pending, running, completing), width unlimited (`:0`): a requeued
+# job's RestartCnt is accounting's count of its earlier runs.
+SQUEUE_LIVE = "JobID:0|,State:0|,Reason:0|,RestartCnt:0|,NodeList:0|"
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,21 @@ def expand_hostlist(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def parse_squeue_live(text: str) -> dict[str, JobInfo]:
+    """`squeue -h -O SQUEUE_LIVE` -> one JobInfo per live job: its state, why it pends, its earlier runs and its
+    nodes (none while pending)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 5 or not parts[0] or not parts[1]:
+            continue
+        restarts = parts[3].strip()
+        out[parts[0]] = JobInfo(parts[0], parts[1].split()[0], reason=parts[2], source="squeue",
+                                requeues=int(restarts) if restarts.isdigit() and len(restarts) < 9 else 0,
+                                nodes=expand_hostlist(parts[4]) if parts[4] and parts[4] != "(null)" else ())
+    return out
+
+
 def parse_squeue(text: str) -> dict[str, JobInfo]:
     out = {}
     for line in text.splitlines():
@@ -258,31 +279,38 @@ class Poller:
         return self.known.get(job_id)
 
     def poll(self) -> dict[str, JobInfo]:
-        """Ask Slurm about every watched job at once: one sacct, and squeue for the ids too new for accounting;
-        what it said is kept (`known`) and returned."""
+        """Ask Slurm about every watched job at once, at the cost of one squeue and at most one sacct whatever
+        their number: slurmctld's live jobs of this user (`squeue -u`, no id list: listing 10,000 ids costs
+        squeue and sacct seconds to parse, the whole queue a fraction of one), then accounting only for the
+        watched jobs that are not live there (ended, or another user's), with their steps (a step's
+        OUT_OF_MEMORY) and MaxRSS. What it said is kept (`known`) and returned."""
         ids = sorted(self.watched, key=_numeric)
         if not ids:
             return {}
-        self.calls["sacct"] += 1
-        found = parse_sacct(run_slurm(["sacct", "-n", "-P", "-D", "-j", ",".join(ids),
-                                       "-o", ",".join(SACCT_FIELDS)]))
-        missing = [i for i in ids if i not in found]
-        # too new for accounting, or pending: slurmctld knows them, and knows why a job pends now (accounting's
-        # Reason lags behind the scheduler's), so one squeue covers both
-        pending = [i for i in ids if i in found and found[i].phase == "pending"]
-        if missing or pending:
-            self.calls["squeue"] += 1
-            try:
-                live = parse_squeue(run_slurm(["squeue", "-h", "-j", ",".join(missing + pending), "-o",
-                                               SQUEUE_FORMAT], retries=0))
-            except SlurmUnavailable:
-                live = {}  # squeue refuses ids it has forgotten: they stay unknown
-            found.update({i: live[i] for i in missing if i in live})
-            found.update({i: replace(found[i], reason=live[i].reason) for i in pending
-                          if i in live and live[i].reason not in ("", "None")})
+        self.calls["squeue"] += 1
+        try:
+            live = parse_squeue_live(run_slurm(["squeue", "-h", "-u", _user(), "-O", SQUEUE_LIVE]))
+        except SlurmUnavailable:
+            live = {}  # accounting answers for every job then
+        found = {i: live[i] for i in ids if i in live and live[i].phase in ("pending", "running")}
+        rest = [i for i in ids if i not in found]
+        if rest:
+            self.calls["sacct"] += 1
+            found.update(parse_sacct(run_slurm(["sacct", "-n", "-P", "-D", "-j", ",".join(rest),
+                                                "-o", ",".join(SACCT_FIELDS)])))
         self.known.update(found)
         self.polled_at = time.monotonic()
         return found
+
+
+def _user() -> str:
+    """Who this process is, as squeue -u takes it."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def _numeric(job_id: str) -> tuple[int, str]:

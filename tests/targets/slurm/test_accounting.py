@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lifecycle.classify import classify
-from orchestrator.targets.slurm.accounting import JobInfo, Poller, parse_exit_code, parse_rss, parse_sacct
+from orchestrator.targets.slurm.accounting import (
+    JobInfo,
+    Poller,
+    parse_exit_code,
+    parse_rss,
+    parse_sacct,
+    parse_squeue_live,
+)
+from tests.helpers import wait_for
 
 DATA = Path(__file__).parents[1] / "data"
 
@@ -89,13 +97,22 @@ def _counting_shim(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slurm
-def test_polling_many_jobs_is_one_sacct_call(slurm_cluster: str, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    ids = []
-    for _ in range(20):
-        out = subprocess.run(["sbatch", "--parsable", "--mem=16M", "-o", "/dev/null", "--wrap", "sleep 1"],
+def test_polling_many_jobs_is_one_squeue_and_at_most_one_sacct_call(slurm_cluster: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 jobs, some ended by the poll and some held: one squeue for the live ones, one sacct for the rest, and
+    what each says agrees with Slurm (the held ones pending with their reason, the ended ones COMPLETED)."""
+    ids, held = [], []
+    for n in range(20):
+        hold = ["--hold"] if n % 2 else []
+        out = subprocess.run(["sbatch", "--parsable", *hold, "--mem=16M", "-o", "/dev/null", "--wrap", "true"],
                              capture_output=True, text=True, check=True)
         ids.append(out.stdout.strip())
+        if hold:
+            held.append(ids[-1])
+    ended = [i for i in ids if i not in held]
+    sacct = ["sacct", "-n", "-X", "-P", "-j", ",".join(ended), "-o", "State"]
+    wait_for(lambda: subprocess.run(sacct, capture_output=True, text=True).stdout.split() == ["COMPLETED"] * 10,
+             120, "the unheld jobs to be done")
     bin_dir, log = _counting_shim(tmp_path)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     poller = Poller(interval_s=60)
@@ -103,9 +120,12 @@ def test_polling_many_jobs_is_one_sacct_call(slurm_cluster: str, tmp_path: Path,
     poller.poll()
     seen = {job_id: poller.get(job_id) for job_id in ids}  # served from the one poll
     calls = log.read_text().split()
-    assert calls.count("sacct") == 1, calls
-    assert all(info is not None and info.phase in ("pending", "running", "ended") for info in seen.values())
-    subprocess.run(["scancel", *ids], check=False)
+    subprocess.run(["scancel", *held], check=False)
+    assert calls.count("sacct") == 1 and calls.count("squeue") == 1, calls
+    assert all((info := seen[i]) is not None and (info.phase, info.source, info.reason) ==
+               ("pending", "squeue", "JobHeldUser") for i in held), seen
+    assert all((info := seen[i]) is not None and (info.state, info.source) == ("COMPLETED", "sacct")
+               for i in ended), seen
 
 
 def _answering(bin_dir: Path, name: str, words: str, code: int = 1) -> None:
@@ -193,3 +213,16 @@ def test_an_attempt_refused_for_too_few_nodes_says_which_were_avoided(tmp_path: 
     assert said.startswith("spec.resources: ") and "once resources.avoid_nodes (node1: " in said, said
     assert said.endswith("(Slurm: sbatch: error: Batch job submission failed: Requested node configuration is not "
                          "available)"), said
+
+
+def test_squeue_live_lines_give_state_reason_earlier_runs_and_nodes() -> None:
+    """`squeue -h -O SQUEUE_LIVE` as Slurm 22.05 prints it (unlimited widths, `|` after each field)."""
+    text = ("21434|PENDING|JobHeldUser|0||\n"
+            "21500|RUNNING|None|1|node[1-2]|\n"
+            "21501|PENDING|BeginTime|2||\n"
+            "garbage\n|RUNNING|None|0|node1|\n")
+    found = parse_squeue_live(text)
+    assert sorted(found) == ["21434", "21500", "21501"]
+    assert (found["21434"].phase, found["21434"].reason, found["21434"].nodes) == ("pending", "JobHeldUser", ())
+    assert (found["21500"].phase, found["21500"].requeues, found["21500"].nodes) == ("running", 1, ("node1", "node2"))
+    assert (found["21501"].requeues, found["21501"].source) == (2, "squeue")
