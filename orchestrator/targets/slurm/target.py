@@ -85,11 +85,15 @@ def submitted_as(name: str) -> str | None:
 def test_only(script: str) -> str:
     """`sbatch --test-only`: the controller checks the request (partition, GPUs, limits) and starts nothing;
     SlurmRefused when it would refuse it."""
-    proc = run_once(["sbatch", "--test-only", script])
-    message = "\n".join(line for line in proc.stderr.splitlines() if line.strip())
-    if proc.returncode != 0:
-        raise SlurmRefused(message or f"sbatch --test-only exited {proc.returncode}")
-    return message
+    for attempt in range(SBATCH_TRIES):  # it submits nothing: a busy slurmctld is simply asked again
+        proc = run_once(["sbatch", "--test-only", script])
+        message = "\n".join(line for line in proc.stderr.splitlines() if line.strip())
+        if proc.returncode == 0:
+            return message
+        if not BUSY.search(message) or attempt == SBATCH_TRIES - 1:
+            raise SlurmRefused(message or f"sbatch --test-only exited {proc.returncode}")
+        time.sleep(SBATCH_BACKOFF_S * 2 ** attempt * random.uniform(0.8, 1.2))
+    raise AssertionError("unreachable")
 
 
 class SlurmTarget:

@@ -72,3 +72,14 @@ def test_a_refusal_is_not_tried_again_and_a_busy_controller_is_given_up_on_in_th
     with pytest.raises(SlurmRefused, match="Resource temporarily unavailable"):
         slurm_target.sbatch(["job.sbatch"], name="a.b.1")
     assert calls(slurm, "sbatch") == slurm_target.SBATCH_TRIES
+
+
+def test_a_check_that_submits_nothing_is_asked_again_while_slurm_is_busy(slurm: Path) -> None:
+    """`sbatch --test-only` (submit's preflight) when slurmctld is busy: asked again, then its answer stands."""
+    fake(slurm, "sbatch", f'echo x >> "{slurm}/sbatch.calls"\n'
+                          f'[ $(wc -l < "{slurm}/sbatch.calls") -le 1 ] && '
+                          '{ echo "sbatch: error: allocation failure: Socket timed out on send/recv operation" >&2; '
+                          'exit 1; }\n'
+                          'echo "sbatch: Job 3 to start at 2026-12-07T01:00:00 on nodes node1" >&2\n')
+    assert "to start at" in slurm_target.test_only("job.sbatch")
+    assert calls(slurm, "sbatch") == 2
