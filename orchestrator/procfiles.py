@@ -31,7 +31,8 @@ class UnsafeDirectoryError(PermissionError):
     """The directory to write into is another user's, or anyone may replace what is written there."""
 
 
-def write_files(directory: Path, files: Mapping[str, str | bytes], executable: Sequence[str] = ()) -> None:
+def write_files(directory: Path, files: Mapping[str, str | bytes], executable: Sequence[str] = (),
+                durable: bool = True) -> None:
     """Write every file into `directory`, atomically, privately and all or nothing.
 
     The directory is opened once (a missing one is created, 0700, and a symlink in its place is
@@ -61,7 +62,7 @@ def write_files(directory: Path, files: Mapping[str, str | bytes], executable: S
             for name, text in files.items():
                 mode = PRIVATE_EXECUTABLE if name in executable else PRIVATE_FILE
                 data = text if isinstance(text, bytes) else text.encode("utf-8")  # bytes: a pickle
-                written.append((_write_temporary(dir_fd, name, data, mode), name))
+                written.append((_write_temporary(dir_fd, name, data, mode, durable), name))
             for temporary, name in written:
                 os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             written = []
@@ -72,7 +73,8 @@ def write_files(directory: Path, files: Mapping[str, str | bytes], executable: S
                 except OSError:
                     pass
         try:
-            os.fsync(dir_fd)  # the renames themselves survive a crash
+            if durable:
+                os.fsync(dir_fd)  # the renames themselves survive a crash
         except OSError:
             pass  # some file systems cannot fsync a directory
     finally:
@@ -111,7 +113,7 @@ def _check_directory(dir_fd: int, directory: Path) -> None:
                                    "of your own")
 
 
-def _write_temporary(dir_fd: int, name: str, data: bytes, mode: int) -> str:
+def _write_temporary(dir_fd: int, name: str, data: bytes, mode: int, durable: bool = True) -> str:
     for _ in range(100):
         temporary = f".{name}.{os.urandom(8).hex()}.tmp"
         try:
@@ -123,7 +125,8 @@ def _write_temporary(dir_fd: int, name: str, data: bytes, mode: int) -> str:
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)  # on the descriptor: never a path another process could have swapped
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(temporary, dir_fd=dir_fd)
@@ -141,7 +144,7 @@ def write_json(path: Path, data: dict) -> None:
     write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
-def publish_once(directory: Path, name: str, text: str) -> bool:
+def publish_once(directory: Path, name: str, text: str, durable: bool = True) -> bool:
     """Publish `name` in `directory` unless that name exists: True when this call published it.
 
     Written as `write_files` writes (private 0600, fsynced, under a random temporary name, never
@@ -152,14 +155,15 @@ def publish_once(directory: Path, name: str, text: str) -> bool:
     made, so after EEXIST the temporary's link count decides (2: ours), as open(2) advises for lock
     files; a link that succeeded is trusted as it is (sshfs reports a link count of 1 even then), and
     any other refusal while the name exists is a lost race too (sshfs answers EPERM then).
-    The directory is fsynced before this returns: a published file survives a crash."""
+    The directory is fsynced before this returns: a published file survives a crash. With `durable=False`
+    (a cache, rebuilt when a crash leaves it empty or cut) nothing is fsynced."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"{name!r} is not a plain file name")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     dir_fd = os.open(directory, _OPEN_DIR)
     try:
         _check_directory(dir_fd, directory)
-        temporary = _write_temporary(dir_fd, name, text.encode("utf-8"), PRIVATE_FILE)
+        temporary = _write_temporary(dir_fd, name, text.encode("utf-8"), PRIVATE_FILE, durable)
         try:
             try:
                 os.link(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -174,7 +178,7 @@ def publish_once(directory: Path, name: str, text: str) -> bool:
                 published = False
         finally:
             os.unlink(temporary, dir_fd=dir_fd)
-        if published:
+        if published and durable:
             try:
                 os.fsync(dir_fd)
             except OSError:

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("targets", ("targets", "entry", "store", "intake", "notify")),  # what executors act on, the job store, what submit
     # takes, and the webhooks told after a state change is recorded
     ("executors", ("supervise", "controller")),
-    ("jobs", ("jobs",)),  # record, catch up and cancel a job by its driver
+    ("jobs", ("jobs", "retention")),  # record, catch up and cancel a job by its driver; what gc removes
     ("views", ("views",)),  # the one view of a job, following it live, progress, text made terminal-safe
     ("api", ("api",)),  # the Python API: jobs, --set overrides, sweeps
     ("web", ("web",)),  # the dashboard: pages over a read-only job source, served with a token

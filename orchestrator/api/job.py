@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.api.overrides import Override, OverrideError, apply_loaded, as_overrides, locate
 from orchestrator.errors import (
-    EXIT_FAILED,
     BadInput,
     FunctionFailed,
     InvalidSpec,
@@ -200,15 +199,9 @@ def dry_run_checked(checked: Checked, run_dir: str, *, checks: bool = True, work
 
 def open_store() -> Store:
     """The job store ($SHARDCTL_HOME, else the XDG state directory); StoreError when it cannot be opened."""
-    from orchestrator.store.jobstore import Store, state_dir
+    from orchestrator.store.jobstore import open_store as opened
 
-    try:
-        return Store()
-    except (StoreError, OSError) as exc:
-        err = StoreError(f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable "
-                         "directory)")
-        err.exit_code = EXIT_FAILED
-        raise err from None
+    return opened()
 
 
 def _cluster(kubeconfig: str | None, context: str | None) -> dict[str, str]:
@@ -474,37 +467,10 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
     """The jobs as `shardctl list --json` shows them, newest first, brought up to date (one batched query
     per target). A damaged row is reported through `warn` and skipped."""
     from orchestrator.api.sweep import group_of
-    from orchestrator.jobs import catch_up_all
-    from orchestrator.views.report import job_json
+    from orchestrator.views.listing import list_views as views_of
 
-    warn = warn or log.warning
-    store = store or open_store()
-    damaged: list[str] = []
-    records = []
-    for record in store.list_jobs(None if group else limit, damaged=damaged):  # a damaged row is reported, skipped
-        try:
-            if group is not None and group_of(record.spec) != group:
-                continue
-            job_json(record, store.attempts(record.id))  # everything its rows say can be read
-            records.append(record)
-        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            damaged.append(f"job {record.id}: its record cannot be read ({exc})")
-    if limit is not None:
-        records = records[:limit]
-    for line in damaged:
-        warn(f"warning: {line}; skipped")
-    try:
-        for note in catch_up_all(store, records, _cluster(kubeconfig, context)):
-            warn(note)
-    except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        warn(f"warning: could not bring every job up to date: {exc}")
-    views = []
-    for r in records:
-        try:
-            views.append(job_json(store.get_job(r.id), store.attempts(r.id)))
-        except (StoreError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            warn(f"warning: job {r.id}: its record cannot be read ({exc}); skipped")
-    return views
+    only = None if group is None else (lambda record: group_of(record.spec) == group)
+    return views_of(store or open_store(), limit, warn or log.warning, _cluster(kubeconfig, context), only)
 
 
 def list_jobs(group: str | None = None, limit: int | None = 50, *, kubeconfig: str | None = None,

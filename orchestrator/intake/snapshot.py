@@ -37,10 +37,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import SnapshotError
-from orchestrator.spec.models import TrainingJob
+
+if TYPE_CHECKING:  # only annotations: `status` reads a snapshot's manifest without pydantic's models
+    from orchestrator.spec.models import TrainingJob
 
 MAX_BYTES = 256 * 2**20
 MAX_FILES = 20_000
@@ -48,6 +50,7 @@ MAX_BYTES_ENV = "SHARDCTL_SNAPSHOT_MAX_SIZE"
 MAX_FILES_ENV = "SHARDCTL_SNAPSHOT_MAX_FILES"
 CODE = "code"
 MANIFEST = "snapshot.json"
+USED = "used"  # its mtime: when a submit last adopted the snapshot (mark_used), for gc's grace period
 _CHUNK = 1 << 20
 _SHOWN = 5  # offenders named in a cap error
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -352,7 +355,7 @@ def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES, *, progress: Progr
         digest, size = _copy(found, None, max_bytes, reporter)  # read only: the points of a sweep copy the code once
         reporter.end()
         known = root / digest.removeprefix("sha256:")
-        if (known / MANIFEST).is_file():
+        if (known / MANIFEST).is_file() and mark_used(known):
             return Snapshot(digest, str(known / CODE), len(found.entries), size, str(found.source))
         tmp.mkdir(mode=0o700)
         code = tmp / CODE
@@ -370,6 +373,9 @@ def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES, *, progress: Progr
             if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not (final / MANIFEST).is_file():
                 raise
             remove(tmp)  # the same content was published before: keep that copy
+            if not mark_used(final):
+                raise SnapshotError(f"the snapshot {final} was removed (shardctl gc) as it was adopted: submit "
+                                    "again") from None
         return Snapshot(digest, str(final / CODE), len(found.entries), copied, str(found.source))
     except SnapshotError:
         remove(tmp)
@@ -377,6 +383,24 @@ def take(found: Plan, root: Path, max_bytes: int = MAX_BYTES, *, progress: Progr
     except OSError as exc:
         remove(tmp)
         raise SnapshotError(f"cannot snapshot {found.source} into {root}: {exc}") from None
+
+
+def mark_used(snapshot_dir: Path) -> bool:
+    """Say that a submit is adopting this snapshot now (its USED file's mtime), before the job that will run it is
+    recorded: `shardctl gc` leaves a snapshot used within its grace period alone, and checks this mark again after
+    moving the snapshot aside, putting it back if it was used meanwhile. False when the snapshot is gone (gc took
+    it): the caller copies the code again."""
+    try:
+        fd = os.open(snapshot_dir / USED, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        os.utime(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return (snapshot_dir / MANIFEST).is_file()
 
 
 def _copy(found: Plan, code: Path | None, max_bytes: int, reporter: _Reporter | None = None) -> tuple[str, int]:

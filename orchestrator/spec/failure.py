@@ -18,15 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
-
-from pydantic import Field, WithJsonSchema
+from typing import TYPE_CHECKING, Annotated, Any
 
 from orchestrator.spec.states import AttemptState, FailureKind
 
-__all__ = ["Failure"]
+if TYPE_CHECKING:
+    from pydantic import Field, WithJsonSchema
+
+__all__ = ["Failure", "schema_names"]
 
 _SUCCEEDED = "succeeded"  # how earlier versions wrote "no failure"
+
+
+def schema_names() -> None:
+    """Bind the names Failure's annotations use (pydantic's), for whoever builds a schema of it (spec/status.py):
+    the store and the CLI read failures without paying for pydantic's import."""
+    from pydantic import Field, WithJsonSchema
+
+    globals().update(Field=Field, WithJsonSchema=WithJsonSchema, Annotated=Annotated)
 
 
 @dataclass(frozen=True)

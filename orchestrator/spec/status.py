@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.spec.failure import Failure
+from orchestrator.spec.failure import Failure, schema_names
 from orchestrator.spec.states import AttemptState, Phase
+
+schema_names()  # Failure's annotations name pydantic's Field: bound before a model below reads them
 
 
 class _Status(BaseModel):

@@ -42,9 +42,10 @@ def make_dir(path: Path) -> Path:
     return path
 
 
-def publish(directory: Path, name: str, data: dict[str, Any]) -> bool:
-    """Link `name` into `directory` once: True when this call published it, False when it existed."""
-    return publish_once(directory, name, json.dumps(data, sort_keys=True) + "\n")
+def publish(directory: Path, name: str, data: dict[str, Any], durable: bool = True) -> bool:
+    """Link `name` into `directory` once: True when this call published it, False when it existed. A cache is
+    published with `durable=False` (not fsynced: one a crash cut short fails its check and is written again)."""
+    return publish_once(directory, name, json.dumps(data, sort_keys=True) + "\n", durable)
 
 
 def read_record(path: Path) -> dict[str, Any]:

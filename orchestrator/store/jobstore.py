@@ -17,6 +17,11 @@ mkdir, create with O_EXCL, link, never a lock), and read by folding what is ther
     jobs/<id>/attempts/<N>.event-<stamp>.json  a fact learnt later (an id, a requeue: note_attempt)
     names/<name>/<k>.json              generation k of a job name: the job holding it (once each)
 
+and two caches, each rebuilt from the above and never trusted over it (docs/design.md, "Reading at scale"):
+
+    index/jobs-v1.json                 every job's created_at and name (`store_index`): newest N without reading all
+    jobs/<id>/summary-v1-<fp>.json     an ended job's fold in one file, named by its files' fingerprint
+
 Every decision that must happen once is a link that exactly one writer on one host wins; the
 loser is told (StoreError for a second attempt N, False from the others) and does nothing more.
 Each record is written before the action it describes (attempt N exists before it is submitted),
@@ -45,14 +50,16 @@ from orchestrator.errors import StoreError, StoreFull
 from orchestrator.procfiles import free_bytes
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, JobState
+from orchestrator.store import index, summary
 from orchestrator.store.files import Owner, event_name, make_dir, name_key, publish, read_record
 from orchestrator.store.paths import private_state_dir, state_dir
 
-__all__ = ["AttemptNote", "AttemptRecord", "JobRecord", "Store", "StoreError", "state_dir"]
+__all__ = ["AttemptNote", "AttemptRecord", "JobRecord", "Store", "StoreError", "open_store", "state_dir"]
 
 _R = TypeVar("_R")
 FULL_BELOW_BYTES = 256 * 1024  # less free than this and the store is full: a record takes a few KiB
 NAME_CLAIM_WAIT_S = 5.0  # how long a job that holds a name may take to appear after its claim
+REINDEX_AFTER = 32  # jobs missing from the index (read from their job.json) before it is written again
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,35 @@ def _attempt_changes(written: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _as_json(record: JobRecord | AttemptRecord) -> dict[str, Any]:
+    """A record as a summary holds it: every field, an enum as its text, a failure in its one JSON form."""
+    out = {f.name: getattr(record, f.name) for f in fields(record)}
+    if isinstance(record, AttemptRecord):
+        out["failure"] = record.failure.to_json() if record.failure else None
+    return out
+
+
+def open_store() -> Store:
+    """The job store ($SHARDCTL_HOME, else the XDG state directory); StoreError (exit 1) when it cannot be opened."""
+    from orchestrator.errors import EXIT_FAILED
+
+    try:
+        return Store()
+    except (StoreError, OSError) as exc:
+        err = StoreError(f"cannot open the job store in {state_dir()}: {exc} (set SHARDCTL_HOME to a writable "
+                         "directory)")
+        err.exit_code = EXIT_FAILED
+        raise err from None
+
+
+_ID = re.compile(r"[0-9a-f]{8}")
+
+
+def _plain_id(ref: str) -> bool:
+    """A whole job id as the store draws them (secrets.token_hex(4))."""
+    return bool(_ID.fullmatch(ref))
+
+
 class _NotAJob(Exception):
     """A directory under jobs/ without job.json: a job being created, or one whose creation was refused."""
 
@@ -244,6 +280,101 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
 
+    def _summary(self, job_id: str) -> tuple[str | None, tuple[JobRecord, list[AttemptRecord]] | None]:
+        """(the fingerprint of the job's record files, its summary when one of that fingerprint can be read).
+        A summary that cannot be read is removed (a cache: written again by the next fold)."""
+        fp = summary.fingerprint(self.path / job_id, _ATTEMPT_FILE)
+        if fp is None:
+            return None, None
+        path = self.path / job_id / summary.name_for(fp)
+        try:
+            data = self._read(path)
+        except FileNotFoundError:
+            return fp, None
+        except (OSError, ValueError):
+            self._drop(path)
+            return fp, None
+        try:
+            if data.get("version") != summary.VERSION or data.get("digest") != summary.digest(data.get("job"),
+                                                                                              data.get("attempts")):
+                raise StoreError("another version's, or damaged")
+            job = _record(JobRecord, data["job"], f"job {job_id}")
+            attempts = [_record(AttemptRecord, a, f"job {job_id}") for a in data["attempts"]]
+            if (job.id != job_id or not job.terminal or [a.number for a in attempts] != sorted(
+                    {a.number for a in attempts}) or any(a.job_id != job_id or not a.ended for a in attempts)):
+                raise StoreError("not this job's")
+        except (StoreError, KeyError, TypeError, ValueError, AttributeError):
+            self._drop(path)
+            return fp, None
+        return fp, (job, attempts)
+
+    def _drop(self, path: Path) -> None:
+        self._cache.pop(path, None)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def _remember(self, job_id: str, fp: str | None, job: JobRecord) -> None:
+        """Publish the summary of a job that has ended, its attempts too, under the fingerprint taken before
+        it was folded (a file added meanwhile changes the fingerprint, so it can never hide behind this one)."""
+        if fp is None or not job.terminal:
+            return
+        try:
+            attempts = self._fold_attempts(job_id, strict=True)
+        except StoreError:
+            return
+        if not all(a.ended for a in attempts):
+            return
+        folded = _as_json(job), [_as_json(a) for a in attempts]
+        data = {"version": summary.VERSION, "digest": summary.digest(*folded), "job": folded[0], "attempts": folded[1]}
+        try:
+            publish(self.path / job_id, summary.name_for(fp), data, durable=False)
+        except (OSError, ValueError):
+            pass  # a cache: a store it cannot be written into is read the slow way
+
+    # caches kept in a job's directory by the layers above (views/cached.py): derived from its records, keyed by them
+
+    def fingerprint(self, job_id: str) -> str | None:
+        """Of the job's record files (names, sizes, mtimes): any record added or changed changes it. None when the
+        job's directory cannot be listed."""
+        if not job_id or job_id.startswith(".") or "/" in job_id or "\0" in job_id:
+            return None
+        return summary.fingerprint(self.path / job_id, _ATTEMPT_FILE)
+
+    def summarised(self, job_id: str) -> tuple[str | None, tuple[JobRecord, list[AttemptRecord]] | None]:
+        """(the fingerprint of the job's record files, the job and its attempts from its summary when one of that
+        fingerprint is there): an ended job read with one listing of its files and one file."""
+        if not job_id or job_id.startswith(".") or "/" in job_id or "\0" in job_id:
+            return None, None
+        return self._summary(job_id)
+
+    def cached(self, job_id: str, name: str) -> dict[str, Any] | None:
+        """A cache file `name` (summary.CACHE_PREFIXES) of the job, None when absent or unreadable (then removed)."""
+        path = self.path / job_id / summary.cache_name(name)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self._drop(path)
+            return None
+
+    def drop_cached(self, job_id: str, name: str) -> None:
+        """Remove a cache file that turned out unusable (another version's, damaged): the next reader writes it."""
+        self._drop(self.path / job_id / summary.cache_name(name))
+
+    def keep_cached(self, job_id: str, name: str, data: dict[str, Any]) -> None:
+        """Publish a cache file once under `name`; a store it cannot be written into is read the slow way."""
+        try:
+            publish(self.path / job_id, summary.cache_name(name), data, durable=False)
+        except (OSError, ValueError):
+            pass
+
+    def job_ids(self) -> list[str]:
+        """Every directory under jobs/ (a job, or one being created): a listing, nothing read."""
+        return self._job_ids()
+
     def _job_ids(self) -> list[str]:
         try:
             return [n for n in os.listdir(self.path) if not n.startswith(".")]
@@ -264,6 +395,12 @@ class Store:
             if present & {"finished.json", "running.json", "cancel.json", "attempts"}:
                 raise StoreError(f"{what} in the job store is damaged (its job.json is missing)")
             raise _NotAJob(job_id)
+        fp: str | None = None
+        damaged: list[str] = []
+        if "finished.json" in present:  # ended: its summary, when one of its files' fingerprint is there
+            fp, found = self._summary(job_id)
+            if found is not None:
+                return found[0]
         facts = self._claim(directory / "job.json", what)
         data: dict[str, Any] = {k: facts.get(k) for k in _JOB_FACTS}
         if facts.get("id") != job_id:
@@ -288,15 +425,19 @@ class Store:
                 try:
                     event = self._read(directory / "events" / name)
                 except (OSError, ValueError) as exc:
-                    if notes is not None:
-                        notes.append(f"{what}: an update in the job store is damaged (events/{name}: {exc}); "
-                                     "left out")
+                    damaged.append(f"{what}: an update in the job store is damaged (events/{name}: {exc}); "
+                                   "left out")
                     continue
                 if "supervisor_pid" in event:
                     data["supervisor_pid"] = event["supervisor_pid"]
                 times.append(event.get("at"))
         data["updated_at"] = max((t for t in times if isinstance(t, int | float)), default=facts.get("created_at"))
-        return _record(JobRecord, data, what)
+        job = _record(JobRecord, data, what)
+        if notes is not None:
+            notes.extend(damaged)
+        if fp is not None and not damaged:
+            self._remember(job_id, fp, job)
+        return job
 
     # jobs
 
@@ -383,47 +524,71 @@ class Store:
             raise StoreError(f"no job {job_id!r}") from None
 
     def resolve(self, ref: str) -> JobRecord:
-        """A job by id, unique id prefix, or name (the newest job of that name)."""
+        """A job by id (its directory alone is read), unique id prefix (the job ids are listed, no job read), or
+        name (the newest job of that name, found in the index)."""
+        if ref and _plain_id(ref) and (self.path / ref / "job.json").exists():
+            return self.get_job(ref)  # ids are all one length: a whole id is no other id's prefix
         matches = sorted(i for i in self._job_ids() if i.startswith(ref) and (self.path / i / "job.json").exists())
         if len(matches) == 1:
             return self.get_job(matches[0])
         if len(matches) > 1:
             raise StoreError(f"{ref!r} matches several jobs: {', '.join(matches)}")
-        named = []
+        for trust_index in (True, False):
+            named = [(entry[0], job_id) for job_id, entry in self._entries(trust_index).items()
+                     if entry and entry[1] == ref]
+            if not named:
+                break
+            job = self.get_job(max(named)[1])
+            if job.name == ref:  # the job's own record, not the index, says what it is called
+                return job
+        raise StoreError(f"no job with id or name {ref!r} in {self.root}")
+
+    def _entries(self, trust_index: bool = True) -> dict[str, index.Entry | None]:
+        """Every job id under jobs/ and its (created_at, name): from the index, else from its job.json (None when
+        that is missing or damaged). Writes the index again once enough jobs were missing from it (or when it
+        is not trusted: an entry it holds turned out wrong)."""
+        known = index.load(self.root / "index") if trust_index else {}
+        out: dict[str, index.Entry | None] = {}
+        added = 0
         for job_id in self._job_ids():
-            try:
-                facts = self._read(self.path / job_id / "job.json")
-            except (OSError, ValueError):
-                continue
-            if facts.get("name") == ref and isinstance(facts.get("created_at"), int | float):
-                named.append((facts["created_at"], job_id))
-        if not named:
-            raise StoreError(f"no job with id or name {ref!r} in {self.root}")
-        return self.get_job(max(named)[1])
+            entry = known.get(job_id)
+            if entry is None:
+                try:
+                    facts = self._read(self.path / job_id / "job.json")
+                except (OSError, ValueError):
+                    facts = {}
+                created, name = facts.get("created_at"), facts.get("name")
+                if (facts.get("id") == job_id and isinstance(created, int | float) and not isinstance(created, bool)
+                        and isinstance(name, str)):
+                    entry = (created, name)
+                    added += 1
+            out[job_id] = entry
+        if added >= REINDEX_AFTER or (added and not known):
+            index.save(self.root / "index", {k: v for k, v in out.items() if v is not None})
+        return out
 
     def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None) -> list[JobRecord]:
         """Newest first. A damaged record is left out (and described in `damaged`, when given): one bad
-        record never hides the other jobs. Only the newest `limit` jobs are read past their job.json."""
-        order = []
-        for job_id in self._job_ids():
-            try:
-                created = self._read(self.path / job_id / "job.json").get("created_at")
-            except (OSError, ValueError):
-                created = None  # missing or damaged: its fold below says which, first
-            order.append((created if isinstance(created, int | float) else float("inf"), job_id))
-        out: list[JobRecord] = []
-        for _, job_id in sorted(order, reverse=True):
-            if limit and len(out) == limit:
-                break
+        record never hides the other jobs. Only the newest `limit` jobs are read: the order comes from the
+        index (store/index.py), and a job missing from it from its job.json."""
+        for trust_index in (True, False):
+            entries = self._entries(trust_index)
+            order = [(entry[0] if entry else float("inf"), job_id) for job_id, entry in entries.items()]
+            out: list[JobRecord] = []
             notes: list[str] = []
-            try:
-                out.append(self._fold_job(job_id, notes))
-            except _NotAJob:
-                continue
-            except StoreError as exc:
-                notes.append(str(exc))
-            if damaged is not None:
-                damaged.extend(notes)
+            for _, job_id in sorted(order, reverse=True):
+                if limit and len(out) == limit:
+                    break
+                try:
+                    out.append(self._fold_job(job_id, notes))
+                except _NotAJob:
+                    continue
+                except StoreError as exc:
+                    notes.append(str(exc))
+            if all(entries[j.id] in (None, (j.created_at, j.name)) for j in out):
+                break  # else an entry of the index was wrong: order again from the job.json files themselves
+        if damaged is not None:
+            damaged.extend(notes)
         return out
 
     def _existing(self, job_id: str) -> Path:
@@ -485,14 +650,22 @@ class Store:
         return files
 
     def attempts(self, job_id: str) -> list[AttemptRecord]:
+        if "/" not in job_id and not job_id.startswith(".") and (self.path / job_id / "finished.json").exists():
+            _, found = self._summary(job_id)  # ended: its summary, when one of its files' fingerprint is there
+            if found is not None:
+                return found[1]
+        return self._fold_attempts(job_id)
+
+    def _fold_attempts(self, job_id: str, strict: bool = False) -> list[AttemptRecord]:
         directory = self.path / job_id / "attempts"
         out = []
         for number, files in sorted(self._attempt_files(job_id).items()):
             if "json" in files:  # a claim without its attempt is never written: the attempt comes first
-                out.append(self._fold_attempt(directory, job_id, number, files))
+                out.append(self._fold_attempt(directory, job_id, number, files, strict))
         return out
 
-    def _fold_attempt(self, directory: Path, job_id: str, number: int, files: dict[str, list[str]]) -> AttemptRecord:
+    def _fold_attempt(self, directory: Path, job_id: str, number: int, files: dict[str, list[str]],
+                      strict: bool = False) -> AttemptRecord:
         what = f"job {job_id}, attempt {number}"
         base = self._claim(directory / f"{number}.json", what)
         data: dict[str, Any] = {k: base.get(k) for k in _ATTEMPT_FACTS}
@@ -503,7 +676,9 @@ class Store:
         for name in sorted(files.get("event", [])):
             try:
                 data.update(_attempt_changes(self._read(directory / name)))
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
+                if strict:  # for a summary: what could not be read now (another host's, not yet visible) is not
+                    raise StoreError(f"{what}: {name}: {exc}") from None  # baked into what is read later
                 continue  # a blank filled in later, damaged: it stays blank
         if "ended.json" in files:
             end = self._claim(directory / f"{number}.ended.json", what)

@@ -10,13 +10,13 @@ import copy
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.compile import rules
 from orchestrator.intake import snapshot
-from orchestrator.spec.models import TrainingJob, TrainingJobSpec
 from orchestrator.store.jobstore import AttemptRecord, JobRecord
-from orchestrator.views import progress as progress_of
+
+if TYPE_CHECKING:
+    from orchestrator.spec.models import TrainingJobSpec
 
 FORMAT = 1
 
@@ -37,6 +37,8 @@ _CONFIGS_MAX = 256
 
 
 def _config(spec: TrainingJobSpec) -> dict[str, Any]:
+    from orchestrator.compile import rules  # with the spec's models: imported when a config is worked out
+
     return {
         "backend": spec.backend,
         "sharding": spec.sharding,
@@ -56,6 +58,8 @@ def attempt_config(spec: dict[str, Any]) -> dict[str, Any]:
     key = json.dumps(spec, sort_keys=True)
     found = _CONFIGS.get(key)
     if found is None:
+        from orchestrator.spec.models import TrainingJob
+
         if len(_CONFIGS) >= _CONFIGS_MAX:
             _CONFIGS.clear()
         found = _CONFIGS[key] = _config(TrainingJob.model_validate(spec).spec)
@@ -142,6 +146,8 @@ def fmt_bytes(n: int | None) -> str:
 
 def last_progress(log_path: str, duration_s: float | None, running: bool) -> dict[str, Any] | None:
     """The attempt's progress as its log shows it (orchestrator/views/progress.py, docs/progress.md)."""
+    from orchestrator.views import progress as progress_of
+
     found = progress_of.read(log_path, elapsed_s=duration_s, running=running)
     return found.as_json() if found is not None else None
 
@@ -191,6 +197,8 @@ def status_text(view: dict[str, Any]) -> str:
         a = view["attempts"][-1]
         out.append(f"attempt {a['number']}/{view['max_attempts']}: {a['state']}: {describe_config(a)}")
         if a.get("progress"):
+            from orchestrator.views import progress as progress_of
+
             out.append(f"progress: {progress_of.summary_line(a['progress'])}")
         if a.get("target_state"):
             out.append(f"{view['target']}: {a['target_state']}")

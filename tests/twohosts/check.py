@@ -183,3 +183,28 @@ def _check_finish(v: Verdict, job_id: str, record: Any, events: list[dict[str, A
     if record.state == "succeeded" and (not attempts or attempts[-1].state != "succeeded"):
         if not any(a.state == "succeeded" for a in attempts):
             v.violations.append(f"job {job_id}: succeeded without a succeeded attempt")
+
+
+def check_reads(jobs: list[str], logs: list[dict[str, Any]], answers: dict[str, Any], truth: Any) -> Verdict:
+    """Two hosts finished the same jobs while listing them (worker `reads`): each job's attempt end and its finish
+    were recorded once, no listing missed a job, and each host's answers now (`answers`: side -> worker
+    `answers`), read through the caches both hosts built at once, are the records' own (`truth`: the same
+    answers from a copy of the store without its caches)."""
+    v = Verdict()
+    for e in logs:
+        if e["ev"] == "error":
+            v.errors.append(f"{e['w']}: {e['error']}")
+        elif e["ev"] == "list-missed":
+            v.violations.append(f"{e['w']}: a listing missed {e['jobs']}")
+    done = [e for e in logs if e["ev"] == "finish-done"]
+    for job_id in jobs:
+        for what in ("ended", "finished"):
+            won = [e["w"] for e in done if e["job"] == job_id and e[what]]
+            if len(won) != 1:
+                v.violations.append(f"job {job_id}: {what} recorded by {len(won)} writers ({won})")
+    for side, got in sorted(answers.items()):
+        for key in sorted(truth):
+            if got.get(key) != truth[key]:
+                v.violations.append(f"host {side}: its {key} differs from the records' own")
+    v.info["listings"] = sum(e["ev"] == "newest" for e in logs)
+    return v

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 from orchestrator.spec.states import AttemptState, JobState
 from orchestrator.supervise.supervisor import job_to_json
 from tests.helpers import job
-from tests.twohosts.check import Verdict, check
+from tests.twohosts.check import Verdict, check, check_reads
 from tests.twohosts.conftest import TwoHosts
 from tests.twohosts.worker import open_store, read_log
 
@@ -245,6 +246,48 @@ def _supervised_problems(storm: Storm, submits: list[dict[str, Any]]) -> list[st
         elif attempts[1].rung != "shard_more":
             problems.append(f"job {job_id}: attempt 2 came from rung {attempts[1].rung}, not shard_more")
     return problems
+
+
+@pytest.mark.timeout(300)
+def test_two_hosts_listing_and_finishing_jobs_at_once_give_the_answers_of_one(two_hosts: TwoHosts,
+                                                                               tmp_path: Path) -> None:
+    """Both hosts end and finish the same 20 running jobs (each once) while listing the store as `list` and
+    `status` do, so both build its caches at once (the index, every ended job's summary and view). Then each
+    host's answers, read through those caches, are the answers of the records alone: a copy of the store
+    without its caches, read on one host."""
+    spec = job_to_json(job(backend="deepspeed", sharding="grad_op", batch={"micro": 8, "global": 16}))
+    storm = new_storm(two_hosts, "new", tmp_path, spec=spec)
+    store = open_store("new", storm.root)
+    for j in storm.jobs:
+        store.add_attempt(j, 1, spec=spec, rung=None, reason="first", run_dir=f"/runs/{j}",
+                          log_path=f"/runs/{j}/output.log", artifacts={}, warnings=[], resume_from=None)
+        store.start_attempt(j, 1, external_id=f"ext-{j}", started_at=time.time())
+    procs = [storm.worker(side, "reads", "--seed", str(seed)) for seed, side in enumerate("AB")]
+    time.sleep(0.5)
+    (tmp_path / "go").touch()
+    outs = [finish(p) for p in procs]
+    time.sleep(21)  # sshfs's directory cache (dcache_timeout=20 s) has expired: each host lists what the other wrote
+    answers = {side: _answers(two_hosts, side, storm.root, tmp_path) for side in ("A", "B")}
+    records = tmp_path / "records"
+    shutil.copytree(two_hosts.server_view(storm.root) or storm.root, records)  # mtimes kept: the same fingerprints
+    shutil.rmtree(records / "index", ignore_errors=True)
+    for cache in [*records.glob("jobs/*/summary-v*"), *records.glob("jobs/*/view-v*")]:
+        cache.unlink()
+    truth = _answers(two_hosts, "A", str(records), tmp_path)
+    verdict = check_reads(storm.jobs, storm.logs(), answers, truth)
+    cached = len(list((two_hosts.server_view(storm.root) or Path(storm.root)).glob("jobs/*/summary-v*")))
+    print(f"{verdict.info}; {cached} summaries written; {len(verdict.violations)} violations")
+    assert verdict.clean, verdict.summary() + "\n" + "\n".join(outs)
+    assert cached >= len(storm.jobs) and len(truth["list"]) == len(storm.jobs)
+
+
+def _answers(hosts: TwoHosts, side: str, root: str, work: Path) -> dict[str, Any]:
+    out = work / f"answers-{side}-{Path(root).name}.json"
+    argv = [sys.executable, "-m", "tests.twohosts.worker", "answers", "--store", "new", "--root", root, "--jobs",
+            str(work / "jobs.json"), "--log", str(out), "--name", side]
+    done = subprocess.run(hosts.command(side, argv), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())
 
 
 def test_a_record_is_published_once_across_the_hosts(two_hosts: TwoHosts) -> None:

@@ -16,6 +16,9 @@ unique to that claim, so the store's record names who won it.
 A restarted worker (same --name and --log) first reads its own log to find the attempts it claimed,
 as a restarted supervisor asks the target's `recover`, and carries on with them.
 
+`reads` ends and finishes every job once from both hosts while listing the store as `shardctl list` and `status`
+do, so that both hosts build the store's caches at once (tests/twohosts/check.py `check_reads` judges them).
+
 `create` makes the jobs (on host A, before the others start). `supervise` runs the real
 Supervisor.advance() over every job until all have ended, with a target whose submissions are
 files on local disk (one shared scheduler both hosts talk to).
@@ -36,6 +39,7 @@ from typing import Any
 
 from orchestrator.errors import StoreError
 from orchestrator.spec.failure import Failure
+from orchestrator.spec.states import AttemptState
 
 MAX_ATTEMPTS = 8
 FAILURE_KINDS = ("host_oom", "cuda_oom", "preempted", "timeout")
@@ -235,6 +239,57 @@ def run_moves(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def run_reads(args: argparse.Namespace) -> int:
+    """Both hosts end and finish the same open jobs (each once: the store says who won) while listing the store the
+    way `shardctl list` and `status` do, so both build its caches (the index, ended jobs' summaries and views) at
+    the same time. Every listing is logged: a job missing from one is a violation."""
+    from orchestrator.views.ended import at_rest, ended_view
+
+    log = Log(args.log, args.name)
+    jobs = json.loads(Path(args.jobs).read_text())
+    store = open_store(args.store, args.root)
+    order = list(jobs)
+    random.Random(args.seed).shuffle(order)
+    wait_for_go(args.go)
+    log("start", pid=os.getpid())
+    errors = 0
+    for job_id in order:
+        try:
+            listed = {j.id for j in store.list_jobs()}
+            if set(jobs) - listed:
+                log("list-missed", jobs=sorted(set(jobs) - listed))
+            newest = [ended_view(store, r)["id"] if at_rest(r) else r.id for r in store.list_jobs(5)]  # as `list`
+            log("newest", ids=newest)
+            ended = store.end_attempt(job_id, 1, AttemptState.SUCCEEDED, None, ended_at=time.time(), exit_code=0)
+            finished = store.finish_job(job_id, "succeeded", f"attempt 1 succeeded [{args.name}]")
+            log("finish-done", job=job_id, ended=ended, finished=finished)
+            record = store.resolve(job_id)
+            if at_rest(record):
+                ended_view(store, record)
+        except Exception as exc:
+            errors += 1
+            log("error", error=f"{type(exc).__name__}: {exc}", tb=traceback.format_exc(limit=3))
+    log("stop", errors=errors)
+    return 1 if errors else 0
+
+
+def run_answers(args: argparse.Namespace) -> int:
+    """What this host's reads answer now, as JSON in --log: every job and attempt, the listing, the newest views."""
+    import dataclasses
+
+    from orchestrator.views.ended import at_rest, ended_view
+
+    jobs = json.loads(Path(args.jobs).read_text())
+    store = open_store(args.store, args.root)
+    records = {j: [dataclasses.asdict(store.resolve(j)), [dataclasses.asdict(a) for a in store.attempts(j)]]
+               for j in jobs}
+    answers = {"list": [[j.id, j.state, j.reason] for j in store.list_jobs()], "records": records,
+               "newest": [ended_view(store, r) if at_rest(r) else r.id for r in store.list_jobs(5)],
+               "named": store.resolve("storm-3").id}
+    Path(args.log).write_text(json.dumps(answers, sort_keys=True, default=str))
+    return 0
+
+
 def run_create(args: argparse.Namespace) -> int:
     """The jobs both hosts will move, created on this host; their ids go to --jobs."""
     store = open_store(args.store, args.root)
@@ -247,7 +302,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tests.twohosts.worker")
-    parser.add_argument("mode", choices=["create", "moves", "supervise"])
+    parser.add_argument("mode", choices=["create", "moves", "supervise", "reads", "answers"])
     parser.add_argument("--store", choices=["new", "legacy"], required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--jobs", required=True)
@@ -266,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_create(args)
     if args.mode == "moves":
         return run_moves(args)
+    if args.mode == "reads":
+        return run_reads(args)
+    if args.mode == "answers":
+        return run_answers(args)
     from tests.twohosts.supervise import run_supervise
 
     return run_supervise(args, open_store(args.store, args.root), Log(args.log, args.name))
