@@ -9,8 +9,11 @@ on the uid that was checked, so a namesake created in between is never the one d
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from orchestrator.controller.cache import Cache
 
 FIELD_MANAGER = "shardctl-controller"
+EVENTS_SHARED_S = 2.0  # how old a namespace's listing of FailedCreate Events may be when a Job's stall check reads it
 USER_AGENT = f"{FIELD_MANAGER}/{__version__}"
 
 
@@ -35,6 +39,9 @@ class KubeApi:
     def __init__(self, api_client: client.ApiClient, cache: Cache | None = None) -> None:
         self.client = api_client
         self.cache = cache
+        self.legacy = False  # the behaviour before issue 22 (controller.loop.LEGACY_ENV): responses parsed into models
+        self._events: dict[str, tuple[float, list[dict]]] = {}  # namespace -> (when listed, its FailedCreate Events)
+        self._events_lock = threading.Lock()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -69,6 +76,20 @@ class KubeApi:
             return self.plain(self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))
         return self.plain(self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
 
+    def delete_training_job(self, ns: str, name: str, uid: str) -> bool:
+        """Cancel a TrainingJob as `shardctl cancel` does (targets/kubernetes `withdraw`): delete it, conditional on
+        its uid (a namesake created since is left alone), Background propagation (garbage collection takes its
+        Jobs and pods). The dashboard's cancel, when its actions are on. False when it was already gone or is
+        another object now."""
+        body: Any = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        try:
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
     def write_status(self, tj: dict) -> dict:
         """Replace the status, conditional on the resourceVersion read (409 if someone wrote since). The
         response goes into the cache, so the next reconcile reads what was just written; a 409 marks the
@@ -89,19 +110,28 @@ class KubeApi:
     def create(self, obj: dict) -> bool:
         """Create; False when it already exists (deterministic names: a restarted controller adopts it)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        # the response is read as JSON, not parsed into the client's model classes (most of a create's CPU); a Job's
+        # goes into the cache, so the reconcile right after it need not read the Job back before its watch event
+        raw = {} if self.legacy else {"_preload_content": False}
+        resp: Any
         try:
             if kind == "Job":
-                self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
+                resp = self.batch.create_namespaced_job(ns, obj, field_manager=FIELD_MANAGER, **raw)  # type: ignore[arg-type]  # dict bodies are sent as is
             elif kind == "Service":
-                self.core.create_namespaced_service(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
+                resp = self.core.create_namespaced_service(ns, obj, field_manager=FIELD_MANAGER, **raw)  # type: ignore[arg-type]  # dict bodies are sent as is
             elif kind == "ConfigMap":
-                self.core.create_namespaced_config_map(ns, obj, field_manager=FIELD_MANAGER)  # type: ignore[arg-type]  # dict bodies are sent as is
+                resp = self.core.create_namespaced_config_map(ns, obj, field_manager=FIELD_MANAGER, **raw)  # type: ignore[arg-type]  # dict bodies are sent as is
             else:
                 raise ValueError(f"the controller does not create {kind}")
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
+        if raw:
+            created = json.loads(resp.data)
+            resp.release_conn()
+            if kind == "Job" and self.cache is not None:
+                self.cache.put("jobs", created)
         return True
 
     def get_job(self, ns: str, name: str) -> dict | None:
@@ -203,7 +233,13 @@ class KubeApi:
             "reportingInstance": instance[:128], "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # sent as is
+            if self.legacy:
+                self.core.create_namespaced_event(meta["namespace"], body)  # type: ignore[arg-type]  # sent as is
+            else:  # nothing is read from the answer: not parsed at all
+                resp: Any = self.core.create_namespaced_event(meta["namespace"], body,  # type: ignore[arg-type]  # sent as is
+                                                              _preload_content=False)
+                resp.drain_conn()  # read to its end, or the pooled connection would start with this answer's rest
+                resp.release_conn()
         except ApiException:
             pass  # an event is best effort: never the reason a reconcile fails
 
@@ -211,6 +247,26 @@ class KubeApi:
         """The core/v1 Events about one Job (in no particular order): the Job controller says there why it made no pods
         (FailedCreate: a PodSecurity violation, an exceeded quota), which nothing else in the API records.
         Events outlive a deleted Job of the same name: compare involvedObject.uid with the Job's."""
+        if self.cache is not None and not self.legacy:  # the controller: one list serves every Job of the namespace
+            return [e for e in self._failed_creates(ns) if (e.get("involvedObject") or {}).get("name") == job_name]
         selector = f"involvedObject.kind=Job,involvedObject.name={job_name}"
         listing = self.core.list_namespaced_event(ns, field_selector=selector)
         return [self.plain(e) for e in listing.items]
+
+    def _failed_creates(self, ns: str) -> list[dict]:
+        """The namespace's FailedCreate Events on Jobs (the only ones the stall check reads), listed at most once
+        every EVENTS_SHARED_S and shared by every Job that asks meanwhile: in a burst of a thousand new Jobs the Job
+        controller lags, each Job is looked at again while it lacks pods, and a list per Job and look was more
+        than one request per TrainingJob (docs/benchmarks.md)."""
+        with self._events_lock:
+            at, events = self._events.get(ns, (float("-inf"), []))
+            if time.monotonic() - at < EVENTS_SHARED_S:
+                return events
+            selector = "involvedObject.kind=Job,reason=FailedCreate"
+            resp: Any = self.core.list_namespaced_event(ns, field_selector=selector, _preload_content=False)
+            try:
+                events = json.loads(resp.data).get("items") or []
+            finally:
+                resp.release_conn()
+            self._events[ns] = (time.monotonic(), events)
+            return events

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +37,30 @@ from orchestrator.spec.crd import GROUP, PLURAL, VERSION
 log = logging.getLogger("shardctl.controller")
 MANAGED = "app.kubernetes.io/managed-by=shardctl"
 JOB_LABEL = "shardctl.dev/job"
+
+
+# Hidden: "1" restores the controller's behaviour before issue 22 (whole objects in the cache, a status write for
+# each move, an Event for the first attempt's start, model objects parsed from every response) so that the
+# benchmark (benchmarks/controller_scale.py --legacy both) measures before and after in one run.
+LEGACY_ENV = "SHARDCTL_CONTROLLER_LEGACY"
+PROFILE_ENV = "SHARDCTL_CONTROLLER_PROFILE"  # PREFIX: each watch and worker thread's cProfile, in PREFIX.THREAD
+
+
+def _profiled(target: Callable[..., None], prefix: str | None, name: str) -> Callable[..., None]:
+    """`target` as is, or (for the benchmark's profile) run under cProfile, written when the thread ends:
+    cProfile sees only the thread that enables it."""
+    if not prefix:
+        return target
+
+    def run(*args: Any) -> None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        try:
+            profiler.runcall(target, *args)
+        finally:
+            profiler.dump_stats(f"{prefix}.{name}")
+    return run
 
 
 class WorkQueue:
@@ -101,16 +126,19 @@ class Controller:
 
     def __init__(self, api: KubeApi, *, namespace: str | None = None, workers: int = 4, resync_s: float = 60.0,
                  watch_timeout_s: int = 60, max_backoff_s: float = 60.0, metrics: Metrics | None = None,
-                 contact: Contact | None = None, cache: bool = True, policy: Policy | None = None) -> None:
+                 contact: Contact | None = None, cache: bool = True, policy: Policy | None = None,
+                 legacy: bool | None = None) -> None:
         self.api = api
+        self.legacy = os.environ.get(LEGACY_ENV) == "1" if legacy is None else legacy
+        api.legacy = self.legacy
         self.namespace = namespace
         self.metrics = metrics if metrics is not None else Metrics()
         self.contact = contact if contact is not None else Contact()
         self.cache: Cache | None = None
         if cache:
-            self.cache = api.cache if api.cache is not None else Cache()
+            self.cache = api.cache if api.cache is not None else Cache(strip=not self.legacy)
             api.cache = self.cache
-        self.reconciler = Reconciler(api, metrics=self.metrics, policy=policy)
+        self.reconciler = Reconciler(api, metrics=self.metrics, policy=policy, legacy=self.legacy)
         self.queue = WorkQueue()
         self.metrics.track_queue(lambda: len(self.queue))
         self.workers = workers
@@ -279,11 +307,12 @@ class Controller:
                 log.warning("resync: %s", exc)
 
     def start(self) -> Controller:
+        profile = os.environ.get(PROFILE_ENV)
         for source in self._sources():
-            self.threads.append(threading.Thread(target=self._watch, args=source, name=f"watch-{source[0]}",
-                                                 daemon=True))
-        self.threads += [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
-                         for i in range(self.workers)]
+            self.threads.append(threading.Thread(target=_profiled(self._watch, profile, f"watch-{source[0]}"),
+                                                 args=source, name=f"watch-{source[0]}", daemon=True))
+        self.threads += [threading.Thread(target=_profiled(self._work, profile, f"worker-{i}"), name=f"worker-{i}",
+                                          daemon=True) for i in range(self.workers)]
         self.threads.append(threading.Thread(target=self._resync, name="resync", daemon=True))
         for t in self.threads:
             t.start()

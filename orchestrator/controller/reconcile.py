@@ -4,8 +4,9 @@ The TrainingJob's status is the record. A reconcile reads it, observes the open 
 the Kubernetes target, asks the shared lifecycle core (lifecycle.moves.next_move) for the next
 move, applies the move to the status, writes it conditional on the resourceVersion that was read
 (a 409 means someone else moved first: read again), and only then acts. Moves that need no
-action (an attempt ended, the next one decided) are applied together and written once. An attempt
-is `starting` in the status before its children exist and `running` only after; children have
+action (an attempt ended, the next one decided) are applied together and written once. A later
+attempt is `starting` in the status before its children exist and `running` only after (the first is
+written once, `running`, with its children: one status write per reconcile); children have
 deterministic names (`NAME-aN`), so a controller that dies after creating them and before
 recording it adopts them (AlreadyExists) instead of creating a second Job, and only if they are its own
 (their controller ownerReference names its uid). Before any child of an attempt is created, what the spec
@@ -134,8 +135,9 @@ def _view(job: TrainingJob, status: TrainingJobStatus) -> JobView:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, metrics: Any = None, policy: Policy | None = None) -> None:
+    def __init__(self, api: KubeApi, metrics: Any = None, policy: Policy | None = None, legacy: bool = False) -> None:
         self.api = api
+        self.legacy = legacy  # the behaviour before issue 22 (controller.loop.LEGACY_ENV), for the benchmark
         api.identify()  # its requests say who makes them
         self.metrics = metrics  # controller.metrics.Metrics, when the loop runs one
         self.policy = policy if policy is not None else Policy()  # none given: nothing beyond the defaults
@@ -205,10 +207,10 @@ class Reconciler:
 
     def _start(self, obj: dict, status: TrainingJobStatus, job: TrainingJob, target: KubernetesTarget, move: Start,
                after: list[Callable[[], None]]) -> Applied:
-        """Record attempt N as starting (written before any child exists); a config that cannot render ends the
-        job here, with the reason."""
+        """Record attempt N as starting (a later attempt written before any child exists, the first with them: see
+        below); a config that cannot render ends the job here, with the reason."""
         try:
-            target.render(move.job, self._ref(job, move.number))
+            target.render(move.job, self._ref(job, move.number), text=self.legacy)
         except (CompileError, RenderError) as exc:
             self._write_finished(obj, status, cannot_render(move.number, exc), after, "CannotRender")
             return Applied(obj, status, done=True)
@@ -221,6 +223,12 @@ class Reconciler:
             reason=move.reason, jobName=attempt_name(job.metadata.name, move.number),
             spec=move.job.model_dump(mode="json", by_alias=True)))
         status.phase = Phase.PENDING if move.number == 1 else Phase.RUNNING
+        if move.number == 1 and not self.legacy:
+            # not written on its own: the Submit that follows in this reconcile writes it (running), or, if the
+            # children cannot be made now, the wait it leads to. A crash in between loses nothing: the first
+            # attempt is the spec as submitted, decided again the same way, and its children (deterministic names)
+            # are adopted. A later attempt is written first: it records a decision (a rung) taken on what was seen.
+            return Applied(obj, status)
         obj = self._write(obj, status, after)
         return Applied(obj, TrainingJobStatus.model_validate(obj.get("status") or {}))
 
@@ -235,7 +243,7 @@ class Reconciler:
             return self._deny(obj, status, number, denials, after)
         ref = self._ref(job, number)
         try:
-            target.submit(target.render(spec, ref), ref)
+            target.submit(target.render(spec, ref, text=self.legacy), ref)
         except (SubmitDeferred, Conflict) as exc:  # not now (an exceeded quota, a name still taken): say so, and
             # the loop retries with backoff
             if self._waiting(obj, status, Wait(detail=str(exc), stalled=True), after):
@@ -248,8 +256,9 @@ class Reconciler:
         status.phase = Phase.RUNNING
         set_condition(status, "Running", "True", "AttemptRunning", f"attempt {attempt.number}: {attempt.config}",
                       obj["metadata"].get("generation"))
-        after.append(partial(self.api.event, obj, "AttemptStarted",
-                             f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"))
+        if attempt.number > 1 or self.legacy:  # the first attempt's start is the Running condition's news alone
+            after.append(partial(self.api.event, obj, "AttemptStarted",
+                                 f"attempt {attempt.number} ({attempt.config}): Job {attempt.job_name}"))
         obj = self._write(obj, status, after)
         return Applied(obj, TrainingJobStatus.model_validate(obj.get("status") or {}))
 

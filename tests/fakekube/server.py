@@ -247,6 +247,15 @@ def _selector_matches(selector: str | None, labels: dict[str, str]) -> bool:
     return True
 
 
+def _fields_v1(obj: Any) -> Any:
+    """Server-side apply's field set of `obj` (FieldsV1: every key as f:KEY, leaves as {}), as large as the real one."""
+    if isinstance(obj, dict):
+        return {f"f:{k}": _fields_v1(v) for k, v in obj.items() if k not in ("managedFields", "resourceVersion")}
+    if isinstance(obj, list):
+        return {f"i:{i}": _fields_v1(v) for i, v in enumerate(obj)}
+    return {}
+
+
 class Store:
     """Objects, the revision counter and the watch history, under one lock."""
 
@@ -263,11 +272,18 @@ class Store:
         self.watch_generation = 0
         self.pod_logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> what the kubelet would return
         self.admission: list[Admission] = []  # run on every create, after name generation
+        # every written object carries managedFields, as a real API server's do (one manager owning every field)
+        self.managed_fields = False
 
     # -- writes ---------------------------------------------------------------------------
     def _bump(self, res: Resource, kind: str, obj: dict) -> None:
         self.revision += 1
         obj["metadata"]["resourceVersion"] = str(self.revision)
+        if self.managed_fields and kind != "DELETED":
+            obj["metadata"].pop("managedFields", None)
+            obj["metadata"]["managedFields"] = [{"manager": "shardctl-fake", "operation": "Update", "apiVersion": "v1",
+                                                 "time": now(), "fieldsType": "FieldsV1",
+                                                 "fieldsV1": _fields_v1(obj)}]
         self.log.append((self.revision, res, kind, copy.deepcopy(obj)))
         if len(self.log) > self.history:
             drop = len(self.log) - self.history

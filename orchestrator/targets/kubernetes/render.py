@@ -254,7 +254,9 @@ def _build(job: TrainingJob, request: KubeRequest) -> tuple[CompiledJob, list[di
     return compiled, [config_map, service, batch_job], warnings
 
 
-def render(job: TrainingJob, request: KubeRequest = KubeRequest()) -> DryRun:
+def render(job: TrainingJob, request: KubeRequest = KubeRequest(), text: bool = True) -> DryRun:
+    """The attempt's objects as the manifests a person reads (`text`); without `text` (the controller, which creates
+    them from manifests() and never reads the text) the file is empty: YAML dumps were most of a reconcile's CPU."""
     compiled, objects, warnings = _build(job, request)
-    text = "".join("---\n" + dump_yaml(o) for o in objects)
-    return DryRun("kubernetes", compiled, {MANIFESTS: text}, ["kubectl", "apply", "-f", MANIFESTS], tuple(warnings))
+    manifest = "".join("---\n" + dump_yaml(o) for o in objects) if text else ""
+    return DryRun("kubernetes", compiled, {MANIFESTS: manifest}, ["kubectl", "apply", "-f", MANIFESTS], tuple(warnings))

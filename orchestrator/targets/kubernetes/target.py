@@ -271,8 +271,9 @@ class KubernetesTarget:
     def prefetch(self, external_ids: list[str]) -> None:
         pass  # the controller watches the attempts; the CLI reads each job's record (fetch)
 
-    def render(self, job: TrainingJob, ref: AttemptRef) -> DryRun:
-        return render(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner))
+    def render(self, job: TrainingJob, ref: AttemptRef, text: bool = True) -> DryRun:
+        """`text=False`: the controller's check that the attempt renders, without the manifests' YAML."""
+        return render(job, KubeRequest(attempt=ref.number, namespace=self.namespace, owner=self.owner), text=text)
 
     def submit(self, dryrun: DryRun, ref: AttemptRef) -> str:
         """Controller side: the attempt's ConfigMap, headless Service and Indexed Job. Names are
