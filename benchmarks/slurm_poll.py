@@ -31,16 +31,18 @@ from orchestrator.targets.slurm.accounting import Poller, parse_sacct, run_slurm
 
 
 def counting_path(tmp: Path) -> tuple[str, Path]:
+    """A PATH whose sacct and squeue log each real invocation."""
     bin_dir, log = tmp / "bin", tmp / "calls.log"
     bin_dir.mkdir()
-    real = shutil.which("sacct")
-    (bin_dir / "sacct").write_text(f'#!/bin/sh\necho sacct >> "{log}"\nexec "{real}" "$@"\n')
-    (bin_dir / "sacct").chmod(0o755)
+    for name in ("sacct", "squeue"):
+        real = shutil.which(name)
+        (bin_dir / name).write_text(f'#!/bin/sh\necho {name} >> "{log}"\nexec "{real}" "$@"\n')
+        (bin_dir / name).chmod(0o755)
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}", log
 
 
-def calls(log: Path) -> int:
-    return len(log.read_text().split()) if log.exists() else 0
+def calls(log: Path, name: str = "sacct") -> int:
+    return log.read_text().split().count(name) if log.exists() else 0
 
 
 def batched(ids: list[str]) -> None:
@@ -72,24 +74,25 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             os.environ["PATH"], log = counting_path(Path(tmp))
-            print(f"{'jobs':>5} {'way':>8} {'sacct calls/poll':>17} {'median s/poll':>14} {'min':>7} {'max':>7}")
+            print(f"{'jobs':>5} {'way':>8} {'sacct+squeue calls/poll':>24} {'median s/poll':>14} {'min':>7} {'max':>7}")
             for n in sizes:
                 watched = ids[:n]
                 times: dict[str, list[float]] = {"batched": [], "per-job": []}
-                counts: dict[str, list[int]] = {"batched": [], "per-job": []}
+                counts: dict[str, list[tuple[int, int]]] = {"batched": [], "per-job": []}
                 ways = (("batched", batched), ("per-job", per_job)) if n <= args.per_job_up_to else \
                     (("batched", batched),)
                 for _ in range(args.rounds):  # interleaved, so both ways see the same machine load
                     for way, fn in ways:
-                        before = calls(log)
+                        before = calls(log), calls(log, "squeue")
                         t0 = time.perf_counter()
                         fn(watched)
                         times[way].append(time.perf_counter() - t0)
-                        counts[way].append(calls(log) - before)
+                        counts[way].append((calls(log) - before[0], calls(log, "squeue") - before[1]))
                 for way, _ in ways:
-                    c = statistics.median(counts[way])
+                    sacct_n = statistics.median(a for a, _ in counts[way])
+                    c = f"{sacct_n:.0f}+{statistics.median(b for _, b in counts[way]):.0f}"
                     t = times[way]
-                    print(f"{n:>5} {way:>8} {c:>17.0f} {statistics.median(t):>14.3f} {min(t):>7.3f} {max(t):>7.3f}")
+                    print(f"{n:>5} {way:>8} {c:>24} {statistics.median(t):>14.3f} {min(t):>7.3f} {max(t):>7.3f}")
                 if len(ways) == 2:
                     ratio = statistics.median(times["per-job"]) / statistics.median(times["batched"])
                     print(f"{n:>5} per-job / batched wall time: {ratio:.1f}x")
@@ -110,12 +113,11 @@ def held_job() -> str:
 
 
 def wait_for_accounting(ids: list[str], timeout: float = 600) -> None:
-    """Until slurmctld has handed every job to slurmdbd, so that sacct knows them all."""
+    """Until slurmctld has handed every job to slurmdbd, so that sacct knows them all (the naive way asks it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        poller = Poller(interval_s=0)
-        poller.watch(ids)
-        known = sum(1 for info in poller.poll().values() if info.source == "sacct")
+        out = run_slurm(["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID"], timeout=120)
+        known = len(set(out.split()) & set(ids))
         if known == len(ids):
             return
         print(f"accounting knows {known} of {len(ids)} jobs", flush=True)

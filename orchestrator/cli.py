@@ -242,7 +242,7 @@ def render_dryrun(loaded: Checked, run_dir: str, checks: bool = False, **options
 
 
 def _store():
-    from orchestrator.api.job import open_store
+    from orchestrator.store.jobstore import open_store  # not the API's: `status` and `list` stay light
 
     try:
         return open_store()
@@ -452,15 +452,18 @@ def _follow(store, job_id: str, all_lines: bool = False, overrides: dict | None 
 @_cluster_options
 def list_jobs(as_json: bool, limit: int, group: str | None, kubeconfig: str | None, context: str | None) -> None:
     """Jobs in the store, newest first."""
-    from orchestrator.api.job import list_views
     from orchestrator.views.report import describe_config
 
     store = _store()
     if group is not None:  # a group label, or a sweep's name: its newest group (said on stderr)
-        from orchestrator.api.job import find_group
+        from orchestrator.api.job import find_group, list_views
 
         group = find_group(group, store=store, warn=_err)
-    views = list_views(limit, group, warn=_err, store=store, **_overrides(kubeconfig, context))
+        views = list_views(limit, group, warn=_err, store=store, **_overrides(kubeconfig, context))
+    else:  # the API's list_views without importing the API (and pydantic's models) for jobs at rest
+        from orchestrator.views.listing import list_views as newest
+
+        views = newest(store, limit, _err, _overrides(kubeconfig, context))
     if as_json:
         _print_json(views)
         return
@@ -541,11 +544,12 @@ def _short_time(iso: str) -> str:
 
 def _show(job: str, as_json: bool, text: str, overrides: dict) -> None:
     from orchestrator.views import report
+    from orchestrator.views.ended import at_rest, ended_view
 
     store = _store()
     record = _job(store, job)
     try:
-        view = _view(store, record, overrides=overrides)
+        view = ended_view(store, record) if at_rest(record) else _view(store, record, overrides=overrides)
     except (ValueError, TypeError, KeyError) as exc:  # a damaged column (JSON, a spec) of its rows
         _fail([f"job {record.id}: its record in the job store cannot be read ({str(exc).splitlines()[0][:200]})"])
     click.echo(json.dumps(view, indent=2) if as_json else safe(getattr(report, text)(view)))
@@ -577,8 +581,6 @@ def history(job: str, as_json: bool, kubeconfig: str | None, context: str | None
 def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, context: str | None) -> None:
     """An attempt's output (stdout and stderr of every process), as the script wrote it, escape sequences
     included, as `kubectl logs` shows a pod's: every other view of shardctl shows job output inert."""
-    from orchestrator.jobs import ref_of, target_of
-
     overrides = _overrides(kubeconfig, context)
     store = _store()
     record = _job(store, job)
@@ -586,14 +588,24 @@ def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, con
         from orchestrator.views.follow import follow_plain
 
         _final_exit(follow_plain(store, record.id, _echo_as_written, everything=True, overrides=overrides))
-    _view(store, record, overrides=overrides)  # brings the record up to date first
+    from orchestrator.views.ended import at_rest
+
+    if not at_rest(record):
+        _view(store, record, overrides=overrides)  # brings the record up to date first
     attempts = store.attempts(record.id)
     if not attempts:
         _fail([f"job {record.id} has no attempt yet"], EXIT_FAILED)
     chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
     if chosen is None:
         _fail([f"job {record.id} has no attempt {number} (it has {len(attempts)})"])
-    lines = target_of(record, overrides).log_source(ref_of(record, chosen), chosen.external_id).rest()
+    if at_rest(record) and chosen.log_path:  # its output is that file, whatever the target (none reads it any other
+        from orchestrator.targets.filelog import FileLog  # way): read without importing the targets
+
+        lines = FileLog(chosen.log_path).rest()
+    else:
+        from orchestrator.jobs import ref_of, target_of
+
+        lines = target_of(record, overrides).log_source(ref_of(record, chosen), chosen.external_id).rest()
     if not lines:
         _err(f"attempt {chosen.number} has no output yet" + (f" ({chosen.log_path})" if chosen.log_path else ""))
     for line in lines:
@@ -832,17 +844,96 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
                    "beyond the defaults, and no image.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--dashboard/--no-dashboard", default=False, show_default=True,
+              help="Serve the dashboard of the TrainingJobs from the watch-fed cache (sign-in: a Kubernetes token, "
+                   "checked with a TokenReview and a SubjectAccessReview).")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="Address of the dashboard (the chart: 0.0.0.0, for its Service); plain HTTP: reach it through "
+                   "kubectl port-forward.")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port of the dashboard (with --dashboard); 0: any free port.")
+@click.option("--dashboard-actions/--no-dashboard-actions", default=False, show_default=True,
+              help="Let users who may delete a TrainingJob cancel it from the dashboard; without, it is read-only.")
 def controller(namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
                leader_election_namespace: str | None, resync_seconds: float, workers: int,
                watch_timeout_seconds: int, lease_seconds: int, health_port: int, cache: bool, policy: str | None,
-               log_level: str) -> None:
+               log_level: str, dashboard: bool, dashboard_host: str, dashboard_port: int,
+               dashboard_actions: bool) -> None:
     """Run the Kubernetes controller: TrainingJobs in, one Indexed Job per attempt, OOM fallback."""
     from orchestrator.controller.main import run
+
+    class ToRoot(logging.Handler):
+        to_root = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            logging.getLogger().handle(record)
+
+    # a daemon's log, in the format and level run() gives the root logger: not the commands' plain echo of the
+    # "shardctl" logger's warnings (main), which would drop every INFO line (a start, a dashboard's cancel and by whom)
+    ctl_log = logging.getLogger("shardctl.controller")
+    ctl_log.propagate = False
+    if not any(getattr(h, "to_root", False) for h in ctl_log.handlers):
+        ctl_log.addHandler(ToRoot())
+    serve = None
+    if dashboard:
+        if not cache:
+            _fail(["--dashboard reads the watch-fed cache: it cannot run with --no-cache"])
+
+        def serve(api, cache_of):  # controller.main.Dashboard
+            from orchestrator.web.kube_serve import start  # the web stack, imported only with --dashboard
+
+            try:
+                return start(api, cache_of, namespace=namespace, lease_namespace=leader_election_namespace,
+                             host=dashboard_host, port=dashboard_port, actions=dashboard_actions)[0]
+            except OSError as exc:
+                _fail([f"--dashboard: cannot listen on {dashboard_host}:{dashboard_port}: {exc.strerror or exc}"],
+                      EXIT_FAILED)
 
     sys.exit(run(namespace=namespace, server=server, kubeconfig=kubeconfig, context=context,
                  leader_election_namespace=leader_election_namespace, resync_s=resync_seconds, workers=workers,
                  log_level=log_level, watch_timeout_s=watch_timeout_seconds, lease_s=lease_seconds,
-                 health_port=health_port or None, cache=cache, policy=policy))
+                 health_port=health_port or None, cache=cache, policy=policy, dashboard=serve))
+
+
+@main.command()
+@click.option("--older-than", "older_than", default="14d", show_default=True, metavar="AGE",
+              help="Only jobs that ended at least this long ago (30d, 12h, 0) lose attempt files and checkpoints.")
+@click.option("--keep-checkpoints", type=click.IntRange(0, 1000), default=1, show_default=True,
+              help="Checkpoints kept of each such job: the newest complete one first.")
+@click.option("--yes", "remove", is_flag=True, help="Remove it. Without --yes gc only shows what it would remove.")
+@click.option("-v", "--verbose", is_flag=True, help="Name every file and directory, not just the totals.")
+def gc(older_than: str, keep_checkpoints: int, remove: bool, verbose: bool) -> None:
+    """Free space: code snapshots no job needs, and old finished jobs' attempt files and checkpoints. Records, logs
+    and function results are kept; nothing a queued or running job uses (on any host) is touched. A dry run unless
+    --yes."""
+    from orchestrator import retention
+    from orchestrator.intake.snapshot import size_text
+
+    try:
+        policy = retention.Policy(older_than_s=retention.parse_age(older_than), keep_checkpoints=keep_checkpoints)
+    except ValueError:
+        _fail([f"--older-than {older_than!r}: give an age such as 14d, 12h, 30m or 0"])
+    store = _store()
+    found = retention.plan(store, policy)
+    for note in found.notes:
+        _err(f"note: {note}")
+    if verbose:
+        for item in found.items:
+            click.echo(safe(f"{item.kind.value:14} {size_text(item.bytes):>10}  {item.path}"
+                            + (f"  (job {item.job_id})" if item.job_id else ""), one_line=True))
+    if not found.items:
+        click.echo(f"nothing to remove (jobs that ended over {older_than} ago, snapshots no job needs)")
+        return
+    click.echo(("removing" if remove else "would remove") + f" {len(found.items)} items, {size_text(found.bytes)}:")
+    for kind, (count, size) in sorted(found.by_kind().items()):
+        click.echo(f"  {kind.value:14} {count:>6}  {size_text(size):>10}")
+    if not remove:
+        click.echo("nothing removed (a dry run): `shardctl gc --yes` removes it")
+        return
+    swept = retention.sweep(store, found, policy)
+    for item, why in swept.kept:
+        _err(safe(f"kept {item.kind.value} {item.path}: {why}", one_line=True))
+    click.echo(f"removed {len(swept.removed)} items, freed {size_text(swept.bytes)}")
 
 
 @main.command()

@@ -197,6 +197,18 @@ TABLE: dict[str, Check] = {
             "shardctl cancel llm": (
                 f"{KUBE_CLI}::test_cancel_deletes_the_resource_and_garbage_collection_takes_the_rest",
                 f"{ENVTEST}::test_cancel_ends_the_job_and_garbage_collection_takes_the_rest")}),
+    "README.md: shardctl gc": Check(
+        "cli", "both run on an empty store and exit 0; what gc removes and keeps is the named tests'",
+        tests=("tests/test_retention.py::test_gc_never_removes_a_running_jobs_snapshot_or_checkpoints_and_keeps_every_"
+               "record", "tests/test_retention.py::test_a_dry_run_removes_nothing_and_says_what_gc_would_free")),
+    "README.md: helm upgrade shardctl charts/shardctl -n shardctl --reuse-va": Check(
+        "chart_lines", "every --set names a value of charts/shardctl/values.yaml with its type, the port-forward names "
+        "the chart's dashboard Service and its port; the chart installed with the dashboard, the sign-in with a "
+        "service account's token and the pages are run for real by the named tests (the real control plane)",
+        tests=("tests/envtest/test_dashboard.py::test_the_dashboard_needs_a_token_of_someone_who_may_list_"
+               "trainingjobs",
+               "tests/envtest/test_dashboard.py::test_the_pages_in_headless_chromium_show_the_trainingjob_and_its_"
+               "attempts")),
     "README.md: orchestrator/errors.py": Check("tree", "every path in the listing, and every file it names, exists"),
     "CONTRIBUTING.md: scripts/quickstart": Check(
         "ci", "both scripts exist and are executable; CI runs scripts/test (.ci/run)",
@@ -236,9 +248,20 @@ TABLE: dict[str, Check] = {
         "dev Slurm cluster)"),
     "docs/benchmarks.md: .venv/bin/python benchmarks/controller_scale.py --jobs 1000": Check(
         "benchmark", "the script takes every flag given (1000 TrainingJobs against the fake API server: minutes)"),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/controller_scale.py --envtest-jo": Check(
+        "benchmark", "the script takes every flag given (1,000 TrainingJobs on the real control plane, then 1,000 "
+        "and 5,000 on the fake, each before and after: half an hour; what changed is tested in "
+        "tests/controller/test_scale.py and test_cache.py)"),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/store_scale.py --sizes 100,1000,": Check(
+        "benchmark", "the script takes every flag given (filling 10,000 jobs and timing every command: minutes; the "
+        "caches it exercises are tested in tests/store and tests/views, gc in tests/test_retention.py)"),
     "docs/benchmarks.md: .venv/bin/python benchmarks/ui_pages.py --jobs 1000 --runs 1": Check(
         "benchmark", "the script takes --jobs and --runs (filling 1,000 jobs takes a minute here; the pages it times "
         "are tested in tests/web)"),
+    "docs/benchmarks.md: SHARDCTL_REQUIRE_ENVTEST=1 .venv/bin/python -m pytest -s tes": Check(
+        "ci", "the variable is read, the test file exists and `-k no_api_request` selects its test (collected for "
+        "real); CI runs it with the envtest tests",
+        tests=("tests/envtest/test_dashboard.py::test_page_views_make_no_api_request_but_one_review_per_token",)),
     "docs/cli-json.md: {\"format\": 1, \"id\": \"33e5bf07\", \"name\": \"oom-fallback\", \"tar": Check(
         "json_fragment", "a fragment (abridged with ...): every field it names is in docs/cli-json.schema.json, "
         "and its failure kind and states are the enums'"),
@@ -331,7 +354,7 @@ def test_every_test_the_table_names_exists() -> None:
 
 # --- shardctl command lines ------------------------------------------------------------------------------------
 
-CHEAP = {"validate", "render", "plan", "import", "convert", "schema", "list"}
+CHEAP = {"validate", "render", "plan", "import", "convert", "schema", "list", "gc"}
 
 
 def shardctl_argv(line: str, tmp_path: Path) -> list[str]:
@@ -399,6 +422,39 @@ def test_the_shardctl_lines_of_an_example_run_and_exit_0(block: Block, check: Ch
             check_render_output(line, Path(argv[argv.index("--out") + 1]))
     unused = [line for line in check.elsewhere if line not in {without_comment(x) for x in block.lines()}]
     assert not unused, f"elsewhere names lines not in the example: {unused}"
+
+
+# --- helm and kubectl lines about the chart ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("block", "check"), blocks_of("chart_lines"))
+def test_the_helm_and_kubectl_lines_name_the_charts_values_and_objects(block: Block, check: Check) -> None:
+    chart = ROOT / "charts" / "shardctl"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    release = None
+    for line in block.lines():
+        words = shlex.split(without_comment(line))
+        if words[:2] in (["helm", "upgrade"], ["helm", "install"]):
+            release = words[2]
+            assert (ROOT / words[3]).resolve() == chart, line
+            for i, word in enumerate(words):
+                if word == "--set":
+                    key, _, value = words[i + 1].partition("=")
+                    node: Any = values
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, f"{line}: no value {key} in the chart"
+                        node = node[part]
+                    assert type(yaml.safe_load(value)) is type(node), f"{line}: {key} is a {type(node).__name__}"
+        elif words[0] == "kubectl" and "port-forward" in words:
+            target, port = words[words.index("port-forward") + 1:words.index("port-forward") + 3]
+            assert release and "shardctl" in release  # the chart's fullname is then the release name
+            assert target == f"svc/{release}-dashboard", line
+            assert 'name: {{ include "shardctl.fullname" . }}-dashboard' in (chart / "templates" / "dashboard.yaml"
+                                                                               ).read_text()
+            assert int(port.split(":")[-1]) == values["dashboard"]["service"]["port"], line
+        else:
+            assert words[0] == "kubectl" and words[-3:-1] == ["create", "token"], f"{line}: not checked here"
 
 
 # --- README's synopsis -----------------------------------------------------------------------------------------

@@ -18,6 +18,17 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.controller.cache import Cache
+    from orchestrator.controller.kube import KubeApi
+
+# What serves the dashboard beside the controller (given by the CLI, which alone sees both the controller and the
+# web stack): called once the API client exists, with a getter of the watch-fed cache (None until this replica
+# leads and its watches have started); returns what stops it.
+Dashboard = Callable[["KubeApi", Callable[[], "Cache | None"]], Callable[[], None]]
 
 
 def api_client(server: str | None, kubeconfig: str | None, context: str | None, connections: int = 16):
@@ -40,7 +51,8 @@ def api_client(server: str | None, kubeconfig: str | None, context: str | None, 
 def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
         leader_election_namespace: str | None, resync_s: float, workers: int, log_level: str,
         watch_timeout_s: int = 60, health_port: int | None = 8081, cache: bool = True,
-        lease_s: int = 15, shutdown_s: float = 1.5, policy: str | None = None) -> int:
+        lease_s: int = 15, shutdown_s: float = 1.5, policy: str | None = None,
+        dashboard: Dashboard | None = None) -> int:
     from orchestrator.controller.health import Contact, Health, HealthServer, probe_api
     from orchestrator.controller.kube import KubeApi
     from orchestrator.controller.leader import LeaderElector
@@ -61,6 +73,8 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
     contact, metrics = Contact(), Metrics()
     health = Health(contact, lambda: probe_api(client), metrics=metrics)
     server_ = HealthServer(health, metrics, health_port).start() if health_port is not None else None
+    running: list[Controller] = []
+    stop_dashboard = dashboard(api, lambda: running[0].cache if running else None) if dashboard else None
 
     elector, election_stop, election = None, threading.Event(), None
     if leader_election_namespace:
@@ -81,6 +95,7 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
         controller = Controller(api, namespace=namespace, workers=workers, resync_s=resync_s,
                                 watch_timeout_s=watch_timeout_s, metrics=metrics, contact=contact, cache=cache,
                                 policy=allowed).start()
+        running.append(controller)
         health.watch_threads(controller.dead_threads)
         log.info("controller running (namespace %s)", namespace or "all")
         while not stop.wait(0.2):
@@ -97,6 +112,8 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
             log.warning("a reconcile outlived the shutdown: the lease is left to expire")
         election_stop.set()
         election.join(1.0)
+    if stop_dashboard is not None:
+        stop_dashboard()
     if server_ is not None:
         server_.stop()
     log.info("controller stopped in %.2f s", time.monotonic() - started)

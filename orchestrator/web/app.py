@@ -18,9 +18,10 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -47,6 +48,7 @@ REFRESH_S = 5  # how often the live parts are fetched again (the meta refresh wi
 DEFAULT_LIMIT = 200  # rows of the jobs page; ?limit= up to MAX_LIMIT
 MAX_LIMIT = 5000
 MAX_FORM_BYTES = 4096
+SESSION_MAX_AGE_S = 12 * 3600  # the session cookie lasts a working day (it is sent to every port of the host)
 CSP = ("default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'; "
        "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'")
 
@@ -155,6 +157,30 @@ def _unauthorized() -> Response:
                              headers={"WWW-Authenticate": 'Bearer realm="shardctl"'})
 
 
+def secured(send: Send, nonce: str) -> Send:
+    """`send` with the security headers added to the response's start (every response, errors included)."""
+
+    async def with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers += [(b"content-security-policy", CSP.format(nonce=nonce).encode()),
+                        (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                        (b"cache-control", b"no-store")]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return with_headers
+
+
+class Guard(Protocol):
+    """What the pages ask of the authentication in front of them: the session's CSRF token (web/auth.py's Auth for
+    `shardctl ui`, web/kube_auth.py's for the controller)."""
+
+    def csrf(self, sid: str) -> str: ...
+
+    def csrf_ok(self, sid: str | None, given: str | None) -> bool: ...
+
+
 class Gate:
     """Lets in the token's holders only (web/auth.py) and adds the security headers to every response."""
 
@@ -163,20 +189,14 @@ class Gate:
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # no page uses one: refused, so that none added later is open by default
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":  # lifespan
             await self.app(scope, receive, send)
             return
         nonce = secrets.token_urlsafe(16)
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [(b"content-security-policy", CSP.format(nonce=nonce).encode()),
-                            (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                            (b"cache-control", b"no-store")]
-                message = {**message, "headers": headers}
-            await send(message)
-
+        with_headers = secured(send, nonce)
         request = Request(scope)
         given = request.query_params.get("token")
         if given is not None:
@@ -188,7 +208,7 @@ class Gate:
                 not request.url.path.startswith("//") else "/"
             response = RedirectResponse(path + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
             response.set_cookie(self.auth.cookie_name, self.auth.new_session(), httponly=True, samesite="strict",
-                                path="/")
+                                path="/", max_age=SESSION_MAX_AGE_S)
             await response(scope, receive, with_headers)
             return
         sid = self.auth.session(request.cookies.get(self.auth.cookie_name))
@@ -204,14 +224,17 @@ class Gate:
 # --- the application ------------------------------------------------------------------------------------------
 
 
-def make_app(source: JobSource, auth: Auth) -> ASGIApp:
+def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
+             gate: Callable[[ASGIApp], ASGIApp] | None = None) -> ASGIApp:
+    """The pages of `source` behind `gate` (default: the token Gate of `auth`, which must then be an Auth).
+    `actions=False`: read-only, no cancel button, and a cancel is refused (403)."""
     env = environment()
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         sid = request.state.sid
         body = env.get_template(template).render(
             nonce=request.state.nonce, csrf=auth.csrf(sid) if sid else "", where=source.where,
-            refresh_s=REFRESH_S, notes=source.notes(), **context)
+            refresh_s=REFRESH_S, notes=source.notes(), actions=actions, **context)
         return HTMLResponse(body, status_code=status)
 
     def not_found(request: Request, what: str) -> HTMLResponse:
@@ -252,8 +275,10 @@ def make_app(source: JobSource, auth: Auth) -> ASGIApp:
             chosen = numbers[-1] if numbers else 0
         tail = source.log_tail(entry.id, chosen) if chosen in numbers else None
         tail = as_terminal_lines(strip_sequences(tail)) if tail is not None else None
-        return {"job": entry.view, "entry": entry, "attempts": attempts, "loss": loss, "rate": rate,
-                "log_attempt": chosen, "log": tail, "terminal": entry.state.terminal,
+        hint = getattr(source, "log_command", None)  # a source whose logs are elsewhere says how to read them
+        command = hint(entry.id, chosen) if callable(hint) else f"shardctl logs {entry.id} --attempt {chosen}"
+        return {"log_command": command, "job": entry.view, "entry": entry, "attempts": attempts, "loss": loss,
+                "rate": rate, "log_attempt": chosen, "log": tail, "terminal": entry.state.terminal,
                 "has_plan": _plan_of(entry) is not None}
 
     def job_page(request: Request) -> Response:
@@ -278,6 +303,8 @@ def make_app(source: JobSource, auth: Auth) -> ASGIApp:
         return HTMLResponse(html)
 
     async def cancel(request: Request) -> Response:
+        if not actions:
+            return PlainTextResponse("403: this dashboard is read-only (its actions are off)\n", status_code=403)
         body = await request.body()
         if len(body) > MAX_FORM_BYTES:
             return PlainTextResponse("413: form too large\n", status_code=413)
@@ -349,6 +376,9 @@ def make_app(source: JobSource, auth: Auth) -> ASGIApp:
         Route("/groups/{group}", group_page),
         Route("/fragments/groups/{group}", group_fragment),
     ]
+    if gate is not None:
+        return gate(Starlette(routes=routes))
+    assert isinstance(auth, Auth), "the token Gate needs an Auth"
     return Gate(Starlette(routes=routes), auth)
 
 
@@ -377,4 +407,4 @@ def _plan_of(entry: JobEntry) -> str | None:
     return html
 
 
-__all__ = ["CSP", "Gate", "environment", "make_app", "progress_row", "row"]
+__all__ = ["CSP", "Gate", "Guard", "environment", "make_app", "progress_row", "row", "secured"]

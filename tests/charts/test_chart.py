@@ -10,7 +10,7 @@ import helm_sdkpy as helm  # scripts/bootstrap installs helm-sdkpy
 import pytest
 import yaml
 
-from tests.charts.rbac_rules import chart_rules
+from tests.charts.rbac_rules import RULES, chart_rules, grants
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "shardctl"
 
@@ -59,6 +59,8 @@ def test_the_roles_are_the_rule_files_whatever_the_scope() -> None:
 
 @pytest.mark.parametrize("values", [
     {"rbac": {"clusterWide": True}},
+    {"dashboard": {"enabled": True, "actions": True}},
+    {"dashboard": {"enabled": True, "actions": True}, "rbac": {"clusterWide": True}},
     {"policy": {"serviceAccounts": ["trainer"], "imageRegistries": ["registry.example.com/ml", "nvcr.io"],
                 "priorityClasses": ["batch"], "secrets": ["hf-token"],
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
@@ -72,6 +74,30 @@ def test_the_chart_lints_cluster_wide_and_with_a_policy(tmp_path: Path, values: 
     (copy / "values.yaml").write_text(yaml.safe_dump(merged))
     result = lint(copy)
     assert not result["Errors"] and not result["Messages"], result
+
+
+def test_the_dashboard_is_off_by_default_and_its_service_and_rights_come_only_with_it() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["dashboard"]["enabled"] is False and values["dashboard"]["actions"] is False
+    text = (CHART / "templates" / "dashboard.yaml").read_text()
+    assert text.startswith("{{- if .Values.dashboard.enabled }}") and text.rstrip().endswith("{{- end }}")
+    assert "{{- if .Values.dashboard.actions }}" in text and "verbs:" not in text  # the rules are the files'
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    assert "{{- if .Values.dashboard.enabled }}\n            - --dashboard\n" in deployment
+    reviews = yaml.safe_load((RULES / "dashboard.yaml").read_text())
+    assert grants(reviews) == {("authentication.k8s.io", "tokenreviews", "create"),
+                               ("authorization.k8s.io", "subjectaccessreviews", "create")}
+    actions = yaml.safe_load((RULES / "dashboard-actions.yaml").read_text())
+    assert actions == [{"apiGroups": ["shardctl.dev"], "resources": ["trainingjobs"], "verbs": ["delete"]}]
+
+
+def test_a_dashboard_value_the_chart_does_not_know_fails_lint(tmp_path: Path) -> None:
+    copy = tmp_path / "shardctl"
+    shutil.copytree(CHART, copy)
+    merged = yaml.safe_load((copy / "values.yaml").read_text())
+    merged["dashboard"]["enable"] = True  # a typo: never silently ignored
+    (copy / "values.yaml").write_text(yaml.safe_dump(merged))
+    assert lint(copy)["Errors"]
 
 
 @pytest.mark.parametrize("policy", [

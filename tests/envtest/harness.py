@@ -2,7 +2,9 @@
 
 `ControlPlane` starts it with the shared `up` script (its own state directory and free ports, so it
 never meets another engineer's cluster on this machine), installs the CRD, runs the fake kubelet,
-and can stop and restart the API server alone (an outage). `Tenant` is one namespace with the Helm
+and can stop and restart the API server alone (an outage). The API server keeps an audit log of service
+accounts' requests (AUDIT_POLICY), so a test can count a controller's own (`requests_of`). `Tenant` is
+one namespace with the Helm
 chart installed for real (`helm install` through helm-sdkpy), a token for the chart's
 ServiceAccount (the TokenRequest API) and a user with a kubeconfig of their own; its chart values
 allow the test jobs' image registry (TEST_POLICY) unless a test gives a policy of its own.
@@ -45,6 +47,18 @@ CRD = ROOT / "manifests" / "crd.yaml"
 GROUP, VERSION, PLURAL = "shardctl.dev", "v1alpha1", "trainingjobs"
 # Pod Security admission is on by default; OwnerReferencesPermissionEnforcement is not.
 ADMISSION = "--enable-admission-plugins=OwnerReferencesPermissionEnforcement,PodSecurity"
+# The API server's audit log, for counting a controller's requests (its ServiceAccount's): service accounts' requests
+# only (the controller manager's, in kube-system, left out), one line per stage after the request was received.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 RULES_CM = ("kube-system", "fake-kubelet-rules")
 # the chart's own Deployment: the fake kubelet keeps its pod Running (nothing runs in it; the real
@@ -113,8 +127,12 @@ class ControlPlane:
         self.state, self.logs = state, logs
         self.port, self.etcd_port, self.kubelet_port = pick_ports()
         self.server = f"https://127.0.0.1:{self.port}"
+        self.audit_log = logs / "audit.log"
+        (logs / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        audit = f"--audit-policy-file={logs / 'audit-policy.yaml'} --audit-log-path={self.audit_log} " \
+                "--audit-log-maxsize=500 --audit-log-mode=blocking"
         self.env = {**os.environ, "K8S_HARNESS_DIR": str(state), "K8S_HARNESS_PORT": str(self.port),
-                    "K8S_HARNESS_ETCD_PORT": str(self.etcd_port), "K8S_HARNESS_APISERVER_ARGS": ADMISSION}
+                    "K8S_HARNESS_ETCD_PORT": str(self.etcd_port), "K8S_HARNESS_APISERVER_ARGS": f"{ADMISSION} {audit}"}
         self.env.pop("KUBECONFIG", None)
         self.kubelet: subprocess.Popen | None = None
         self.cmdlines: dict[str, list[str]] = {}
@@ -197,6 +215,28 @@ class ControlPlane:
         except (OSError, ssl.SSLError) as exc:
             return 0, str(exc)
 
+    def requests_of(self, username: str) -> dict[str, tuple[str, str]]:
+        """Every request of one user the audit log holds: {auditID: (verb, resource[/subresource])}; a watch counts
+        once, from its start (ResponseStarted)."""
+        out: dict[str, tuple[str, str]] = {}
+        try:
+            lines = self.audit_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return out
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if (event.get("user") or {}).get("username") != username:
+                continue
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource") or event.get("requestURI", "?").split("?")[0]
+            if ref.get("subresource"):
+                resource += f"/{ref['subresource']}"
+            out.setdefault(event["auditID"], (event.get("verb", "?"), resource))
+        return out
+
     def api_ready(self) -> bool:
         return self.https_get("/readyz") == (200, "ok")
 
@@ -219,7 +259,8 @@ class ControlPlane:
         # the new resource is served (discovery) before anyone uses it
         wait_for(lambda: self.https_get(f"/apis/{GROUP}/{VERSION}/{PLURAL}")[0] == 200, 30, "trainingjobs served")
 
-    def start_kubelet(self) -> None:
+    def start_kubelet(self, nodes: int = 2, gpus: int = 8) -> None:
+        """The fake kubelet with `nodes` nodes of `gpus` GPUs each (the benchmark asks for more than the tests)."""
         from kubernetes import client
 
         core = client.CoreV1Api(self.admin())
@@ -228,7 +269,7 @@ class ControlPlane:
         log = open(self.logs / "fake-kubelet.log", "ab")  # noqa: SIM115 - the child writes to it
         self.kubelet = subprocess.Popen(
             [sys.executable, str(ENVTEST / "fake_kubelet.py"), "--kubeconfig", str(self.admin_kubeconfig),
-             "--nodes", "2", "--gpus", "8", "--kubelet-port", str(self.kubelet_port), "--run-seconds", "1",
+             "--nodes", str(nodes), "--gpus", str(gpus), "--kubelet-port", str(self.kubelet_port), "--run-seconds", "1",
              "--rules-configmap", "/".join(RULES_CM), "--pidfile", str(self.state / "run" / "fake-kubelet.pid")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=self.env)
         log.close()
@@ -236,10 +277,10 @@ class ControlPlane:
         def ready_nodes() -> bool:
             if self.kubelet.poll() is not None:
                 raise RuntimeError(f"the fake kubelet exited: {(self.logs / 'fake-kubelet.log').read_text()[-2000:]}")
-            nodes = core.list_node().items
-            return len([n for n in nodes if any(c.type == "Ready" and c.status == "True"
-                                                for c in n.status.conditions or [])]) == 2
-        wait_for(ready_nodes, 60, "2 Ready fake nodes")
+            listed = core.list_node().items
+            return len([n for n in listed if any(c.type == "Ready" and c.status == "True"
+                                                 for c in n.status.conditions or [])]) == nodes
+        wait_for(ready_nodes, 60, f"{nodes} Ready fake nodes")
 
     def set_rules(self, namespace: str, rules: list[dict]) -> None:
         """The fake kubelet's rules for pods in `namespace` (each rule's match is narrowed to it)."""
