@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from orchestrator.lifecycle.progress import ANSI, readings, segments
+from orchestrator.views.progress import open_regular
 
 HEAD_BYTES = 2 * 1024 * 1024  # the start of a long log: where the curve begins
 TAIL_BYTES = 6 * 1024 * 1024  # its end: where the run is now
@@ -53,14 +54,11 @@ def _finite(value: float | None) -> float | None:
 def _read(path: str, head: int, tail: int) -> tuple[str, str | None]:
     """The start of a regular file and, when it is longer than head + tail, its end too (None: the start is all of
     it). Never blocks on a FIFO or a device: those read as empty."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
-    except OSError:
+    opened = open_regular(path)
+    if opened is None:
         return "", None
+    fd, info = opened
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return "", None
         if info.st_size <= head + tail:
             return os.pread(fd, head + tail, 0).decode("utf-8", "replace"), None
         start = os.pread(fd, head, 0).decode("utf-8", "replace")

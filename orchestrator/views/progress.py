@@ -46,17 +46,32 @@ __all__ = ["ANSI", "HEAD_BYTES", "MAX_INT", "TAIL_BYTES", "TQDM_BAR", "WINDOW", 
            "duration", "first_step", "last_match", "parse", "read", "reading", "readings", "segments", "summary_line"]
 
 
-def _read(path: str, offset_from_end: int | None, limit: int) -> tuple[str, bool]:
-    """Up to `limit` bytes from the end (or the start, offset_from_end None) of a regular file, and
-    whether the read began mid-file. Never blocks on a FIFO or a device: those read as empty."""
+def open_regular(path: str) -> tuple[int, os.stat_result] | None:
+    """A log opened for reading with its stat, or None when it cannot be or is not a regular file (a FIFO or a
+    device put where a log should be would block a reader, or never end). The caller closes the descriptor."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
     except OSError:
-        return "", False
+        return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return "", False
+    except OSError:
+        os.close(fd)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None
+    return fd, info
+
+
+def _read(path: str, offset_from_end: int | None, limit: int) -> tuple[str, bool]:
+    """Up to `limit` bytes from the end (or the start, offset_from_end None) of a regular file, and
+    whether the read began mid-file. Never blocks on a FIFO or a device: those read as empty."""
+    opened = open_regular(path)
+    if opened is None:
+        return "", False
+    fd, info = opened
+    try:
         start = max(0, info.st_size - limit) if offset_from_end is not None else 0
         os.lseek(fd, start, os.SEEK_SET)
         data = b""

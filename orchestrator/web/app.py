@@ -221,6 +221,18 @@ class Gate:
         await self.app(scope, receive, with_headers)
 
 
+async def small_form(request: Request, limit: int) -> dict[str, list[str]] | None:
+    """A posted form of a few fields, parsed with bounds (None when its body is over `limit` bytes; {} when it has
+    more fields than any form of ours)."""
+    body = await request.body()
+    if len(body) > limit:
+        return None
+    try:
+        return parse_qs(body.decode("latin-1"), max_num_fields=10)
+    except ValueError:
+        return {}
+
+
 # --- the application ------------------------------------------------------------------------------------------
 
 
@@ -305,13 +317,9 @@ def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
     async def cancel(request: Request) -> Response:
         if not actions:
             return PlainTextResponse("403: this dashboard is read-only (its actions are off)\n", status_code=403)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
+        form = await small_form(request, MAX_FORM_BYTES)
+        if form is None:
             return PlainTextResponse("413: form too large\n", status_code=413)
-        try:
-            form = parse_qs(body.decode("latin-1"), max_num_fields=10)
-        except ValueError:  # more fields than any form of ours has
-            form = {}
         given = form["csrf"][0] if form.get("csrf") else None
         if not request.state.bearer and not auth.csrf_ok(request.state.sid, given):
             return PlainTextResponse("403: this form is missing its CSRF token (reload the job's page)\n",

@@ -32,7 +32,6 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,7 +39,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.spec.crd import GROUP, PLURAL
-from orchestrator.web.app import environment, secured
+from orchestrator.web.app import environment, secured, small_form
 from orchestrator.web.kube_source import split_id
 
 log = logging.getLogger("shardctl.controller")
@@ -297,13 +296,9 @@ class KubeGate:
             return PlainTextResponse("405: GET or POST\n", status_code=405)
         if not self._same_origin(request):
             return PlainTextResponse("403: log in from this dashboard's own login page\n", status_code=403)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
+        form = await small_form(request, MAX_FORM_BYTES)
+        if form is None:
             return PlainTextResponse("413: form too large\n", status_code=413)
-        try:
-            form = parse_qs(body.decode("latin-1"), max_num_fields=10)
-        except ValueError:
-            form = {}
         token = (form.get("token") or [""])[0].strip()
         next_path = _safe_next((form.get("next") or ["/"])[0])
         if not token or not token.isascii() or not token.isprintable():
