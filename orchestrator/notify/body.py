@@ -36,7 +36,8 @@ _SLACK_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 _WORDS = {NotifyEvent.ATTEMPT_ENDED: "attempt {attempt} ended: {state}",
           NotifyEvent.FALLBACK_TAKEN: "fallback: attempt {attempt} runs another config ({rung})",
           NotifyEvent.JOB_FINISHED: "job {state}",
-          NotifyEvent.HANG_DETECTED: "attempt {attempt} hung"}
+          NotifyEvent.HANG_DETECTED: "attempt {attempt} hung",
+          NotifyEvent.STALLED: "attempt {attempt} is stalled"}
 
 
 def _visible(char: str) -> str:

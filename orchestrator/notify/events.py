@@ -9,11 +9,54 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import NotifyEvent
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
-from orchestrator.store.jobstore import AttemptRecord, JobRecord
+
+
+class JobFacts(Protocol):
+    """What `due` reads of a job: the store's JobRecord has it, and so has the controller's view of a TrainingJob
+    (controller/notify.py), so that both derive the same notifications from the same kind of facts."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> JobState: ...
+    @property
+    def terminal(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def finished_at(self) -> float | None: ...
+    @property
+    def updated_at(self) -> float: ...
+
+
+class AttemptFacts(Protocol):
+    @property
+    def number(self) -> int: ...
+    @property
+    def state(self) -> AttemptState: ...
+    @property
+    def ended(self) -> bool: ...
+    @property
+    def rung(self) -> str | None: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def failure(self) -> Failure | None: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def ended_at(self) -> float | None: ...
+    @property
+    def stalled(self) -> str | None: ...
+    @property
+    def stalled_at(self) -> float | None: ...
 
 
 def idempotency_key(job_id: str, event: NotifyEvent, attempt: int) -> str:
@@ -53,7 +96,7 @@ class Notification:
         return Notification(**fields)
 
 
-def due(job: JobRecord, attempts: Sequence[AttemptRecord]) -> list[Notification]:
+def due(job: JobFacts, attempts: Sequence[AttemptFacts]) -> list[Notification]:
     """Every notification the records call for so far, in the order the changes happened, whatever was asked for
     (the outbox keeps only what a webhook wants)."""
     out: list[Notification] = []
@@ -69,6 +112,9 @@ def due(job: JobRecord, attempts: Sequence[AttemptRecord]) -> list[Notification]
             before = attempts[i - 1]
             add(NotifyEvent.FALLBACK_TAKEN, a.number, AttemptState.STARTING, a.created_at, before.failure, a.reason,
                 a.rung)
+        if a.stalled is not None:  # recorded once per attempt, kept after it moves on: told once
+            add(NotifyEvent.STALLED, a.number, a.state, a.stalled_at if a.stalled_at is not None else a.created_at,
+                reason=a.stalled)
         if a.ended:
             at = a.ended_at if a.ended_at is not None else a.created_at
             add(NotifyEvent.ATTEMPT_ENDED, a.number, a.state, at, a.failure)

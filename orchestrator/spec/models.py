@@ -752,12 +752,13 @@ class KubernetesOptions(_Strict):
 
 # spec.notify: webhooks told after a state change is recorded (orchestrator/notify/, docs/design.md "Notifications").
 class NotifyEvent(StrEnum):
-    """What a webhook can ask to hear about. There is no `stalled`: no store-backed target reports a stall."""
+    """What a webhook can ask to hear about."""
 
     ATTEMPT_ENDED = "attempt_ended"  # an attempt's end is recorded, whatever it was
     FALLBACK_TAKEN = "fallback_taken"  # the next attempt runs a different config than the last (a rung)
     JOB_FINISHED = "job_finished"  # the job reached a terminal state
     HANG_DETECTED = "hang_detected"  # an attempt ended with failure kind `hang`
+    STALLED = "stalled"  # an open attempt waits on something a person must fix (once per attempt)
 
 
 MAX_WEBHOOKS = 8
@@ -836,7 +837,9 @@ class Webhook(_Strict):
         description="format json: the shared HMAC-SHA256 key, by reference as `url` is (required there). Not with "
                     "format slack: Slack's incoming webhooks take no signature, the URL is the secret.")
     events: Annotated[list[Annotated[NotifyEvent, BeforeValidator(_notify_event)]], Field(min_length=1)] = Field(
-        description="Which events this webhook hears: attempt_ended, fallback_taken, job_finished, hang_detected.")
+        description="Which events this webhook hears: attempt_ended, fallback_taken, job_finished, hang_detected, "
+                    "stalled (an attempt waits on something a person must fix: on Slurm a pending reason such as "
+                    "ReqNodeNotAvail, PartitionDown or a held job; on Kubernetes a pod that cannot be scheduled).")
 
     @model_validator(mode="after")
     def _signed_when_json(self) -> Webhook:

@@ -114,6 +114,8 @@ class AttemptRecord:
     supervisor_error: str | None = None  # why its supervisor (a Slurm judge, the local daemon) stopped, its words
     target_state: str | None = None  # what the target last said of it while open ("Slurm PENDING (QOS...Limit)")
     hung: str | None = None  # its watchdog found it hung (what it saw), recorded before it was stopped
+    stalled: str | None = None  # the target first said it waits on something a person must fix (its words)
+    stalled_at: float | None = None  # when that was first seen (kept: a stall is told once per attempt)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", AttemptState(self.state))
@@ -130,6 +132,8 @@ class AttemptNote(TypedDict, total=False):
     supervisor_error: str | None
     target_state: str | None
     hung: str | None  # the watchdog found it hung (recorded before the target is asked to stop it)
+    stalled: str | None  # first seen stalled (recorded once: see Supervisor.step)
+    stalled_at: float | None
     external_id: str | None  # known before the start (a mirror: the cluster names the Job it will create)
 
 

@@ -294,6 +294,11 @@ class Supervisor:
             # what the target says of the open attempt (queued behind a QOS limit, requeued, no judge) is
             # recorded when it changes, so that status shows why it waits
             self.store.note_attempt(job.id, last.number, target_state=move.detail or None)
+        if isinstance(move, Wait) and move.stalled and last is not None and last.stalled is None:
+            # the first time the target says the attempt waits on something a person must fix (a drained node,
+            # a partition down, a held job): kept for the attempt, so that it is told once (notify/events.py)
+            self.store.note_attempt(job.id, last.number, stalled=(move.detail or "stalled")[:1000],
+                                    stalled_at=time.time())
         if isinstance(move, Wait) and not move.stop_attempt and last is not None and observed is not None \
                 and observed.seen is Seen.RUNNING and last.state is AttemptState.RUNNING:
             self.watch_for_hang(job, last)

@@ -51,3 +51,19 @@ def test_the_idempotency_key_depends_on_job_event_and_attempt_only() -> None:
     assert len({key, idempotency_key("ab12cd35", NotifyEvent.ATTEMPT_ENDED, 2),
                 idempotency_key("ab12cd34", NotifyEvent.HANG_DETECTED, 2),
                 idempotency_key("ab12cd34", NotifyEvent.ATTEMPT_ENDED, 3)}) == 4
+
+
+@pytest.mark.timeout(20)
+def test_a_stall_is_due_once_per_attempt_and_stays_told_after_the_attempt_moves_on(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    job = store.create_job(name="j", target="slurm", spec=doc(), source=None, workdir=str(tmp_path),
+                           checkpoint_dir=None)
+    attempt(store, job.id, 1)
+    assert [n.event for n in due(store.get_job(job.id), store.attempts(job.id))] == []
+    store.note_attempt(job.id, 1, stalled="Slurm PENDING (PartitionDown)", stalled_at=5.0)
+    store.note_attempt(job.id, 1, target_state="Slurm RUNNING")  # it moved on: the stall stays recorded
+    store.end_attempt(job.id, 1, "succeeded", None, ended_at=9.0)
+    found = due(store.get_job(job.id), store.attempts(job.id))
+    assert [(n.event, n.attempt) for n in found] == [(NotifyEvent.STALLED, 1), (NotifyEvent.ATTEMPT_ENDED, 1)]
+    assert (found[0].reason, found[0].at) == ("Slurm PENDING (PartitionDown)", 5.0)
+    assert found[0].key == idempotency_key(job.id, NotifyEvent.STALLED, 1)

@@ -132,5 +132,5 @@ def test_a_kubernetes_secret_reference_is_refused_on_local_naming_the_field() ->
 
 @pytest.mark.timeout(10)
 def test_an_unknown_event_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown event 'stalled'; use attempt_ended | fallback_taken"):
-        Webhook.model_validate({"url": {"env": "H"}, "format": "slack", "events": ["stalled"]})
+    with pytest.raises(ValueError, match="unknown event 'stuck'; use attempt_ended | fallback_taken"):
+        Webhook.model_validate({"url": {"env": "H"}, "format": "slack", "events": ["stuck"]})

@@ -323,7 +323,7 @@ def _legacy(root: Path) -> tuple[LegacySqliteStore, list[str]]:
 def _legacy_fields(a) -> dict:
     """An attempt as the legacy store had it (fields added since are not in its database: they start unset)."""
     out = dataclasses.asdict(a)
-    for added in ("preemptions", "supervisor_error", "target_state", "hung"):
+    for added in ("preemptions", "supervisor_error", "target_state", "hung", "stalled", "stalled_at"):
         assert out.pop(added) is None
     return out
 

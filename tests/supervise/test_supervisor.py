@@ -593,3 +593,39 @@ def test_a_requeued_attempt_is_one_attempt_with_its_preemptions_recorded(store: 
     view = job_json(store.get_job(record.id), store.attempts(record.id))
     assert view["attempts"][0]["preemptions"] == 3
     assert "requeued 3x" in history_text(view)
+
+
+class StallingTarget(FakeTarget):
+    """A scheduler that says the attempt waits on something a person must fix (a drained node), then runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall: dict[int, str] = {}
+
+    def describe(self, external_id: str, ref: AttemptRef) -> Observation:
+        if (words := self.stall.get(ref.number)) is not None:
+            return Observation(Seen.PENDING, detail=words, stalled=True)
+        return super().describe(external_id, ref)
+
+
+@pytest.mark.timeout(30)
+def test_a_stall_is_recorded_once_with_when_it_was_first_seen_and_kept_after_it_clears(store: Store,
+                                                                                    tmp_path: Path) -> None:
+    record = new_job(store, tmp_path)
+    target = StallingTarget()
+    sup = Supervisor(store, record.id, target)
+    drive(sup)
+    target.stall[1] = "Slurm PENDING (ReqNodeNotAvail, UnavailableNodes:node1)"
+    drive(sup)
+    first = store.attempts(record.id)[0]
+    assert first.stalled == target.stall[1] and first.stalled_at is not None
+    assert first.target_state == target.stall[1]  # status says why it waits, as for any pending reason
+    target.stall[1] = "Slurm PENDING (PartitionDown)"
+    drive(sup)
+    again = store.attempts(record.id)[0]
+    assert (again.stalled, again.stalled_at) == (first.stalled, first.stalled_at)  # the first stall is the one told
+    del target.stall[1]
+    target.results[1] = Outcome(exit_code=0)
+    drive(sup)
+    [ended] = store.attempts(record.id)
+    assert ended.state == "succeeded" and ended.stalled == first.stalled

@@ -45,6 +45,17 @@ SQUEUE_FORMAT = "%i|%T|%r"
 SQUEUE_LIVE = "JobID:0|,State:0|,Reason:0|,RestartCnt:0|,NodeList:0|"
 
 
+# squeue's pending reasons (squeue(1), "JOB REASON CODES") that waiting does not resolve: a node drained or down
+# ("ReqNodeNotAvail, UnavailableNodes:node1" on the dev cluster after `scontrol update nodename=node1 state=drain`),
+# a partition down or inactive, a hold ("JobHeldUser" after `sbatch --hold`, "JobHeldAdmin"), a dependency that can
+# never be met, or a request the partition or QOS can never grant. Priority, Resources and the *Limit reasons of a
+# busy account are the queue working as it should, and are not stalls.
+STALL_REASONS = re.compile(
+    r"(ReqNodeNotAvail|PartitionDown|PartitionInactive|NodeDown|BadConstraints|JobHeldAdmin|JobHeldUser|"
+    r"DependencyNeverSatisfied|PartitionNodeLimit|PartitionTimeLimit|InvalidQOS|InvalidAccount|QOSNotAllowed|"
+    r"AccountNotAllowed|FrontEndDown|launch failed requeued held)\b")
+
+
 @dataclass(frozen=True)
 class JobInfo:
     job_id: str
@@ -67,6 +78,11 @@ class JobInfo:
         if self.state in PENDING_STATES:
             return "pending"
         return "unknown"
+
+    @property
+    def stalled(self) -> bool:
+        """Pending for a reason that no amount of waiting resolves: a person must act (see STALL_REASONS)."""
+        return self.phase == "pending" and STALL_REASONS.match(self.reason) is not None
 
     @property
     def out_of_memory(self) -> bool:

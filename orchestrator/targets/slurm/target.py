@@ -230,7 +230,7 @@ class SlurmTarget:
             return Observation(Seen.PENDING, detail=f"Slurm does not report job {external_id} yet")
         if info.phase != "ended":
             return Observation(Seen(info.phase), detail=self.open_detail(info, ref), preemptions=info.requeues,
-                               nodes=info.nodes)
+                               nodes=info.nodes, stalled=info.stalled)
         tail = read_tail(ref.log_path, TAIL_BYTES)
         found = read_json(Path(ref.run_dir) / slurm_render.HUNG_FILE)
         hung = found.get("reason") if isinstance(found, dict) and isinstance(found.get("reason"), str) else None

@@ -226,3 +226,19 @@ def test_squeue_live_lines_give_state_reason_earlier_runs_and_nodes() -> None:
     assert (found["21434"].phase, found["21434"].reason, found["21434"].nodes) == ("pending", "JobHeldUser", ())
     assert (found["21500"].phase, found["21500"].requeues, found["21500"].nodes) == ("running", 1, ("node1", "node2"))
     assert (found["21501"].requeues, found["21501"].source) == (2, "squeue")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("state", "reason", "stalled"), [
+    ("PENDING", "ReqNodeNotAvail, UnavailableNodes:node1", True),  # as the dev cluster says it (node drained)
+    ("PENDING", "PartitionDown", True),
+    ("PENDING", "JobHeldUser", True),
+    ("PENDING", "launch failed requeued held", True),
+    ("PENDING", "Priority", False),
+    ("PENDING", "Resources", False),
+    ("PENDING", "QOSMaxJobsPerUserLimit", False),  # the queue working as it should
+    ("RUNNING", "ReqNodeNotAvail", False),  # only a pending job stalls
+    ("PENDING", "NotReqNodeNotAvailAtAll", False),
+])
+def test_only_pending_reasons_that_waiting_cannot_resolve_are_stalls(state: str, reason: str, stalled: bool) -> None:
+    assert JobInfo("7", state, reason=reason).stalled is stalled

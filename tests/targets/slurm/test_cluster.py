@@ -481,3 +481,45 @@ def test_a_preempted_attempt_saves_on_the_notice_and_the_job_resumes_from_that_c
     assert resumed and int(resumed[-1]) == notice_step, (notice_step, resumed)
     assert text.count("no checkpoint: starting from step 0") == 1
     assert text.count("training complete") == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_job_pending_on_a_partition_that_is_down_is_recorded_stalled_and_told_once(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partition `short` set DOWN by the administrator: the attempt pends with reason PartitionDown, which no
+    amount of waiting resolves. `status` says so, the attempt records the stall once, and a webhook that asked
+    for `stalled` hears it once (the CLI's inline moves queue and send it: no judge runs before the attempt)."""
+    from tests.notify.receiver import Receiver
+
+    def partition(state: str) -> None:
+        subprocess.run(["scontrol", "update", "partitionname=short", f"state={state}"], check=True, timeout=30,
+                       capture_output=True)
+
+    job_id = None
+    with Receiver() as receiver:
+        monkeypatch.setenv("TEST_STALL_URL", receiver.url + "/stall")
+        path = long_job(home, "stalls", **{"slurm.partition": "short", "slurm.time": "30:00",
+                                           "notify": [{"url": {"env": "TEST_STALL_URL"}, "format": "slack",
+                                                       "events": ["stalled"]}]})
+        partition("down")
+        try:
+            job_id = submit(path)
+            store = Store(home)
+
+            def stalled() -> bool:
+                cli("status", job_id)
+                return store.attempts(job_id)[0].stalled is not None
+            wait_for(stalled, 90, "the attempt to be recorded stalled")
+            attempt = store.attempts(job_id)[0]
+            assert "PartitionDown" in (attempt.stalled or "") and attempt.stalled_at is not None
+            assert "PENDING (PartitionDown)" in cli("status", job_id).stdout
+            wait_for(lambda: any(r.accepted for r in receiver.requests), 60, "the stall to be told")
+            for _ in range(2):  # read again: nothing is told twice
+                cli("status", job_id)
+            [told] = [r for r in receiver.requests if r.accepted]
+            assert told.path == "/stall" and told.key == f"shardctl-{job_id}-stalled-1", told
+            assert "attempt 1 is stalled" in told.json()["text"] and "PartitionDown" in told.json()["text"]
+        finally:
+            partition("up")
+            if job_id is not None:
+                cancel_and_check(job_id, Store(home))
