@@ -854,11 +854,14 @@ def plan(job_file: str, gpu_memory: str | None, as_json: bool, html_file: str | 
               help="Port of the dashboard (with --dashboard); 0: any free port.")
 @click.option("--dashboard-actions/--no-dashboard-actions", default=False, show_default=True,
               help="Let users who may delete a TrainingJob cancel it from the dashboard; without, it is read-only.")
+@click.option("--notifications/--no-notifications", default=False, show_default=True,
+              help="Send spec.notify's webhooks, reading their URLs and signing secrets from Secrets in each "
+                   "TrainingJob's namespace (the chart grants `get` on Secrets only with notifications.enabled).")
 def controller(namespace: str | None, server: str | None, kubeconfig: str | None, context: str | None,
                leader_election_namespace: str | None, resync_seconds: float, workers: int,
                watch_timeout_seconds: int, lease_seconds: int, health_port: int, cache: bool, policy: str | None,
                log_level: str, dashboard: bool, dashboard_host: str, dashboard_port: int,
-               dashboard_actions: bool) -> None:
+               dashboard_actions: bool, notifications: bool) -> None:
     """Run the Kubernetes controller: TrainingJobs in, one Indexed Job per attempt, OOM fallback."""
     from orchestrator.controller.main import run
 
@@ -892,7 +895,8 @@ def controller(namespace: str | None, server: str | None, kubeconfig: str | None
     sys.exit(run(namespace=namespace, server=server, kubeconfig=kubeconfig, context=context,
                  leader_election_namespace=leader_election_namespace, resync_s=resync_seconds, workers=workers,
                  log_level=log_level, watch_timeout_s=watch_timeout_seconds, lease_s=lease_seconds,
-                 health_port=health_port or None, cache=cache, policy=policy, dashboard=serve))
+                 health_port=health_port or None, cache=cache, policy=policy, dashboard=serve,
+                 notifications=notifications))
 
 
 @main.command()

@@ -163,6 +163,15 @@ TABLE: dict[str, Check] = {
         tests=("tests/notify/test_end_to_end.py::test_the_receiver_gets_each_asked_event_once_signed_across_failures_"
                "and_restarts",
                "tests/notify/test_refs.py::test_a_file_reference_reads_its_key_from_a_private_file_only")),
+    "README.md: kubectl create secret generic hooks -n ml --from-literal=URL": Check(
+        "chart_lines", "every --set names a value of charts/shardctl/values.yaml with its type; the Secret's keys "
+        "are the ones the spec fragment below names; sending from the controller is the named test's",
+        tests=("tests/controller/test_notify.py::test_each_asked_event_is_told_once_signed_across_a_failing_"
+               "receiver_and_a_restart",)),
+    "README.md: # spec.notify on target kubernetes: values from the Secret `": Check(
+        "kube_spec_fragment", "merged into examples/quickstart.yaml with target kubernetes and an image it validates "
+        "(the rules included: only Secrets reach the controller), and each Secret it names is one the README's "
+        "kubectl line creates, with that key"),
     "README.md: import shardctl": Check(
         "python_api", "compiled; every shardctl name and Job/Sweep method it uses exists and every call binds to the "
         "real signature; load() and list_jobs() run; the training runs are the named tests'",
@@ -453,6 +462,9 @@ def test_the_helm_and_kubectl_lines_name_the_charts_values_and_objects(block: Bl
             assert 'name: {{ include "shardctl.fullname" . }}-dashboard' in (chart / "templates" / "dashboard.yaml"
                                                                                ).read_text()
             assert int(port.split(":")[-1]) == values["dashboard"]["service"]["port"], line
+        elif words[:4] == ["kubectl", "create", "secret", "generic"]:
+            keys = [w.split("=", 2)[1] for w in words if w.startswith("--from-literal=")]
+            assert keys and all(re.fullmatch(r"[A-Z_]+", k) for k in keys), line
         else:
             assert words[0] == "kubectl" and words[-3:-1] == ["create", "token"], f"{line}: not checked here"
 
@@ -546,6 +558,30 @@ def test_a_spec_fragment_validates_inside_the_quickstart_with_each_listed_altern
             for alternative in listed[2].split(" | "):
                 text = block.text.replace(f"then: {listed[1]}}}", f"then: {alternative}}}")
                 parse_spec_text(merged(yaml.safe_load(text)), "README.md")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("block", "check"), blocks_of("kube_spec_fragment"))
+def test_a_kubernetes_spec_fragment_validates_and_names_the_secrets_the_readme_creates(block: Block,
+                                                                                     check: Check) -> None:
+    import yaml
+
+    from orchestrator.compile import rules
+    from orchestrator.spec import parse_spec_text
+
+    doc = yaml.safe_load((ROOT / "examples/quickstart.yaml").read_text())
+    doc["spec"].update(yaml.safe_load(block.text)["spec"], target="kubernetes",
+                       kubernetes={"image": "registry.example.com/train:1"})
+    job = parse_spec_text(yaml.safe_dump(doc), "README.md").job
+    assert [f for f in rules.check(job) if f.level == "error"] == []
+    created: dict[str, set[str]] = {}
+    for other in BLOCKS.values():
+        for line in other.lines() if other.file == "README.md" else []:
+            words = shlex.split(without_comment(line)) if line.startswith("kubectl create secret generic") else []
+            if words:
+                created[words[4]] = {w.split("=", 2)[1] for w in words if w.startswith("--from-literal=")}
+    refs = [r for hook in job.spec.notify for r in (hook.url, hook.signing_secret) if r is not None]
+    assert refs and all(r.secret in created and r.key in created[r.secret] for r in refs), (refs, created)
 
 
 # --- layout listings -------------------------------------------------------------------------------------------

@@ -206,15 +206,12 @@ def check(job: TrainingJob) -> list[Finding]:
             err(f"spec.entrypoint.env_from.{i}.{source.kind}",
                 f"cannot reach a {spec.target} run ({_UNREACHABLE[source.kind]}); use "
                 + " or ".join(_SOURCE_FORMS[k] for k in sorted(ENV_SOURCE_KINDS[spec.target])))
-    for i, hook in enumerate(spec.notify):  # notifications: sent by the supervisor and the Slurm judge only
-        if spec.target in CONTAINER_TARGETS:
-            err(f"spec.notify.{i}", f"target {spec.target}: the controller sends no notifications yet (it would "
-                                    "read the webhook's Secret, which its RBAC does not allow); leave spec.notify out")
-            continue
+    for i, hook in enumerate(spec.notify):  # sent by the supervisor, the Slurm judge, or the controller (its Secrets)
         for name, ref in (("url", hook.url), ("signing_secret", hook.signing_secret)):
             if ref is not None and ref.kind not in ENV_SOURCE_KINDS[spec.target]:
+                who = "the controller" if spec.target in CONTAINER_TARGETS else f"a {spec.target} supervisor"
                 err(f"spec.notify.{i}.{name}.{ref.kind}",
-                    f"cannot reach a {spec.target} supervisor ({_UNREACHABLE[ref.kind]}); use "
+                    f"cannot reach {who} ({_UNREACHABLE[ref.kind]}); use "
                     + " or ".join(_SOURCE_FORMS[k] for k in sorted(ENV_SOURCE_KINDS[spec.target])))
     ns_a, ns_b = job.metadata.namespace, spec.kubernetes.namespace
     if ns_a and ns_b and ns_a != ns_b:

@@ -52,12 +52,13 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
         leader_election_namespace: str | None, resync_s: float, workers: int, log_level: str,
         watch_timeout_s: int = 60, health_port: int | None = 8081, cache: bool = True,
         lease_s: int = 15, shutdown_s: float = 1.5, policy: str | None = None,
-        dashboard: Dashboard | None = None) -> int:
+        dashboard: Dashboard | None = None, notifications: bool = False) -> int:
     from orchestrator.controller.health import Contact, Health, HealthServer, probe_api
     from orchestrator.controller.kube import KubeApi
     from orchestrator.controller.leader import LeaderElector
     from orchestrator.controller.loop import Controller
     from orchestrator.controller.metrics import Metrics
+    from orchestrator.controller.notify import ClusterNotifier
     from orchestrator.controller.policy import Policy, load_policy
 
     allowed = load_policy(policy) if policy else Policy()  # a PolicyError (exit 2) before anything starts
@@ -90,13 +91,17 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
     metrics.set_leading(not stop.is_set())
 
     controller = None
+    notifier: ClusterNotifier | None = None
     code = 0
     if not stop.is_set():
         controller = Controller(api, namespace=namespace, workers=workers, resync_s=resync_s,
                                 watch_timeout_s=watch_timeout_s, metrics=metrics, contact=contact, cache=cache,
                                 policy=allowed).start()
         running.append(controller)
+        notifier = ClusterNotifier(api, lambda: controller.cache if controller is not None else None,
+                                   enabled=notifications, namespace=namespace).start()
         health.watch_threads(controller.dead_threads)
+        health.watch_threads(lambda: [] if notifier.alive() else ["notify"])
         log.info("controller running (namespace %s)", namespace or "all")
         while not stop.wait(0.2):
             if elector is not None and not elector.leading.is_set():
@@ -105,6 +110,8 @@ def run(*, namespace: str | None, server: str | None, kubeconfig: str | None, co
                 break
     metrics.set_leading(False)
     started = time.monotonic()
+    if notifier is not None:
+        notifier.shutdown(0.5)
     workers_stopped = controller.shutdown(shutdown_s) if controller is not None else True
     if elector is not None and election is not None:
         if not workers_stopped:  # a reconcile still runs: let the Lease expire rather than hand it over now

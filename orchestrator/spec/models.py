@@ -826,7 +826,8 @@ class Webhook(_Strict):
 
     url: Annotated[SecretRef, BeforeValidator(_refuse_literal_secret("a webhook URL"))] = Field(
         description="The webhook's http(s) URL, by reference (it is a credential: whoever has it can post): "
-                    "`env: NAME`, or `file: PATH` with `key: NAME`. A literal URL is refused.")
+                    "`env: NAME`, or `file: PATH` with `key: NAME` (local, Slurm); `secret: NAME` with `key: KEY` "
+                    "(Kubernetes). A literal URL is refused.")
     format: Literal["slack", "json"] = Field(
         default="json",
         description="slack: a Slack-compatible {\"text\": ...} body, one line. json: a JSON object (event, job, "
@@ -894,9 +895,11 @@ class TrainingJobSpec(_Strict):
                                           description="Options for target kubernetes: image, queue, pod placement.")
     notify: list[Webhook] = Field(
         default_factory=list, max_length=MAX_WEBHOOKS,
-        description="Webhooks told after a state change is recorded (local and Slurm): each with its URL by "
-                    "reference, its body format and the events it wants. Sent in the background with retries and "
-                    "an idempotency key; a receiver that is down never holds up or fails the job.")
+        description="Webhooks told after a state change is recorded: each with its URL by reference, its body "
+                    "format and the events it wants. Sent in the background with retries and an idempotency key; "
+                    "a receiver that is down never holds up or fails the job. Local and Slurm: the supervisor and "
+                    "the judge send them. Kubernetes: the controller does, where its chart sets "
+                    "notifications.enabled, with the values from Secrets of the job's namespace.")
 
     @property
     def world_size(self) -> int:

@@ -66,3 +66,7 @@ class TrainingJobStatus(_Status):
     observed_generation: int | None = Field(default=None, alias="observedGeneration",
                                             description="The metadata.generation this status was written for.")
     message: str | None = Field(default=None, description="Why the job is in its phase.")
+    notified: list[str] = Field(
+        default_factory=list,
+        description="spec.notify: the notifications the controller is done with (delivered or given up on), "
+                    "'<event>-<attempt>.h<webhook index>', so that none is sent twice across restarts.")

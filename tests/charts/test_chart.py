@@ -61,6 +61,8 @@ def test_the_roles_are_the_rule_files_whatever_the_scope() -> None:
     {"rbac": {"clusterWide": True}},
     {"dashboard": {"enabled": True, "actions": True}},
     {"dashboard": {"enabled": True, "actions": True}, "rbac": {"clusterWide": True}},
+    {"notifications": {"enabled": True}},
+    {"notifications": {"enabled": True}, "rbac": {"clusterWide": True}},
     {"policy": {"serviceAccounts": ["trainer"], "imageRegistries": ["registry.example.com/ml", "nvcr.io"],
                 "priorityClasses": ["batch"], "secrets": ["hf-token"],
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
@@ -89,6 +91,20 @@ def test_the_dashboard_is_off_by_default_and_its_service_and_rights_come_only_wi
                                ("authorization.k8s.io", "subjectaccessreviews", "create")}
     actions = yaml.safe_load((RULES / "dashboard-actions.yaml").read_text())
     assert actions == [{"apiGroups": ["shardctl.dev"], "resources": ["trainingjobs"], "verbs": ["delete"]}]
+
+
+def test_notifications_are_off_by_default_and_get_on_secrets_comes_only_with_them() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["notifications"] == {"enabled": False}
+    text = (CHART / "templates" / "notifications.yaml").read_text()
+    assert text.startswith("{{- if .Values.notifications.enabled }}") and text.rstrip().endswith("{{- end }}")
+    assert text.count('.Files.Get "files/rbac/notifications.yaml"') == 1 and "verbs:" not in text
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    assert "{{- if .Values.notifications.enabled }}\n            - --notifications\n" in deployment
+    assert yaml.safe_load((RULES / "notifications.yaml").read_text()) == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]  # never list or watch
+    assert not any("secrets" in rule["resources"] for name in ("controller.yaml", "leader-election.yaml")
+                   for rule in yaml.safe_load((RULES / name).read_text()))
 
 
 def test_a_dashboard_value_the_chart_does_not_know_fails_lint(tmp_path: Path) -> None:

@@ -54,12 +54,18 @@ def test_validate_refuses_a_literal_signing_secret(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_validate_accepts_references_and_refuses_notify_on_kubernetes(tmp_path: Path) -> None:
+def test_validate_accepts_the_references_each_target_can_read_and_refuses_the_others(tmp_path: Path) -> None:
     hooks = ("    - url: {env: HOOK}\n      signing_secret: {file: ~/k.env, key: K}\n"
              "      events: [attempt_ended, hang_detected]\n")
     assert shardctl(tmp_path, hooks, "validate").returncode == 0
-    r = shardctl(tmp_path, hooks, "validate", target="kubernetes")
-    assert r.returncode == 2 and "spec.notify.0: target kubernetes: the controller sends no notifications" in r.stderr
+    r = shardctl(tmp_path, hooks, "validate", target="kubernetes")  # the controller reads neither
+    assert r.returncode == 2 and "spec.notify.0.url.env: cannot reach the controller" in r.stderr, r.stderr
+    assert "spec.notify.0.signing_secret.file: cannot reach the controller" in r.stderr
+    secrets = ("    - url: {secret: hooks, key: URL}\n      signing_secret: {secret: hooks, key: SIGN}\n"
+               "      events: [stalled, job_finished]\n")
+    assert shardctl(tmp_path, secrets, "validate", target="kubernetes").returncode == 0
+    r = shardctl(tmp_path, secrets, "validate")
+    assert r.returncode == 2 and "spec.notify.0.url.secret: cannot reach a local supervisor" in r.stderr, r.stderr
 
 
 @pytest.mark.timeout(60)
