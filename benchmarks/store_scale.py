@@ -18,6 +18,12 @@ turns, command by command, so a noisy machine slows each alike.
 --gc N: `shardctl gc --older-than 0` on a store of N finished jobs, each with its attempts' files and three
     checkpoints, sharing 50 code snapshots (and 10 no job uses): the dry run, then `--yes`, and the space freed.
 --start N: `shardctl --help` next to `accelerate launch --help`, N interleaved runs.
+--running: after those commands, one unfinished local job is added to the store (its attempt 1 running, with its log)
+    and `status`, `history` and `logs` of it are timed the same way. Its resident supervisor is stood in for by a
+    process that holds the job's supervisor lock and is recorded as its supervisor (what a live `Supervisor.run`
+    shows these commands: they find it alive and start none); it moves nothing, so the job stays as it was
+    recorded. Not through the rig (--rig): its sshfs mount has no locks, so a command there would start a real
+    supervisor.
 """
 
 from __future__ import annotations
@@ -100,6 +106,38 @@ def fill(root: Path, jobs: int, checkpoints: int = 0, snapshots: int = 0) -> Non
         os.fsync = real_fsync
 
 
+RUNNING_COMMANDS: list[tuple[str, Callable[[str], list[str]]]] = [
+    ("status (running)", lambda job: ["status", job]),
+    ("history (running)", lambda job: ["history", job]),
+    ("logs (running)", lambda job: ["logs", job]),
+]
+HOLD_LOCK = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+
+
+def add_running(root: Path) -> tuple[str, subprocess.Popen]:
+    """One unfinished local job, attempt 1 running with its log, and a process that holds its supervisor lock and is
+    recorded as its resident supervisor (stop it by closing its stdin)."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.store.jobstore import Store
+    from orchestrator.supervise.supervisor import LOCK_NAME
+
+    store = Store(root)
+    j = store.create_job(name="bench-running", target="local", spec=SPEC, source="/job.yaml", workdir="/w",
+                         checkpoint_dir=None, options={"port": 29500}, exclusive_name=False)
+    run_dir = Path(j.job_dir) / "attempt-1"
+    run_dir.mkdir()
+    (run_dir / "output.log").write_text(LOG)
+    store.add_attempt(j.id, 1, spec=SPEC, rung=None, reason="first", run_dir=str(run_dir),
+                      log_path=str(run_dir / "output.log"), artifacts=ARTIFACTS, warnings=[], resume_from=None)
+    store.start_attempt(j.id, 1, external_id="1001", started_at=time.time())
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(Path(j.job_dir) / LOCK_NAME)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    store.note_supervisor(j.id, holder.pid)
+    return j.id, holder
+
+
 def env_for(home: Path, code: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # bytecode cached, as installed
     return {**env, "SHARDCTL_HOME": str(home), "PYTHONPATH": str(code), "COLUMNS": "200"}
@@ -119,12 +157,14 @@ def oldest_job(home: Path) -> str:
     return min(os.listdir(jobs), key=lambda j: json.loads((jobs / j / "job.json").read_text())["created_at"])
 
 
-def commands(variants: list[tuple[str, Path, Path]], runs: int) -> dict[str, dict[str, tuple[float, float]]]:
+def commands(variants: list[tuple[str, Path, Path]], runs: int, which: list[tuple[str, Callable[[str], list[str]]]]
+             = COMMANDS, job_of: Callable[[Path], str] | None = None) -> dict[str, dict[str, tuple[float, float]]]:
     """label -> command -> (first run, median of `runs` after it), for each (label, store, code) variant. The
-    variants' runs alternate, command by command, so the machine's noise hits each alike."""
+    variants' runs alternate, command by command, so the machine's noise hits each alike. `job_of`: the job the
+    commands name in a store (default: its oldest)."""
     out: dict[str, dict[str, tuple[float, float]]] = {label: {} for label, _, _ in variants}
-    jobs = {label: oldest_job(home) for label, home, _ in variants}
-    for name, args in COMMANDS:
+    jobs = {label: (job_of or oldest_job)(home) for label, home, _ in variants}
+    for name, args in which:
         argvs = {label: [sys.executable, "-m", "orchestrator.cli", *args(jobs[label])] for label, _, _ in variants}
         envs = {label: env_for(home, code) for label, home, code in variants}
         codes = {label: code for label, _, code in variants}
@@ -178,7 +218,9 @@ def table(results: dict[str, dict[int, dict[str, tuple[float, float]]]], sizes: 
     print("\n| command | " + " | ".join(f"{s:,} jobs" for s in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for label, by_size in results.items():
-        for name, _ in COMMANDS:
+        for name, _ in COMMANDS + RUNNING_COMMANDS:
+            if not all(name in by_size[s] for s in sizes):
+                continue  # --running not asked for, or not through the rig
             cells = [f"{by_size[s][name][1]:.2f} s (first {by_size[s][name][0]:.2f})" for s in sizes]
             print(f"| {label}`{name}` | " + " | ".join(cells) + " |")
 
@@ -191,6 +233,8 @@ def main() -> None:
     parser.add_argument("--rig", action="store_true", help="also through the two-host rig's mount A")
     parser.add_argument("--gc", type=int, default=0, metavar="N", help="time gc on a store of N finished jobs")
     parser.add_argument("--start", type=int, default=0, metavar="N", help="time the CLI's start, N runs")
+    parser.add_argument("--running", action="store_true",
+                        help="also status, history and logs of an unfinished local job whose supervisor is alive")
     parser.add_argument("--keep", action="store_true", help="leave the stores in place")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -217,6 +261,17 @@ def main() -> None:
                 fill(rig[0] / name, size)
                 variants.append(("rig", rig[1] / name, ROOT))
             measured = commands(variants, args.runs)
+            if args.running:
+                running, holder = add_running(home)
+                try:
+                    local = [v for v in variants if v[0] != "rig"]  # no locks through sshfs: see --running
+                    for label, found in commands(local, args.runs, RUNNING_COMMANDS,
+                                                  lambda _, job=running: job).items():
+                        measured[label].update(found)
+                finally:
+                    assert holder.stdin is not None
+                    holder.stdin.close()
+                    holder.wait(10)
             for label, prefix in (("before", "before: "), ("now", ""), ("rig", "rig: ")):
                 if label in measured:
                     results.setdefault(prefix, {})[size] = measured[label]

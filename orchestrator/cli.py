@@ -261,10 +261,11 @@ def _job(store, ref: str):
 
 def _view(store, job, revive: bool = True, overrides: dict | None = None) -> dict:
     """The job as JSON-ready data (orchestrator.api.Job.status); an unfinished job is moved on (or its record
-    read back) first, and a target that cannot be asked is a warning before the stored record."""
-    from orchestrator.api.job import Job
+    read back) first, and a target that cannot be asked is a warning before the stored record. The API's
+    Job.status without importing the API (and with it pydantic's models)."""
+    from orchestrator.views.current import current_view
 
-    return Job(job.id, store=store, on_note=_err, **(overrides or {})).status(refresh=revive)
+    return current_view(store, job.id, overrides or {}, _err, revive=revive)
 
 
 def _print_json(data) -> None:
@@ -598,8 +599,8 @@ def logs(job: str, number: int | None, follow: bool, kubeconfig: str | None, con
     chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
     if chosen is None:
         _fail([f"job {record.id} has no attempt {number} (it has {len(attempts)})"])
-    if at_rest(record) and chosen.log_path:  # its output is that file, whatever the target (none reads it any other
-        from orchestrator.targets.filelog import FileLog  # way): read without importing the targets
+    if chosen.log_path:  # its output is that file, whatever the target and whether or not the job has ended (none
+        from orchestrator.targets.filelog import FileLog  # reads it any other way): read without importing the targets
 
         lines = FileLog(chosen.log_path).rest()
     else:

@@ -13,6 +13,7 @@ mirrors the record the controller keeps there). Nothing here asks which target a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -23,23 +24,17 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from orchestrator.errors import Refused, StoreError, StoreFull, TargetError
 from orchestrator.spec.failure import Failure
-from orchestrator.spec.models import TrainingJob
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
-from orchestrator.supervise.supervisor import (
-    Supervisor,
-    ensure_supervised,
-    is_supervised,
-    job_to_json,
-    notify_pending,
-    spawn,
-    wait_caught_up,
-)
 from orchestrator.targets import get_target
-from orchestrator.targets.base import AttemptRef, ControlledTarget, Driver, DryRun, Target
 
 if TYPE_CHECKING:
     from orchestrator.intake.snapshot import Frozen, ProgressFn, Snapshot
+    from orchestrator.spec.models import TrainingJob
+    from orchestrator.targets.base import AttemptRef, ControlledTarget, DryRun, Target
+
+# The executors (supervise/) and the targets' code, with the spec's pydantic models they import, are imported where
+# they are used: `status` of a job whose resident supervisor is alive needs none of them (`catch_up`).
 
 log = logging.getLogger("shardctl")
 
@@ -62,6 +57,7 @@ def dry_run(job: TrainingJob, workdir: str, run_dir: str = "<run-dir>/attempt-1"
             checkpoint: str | None = None, job_id: str = "<id>", target: Target | None = None) -> DryRun:
     """Exactly what attempt 1 would submit (raises CompileError)."""
     from orchestrator.compile.launch import DEFAULT_PORT
+    from orchestrator.targets.base import AttemptRef
 
     target = target or get_target(job.spec.target, {"port": DEFAULT_PORT})  # a real run draws a free port
     ckpt = checkpoint or checkpoint_dir(job, workdir) or "<state-dir>/jobs/<id>/checkpoints"
@@ -70,6 +66,8 @@ def dry_run(job: TrainingJob, workdir: str, run_dir: str = "<run-dir>/attempt-1"
 
 
 def ref_of(record: JobRecord, attempt) -> AttemptRef:
+    from orchestrator.targets.base import AttemptRef
+
     return AttemptRef(record.id, attempt.number, attempt.run_dir, record.checkpoint_dir, record.workdir,
                       attempt.log_path)
 
@@ -141,6 +139,8 @@ class BySupervisor(InStore):
               files: Mapping[str, bytes] | None) -> JobRecord:
         if not self.keep_files(store, record, files):
             return store.get_job(record.id)
+        from orchestrator.supervise.supervisor import spawn, wait_caught_up
+
         proc = spawn(store, record)
         wait_caught_up(store, record.id, proc, 10.0)  # attempt 1 is started and recorded when this returns
         return store.get_job(record.id)
@@ -148,16 +148,24 @@ class BySupervisor(InStore):
     def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
         if (full := store.full()) is not None:  # a supervisor waits for space; a new one would die at once
             return f"note: job {record.id} cannot move on until its store has space: {full}"
+        from orchestrator.supervise.supervisor import ensure_supervised
+
         if ensure_supervised(store, record):
             return f"note: job {record.id} had no supervisor (killed, or the machine restarted); started a new one"
         return None
 
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        from orchestrator.supervise.supervisor import ensure_supervised
+
         store.request_cancel(record.id)
         ensure_supervised(store, record)  # a supervisor killed meanwhile is replaced; it sends the cancel
 
     def supervised(self, record: JobRecord) -> bool | None:
-        return None if record.terminal else is_supervised(record)
+        if record.terminal:
+            return None
+        from orchestrator.supervise.supervisor import is_supervised
+
+        return is_supervised(record)
 
 
 class ByJudge(InStore):
@@ -169,10 +177,14 @@ class ByJudge(InStore):
               files: Mapping[str, bytes] | None) -> JobRecord:
         if not self.keep_files(store, record, files):
             return store.get_job(record.id)
+        from orchestrator.supervise.supervisor import Supervisor
+
         Supervisor(store, record.id, target).advance()  # attempt 1 and its judge are submitted when this returns
         return store.get_job(record.id)
 
     def catch_up(self, store: Store, target: Target, record: JobRecord) -> str | None:
+        from orchestrator.supervise.supervisor import Supervisor
+
         before = [a.state for a in store.attempts(record.id)]
         try:
             Supervisor(store, record.id, target).advance()
@@ -185,6 +197,8 @@ class ByJudge(InStore):
         return None
 
     def request_cancel(self, store: Store, target: Target, record: JobRecord) -> None:
+        from orchestrator.supervise.supervisor import Supervisor
+
         store.request_cancel(record.id)
         Supervisor(store, record.id, target).advance()  # sends the cancel; the end is recorded once reported
 
@@ -195,7 +209,7 @@ class ByJudge(InStore):
 def controlled(target: Target) -> ControlledTarget:
     """A target of the controller driver as what it is: every such target implements ControlledTarget (mypy checks
     each registered class, targets/__init__.py); only ByController asks."""
-    return cast(ControlledTarget, target)
+    return cast("ControlledTarget", target)
 
 
 class ByController:
@@ -278,8 +292,9 @@ class ByController:
         return controlled(target).read_outcome(record.options, attempt.external_id)  # no run directory here
 
 
-DRIVERS: dict[Driver, JobDriver] = {Driver.SUPERVISOR: BySupervisor(), Driver.JUDGE: ByJudge(),
-                                    Driver.CONTROLLER: ByController()}
+# keyed by the values of targets.base.Driver (a StrEnum: Driver.JUDGE == "judge"), so that importing this module
+# imports no target's code; tests/views/test_current.py checks that every Driver has its class here
+DRIVERS: dict[str, JobDriver] = {"supervisor": BySupervisor(), "judge": ByJudge(), "controller": ByController()}
 
 
 def driver_of(target: Target) -> JobDriver:
@@ -334,6 +349,7 @@ def check_nodes_read(store_root: str | Path, job: TrainingJob, workdir: str, tar
     CompileError if not, a warning for code that is not frozen."""
     from orchestrator.compile.launch import MODULE_PREFIX
     from orchestrator.intake.nodelocal import refuse_node_local
+    from orchestrator.targets.base import Driver
 
     if target.driver is not Driver.JUDGE:
         return
@@ -405,6 +421,8 @@ def record_and_start(store: Store, job: TrainingJob, *, source: str | None, work
     hand_over). `progress` hears about a long listing or copy of spec.workdir (intake/snapshot.py Progress)."""
     ready = submit_checks(store.root, job, source=source, workdir=workdir, overrides=overrides, progress=progress)
     job, target, frozen, workdir = ready.job, ready.target, ready.frozen, ready.workdir
+    from orchestrator.supervise.supervisor import job_to_json
+
     snap = take_snapshot(store, frozen, progress) if frozen else None  # the last step: a failed copy leaves nothing
     driver = driver_of(target)
     options = driver.hand_over(target, job, job_files)
@@ -414,11 +432,50 @@ def record_and_start(store: Store, job: TrainingJob, *, source: str | None, work
     return driver.start(store, target, job, record, job_files)
 
 
+SUPERVISOR_LOCK = "supervisor.lock"  # supervise.supervisor.LOCK_NAME (tests/views/test_current.py checks they agree)
+
+
+def resident_supervisor_alive(record: JobRecord) -> bool:
+    """Whether the job's resident supervisor runs now, asked without importing the supervisor, the job's target or
+    the spec's models: the cheap half of `BySupervisor` for an unfinished job that nothing needs to move on.
+
+    True only when the record names a resident supervisor (supervisor_pid: only `Supervisor.run`, the supervisor
+    driver's daemon, records one), that process exists on this host, and a process holds the flock on the job's
+    JOB_DIR/supervisor.lock (what `supervisor.is_supervised` asks). False means "not known to be": the driver is
+    asked, as before (a supervisor just restarted, which has not recorded its pid yet, is found there)."""
+    if record.terminal or record.supervisor_pid is None or record.supervisor_pid <= 0:
+        return False
+    try:
+        os.kill(record.supervisor_pid, 0)
+    except PermissionError:
+        pass  # it exists (another user's process)
+    except (OSError, OverflowError):
+        return False
+    try:
+        fd = os.open(Path(record.job_dir) / SUPERVISOR_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:  # no lock file (never supervised here), or it cannot be opened: the driver decides
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this filesystem: is_supervised says False, and the driver acts on that
+        return False
+    finally:
+        os.close(fd)  # releases the lock if this took it
+    return False
+
+
 def catch_up(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:
     """Make sure an unfinished job keeps moving (or mirror its record), by its driver's `catch_up`; a note when
     something had stalled."""
-    if record.terminal and not notify_pending(record):  # a finished job's undelivered notifications move on too
-        return None
+    if record.terminal:
+        from orchestrator.supervise.supervisor import notify_pending
+
+        if not notify_pending(record):  # a finished job's undelivered notifications move on too
+            return None
+    elif resident_supervisor_alive(record) and store.full() is None:
+        return None  # what BySupervisor.catch_up finds: space in the store, and a supervisor that moves the job on
     target = target_of(record, overrides)
     return driver_of(target).catch_up(store, target, record)
 
@@ -428,7 +485,7 @@ def catch_up_all(store: Store, records: list[JobRecord], overrides: dict[str, An
     asked once for all of them first."""
     watch: dict[str, list[str]] = {}
     for r in records:
-        if not r.terminal:
+        if not r.terminal and not resident_supervisor_alive(r):  # its catch_up asks its target nothing
             for a in store.attempts(r.id)[-1:]:
                 if a.state is AttemptState.RUNNING and a.external_id:
                     watch.setdefault(r.target, []).append(a.external_id)
@@ -445,6 +502,8 @@ def catch_up_all(store: Store, records: list[JobRecord], overrides: dict[str, An
 
 
 def supervised(record: JobRecord) -> bool | None:
+    if resident_supervisor_alive(record):
+        return True  # BySupervisor.supervised's answer, without importing the target
     return driver_of(target_of(record)).supervised(record)
 
 

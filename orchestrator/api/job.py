@@ -242,24 +242,15 @@ class Job:
     def refresh(self) -> None:
         """Move an unfinished job on, or read its record back from its target; a target that cannot be
         asked is a note (the stored record stands), as with the CLI."""
-        from orchestrator.jobs import catch_up
+        from orchestrator.views.current import refresh
 
-        try:
-            note = catch_up(self.store, self.record(), self.cluster)
-        except TargetError as exc:
-            note = f"warning: could not ask the target: {exc}"
-        if note:
-            self.on_note(note)
+        refresh(self.store, self.id, self.cluster, self.on_note)
 
     def status(self, refresh: bool = True) -> dict[str, Any]:
         """The job with every attempt: exactly `shardctl status --json` (docs/cli-json.md)."""
-        from orchestrator.jobs import supervised
-        from orchestrator.views.report import job_json
+        from orchestrator.views.current import current_view
 
-        if refresh:
-            self.refresh()
-        record = self.record()
-        return job_json(record, self.store.attempts(record.id), supervised=supervised(record))
+        return current_view(self.store, self.id, self.cluster, self.on_note, revive=refresh)
 
     def history(self) -> list[dict[str, Any]]:
         """Every attempt: its config, why it was started, how it ended (the `attempts` of status())."""

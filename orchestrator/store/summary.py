@@ -22,12 +22,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CACHE_PREFIXES", "JOB_RECORDS", "PREFIX", "VERSION", "cache_name", "digest", "fingerprint", "name_for"]
+__all__ = ["CACHE_PREFIXES", "CONFIG_PREFIX", "JOB_RECORDS", "PREFIX", "VERSION", "cache_name", "digest", "fingerprint",
+           "name_for"]
 
 VERSION = 1
 PREFIX = "summary-v"
 JOB_RECORDS = frozenset({"job.json", "running.json", "cancel.json", "finished.json"})
-CACHE_PREFIXES = (PREFIX, "view-v")  # a job directory's files that are caches: gc and a fingerprint leave them out
+CONFIG_PREFIX = "config-v"  # an attempt's config, worked out from its spec (views/report.py attempt_config)
+CACHE_PREFIXES = (PREFIX, "view-v", CONFIG_PREFIX)  # a job directory's files that are caches: gc and a fingerprint
+# leave them out
 
 
 def fingerprint(job_dir: Path, attempt_file: re.Pattern[str]) -> str | None:

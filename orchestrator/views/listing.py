@@ -35,7 +35,7 @@ def list_views(store: Store, limit: int | None, warn: Callable[[str], None], clu
             if at_rest(record):
                 views[record.id] = ended_view(store, record)
             else:
-                job_json(record, store.attempts(record.id))  # everything its rows say can be read
+                job_json(record, store.attempts(record.id), store=store)  # everything its rows say can be read
             records.append(record)
         except _UNREADABLE as exc:
             damaged.append(f"job {record.id}: its record cannot be read ({exc})")
@@ -60,7 +60,7 @@ def list_views(store: Store, limit: int | None, warn: Callable[[str], None], clu
             out.append(views[r.id])
             continue
         try:
-            out.append(job_json(store.get_job(r.id), store.attempts(r.id)))
+            out.append(job_json(store.get_job(r.id), store.attempts(r.id), store=store))
         except _UNREADABLE as exc:
             warn(f"warning: job {r.id}: its record cannot be read ({exc}); skipped")
     return out

@@ -7,13 +7,16 @@ added, never renamed or removed.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import __version__
 from orchestrator.intake import snapshot
-from orchestrator.store.jobstore import AttemptRecord, JobRecord
+from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
+from orchestrator.store.summary import CONFIG_PREFIX
 
 if TYPE_CHECKING:
     from orchestrator.spec.models import TrainingJobSpec
@@ -34,6 +37,10 @@ def iso(ts: float | None) -> str | None:
 
 _CONFIGS: dict[str, dict[str, Any]] = {}  # an attempt's spec (as sorted JSON text) -> its knobs
 _CONFIGS_MAX = 256
+CONFIG_VERSION = 1  # bump when _config gives something else for the same spec
+_CONFIG_KEYS = ("backend", "sharding", "zero_stage", "fsdp_strategy", "offload", "micro_batch", "grad_accum",
+                "global_batch", "activation_checkpointing")  # _config's, in its order (a kept file's are sorted)
+_OFFLOAD_KEYS = ("optimizer", "params")
 
 
 def _config(spec: TrainingJobSpec) -> dict[str, Any]:
@@ -52,21 +59,59 @@ def _config(spec: TrainingJobSpec) -> dict[str, Any]:
     }
 
 
-def attempt_config(spec: dict[str, Any]) -> dict[str, Any]:
+def attempt_config(spec: dict[str, Any], store: Store | None = None, job_id: str | None = None) -> dict[str, Any]:
     """The knobs the fallback turns, from an attempt's spec (a TrainingJob's JSON form). An attempt's spec
-    never changes, so it is validated once: `--wait` and `logs -f` rebuild the view several times a second."""
+    never changes, so it is validated once: `--wait` and `logs -f` rebuild the view several times a second.
+    With a store and the attempt's job, what was worked out once is kept in the job's directory
+    (`config-v<N>-<key>.json`, keyed by the spec, the shardctl version and CONFIG_VERSION), so that a later
+    `status` of an unfinished job reads it instead of importing pydantic's models to work it out again."""
     key = json.dumps(spec, sort_keys=True)
     found = _CONFIGS.get(key)
     if found is None:
-        from orchestrator.spec.models import TrainingJob
+        name = _config_file(key) if store is not None and job_id else None
+        found = _kept_config(store, job_id, name) if store is not None and job_id and name else None
+        if found is None:
+            from orchestrator.spec.models import TrainingJob
 
+            # as a kept one reads back (all of it JSON's types already): the same whether it was kept or not
+            found = json.loads(json.dumps(_config(TrainingJob.model_validate(spec).spec)))
+            if store is not None and job_id and name:
+                store.keep_cached(job_id, name, {"version": CONFIG_VERSION, "digest": _config_digest(name, found),
+                                                 "config": found})
         if len(_CONFIGS) >= _CONFIGS_MAX:
             _CONFIGS.clear()
-        found = _CONFIGS[key] = _config(TrainingJob.model_validate(spec).spec)
+        _CONFIGS[key] = found
     return copy.deepcopy(found)
 
 
-def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]:
+def _config_file(spec_key: str) -> str:
+    digest = hashlib.sha256(json.dumps([spec_key, __version__, CONFIG_VERSION]).encode()).hexdigest()[:24]
+    return f"{CONFIG_PREFIX}{CONFIG_VERSION}-{digest}.json"
+
+
+def _config_digest(name: str, config: Any) -> str:
+    return hashlib.sha256(json.dumps([name, config], sort_keys=True).encode()).hexdigest()
+
+
+def _kept_config(store: Store, job_id: str, name: str) -> dict[str, Any] | None:
+    """A config kept by attempt_config, None when there is none; one that is not what attempt_config keeps
+    (another version's, damaged: its digest, of its name and content, does not match) is removed, to be worked
+    out and kept again."""
+    kept = store.cached(job_id, name)
+    if kept is None:
+        return None
+    config, offload = kept.get("config"), None
+    if isinstance(config, dict):
+        offload = config.get("offload")
+    if (kept.get("version") == CONFIG_VERSION and isinstance(config, dict) and set(config) == set(_CONFIG_KEYS)
+            and kept.get("digest") == _config_digest(name, config)
+            and isinstance(offload, dict) and set(offload) == set(_OFFLOAD_KEYS)):
+        return {**{k: config[k] for k in _CONFIG_KEYS}, "offload": {k: offload[k] for k in _OFFLOAD_KEYS}}
+    store.drop_cached(job_id, name)
+    return None
+
+
+def attempt_json(a: AttemptRecord, with_progress: bool = True, store: Store | None = None) -> dict[str, Any]:
     end = a.ended_at or (None if a.ended else time.time())
     duration = round(end - a.started_at, 1) if a.started_at and end else None
     return {
@@ -74,7 +119,7 @@ def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]
         "state": a.state,
         "reason": a.reason,
         "rung": a.rung,
-        **attempt_config(a.spec),
+        **attempt_config(a.spec, store, a.job_id),
         "resume_from": a.resume_from,
         "started_at": iso(a.started_at),
         "ended_at": iso(a.ended_at),
@@ -96,9 +141,10 @@ def attempt_json(a: AttemptRecord, with_progress: bool = True) -> dict[str, Any]
 
 
 def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | None = None,
-             with_progress: bool = True) -> dict[str, Any]:
+             with_progress: bool = True, store: Store | None = None) -> dict[str, Any]:
     """The job view; `with_progress=False` skips reading the attempts' logs (the live view, which
-    rebuilds this several times a second, reads progress itself)."""
+    rebuilds this several times a second, reads progress itself). With `store` (the job's), each attempt's
+    config is kept in the job's directory once worked out (attempt_config): the same view, made cheaper."""
     return {
         "format": FORMAT,
         "id": job.id,
@@ -114,7 +160,7 @@ def job_json(job: JobRecord, attempts: list[AttemptRecord], supervised: bool | N
         "max_attempts": max_attempts(job.spec["spec"]),
         "supervised": supervised,
         "namespace": job.options.get("namespace"),
-        "attempts": [attempt_json(a, with_progress) for a in attempts],
+        "attempts": [attempt_json(a, with_progress, store) for a in attempts],
     }
 
 
