@@ -457,11 +457,9 @@ def list_views(limit: int | None = 50, group: str | None = None, *, kubeconfig: 
                store: Store | None = None) -> list[dict[str, Any]]:
     """The jobs as `shardctl list --json` shows them, newest first, brought up to date (one batched query
     per target). A damaged row is reported through `warn` and skipped."""
-    from orchestrator.api.sweep import group_of
     from orchestrator.views.listing import list_views as views_of
 
-    only = None if group is None else (lambda record: group_of(record.spec) == group)
-    return views_of(store or open_store(), limit, warn or log.warning, _cluster(kubeconfig, context), only)
+    return views_of(store or open_store(), limit, warn or log.warning, _cluster(kubeconfig, context), group=group)
 
 
 def list_jobs(group: str | None = None, limit: int | None = 50, *, kubeconfig: str | None = None,
@@ -517,17 +515,11 @@ def find_group(group: str, *, store: Store | None = None, warn: Callable[[str], 
     """The group label that `group` names: itself where a job carries it, else the newest group that a sweep
     of the name `group` made (`quickstart` -> `quickstart-3fa2c1`), said through `warn`; else `group` as
     given (which then has no job)."""
-    from orchestrator.api.sweep import group_of, is_group_of
+    from orchestrator.api.sweep import is_group_of
 
     store = store or open_store()
     found: list[str] = []
-    for record in store.list_jobs(None, damaged=[]):  # newest first; damaged rows are list_views' to report
-        try:
-            label = group_of(record.spec)
-        except (AttributeError, TypeError):
-            continue
-        if not isinstance(label, str):
-            continue
+    for label in store.groups():  # newest first, from the store's index
         if label == group:
             return group
         if is_group_of(label, group) and label not in found:

@@ -26,9 +26,9 @@ from typing import Any
 
 from orchestrator.api.overrides import Override, OverrideError, apply, check_key, read_value
 from orchestrator.spec.models import TrainingJob
+from orchestrator.store.index import GROUP_LABEL
 from orchestrator.views.report import describe_config
 
-GROUP_LABEL = "shardctl.dev/group"
 POINT_LABEL = "shardctl.dev/sweep-point"
 MAX_POINTS = 256  # a grid is multiplied out before anything runs; this bounds what one command submits
 _NAME_MAX = 63  # a DNS-1123 label (it names pods, Slurm jobs and run directories)

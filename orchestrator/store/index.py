@@ -1,6 +1,9 @@
-"""The job index: each job's creation time and name, so `list` and a look-up by name read no job.json.
+"""The job index: each job's creation time, name and sweep group, so `list` (`--group` too) and a look-up by name
+read no job.json.
 
-    index/jobs-v1.json   {"version": 1, "digest": sha256 of "jobs", "jobs": {id: [created_at, name]}}
+    index/jobs-v2.json   {"version": 2, "digest": sha256 of "jobs", "jobs": {id: [created_at, name, group]}}
+
+(group: the `shardctl.dev/group` label of the job's spec, which a sweep puts on each of its points; null without.)
 
 What it holds comes from job.json, which never changes once published, so an entry is never out of date:
 the index can only be incomplete (jobs created since it was written, which the reader then reads from
@@ -23,9 +26,18 @@ from orchestrator.procfiles import write_files
 
 __all__ = ["FILE", "VERSION", "Entry", "load", "save"]
 
-VERSION = 1
+VERSION = 2  # 1: [created_at, name] (no group): not read, rebuilt as 2
 FILE = f"jobs-v{VERSION}.json"
-Entry = tuple[float, str]  # (created_at, name)
+GROUP_LABEL = "shardctl.dev/group"  # the label a sweep puts on each of its points (api/sweep.py)
+Entry = tuple[float, str, str | None]  # (created_at, name, group)
+
+
+def group_of(spec: Any) -> str | None:
+    """The sweep group a job's stored spec carries (None: none, or not a string)."""
+    metadata = spec.get("metadata") if isinstance(spec, dict) else None
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    group = labels.get(GROUP_LABEL) if isinstance(labels, dict) else None
+    return group if isinstance(group, str) else None
 
 
 def _digest(jobs_text: str) -> str:
@@ -43,10 +55,11 @@ def load(directory: Path) -> dict[str, Entry]:
             return {}
         out: dict[str, Entry] = {}
         for job_id, entry in jobs.items():
-            if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], int | float)
-                    or isinstance(entry[0], bool) or not isinstance(entry[1], str)):
+            if (not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], int | float)
+                    or isinstance(entry[0], bool) or not isinstance(entry[1], str)
+                    or not isinstance(entry[2], str | None)):
                 return {}
-            out[job_id] = (entry[0], entry[1])
+            out[job_id] = (entry[0], entry[1], entry[2])
         return out
     except (OSError, ValueError, RecursionError):
         return {}
@@ -54,7 +67,7 @@ def load(directory: Path) -> dict[str, Entry]:
 
 def save(directory: Path, entries: dict[str, Entry]) -> None:
     """Replace the index with `entries` (atomically). A failure to write it is not an error: it is a cache."""
-    jobs = {job_id: [created, name] for job_id, (created, name) in entries.items()}
+    jobs = {job_id: [created, name, group] for job_id, (created, name, group) in entries.items()}
     text = json.dumps(jobs, sort_keys=True)
     try:
         write_files(directory, {FILE: json.dumps({"version": VERSION, "digest": _digest(text), "jobs": jobs},

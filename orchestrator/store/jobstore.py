@@ -19,7 +19,8 @@ mkdir, create with O_EXCL, link, never a lock), and read by folding what is ther
 
 and two caches, each rebuilt from the above and never trusted over it (docs/design.md, "Reading at scale"):
 
-    index/jobs-v1.json                 every job's created_at and name (`store_index`): newest N without reading all
+    index/jobs-v2.json                 every job's created_at, name and sweep group (`store_index`): newest N without
+                                       reading all
     jobs/<id>/summary-v1-<fp>.json     an ended job's fold in one file, named by its files' fingerprint
 
 Every decision that must happen once is a link that exactly one writer on one host wins; the
@@ -564,32 +565,47 @@ class Store:
                 created, name = facts.get("created_at"), facts.get("name")
                 if (facts.get("id") == job_id and isinstance(created, int | float) and not isinstance(created, bool)
                         and isinstance(name, str)):
-                    entry = (created, name)
+                    entry = (created, name, index.group_of(facts.get("spec")))
                     added += 1
             out[job_id] = entry
         if added >= REINDEX_AFTER or (added and not known):
             index.save(self.root / "index", {k: v for k, v in out.items() if v is not None})
         return out
 
-    def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None) -> list[JobRecord]:
-        """Newest first. A damaged record is left out (and described in `damaged`, when given): one bad
-        record never hides the other jobs. Only the newest `limit` jobs are read: the order comes from the
-        index (store/index.py), and a job missing from it from its job.json."""
+    def groups(self) -> list[str]:
+        """The sweep groups of the store's jobs, the newest job's group first, each once (from the index; a job
+        missing from it from its job.json)."""
+        seen: dict[str, None] = {}
+        for _, group in sorted(((e[0], e[2]) for e in self._entries().values() if e is not None and e[2] is not None),
+                               reverse=True):
+            seen.setdefault(group, None)
+        return list(seen)
+
+    def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None,
+                  group: str | None = None) -> list[JobRecord]:
+        """Newest first (`group`: only the jobs whose spec carries that sweep group). A damaged record is left
+        out (and described in `damaged`, when given): one bad record never hides the other jobs. Only the newest
+        `limit` jobs (of the group) are read: the order and the group come from the index (store/index.py), and
+        those of a job missing from it from its job.json."""
         for trust_index in (True, False):
             entries = self._entries(trust_index)
-            order = [(entry[0] if entry else float("inf"), job_id) for job_id, entry in entries.items()]
+            order = [(entry[0] if entry else float("inf"), job_id) for job_id, entry in entries.items()
+                     if group is None or entry is None or entry[2] == group]
             out: list[JobRecord] = []
             notes: list[str] = []
             for _, job_id in sorted(order, reverse=True):
                 if limit and len(out) == limit:
                     break
                 try:
-                    out.append(self._fold_job(job_id, notes))
+                    record = self._fold_job(job_id, notes)
                 except _NotAJob:
                     continue
                 except StoreError as exc:
                     notes.append(str(exc))
-            if all(entries[j.id] in (None, (j.created_at, j.name)) for j in out):
+                    continue
+                if group is None or index.group_of(record.spec) == group:
+                    out.append(record)
+            if all(entries[j.id] in (None, (j.created_at, j.name, index.group_of(j.spec))) for j in out):
                 break  # else an entry of the index was wrong: order again from the job.json files themselves
         if damaged is not None:
             damaged.extend(notes)

@@ -20,18 +20,16 @@ _UNREADABLE = (StoreError, ValueError, TypeError, KeyError, AttributeError)
 
 
 def list_views(store: Store, limit: int | None, warn: Callable[[str], None], cluster: dict[str, str] | None = None,
-               only: Callable[[JobRecord], bool] | None = None) -> list[dict[str, Any]]:
-    """The jobs as `shardctl list --json` shows them, newest first (`only`: those it keeps, read among all the
-    jobs: a sweep's group). A damaged record is reported through `warn` and skipped."""
+               group: str | None = None) -> list[dict[str, Any]]:
+    """The jobs as `shardctl list --json` shows them, newest first (`group`: a sweep's points only, found by the
+    store's index). A damaged record is reported through `warn` and skipped."""
     from orchestrator.views.report import job_json
 
     damaged: list[str] = []
     records: list[JobRecord] = []
     views: dict[str, dict[str, Any]] = {}
-    for record in store.list_jobs(None if only else limit, damaged=damaged):  # a damaged row is reported, skipped
+    for record in store.list_jobs(limit, damaged=damaged, group=group):  # a damaged row is reported, skipped
         try:
-            if only is not None and not only(record):
-                continue
             if at_rest(record):
                 views[record.id] = ended_view(store, record)
             else:
@@ -39,7 +37,7 @@ def list_views(store: Store, limit: int | None, warn: Callable[[str], None], clu
             records.append(record)
         except _UNREADABLE as exc:
             damaged.append(f"job {record.id}: its record cannot be read ({exc})")
-        if only is None and limit is not None and len(records) == limit:
+        if limit is not None and len(records) == limit:
             break
     if limit is not None:
         records = records[:limit]

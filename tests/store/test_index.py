@@ -1,5 +1,6 @@
-"""The job index (store/index.py): a cache of every job's creation time and name, rebuilt from the job directories
-whenever it cannot be trusted, and never changing what `list` or a look-up by name answers."""
+"""The job index (store/index.py): a cache of every job's creation time, name and sweep group, rebuilt from the job
+directories whenever it cannot be trusted, and never changing what `list` (of a group too) or a look-up by name
+answers."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from orchestrator.store.jobstore import REINDEX_AFTER, Store
 def _fill(root: Path, count: int) -> Store:
     store = Store(root)
     for i in range(count):
-        job = store.create_job(name=f"n{i % 4}", target="local", spec={"spec": {}}, source=None, workdir="/w",
-                               checkpoint_dir=None, exclusive_name=False)
+        labels = {index.GROUP_LABEL: f"sweep-{i % 3}"} if i % 3 else {}  # two sweeps' points, and lone jobs
+        job = store.create_job(name=f"n{i % 4}", target="local", spec={"metadata": {"labels": labels}, "spec": {}},
+                               source=None, workdir="/w", checkpoint_dir=None, exclusive_name=False)
         if i % 5:
             store.finish_job(job.id, "succeeded", "done")
     return store
@@ -27,7 +29,9 @@ def _answers(root: Path) -> tuple:
     listed = [(j.id, j.state) for j in store.list_jobs()]
     newest = [j.id for j in store.list_jobs(7)]
     named = {n: store.resolve(n).id for n in ("n0", "n1", "n2", "n3")}
-    return listed, newest, named
+    grouped = {g: [j.id for j in store.list_jobs(group=g)] for g in ("sweep-1", "sweep-2", "sweep-9")}
+    newest_of_group = [j.id for j in store.list_jobs(3, group="sweep-2")]
+    return listed, newest, named, grouped, newest_of_group, store.groups()
 
 
 def _older_version(path: Path) -> None:
@@ -38,7 +42,7 @@ def _lying_entry(path: Path) -> None:
     """A well-formed index of this version whose entries say the oldest job is the newest and is named n2."""
     entries = index.load(path.parent)
     oldest = min(entries, key=lambda j: entries[j][0])
-    entries[oldest] = (entries[oldest][0] + 1e6, "n2")
+    entries[oldest] = (entries[oldest][0] + 1e6, "n2", "sweep-2")
     index.save(path.parent, entries)
 
 
@@ -48,6 +52,8 @@ DAMAGE = {
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
     "garbage": lambda p: p.write_bytes(b"\x00\xff not json"),
     "older version": _older_version,
+    "version 1 beside it": lambda p: (p.unlink(), (p.parent / "jobs-v1.json").write_text(json.dumps(
+        {"version": 1, "digest": "x", "jobs": {}}))),
     "lying entry": _lying_entry,
 }
 
@@ -86,3 +92,29 @@ def test_an_index_that_cannot_be_written_is_no_error(tmp_path: Path) -> None:
     store = _fill(root, 5)
     (root / "index").write_text("a file where the directory goes")
     assert len(store.list_jobs()) == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_groups_jobs_come_from_the_index_without_reading_the_others(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "home"
+    _fill(root, 60)
+    every = Store(root).list_jobs()  # writes the index
+    expected = [j.id for j in every if (j.spec.get("metadata") or {}).get("labels", {}).get(index.GROUP_LABEL)
+                == "sweep-1"]
+    assert len(expected) == 20
+    read: list[str] = []
+    fold = Store._fold_job
+
+    def counting(self: Store, job_id: str, notes: list[str] | None = None):
+        read.append(job_id)
+        return fold(self, job_id, notes)
+
+    monkeypatch.setattr(Store, "_fold_job", counting)
+    store = Store(root)
+    assert [j.id for j in store.list_jobs(group="sweep-1")] == expected
+    assert sorted(read) == sorted(expected)  # the other 40 jobs were not read
+    read.clear()
+    assert [j.id for j in store.list_jobs(5, group="sweep-1")] == expected[:5] and len(read) == 5
+    labels = [j.spec["metadata"]["labels"].get(index.GROUP_LABEL) for j in every]  # newest first
+    assert store.groups() == list(dict.fromkeys(g for g in labels if g)) and len(store.groups()) == 2
