@@ -264,6 +264,11 @@ TABLE: dict[str, Check] = {
     "docs/benchmarks.md: .venv/bin/python benchmarks/store_scale.py --sizes 100,1000,": Check(
         "benchmark", "the script takes every flag given (filling 10,000 jobs and timing every command: minutes; the "
         "caches it exercises are tested in tests/store and tests/views, gc in tests/test_retention.py)"),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/store_scale.py --sizes 100,10000": Check(
+        "benchmark", "the script takes every flag given (filling 10,000 jobs and timing a running job's commands: "
+        "minutes; what a running job's status imports is tested in tests/views/test_current.py)",
+        tests=("tests/views/test_current.py::test_status_of_a_supervised_local_job_imports_no_model_and_shows_the_"
+               "same_view",)),
     "docs/benchmarks.md: .venv/bin/python benchmarks/ui_pages.py --jobs 1000 --runs 1": Check(
         "benchmark", "the script takes --jobs and --runs (filling 1,000 jobs takes a minute here; the pages it times "
         "are tested in tests/web)"),
