@@ -3,6 +3,8 @@
     GET  /                       jobs (filters: ?state=, ?group=, ?limit=)
     GET  /jobs/{id}              a job: attempts as a timeline, loss and throughput curves, the log's tail
     GET  /jobs/{id}/plan         the memory plan of its spec (plan/html.py), shown in a frame of the job page
+    GET  /jobs/{id}/logs         logs and curves read as the signed-in user (?attempt= for the tail), only for a
+                                 source whose job page has none (the controller's: web/kube_source.py user_logs)
     POST /jobs/{id}/cancel       cancel it (with the session's CSRF token)
     GET  /groups/{group}         a sweep's points side by side
     GET  /fragments/...          the live parts of those pages, which a small inline script fetches every few
@@ -19,6 +21,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.api.sweep import settings_of
 from orchestrator.errors import ShardctlError
 from orchestrator.spec.states import JobState
+from orchestrator.views.history import History
 from orchestrator.views.progress import duration
 from orchestrator.views.report import describe_config, fmt_bytes
 from orchestrator.web.auth import Auth
@@ -51,6 +55,19 @@ MAX_FORM_BYTES = 4096
 SESSION_MAX_AGE_S = 12 * 3600  # the session cookie lasts a working day (it is sent to every port of the host)
 CSP = ("default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'; "
        "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'")
+
+
+@dataclass(frozen=True)
+class AttemptLog:
+    """One attempt's log as a logs page read it (a source's `user_logs`, read with the signed-in user's own
+    credentials): its tail as written (escape sequences included), its progress history, and what the page must
+    say of it (why it could not be read, or what of it was left out)."""
+
+    number: int
+    pod: str | None  # the pod read (rank 0's), None when there is none
+    tail: str | None  # None: not read
+    history: History
+    note: str | None
 
 
 def _finalize(value: Any) -> Any:
@@ -125,10 +142,14 @@ def _nodes(attempt: dict[str, Any], spec: dict[str, Any]) -> str:
     return text
 
 
-def timeline(entry: JobEntry, source: JobSource) -> list[dict[str, Any]]:
+def timeline(entry: JobEntry, source: JobSource,
+             histories: dict[int, History] | None = None) -> list[dict[str, Any]]:
+    """The attempts for a page; `histories`: those attempts only, with these histories (a logs page's)."""
     out = []
     for a in entry.view["attempts"]:
-        history = source.history(entry.id, a["number"])
+        if histories is not None and a["number"] not in histories:
+            continue
+        history = histories[a["number"]] if histories is not None else source.history(entry.id, a["number"])
         out.append({**a, "config": _config_line(a), "nodes": _nodes(a, entry.spec),
                     "took": duration(a["duration_s"]) if a.get("duration_s") is not None else None,
                     "peak": fmt_bytes(a["peak_memory_bytes"]) if a.get("peak_memory_bytes") else None,
@@ -241,6 +262,9 @@ def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
     """The pages of `source` behind `gate` (default: the token Gate of `auth`, which must then be an Auth).
     `actions=False`: read-only, no cancel button, and a cancel is refused (403)."""
     env = environment()
+    # a source whose job page shows no log, whose logs are read with the user's own credentials on a page of their
+    # own (web/kube_source.py): user_logs(job_id, chosen attempt, the gate's credential) -> {number: AttemptLog}
+    reader: Callable[[str, int, Any], dict[int, AttemptLog]] | None = getattr(source, "user_logs", None)
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         sid = request.state.sid
@@ -277,21 +301,24 @@ def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
     def jobs_fragment(request: Request) -> Response:
         return page(request, "_jobs_rows.html", **jobs_context(request))
 
+    def chosen_attempt(request: Request, numbers: list[int]) -> int:
+        try:
+            return int(request.query_params.get("attempt") or (numbers[-1] if numbers else 0))
+        except ValueError:
+            return numbers[-1] if numbers else 0
+
     def job_context(entry: JobEntry, request: Request) -> dict[str, Any]:
         attempts = timeline(entry, source)
         loss, rate = curves(attempts)
         numbers = [a["number"] for a in attempts]
-        try:
-            chosen = int(request.query_params.get("attempt") or (numbers[-1] if numbers else 0))
-        except ValueError:
-            chosen = numbers[-1] if numbers else 0
+        chosen = chosen_attempt(request, numbers)
         tail = source.log_tail(entry.id, chosen) if chosen in numbers else None
         tail = as_terminal_lines(strip_sequences(tail)) if tail is not None else None
         hint = getattr(source, "log_command", None)  # a source whose logs are elsewhere says how to read them
         command = hint(entry.id, chosen) if callable(hint) else f"shardctl logs {entry.id} --attempt {chosen}"
         return {"log_command": command, "job": entry.view, "entry": entry, "attempts": attempts, "loss": loss,
                 "rate": rate, "log_attempt": chosen, "log": tail, "terminal": entry.state.terminal,
-                "has_plan": _plan_of(entry) is not None}
+                "has_plan": _plan_of(entry) is not None, "user_logs": reader is not None}
 
     def job_page(request: Request) -> Response:
         entry = source.job(request.path_params["job_id"])
@@ -306,6 +333,28 @@ def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
         if entry is None:
             return not_found(request, "job")
         return page(request, "_job_body.html", **job_context(entry, request))
+
+    def logs_page(request: Request) -> Response:
+        """Logs and curves read as the signed-in user: the source's requests (one per attempt shown), made only
+        here, never for the job page or its live part. Not live: each view is requests, so a reload reads again."""
+        entry = source.job(request.path_params["job_id"])
+        if entry is None or reader is None:
+            return not_found(request, "job")
+        numbers = [a["number"] for a in entry.view["attempts"]]
+        chosen = chosen_attempt(request, numbers)
+        logs = reader(entry.id, chosen, getattr(request.state, "credential", None))
+        attempts = timeline(entry, source, {n: log.history for n, log in logs.items()})
+        loss, rate = curves(attempts)
+        shown = logs.get(chosen)
+        tail = shown.tail if shown is not None else None
+        tail = as_terminal_lines(strip_sequences(tail)) if tail is not None else None
+        hint = getattr(source, "log_command", None)
+        command = hint(entry.id, chosen) if callable(hint) else f"shardctl logs {entry.id} --attempt {chosen}"
+        return page(request, "logs.html", live=None, job=entry.view, entry=entry, attempts=attempts, loss=loss,
+                    rate=rate, log_attempt=chosen, log=tail, log_command=command,
+                    pod=shown.pod if shown is not None else None,
+                    log_notes=[log.note for log in logs.values() if log.note],
+                    user=getattr(request.state, "user", None) or "you")
 
     def plan_page(request: Request) -> Response:
         entry = source.job(request.path_params["job_id"])
@@ -380,6 +429,7 @@ def make_app(source: JobSource, auth: Guard, *, actions: bool = True,
         Route("/jobs/{job_id}", job_page),
         Route("/fragments/jobs/{job_id}", job_fragment),
         Route("/jobs/{job_id}/plan", plan_page),
+        *([Route("/jobs/{job_id}/logs", logs_page)] if reader is not None else []),
         Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Route("/groups/{group}", group_page),
         Route("/fragments/groups/{group}", group_fragment),
@@ -415,4 +465,4 @@ def _plan_of(entry: JobEntry) -> str | None:
     return html
 
 
-__all__ = ["CSP", "Gate", "Guard", "environment", "make_app", "progress_row", "row", "secured"]
+__all__ = ["CSP", "AttemptLog", "Gate", "Guard", "environment", "make_app", "progress_row", "row", "secured"]

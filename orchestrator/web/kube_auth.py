@@ -14,6 +14,11 @@ webhook authenticator caches its answers (2 minutes by default). A cancel (only 
 SubjectAccessReview for `delete` on that TrainingJob each time: the cancel is done with the controller's rights,
 so it must be one the user has. The counts of reviews asked are kept (`counts`), for the request budget.
 
+The logs page (web/kube_source.py user_logs) reads pod logs as the user, not as the controller: the gate hands
+the request's token (from the session, or the header) to the pages as a `Credential` (request.state.credential),
+whose repr hides it, for that request only. The token stays in this process's memory (the session); it is never
+logged, never put in a cookie or a page, never written.
+
 Why not one shared token from a Secret: it is one more credential to distribute and rotate, it says nothing of who
 acted (every cancel would be "someone with the token"), and it grants everyone the same view whatever their RBAC.
 Reviews reuse what the platform team already manages (identities, RoleBindings) and need only `create` on
@@ -40,7 +45,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.spec.crd import GROUP, PLURAL
 from orchestrator.web.app import environment, secured, small_form
-from orchestrator.web.kube_source import split_id
+from orchestrator.web.kube_source import Credential, split_id
 
 log = logging.getLogger("shardctl.controller")
 REVIEW_TTL_S = 60.0  # an allowed token is reviewed again after this (revocation and RBAC changes show by then)
@@ -256,7 +261,7 @@ class KubeGate:
             await refused(scope, receive, send)
             return
         scope.setdefault("state", {}).update(sid=sid if not bearer else None, bearer=bool(bearer), nonce=nonce,
-                                             user=review.user)
+                                             user=review.user, credential=Credential(token))
         await self.app(scope, receive, send)
 
     def _refusal(self, review: Review, nonce: str, here: str, sid: str | None) -> Response | None:

@@ -6,6 +6,14 @@ with its evidence; docs/design.md "Kubernetes"). What the status does not hold i
 - no log tail: the controller reads no pod logs (its RBAC has no pods/log), so the page shows the `kubectl logs`
   command for the attempt's pods and what the status recorded of its end;
 - no progress and no curves: the status records no progress history (views/history.EMPTY).
+Both are on a page of their own (`user_logs`, web/app.py's GET /jobs/{id}/logs), opened by a link: read then with
+the SIGNED-IN USER'S credentials, never the controller's. Its one request per attempt shown is a `GET pods/log` of
+rank 0's pod (the pod of the attempt's Job with job-completion-index 0, found in the cache), container `trainer`,
+the last LOG_LINES lines at most LOG_BYTES, on an ApiClient of its own: the controller's host and CA, the user's
+bearer token (`Credential`, which the gate, web/kube_auth.py, hands over for the request from the user's session
+or header; never logged, never written), a short timeout. So what a user sees is what `kubectl logs` would let
+them see, the controller needs no new RBAC, and the API server refusing (403) is said on the page. The text is
+parsed by the bounded parsers the local logs use (views/history.py) and shown escaped and stripped as they are.
 A job's id on the pages is `NAMESPACE.NAME` (a namespace has no dot, so the first one splits it).
 
 Until this replica leads (leader election), it has no cache: the pages are empty and say where the leader is.
@@ -20,16 +28,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import __version__
 from orchestrator.api.sweep import group_of, point_of
 from orchestrator.errors import ShardctlError, TargetError
+from orchestrator.lifecycle.progress import segments
 from orchestrator.spec.states import JobState, Phase
 from orchestrator.spec.status import AttemptStatus, TrainingJobStatus
 from orchestrator.targets.kubernetes.target import KubernetesTarget
-from orchestrator.views.history import EMPTY, History
+from orchestrator.views.history import EMPTY, History, parse_history, thin
 from orchestrator.views.report import FORMAT, attempt_config, max_attempts
+from orchestrator.web.app import AttemptLog
 from orchestrator.web.source import LOG_TAIL_BYTES, JobEntry, JobList
 
 if TYPE_CHECKING:
@@ -39,8 +51,73 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardctl.controller")
 CONTAINER = "trainer"  # the attempt's container (targets/kubernetes/target.py)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+JOB_INDEX = "batch.kubernetes.io/job-completion-index"
 _MEMO_MAX = 4096
 _CANCELLED_MAX = 256
+LOG_BYTES = 1 << 20  # the most a logs page reads of one attempt's log (limitBytes): its tail and its curve
+LOG_LINES = 20_000  # its last lines (tailLines): where the run is now, and the curve up to there
+LOG_TIMEOUT_S = 10.0  # each pods/log request, connect and read
+MAX_LOG_ATTEMPTS = 4  # attempts a logs page reads (the chosen one and the newest others): one request each
+USER_AGENT = f"shardctl-dashboard/{__version__}"  # the logs page's requests, made as the signed-in user
+
+
+class Credential:
+    """A signed-in user's bearer token, for the requests made as that user (the logs page); the gate makes one
+    per request from the session (kept in memory) or the Authorization header. Its repr hides the token, so that
+    a log line or a traceback that prints it shows nothing."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    def __repr__(self) -> str:
+        return "Credential(<hidden>)"
+
+    __str__ = __repr__
+
+
+def user_client(controller: Any, credential: Credential) -> Any:
+    """A kubernetes ApiClient of its own for the user: the API server's host and CA from the controller's client
+    (its `configuration`), the user's bearer token, nothing of the controller's credentials (no token, no client
+    certificate, no refresh hook). A fresh Configuration, not the default copy (which is the controller's)."""
+    from kubernetes import client
+
+    theirs = controller.configuration
+    mine = client.Configuration(host=theirs.host)
+    for attribute in ("ssl_ca_cert", "ca_cert_data", "verify_ssl", "assert_hostname", "tls_server_name"):
+        if hasattr(theirs, attribute):
+            setattr(mine, attribute, getattr(theirs, attribute))
+    mine.api_key = {"authorization": f"Bearer {credential.token}"}
+    mine.retries = False  # one request per attempt: a failure is said, not retried
+    api_client = client.ApiClient(mine)
+    api_client.user_agent = USER_AGENT
+    return api_client
+
+
+def log_history(text: str, truncated: bool = False) -> History:
+    """The progress history of a log's text, which starts at a whole line (views/history.py's readings, thinned as
+    there; a last line cut by the read is left out). `truncated`: the log goes back further than the text."""
+    points = parse_history(segments(text, False))
+    kept = thin(points)
+    return History(tuple(kept), truncated, len(kept) < len(points))
+
+
+def tail_of(raw: bytes, limit: int) -> str:
+    """The last `limit` bytes of `raw` as text, starting at a whole line (as web/source.read_tail)."""
+    data = raw[-limit:] if limit > 0 else b""
+    if len(raw) > limit and b"\n" in data:
+        data = data[data.find(b"\n") + 1:]
+    return data.decode("utf-8", "replace")
+
+
+def _controlled_by(obj: dict[str, Any], uid: str | None) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(isinstance(r, dict) and r.get("controller") and r.get("uid") == uid for r in refs)
 
 
 def job_id(namespace: str, name: str) -> str:
@@ -225,6 +302,88 @@ class KubeSource:
     def history(self, job_id: str, number: int) -> History:
         return EMPTY  # the status records no progress history
 
+    def _rank0_pod(self, namespace: str, name: str, job_name: str | None) -> tuple[str | None, str | None]:
+        """(rank 0's pod of the attempt's Job, None), or (None, why there is none), from the cache only."""
+        cache = self._cache()
+        if cache is None:
+            return None, "this replica is a standby: open the leader's dashboard"
+        if not job_name:
+            return None, "it has no Job yet"
+        known, tj = cache.lookup("trainingjobs", namespace, name)
+        tj_uid = ((tj or {}).get("metadata") or {}).get("uid") if known else None
+        known, k8s_job = cache.lookup("jobs", namespace, job_name)
+        if not known or k8s_job is None:
+            return None, f"its Job {job_name} is gone, and its pods' logs with it"
+        if not _controlled_by(k8s_job, tj_uid):
+            return None, f"Job {job_name} is not this TrainingJob's (its ownerReferences do not name it)"
+        job_uid = (k8s_job.get("metadata") or {}).get("uid")
+        pods = [p for p in cache.pods_of(namespace, job_name) or [] if _controlled_by(p, job_uid)
+                and str(((p.get("metadata") or {}).get("annotations") or {}).get(JOB_INDEX)) == "0"]
+        if not pods:
+            return None, f"Job {job_name} has no pod of rank 0 now (not created yet, or deleted)"
+        pod = max(pods, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+        return str(pod["metadata"]["name"]), None
+
+    def _read_log(self, api_client: Any, namespace: str, pod: str) -> tuple[bytes | None, str | None]:
+        """One `GET pods/log` as the user: (the bytes, None) or (None, what the API server said, in words)."""
+        import urllib3
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            response: Any = client.CoreV1Api(api_client).read_namespaced_pod_log(  # a stream: _preload_content
+                pod, namespace, container=CONTAINER, limit_bytes=LOG_BYTES, tail_lines=LOG_LINES,
+                _preload_content=False, _request_timeout=(LOG_TIMEOUT_S, LOG_TIMEOUT_S))
+        except ApiException as exc:
+            return None, _refusal(exc.status, namespace, pod)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            return None, f"the API server did not answer ({type(exc).__name__}): reload to try again"
+        try:
+            return response.read(LOG_BYTES + 64 * 1024), None  # "slightly more than the limit" at most
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return None, f"the log's read broke off ({type(exc).__name__}): reload to try again"
+        finally:
+            response.close()  # what was not read (over the limit) is dropped with the connection
+
+    def user_logs(self, job_id: str, chosen: int, credential: Credential | None) -> dict[int, AttemptLog]:
+        """The logs page: for the chosen attempt and the newest others (MAX_LOG_ATTEMPTS in all), rank 0's log read
+        with the user's `credential` (one request each, concurrently), its tail and its history. Attempts whose log
+        cannot be read say why (`note`). Never a request with the controller's credentials."""
+        entry = self.job(job_id)
+        key = split_id(job_id)
+        if entry is None or key is None:
+            return {}
+        attempts = {a["number"]: a for a in entry.view["attempts"]}
+        numbers = sorted(attempts)[-MAX_LOG_ATTEMPTS:]
+        if chosen in attempts and chosen not in numbers:
+            numbers = sorted([*numbers[1:], chosen])
+        out: dict[int, AttemptLog] = {}
+        wanted: dict[int, str] = {}
+        for number in numbers:
+            pod, why = self._rank0_pod(*key, attempts[number].get("job_name"))
+            if pod is None:
+                out[number] = AttemptLog(number, None, None, EMPTY, f"attempt {number}: no log to read: {why}")
+            else:
+                wanted[number] = pod
+        if wanted and (credential is None or getattr(self.api, "client", None) is None):
+            why = "sign in to read the logs as yourself" if credential is None else "no API client to read them with"
+            for number, pod in wanted.items():
+                out[number] = AttemptLog(number, pod, None, EMPTY, f"attempt {number}: {why}")
+            wanted = {}
+        if wanted:
+            assert credential is not None
+            api_client = user_client(self.api.client, credential)
+            try:
+                with ThreadPoolExecutor(len(wanted), thread_name_prefix="dashboard-logs") as pool:
+                    read = dict(zip(wanted, pool.map(lambda pod: self._read_log(api_client, key[0], pod),
+                                                     wanted.values()), strict=True))
+            finally:
+                api_client.close()
+                api_client.rest_client.pool_manager.clear()
+            for number, (raw, why) in read.items():
+                out[number] = _attempt_log(number, wanted[number], raw, why, self.log_command(job_id, number))
+        return dict(sorted(out.items()))
+
     def cancel(self, job_id: str) -> JobState:
         """Delete the TrainingJob as `shardctl cancel` does; it is shown cancelled afterwards (its record is gone)."""
         key = split_id(job_id)
@@ -254,4 +413,31 @@ class KubeSource:
         return JobState.CANCELLED
 
 
-__all__ = ["KubeSource", "entry_of", "job_id", "split_id"]
+def _refusal(status: int | None, namespace: str, pod: str) -> str:
+    if not status:  # the client's own: no answer (TLS, connection)
+        return "the API server did not answer: reload to try again"
+    if status == 403:
+        return f"your account may not read pod logs in {namespace} (403 from the API server for pods/log of {pod})"
+    if status == 401:
+        return "the API server did not accept your token for this request (401): sign in again"
+    if status == 404:
+        return f"pod {pod} is gone, and its log with it"
+    if status == 400:
+        return f"pod {pod} has no log yet (its container `{CONTAINER}` has not started)"
+    return f"the API server could not give the log of pod {pod} ({status}): reload to try again"
+
+
+def _attempt_log(number: int, pod: str, raw: bytes | None, why: str | None, command: str) -> AttemptLog:
+    if raw is None:
+        return AttemptLog(number, pod, None, EMPTY, f"attempt {number}: {why}")
+    text = raw.decode("utf-8", "replace")
+    note = None
+    if len(raw) >= LOG_BYTES:
+        note = (f"attempt {number}: its last {LOG_LINES} lines are over {LOG_BYTES // 1024} KiB: shown up to where "
+                f"those end; `{command}` has all of it")
+    # as many lines as asked for: the log may go back further (the curve starts where they do)
+    truncated = raw.count(b"\n") >= LOG_LINES
+    return AttemptLog(number, pod, tail_of(raw, LOG_TAIL_BYTES), log_history(text, truncated), note)
+
+
+__all__ = ["Credential", "KubeSource", "entry_of", "job_id", "log_history", "split_id", "tail_of", "user_client"]
