@@ -52,7 +52,10 @@ COMMANDS: list[tuple[str, Callable[[str], list[str]]]] = [
     ("status", lambda job: ["status", job]),
     ("history", lambda job: ["history", job]),
     ("logs", lambda job: ["logs", job]),
+    ("list --group", lambda job: ["list", "--group", SWEEP]),
 ]
+SWEEP = "bench-sweep"  # the group of the oldest SWEEP_POINTS jobs: a sweep's points, as few in any store
+SWEEP_POINTS = 20
 
 
 def fill(root: Path, jobs: int, checkpoints: int = 0, snapshots: int = 0) -> None:
@@ -82,7 +85,9 @@ def fill(root: Path, jobs: int, checkpoints: int = 0, snapshots: int = 0) -> Non
                     workdirs.append(snap.path)  # the last 10 are used by no job
         oom = Failure(FailureKind.HOST_OOM, "host_oom")
         for i in range(jobs):
-            j = store.create_job(name=f"bench-{i}", target="local", spec=SPEC, source="/job.yaml",
+            labels = {"shardctl.dev/group": SWEEP, "shardctl.dev/sweep-point": str(i)} if i < SWEEP_POINTS else {}
+            spec = {**SPEC, "metadata": {**SPEC["metadata"], "labels": labels}} if labels else SPEC
+            j = store.create_job(name=f"bench-{i}", target="local", spec=spec, source="/job.yaml",
                                  workdir=workdirs[i % len(workdirs)], checkpoint_dir=None, options={"port": 29500},
                                  exclusive_name=False)
             for n, failure in enumerate((oom, None), 1):

@@ -61,6 +61,8 @@ _R = TypeVar("_R")
 FULL_BELOW_BYTES = 256 * 1024  # less free than this and the store is full: a record takes a few KiB
 NAME_CLAIM_WAIT_S = 5.0  # how long a job that holds a name may take to appear after its claim
 REINDEX_AFTER = 32  # jobs missing from the index (read from their job.json) before it is written again
+READ_AHEAD_AFTER = 64  # more job.json files than this to read for the index: read them READ_AHEAD_THREADS at a time
+READ_AHEAD_THREADS = 16  # (reading is waiting, on a network filesystem above all: the threads overlap the waits)
 
 
 @dataclass(frozen=True)
@@ -555,13 +557,19 @@ class Store:
         known = index.load(self.root / "index") if trust_index else {}
         out: dict[str, index.Entry | None] = {}
         added = 0
-        for job_id in self._job_ids():
+        ids = self._job_ids()
+        missing = [job_id for job_id in ids if job_id not in known]
+        if len(missing) > READ_AHEAD_AFTER:  # many job.json to read (a first index): on NFS each is a round trip
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(READ_AHEAD_THREADS) as pool:
+                facts_of = dict(zip(missing, pool.map(self._job_facts, missing), strict=True))
+        else:
+            facts_of = {job_id: self._job_facts(job_id) for job_id in missing}
+        for job_id in ids:
             entry = known.get(job_id)
             if entry is None:
-                try:
-                    facts = self._read(self.path / job_id / "job.json")
-                except (OSError, ValueError):
-                    facts = {}
+                facts = facts_of[job_id]
                 created, name = facts.get("created_at"), facts.get("name")
                 if (facts.get("id") == job_id and isinstance(created, int | float) and not isinstance(created, bool)
                         and isinstance(name, str)):
@@ -580,6 +588,13 @@ class Store:
                                reverse=True):
             seen.setdefault(group, None)
         return list(seen)
+
+    def _job_facts(self, job_id: str) -> dict[str, Any]:
+        """A job's job.json, {} when it is missing or damaged (what the index is built from)."""
+        try:
+            return self._read(self.path / job_id / "job.json")
+        except (OSError, ValueError):
+            return {}
 
     def list_jobs(self, limit: int | None = None, damaged: list[str] | None = None,
                   group: str | None = None) -> list[JobRecord]:

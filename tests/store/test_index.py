@@ -118,3 +118,17 @@ def test_a_groups_jobs_come_from_the_index_without_reading_the_others(tmp_path: 
     assert [j.id for j in store.list_jobs(5, group="sweep-1")] == expected[:5] and len(read) == 5
     labels = [j.spec["metadata"]["labels"].get(index.GROUP_LABEL) for j in every]  # newest first
     assert store.groups() == list(dict.fromkeys(g for g in labels if g)) and len(store.groups()) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_first_index_read_ahead_in_threads_gives_the_same_answers(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.store import jobstore
+
+    root = tmp_path / "home"
+    _fill(root, jobstore.READ_AHEAD_AFTER + 40)  # more job.json files to read than READ_AHEAD_AFTER: in threads
+    threaded = _answers(root)
+    assert len(index.load(root / "index")) == jobstore.READ_AHEAD_AFTER + 40
+    (root / "index" / index.FILE).unlink()
+    monkeypatch.setattr(jobstore, "READ_AHEAD_AFTER", 10**9)  # the same store read one file after another
+    assert _answers(root) == threaded
