@@ -269,6 +269,10 @@ TABLE: dict[str, Check] = {
         "minutes; what a running job's status imports is tested in tests/views/test_current.py)",
         tests=("tests/views/test_current.py::test_status_of_a_supervised_local_job_imports_no_model_and_shows_the_"
                "same_view",)),
+    "docs/benchmarks.md: .venv/bin/python benchmarks/store_scale.py --sizes 100,10000 #2": Check(
+        "benchmark", "the script takes every flag given (filling 10,000 jobs, a sweep's 20 among them: minutes; "
+        "that a group's listing reads only its jobs is tested in tests/store/test_index.py)",
+        tests=("tests/store/test_index.py::test_a_groups_jobs_come_from_the_index_without_reading_the_others",)),
     "docs/benchmarks.md: .venv/bin/python benchmarks/ui_pages.py --jobs 1000 --runs 1": Check(
         "benchmark", "the script takes --jobs and --runs (filling 1,000 jobs takes a minute here; the pages it times "
         "are tested in tests/web)"),
