@@ -4,7 +4,7 @@ A job that has ended and has nothing left to deliver (no spec.notify, whose outb
 may still be emptying) is at rest: nothing moves it on, so its view (`report.job_json`) is a function of its
 record files, its attempts' logs (their progress) and this version of shardctl. It is kept as
 
-    jobs/<id>/view-v1-<key>.json
+    jobs/<id>/view-v2-<key>.json
 
 where the key is the digest of the store's fingerprint of the record files (names, sizes, mtimes), each log's
 size and mtime, the shardctl version and VIEW_VERSION. Any change to what the view is made of changes the key,
@@ -25,7 +25,7 @@ from orchestrator.store.jobstore import JobRecord, Store
 
 __all__ = ["VIEW_VERSION", "at_rest", "ended_view"]
 
-VIEW_VERSION = 1  # bump when report.job_json shows something else for the same records
+VIEW_VERSION = 2  # bump when report.job_json shows something else for the same records (2: stalled)
 
 
 def at_rest(record: JobRecord) -> bool:

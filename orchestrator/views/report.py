@@ -132,6 +132,8 @@ def attempt_json(a: AttemptRecord, with_progress: bool = True, store: Store | No
         "warnings": list(a.warnings),
         "supervisor_error": a.supervisor_error,
         "target_state": None if a.ended else a.target_state,
+        "stalled": a.stalled,
+        "stalled_at": iso(a.stalled_at),
         "run_dir": a.run_dir or None,  # None where the attempt runs in a cluster (no directory of ours)
         "log": a.log_path or None,  # None where the output is read from the cluster (`shardctl logs`)
         "external_id": a.external_id,  # the target's id: wrapper pid, Slurm job id, Kubernetes Job name
@@ -217,6 +219,8 @@ def history_text(view: dict[str, Any]) -> str:
         if a["preemptions"]:
             out.append(f"    preempted: requeued {a['preemptions']}x by the scheduler, resuming from its checkpoint "
                        "each time (the same attempt, not a failure)")
+        if a.get("stalled"):
+            out.append(f"    stalled: {a['stalled']} (first seen {a['stalled_at']})")
         if a["failure"]:
             f = a["failure"]
             exit_txt = f"exit {a['exit_code']}" if a["signal"] is None else f"signal {a['signal']}"

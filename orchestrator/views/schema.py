@@ -79,6 +79,11 @@ class AttemptJson(_Open):
         default=None, description="What the target last said of the attempt while it is open, when that says more "
         "than its state: why Slurm keeps it pending (a QOS or account limit, resources), that it was requeued, that "
         "no judge job follows it. Null once it ended.")
+    stalled: str | None = Field(
+        default=None, description="What the target said the first time it saw the attempt wait on something a "
+        "person must fix (a Slurm pending reason such as ReqNodeNotAvail or PartitionDown, a held job): kept after "
+        "the attempt moves on. Null when it never stalled.")
+    stalled_at: str | None = Field(default=None, description="When the stall was first seen (ISO 8601).")
     run_dir: str | None
     log: str | None
     external_id: str | None
