@@ -18,8 +18,9 @@ faulthandler (every attempt runs with PYTHONFAULTHANDLER=1) prints every thread'
 its peers cannot yet notice it is gone; the dumps are copied to `stacks.txt`, the innermost frame of each
 rank's main thread is recorded in exit.json (`hung`), and the rest of the tree is stopped as on SIGTERM.
 A full disk does not lose the result: `exit.reserve` holds room for `exit.json` from the start and is
-given back just before it is written, and a filesystem the run writes that is full when it ends is
-recorded (`no_space`), since what the run died of could not reach its log then.
+given back just before it is written (on a full disk exit.json is written into it instead, keeping all of it),
+and a filesystem the run writes that is full when it ends is recorded (`no_space`), since what the run died
+of could not reach its log then.
 Stdlib only, so the gap between two attempts stays short.
 """
 
@@ -295,7 +296,9 @@ def full_filesystem(paths: list[str]) -> str | None:
 
 def write_result(run_dir: Path, result: dict) -> None:
     """exit.json; on a full disk, written into the room kept for it (no block is needed then, so nothing that
-    fills the disk meanwhile can take it) and renamed. The reserve is given back either way."""
+    fills the disk meanwhile can take it) and renamed, the room kept whole: the blocks it holds stay the run's
+    result's, so nothing else (the supervisor's records) can slip into a disk that is full but for them, and the
+    supervisor waits for space as it does for any full store. Otherwise the reserve is given back."""
     try:
         write_json(run_dir / EXIT_FILE, result)
     except OSError as exc:
@@ -312,10 +315,10 @@ def _into_reserve(run_dir: Path, result: dict) -> bool:
     except OSError:
         return False
     try:
-        if len(data) > os.fstat(fd).st_size:
+        size = os.fstat(fd).st_size
+        if len(data) > size:
             return False
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
+        os.pwrite(fd, data + b" " * (size - len(data)), 0)  # JSON allows trailing blanks: no block given back
         os.fsync(fd)
     finally:
         os.close(fd)
