@@ -81,6 +81,7 @@ class JobFacts:
     reason: str | None
     finished_at: float | None
     updated_at: float
+    created_at: float | None = None  # the uid is unique on its own: no stamp in the key
 
     @property
     def terminal(self) -> bool:

@@ -34,6 +34,8 @@ class JobFacts(Protocol):
     def finished_at(self) -> float | None: ...
     @property
     def updated_at(self) -> float: ...
+    @property
+    def created_at(self) -> float | None: ...  # None where the id is unique on its own (a TrainingJob's uid)
 
 
 class AttemptFacts(Protocol):
@@ -59,9 +61,21 @@ class AttemptFacts(Protocol):
     def stalled_at(self) -> float | None: ...
 
 
-def idempotency_key(job_id: str, event: NotifyEvent, attempt: int) -> str:
+def stamp_of(created_at: float | None) -> str:
+    """What makes a store's job id unique beyond its store: its creation time in microseconds, hex. A store's ids
+    are 8 random hex digits, unique in the store; a receiver that hears from many stores for a long time could meet
+    one twice. Read from job.json, which never changes, so every process derives the same stamp."""
+    return "" if created_at is None else f"{round(created_at * 1_000_000):x}"
+
+
+def idempotency_key(job_id: str, event: NotifyEvent, attempt: int, stamp: str = "") -> str:
     """The same (job, event, attempt) always gives the same key, whoever derives it, on any host."""
-    return f"shardctl-{job_id}-{event.value}-{attempt}"
+    return f"shardctl-{job_id}-{stamp + '-' if stamp else ''}{event.value}-{attempt}"
+
+
+def key_of(job: JobFacts, event: NotifyEvent, attempt: int) -> str:
+    """The key of a job's notification (what the receiver dedups by)."""
+    return idempotency_key(job.id, event, attempt, stamp_of(job.created_at))
 
 
 @dataclass(frozen=True)
@@ -78,10 +92,11 @@ class Notification:
     reason: str | None  # the fallback's or the job's end's reason
     rung: str | None
     at: float  # when the state change was recorded (seconds since the epoch)
+    stamp: str = ""  # stamp_of the job's creation ("" where the job id is unique on its own, and in old outboxes)
 
     @property
     def key(self) -> str:
-        return idempotency_key(self.job_id, self.event, self.attempt)
+        return idempotency_key(self.job_id, self.event, self.attempt, self.stamp)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "event": self.event.value}
@@ -89,7 +104,8 @@ class Notification:
     @staticmethod
     def from_json(data: dict[str, Any]) -> Notification:
         """ValueError or TypeError when the record is not one (damaged)."""
-        fields = {k: data[k] for k in Notification.__dataclass_fields__}
+        fields = {k: data[k] for k in Notification.__dataclass_fields__ if k != "stamp"}
+        fields["stamp"] = str(data.get("stamp") or "")  # queued by a version without stamps: none
         fields["event"] = NotifyEvent(fields["event"])
         fields["attempt"] = int(fields["attempt"])
         fields["at"] = float(fields["at"])
@@ -105,7 +121,7 @@ def due(job: JobFacts, attempts: Sequence[AttemptFacts]) -> list[Notification]:
             reason: str | None = None, rung: str | None = None) -> None:
         out.append(Notification(event, job.id, job.name, attempt, str(state),
                                 str(failure.kind) if failure else None, failure.reason if failure else None,
-                                reason, rung, float(at) if at is not None else 0.0))
+                                reason, rung, float(at) if at is not None else 0.0, stamp_of(job.created_at)))
 
     for i, a in enumerate(attempts):
         if a.number > 1 and a.rung is not None and i > 0:  # a rung: the config differs from the last attempt's

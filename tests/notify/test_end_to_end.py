@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.notify.body import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from orchestrator.notify.events import stamp_of
 from orchestrator.notify.outbox import Outbox
 from orchestrator.store.jobstore import Store
 from tests.helpers import wait_for
@@ -93,7 +94,8 @@ def test_the_receiver_gets_each_asked_event_once_signed_across_failures_and_rest
         job_id = json.loads(r.stdout)["id"]
         store = Store(home)
         outbox = Outbox(store.get_job(job_id).job_dir)
-        first_two = {f"shardctl-{job_id}-attempt_ended-1", f"shardctl-{job_id}-fallback_taken-2"}
+        stamp = stamp_of(store.get_job(job_id).created_at)  # the key's part that makes the job id unique anywhere
+        first_two = {f"shardctl-{job_id}-{stamp}-attempt_ended-1", f"shardctl-{job_id}-{stamp}-fallback_taken-2"}
 
         # attempt 1's end and the fallback, delivered despite the two failures; attempt 2 waits at its gate
         wait_for(lambda: set(keys(receiver.accepted())) == first_two, 120, "the first two notifications")
@@ -109,7 +111,7 @@ def test_the_receiver_gets_each_asked_event_once_signed_across_failures_and_rest
         receiver.down = True
         gate.write_text("go")
         wait_for(lambda: store.get_job(job_id).terminal, 120, "the job to end")
-        last_two = {f"shardctl-{job_id}-attempt_ended-2", f"shardctl-{job_id}-job_finished-2"}
+        last_two = {f"shardctl-{job_id}-{stamp}-attempt_ended-2", f"shardctl-{job_id}-{stamp}-job_finished-2"}
         wait_for(lambda: {r.key for r in receiver.seen() if r.status == 503} == last_two, 60,
                  "a refused try of each of the last two")
         kill_supervisor(store, job_id)
@@ -123,8 +125,9 @@ def test_the_receiver_gets_each_asked_event_once_signed_across_failures_and_rest
     accepted = receiver.accepted()
     assert keys(accepted) == sorted(first_two | last_two)  # exactly what was asked, each accepted once
     by_path = {r.key: r.path for r in accepted}
-    assert by_path[f"shardctl-{job_id}-attempt_ended-1"] == by_path[f"shardctl-{job_id}-attempt_ended-2"] == "/slack"
-    assert by_path[f"shardctl-{job_id}-fallback_taken-2"] == by_path[f"shardctl-{job_id}-job_finished-2"] == "/json"
+    key = f"shardctl-{job_id}-{stamp}"
+    assert by_path[f"{key}-attempt_ended-1"] == by_path[f"{key}-attempt_ended-2"] == "/slack"
+    assert by_path[f"{key}-fallback_taken-2"] == by_path[f"{key}-job_finished-2"] == "/json"
     for request in receiver.seen():  # every request, failed ones too, is signed (json) or plain one-line text
         if request.path == "/json":
             assert verify(SECRET, request.headers[TIMESTAMP_HEADER], request.body, request.headers[SIGNATURE_HEADER])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from orchestrator.notify.events import due, idempotency_key
+from orchestrator.notify.events import due, idempotency_key, key_of
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.models import NotifyEvent
 from orchestrator.store.jobstore import Store
@@ -66,4 +67,36 @@ def test_a_stall_is_due_once_per_attempt_and_stays_told_after_the_attempt_moves_
     found = due(store.get_job(job.id), store.attempts(job.id))
     assert [(n.event, n.attempt) for n in found] == [(NotifyEvent.STALLED, 1), (NotifyEvent.ATTEMPT_ENDED, 1)]
     assert (found[0].reason, found[0].at) == ("Slurm PENDING (PartitionDown)", 5.0)
-    assert found[0].key == idempotency_key(job.id, NotifyEvent.STALLED, 1)
+    assert found[0].key == key_of(store.get_job(job.id), NotifyEvent.STALLED, 1)
+
+
+@pytest.mark.timeout(20)
+def test_a_store_jobs_key_carries_its_creation_stamp_so_two_stores_ids_never_share_one(tmp_path: Path) -> None:
+    from orchestrator.notify.events import stamp_of
+
+    keys = set()
+    for n in range(2):  # two stores whose jobs happen to have the same 8-hex id
+        store = Store(tmp_path / f"store-{n}")
+        job = store.create_job(name="j", target="local", spec=doc(), source=None, workdir=str(tmp_path),
+                               checkpoint_dir=None)
+        record = store.get_job(job.id)
+        key = key_of(record, NotifyEvent.JOB_FINISHED, 1)
+        assert key == f"shardctl-{job.id}-{stamp_of(record.created_at)}-job_finished-1"
+        keys.add(key.replace(job.id, "ab12cd34"))
+        attempt(store, job.id, 1)
+        store.end_attempt(job.id, 1, "succeeded", None, ended_at=3.0)
+        [ended] = due(store.get_job(job.id), store.attempts(job.id))
+        assert ended.key == key_of(record, NotifyEvent.ATTEMPT_ENDED, 1)  # what is derived carries the stamp
+        time.sleep(0.01)
+    assert len(keys) == 2
+    assert idempotency_key("ab12cd34", NotifyEvent.STALLED, 1) == "shardctl-ab12cd34-stalled-1"  # no stamp (a uid)
+
+
+@pytest.mark.timeout(10)
+def test_a_notification_queued_before_stamps_keeps_its_old_key() -> None:
+    from orchestrator.notify.events import Notification
+
+    old = {"event": "attempt_ended", "job_id": "ab12cd34", "name": "j", "attempt": 1, "state": "failed",
+           "failure_kind": None, "failure_message": None, "reason": None, "rung": None, "at": 1.0}
+    assert Notification.from_json(old).key == "shardctl-ab12cd34-attempt_ended-1"  # as it was first tried
+    assert Notification.from_json({**old, "stamp": "5f3a"}).key == "shardctl-ab12cd34-5f3a-attempt_ended-1"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.lifecycle.classify import Outcome
+from orchestrator.notify.events import stamp_of
 from orchestrator.notify.outbox import Outbox
 from orchestrator.store.jobstore import Store
 from orchestrator.supervise.supervisor import Supervisor
@@ -32,12 +33,12 @@ def test_each_judge_step_sends_what_it_recorded_retrying_within_its_wait(tmp_pat
         assert receiver.seen() == []  # attempt 1 started: nothing asked for happened
         target.results[1] = Outcome(exit_code=1, log_tail=OOM_TAIL)
         assert Supervisor(store, record.id, target).advance(notify_wait_s=10) == "running"  # a fresh judge
-        assert sorted(r.key for r in receiver.accepted()) == [f"shardctl-{record.id}-attempt_ended-1",
-                                                              f"shardctl-{record.id}-fallback_taken-2"]
+        key = f"shardctl-{record.id}-{stamp_of(record.created_at)}"
+        assert sorted(r.key for r in receiver.accepted()) == [f"{key}-attempt_ended-1", f"{key}-fallback_taken-2"]
         target.results[2] = Outcome(exit_code=0)
         assert Supervisor(store, record.id, target).advance() == "succeeded"  # one pass, as the CLI makes
         assert sorted(r.key for r in receiver.accepted()) == sorted(
-            f"shardctl-{record.id}-{e}" for e in ("attempt_ended-1", "fallback_taken-2", "attempt_ended-2",
+            f"{key}-{e}" for e in ("attempt_ended-1", "fallback_taken-2", "attempt_ended-2",
                                                   "job_finished-2"))
         assert len(receiver.seen()) == 6  # the two failures, then each once
         assert all(i.done for i in Outbox(store.get_job(record.id).job_dir).items())

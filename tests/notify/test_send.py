@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.notify.events import stamp_of
 from orchestrator.notify.outbox import Outbox
 from orchestrator.notify.send import Notifier, Schedule
 from orchestrator.spec.failure import Failure
@@ -52,8 +53,8 @@ def test_pending_notifications_are_sent_by_the_next_notifier_and_delivered_ones_
         receiver.down = False
         second = notifier(store, store.get_job(job.id), receiver.url)
         assert second.drain(10)
-        assert sorted(r.key for r in receiver.accepted()) == [f"shardctl-{job.id}-attempt_ended-1",
-                                                               f"shardctl-{job.id}-job_finished-1"]
+        key = f"shardctl-{job.id}-{stamp_of(job.created_at)}"
+        assert sorted(r.key for r in receiver.accepted()) == [f"{key}-attempt_ended-1", f"{key}-job_finished-1"]
         third = notifier(store, store.get_job(job.id), receiver.url)
         assert third.sync(job, store.attempts(job.id)) == 0 and third.drain(2)
         assert len(receiver.seen()) == 4  # nothing more was sent

@@ -489,6 +489,7 @@ def test_a_job_pending_on_a_partition_that_is_down_is_recorded_stalled_and_told_
     """Partition `short` set DOWN by the administrator: the attempt pends with reason PartitionDown, which no
     amount of waiting resolves. `status` says so, the attempt records the stall once, and a webhook that asked
     for `stalled` hears it once (the CLI's inline moves queue and send it: no judge runs before the attempt)."""
+    from orchestrator.notify.events import stamp_of
     from tests.notify.receiver import Receiver
 
     def partition(state: str) -> None:
@@ -517,7 +518,8 @@ def test_a_job_pending_on_a_partition_that_is_down_is_recorded_stalled_and_told_
             for _ in range(2):  # read again: nothing is told twice
                 cli("status", job_id)
             [told] = [r for r in receiver.requests if r.accepted]
-            assert told.path == "/stall" and told.key == f"shardctl-{job_id}-stalled-1", told
+            stamp = stamp_of(store.get_job(job_id).created_at)
+            assert told.path == "/stall" and told.key == f"shardctl-{job_id}-{stamp}-stalled-1", told
             assert "attempt 1 is stalled" in told.json()["text"] and "PartitionDown" in told.json()["text"]
         finally:
             partition("up")
