@@ -13,7 +13,6 @@ mirrors the record the controller keeps there). Nothing here asks which target a
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from orchestrator.errors import Refused, StoreError, StoreFull, TargetError
 from orchestrator.spec.failure import Failure
 from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
+from orchestrator.supervise.lock import is_supervised
 from orchestrator.targets import get_target
 
 if TYPE_CHECKING:
@@ -163,8 +163,6 @@ class BySupervisor(InStore):
     def supervised(self, record: JobRecord) -> bool | None:
         if record.terminal:
             return None
-        from orchestrator.supervise.supervisor import is_supervised
-
         return is_supervised(record)
 
 
@@ -432,17 +430,14 @@ def record_and_start(store: Store, job: TrainingJob, *, source: str | None, work
     return driver.start(store, target, job, record, job_files)
 
 
-SUPERVISOR_LOCK = "supervisor.lock"  # supervise.supervisor.LOCK_NAME (tests/views/test_current.py checks they agree)
-
-
 def resident_supervisor_alive(record: JobRecord) -> bool:
     """Whether the job's resident supervisor runs now, asked without importing the supervisor, the job's target or
     the spec's models: the cheap half of `BySupervisor` for an unfinished job that nothing needs to move on.
 
     True only when the record names a resident supervisor (supervisor_pid: only `Supervisor.run`, the supervisor
-    driver's daemon, records one), that process exists on this host, and a process holds the flock on the job's
-    JOB_DIR/supervisor.lock (what `supervisor.is_supervised` asks). False means "not known to be": the driver is
-    asked, as before (a supervisor just restarted, which has not recorded its pid yet, is found there)."""
+    driver's daemon, records one), that process exists on this host, and a process holds the job's lock
+    (supervise/lock.py, what `BySupervisor.supervised` asks). False means "not known to be": the driver is asked, as
+    before (a supervisor just restarted, which has not recorded its pid yet, is found there)."""
     if record.terminal or record.supervisor_pid is None or record.supervisor_pid <= 0:
         return False
     try:
@@ -451,19 +446,7 @@ def resident_supervisor_alive(record: JobRecord) -> bool:
         pass  # it exists (another user's process)
     except (OSError, OverflowError):
         return False
-    try:
-        fd = os.open(Path(record.job_dir) / SUPERVISOR_LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:  # no lock file (never supervised here), or it cannot be opened: the driver decides
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this filesystem: is_supervised says False, and the driver acts on that
-        return False
-    finally:
-        os.close(fd)  # releases the lock if this took it
-    return False
+    return is_supervised(record)
 
 
 def catch_up(store: Store, record: JobRecord, overrides: dict[str, Any] | None = None) -> str | None:

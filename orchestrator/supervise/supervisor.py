@@ -31,7 +31,6 @@ Delivery never blocks or fails a move.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -69,11 +68,11 @@ from orchestrator.spec.states import AttemptState, FailureKind, JobState
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
 from orchestrator.store.nodes import SuspectNodes
 from orchestrator.supervise import checkpoints
+from orchestrator.supervise.lock import LOCK_NAME, JobLock, is_supervised  # noqa: F401 - LOCK_NAME: its users
 from orchestrator.supervise.watch import LogProgress
 from orchestrator.targets.base import AttemptRef, DryRun, Target
 
 POLL_S = 0.1
-LOCK_NAME = "supervisor.lock"
 SUBMIT_LEASE_S = 600.0  # longer than any submit takes (sbatch for the attempt and its judge: 2 x 120 s at most)
 
 
@@ -94,44 +93,6 @@ def _log(message: str) -> None:
 
 def job_to_json(job: TrainingJob) -> dict:
     return job.model_dump(mode="json", by_alias=True, exclude_defaults=False)
-
-
-class JobLock:
-    """flock on JOB_DIR/supervisor.lock, held for the supervisor's life; never inherited by attempts.
-
-    Same-host only, by design: nothing depends on it for correctness (see the module docstring). Where
-    the filesystem refuses locks (ENOLCK), acquiring succeeds without one."""
-
-    def __init__(self, job_dir: str) -> None:
-        self.path = Path(job_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        except OSError:  # no locks on this filesystem: the store's claims still keep the job right
-            os.close(fd)
-            return True
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def is_supervised(job: JobRecord) -> bool:
-    lock = JobLock(job.job_dir)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
 
 
 def resume_point(checkpoint_dir: str | None) -> tuple[str | None, str | None]:

@@ -90,7 +90,6 @@ def _steady(view: dict) -> dict:
 
 
 def test_the_resident_supervisor_check_agrees_with_the_supervisors_own(tmp_path: Path) -> None:
-    assert jobs.SUPERVISOR_LOCK == LOCK_NAME
     assert set(jobs.DRIVERS) == {d.value for d in Driver} and all(d in jobs.DRIVERS for d in Driver)
     store = Store(tmp_path / "home")
     record = _running(store, tmp_path)
