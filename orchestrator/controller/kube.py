@@ -205,22 +205,15 @@ class KubeApi:
             raise
         return Deleted.DELETED
 
-    def read_secret(self, ns: str, name: str) -> dict | None:
-        """A Secret (spec.notify's webhook values, chart notifications.enabled only), or None when there is none.
-        Its values are base64 in `data`; the caller keeps the one it needs in memory for one request."""
-        try:
-            return self.plain(self.core.read_namespaced_secret(name, ns))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
     def read(self, kind: str, ns: str, name: str) -> dict | None:
-        """One child by kind (a Job from the cache when there is one): who owns a name that already exists."""
+        """One object by kind, or None when there is none: a child (a Job from the cache when there is one), to see
+        who owns a name that already exists; a Secret, for spec.notify's webhook values (chart
+        notifications.enabled only; the caller keeps the one value it needs in memory for one request)."""
         if kind == "Job":
             return self.get_job(ns, name)
         reader = {"Service": self.core.read_namespaced_service,
-                  "ConfigMap": self.core.read_namespaced_config_map}[kind]
+                  "ConfigMap": self.core.read_namespaced_config_map,
+                  "Secret": self.core.read_namespaced_secret}[kind]
         try:
             return self.plain(reader(name, ns))
         except ApiException as exc:

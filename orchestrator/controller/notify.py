@@ -30,28 +30,19 @@ from kubernetes.client.rest import ApiException
 
 from orchestrator.notify import body
 from orchestrator.notify.events import Notification, due
+from orchestrator.notify.outbox import stem  # status.notified holds the outbox's stems
 from orchestrator.notify.refs import named, url_problem
-from orchestrator.notify.send import DeliveryError, Schedule, post
+from orchestrator.notify.send import DeliveryError, Schedule, post, webhooks
 from orchestrator.spec.failure import Failure
-from orchestrator.spec.models import SecretRef, Webhook
+from orchestrator.spec.models import SecretRef
 from orchestrator.spec.states import AttemptState, JobState, Phase
+from orchestrator.targets.kubernetes.target import timestamp
 
 if TYPE_CHECKING:
     from orchestrator.controller.cache import Cache
     from orchestrator.controller.kube import KubeApi
 
 log = logging.getLogger("shardctl.controller")
-
-
-def _timestamp(text: Any) -> float | None:
-    from datetime import UTC, datetime
-
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -100,22 +91,17 @@ def facts(obj: dict[str, Any]) -> tuple[JobFacts, list[AttemptFacts]] | None:
     stall = next((c for c in status.conditions if c.type == "Stalled" and c.status == "True"), None)
     attempts = []
     for a in status.attempts:
-        started = _timestamp(a.started_at) or _timestamp(meta.get("creationTimestamp")) or 0.0
+        started = timestamp(a.started_at) or timestamp(meta.get("creationTimestamp")) or 0.0
         stalled = stall is not None and a is status.attempts[-1] and not a.state.ended
         attempts.append(AttemptFacts(
-            a.number, a.state, a.rung, a.reason, a.failure, started, _timestamp(a.ended_at),
+            a.number, a.state, a.rung, a.reason, a.failure, started, timestamp(a.ended_at),
             stalled=(f"{stall.reason}: {stall.message}"[:1000] if stall is not None and stalled else None),
-            stalled_at=_timestamp(stall.last_transition_time) if stall is not None and stalled else None))
+            stalled_at=timestamp(stall.last_transition_time) if stall is not None and stalled else None))
     state = (status.phase or Phase.PENDING).job_state
     ended = [a.ended_at for a in attempts if a.ended_at is not None]
     finished = max(ended) if state.terminal and ended else None
     return (JobFacts(str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"), str(meta.get("name")),
                      state, status.message, finished, finished or time.time()), attempts)
-
-
-def stem(n: Notification, hook: int) -> str:
-    """What status.notified holds for a notification done with: the outbox's stem (notify/outbox.py)."""
-    return f"{n.event.value}-{n.attempt}.h{hook}"
 
 
 @dataclass
@@ -136,14 +122,8 @@ class _Job:
 
     uid: str
     items: dict[str, Item] = field(default_factory=dict)  # stem -> item
+    seen: str = ""  # the resourceVersion last derived from: an object that has not changed calls for nothing new
     finished: set[str] = field(default_factory=set)  # done with, to be written to status.notified
-
-
-def webhooks(obj: dict[str, Any]) -> list[Webhook]:
-    try:
-        return [Webhook.model_validate(h) for h in ((obj.get("spec") or {}).get("notify") or [])]
-    except ValueError:
-        return []
 
 
 class ClusterNotifier:
@@ -224,6 +204,10 @@ class ClusterNotifier:
         job = self.jobs.get(key)
         if job is None or job.uid != uid:
             job = self.jobs[key] = _Job(uid)
+        version = str(obj["metadata"].get("resourceVersion") or "")
+        if version and version == job.seen:
+            return
+        job.seen = version
         hooks = webhooks(obj)
         found = facts(obj)
         if found is None or not hooks:
@@ -262,10 +246,11 @@ class ClusterNotifier:
             if item.hook >= len(hooks):
                 raise DeliveryError(f"spec.notify has no webhook {item.hook}", retry=False)
             hook = hooks[item.hook]
-            url = self.secret(item.key[0], hook.url).strip()
+            read: dict[str, dict | None] = {}  # each Secret once per try (the URL and the key are often one's)
+            url = self.secret(item.key[0], hook.url, read).strip()
             if (why := url_problem(url)) is not None:
                 raise DeliveryError(f"the webhook URL ({named(hook.url)}) {why}", retry=False)
-            secret = self.secret(item.key[0], hook.signing_secret) if hook.signing_secret is not None else None
+            secret = self.secret(item.key[0], hook.signing_secret, read) if hook.signing_secret is not None else None
             data, headers = body.request(hook.format, item.notification, secret)
             self.post(url, data, headers, self.schedule.timeout_s)
         except DeliveryError as exc:
@@ -276,17 +261,20 @@ class ClusterNotifier:
             return False
         return True
 
-    def secret(self, namespace: str, ref: SecretRef) -> str:
-        """The referenced value of a Secret in the TrainingJob's namespace; DeliveryError naming the reference
-        (never its value). A Secret created after the TrainingJob is found at the next try."""
+    def secret(self, namespace: str, ref: SecretRef, read: dict[str, dict | None]) -> str:
+        """The referenced value of a Secret in the TrainingJob's namespace (`read`: the Secrets this try has read);
+        DeliveryError naming the reference (never its value). A Secret created after the TrainingJob is found at the
+        next try."""
         if ref.secret is None or ref.key is None:
             raise DeliveryError(f"{named(ref)}: on Kubernetes a webhook's values come from a Secret "
                                 "(`secret: NAME` with `key: KEY`)", retry=False)
-        try:
-            found = self.api.read_secret(namespace, ref.secret)
-        except ApiException as exc:
-            raise DeliveryError(f"cannot read Secret {ref.secret}: {exc.status} {body.inert(str(exc.reason), 80)}",
-                                retry=exc.status not in (401, 403)) from None
+        if ref.secret not in read:
+            try:
+                read[ref.secret] = self.api.read("Secret", namespace, ref.secret)
+            except ApiException as exc:
+                raise DeliveryError(f"cannot read Secret {ref.secret}: {exc.status} "
+                                    f"{body.inert(str(exc.reason), 80)}", retry=exc.status not in (401, 403)) from None
+        found = read[ref.secret]
         if found is None:
             raise DeliveryError(f"Secret {ref.secret} does not exist in namespace {namespace}")
         raw = (found.get("data") or {}).get(ref.key)

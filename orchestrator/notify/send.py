@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.intake.secrets import SecretSourceError
 from orchestrator.notify import body, refs
@@ -140,9 +141,10 @@ def _post(url: str, data: bytes, headers: Mapping[str, str], timeout_s: float) -
     return status
 
 
-def webhooks(job: JobRecord) -> list[Webhook]:
-    """spec.notify of a recorded job (none when absent or unreadable: notifications never stop a job)."""
-    items = (job.spec.get("spec") or {}).get("notify") or [] if isinstance(job.spec, dict) else []
+def webhooks(document: Any) -> list[Webhook]:
+    """spec.notify of a TrainingJob document: a recorded job's stored spec, or a TrainingJob object of the cluster
+    (none when absent or unreadable: notifications never stop a job)."""
+    items = (document.get("spec") or {}).get("notify") or [] if isinstance(document, dict) else []
     try:
         return [Webhook.model_validate(item) for item in items]
     except ValueError:
@@ -161,7 +163,7 @@ class Notifier:
                  schedule: Schedule | None = None, post_fn: Callable[..., int] = post) -> None:
         self.job_id = job.id
         self.workdir = job.workdir
-        self.hooks = webhooks(job)
+        self.hooks = webhooks(job.spec)
         self.outbox = Outbox(job.job_dir)
         self.environ = os.environ if environ is None else environ
         self.schedule = schedule or Schedule.from_env(self.environ)

@@ -82,8 +82,10 @@ def _status_message(exc: Any) -> str:
     return k8s_stalls.status_message(exc) or str(getattr(exc, "reason", "") or exc)
 
 
-def _timestamp(text: str | None) -> float | None:
-    if not text:
+def timestamp(text: Any) -> float | None:
+    """An API object's RFC 3339 time (what the controller writes, and metadata.creationTimestamp) in seconds since
+    the epoch; None when it is absent or not one."""
+    if not isinstance(text, str) or not text:
         return None
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
@@ -488,8 +490,8 @@ def read_record(obj: dict[str, Any]) -> ClusterRecord:
     in the target-neutral shape."""
     status = TrainingJobStatus.model_validate(obj.get("status") or {})
     attempts = [ClusterAttempt(number=a.number, state=a.state, spec=a.spec or {}, rung=a.rung, reason=a.reason,
-                                external_id=a.job_name, started_at=_timestamp(a.started_at),
-                                ended_at=_timestamp(a.ended_at), failure=a.failure)
+                                external_id=a.job_name, started_at=timestamp(a.started_at),
+                                ended_at=timestamp(a.ended_at), failure=a.failure)
                 for a in status.attempts]
     waiting = [f"{c.reason}: {c.message}" for c in status.conditions if c.type == "Stalled" and c.status == "True"]
     return ClusterRecord(state=(status.phase or Phase.PENDING).job_state, reason=status.message, attempts=attempts,
