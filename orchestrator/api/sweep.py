@@ -167,11 +167,6 @@ def point_overrides(base: str, labels: Mapping[str, str], group: str, index: int
                      f"metadata.labels: {GROUP_LABEL}={group}, {POINT_LABEL}={index}", "--sweep", internal=True)]
 
 
-def group_of(spec_data: Mapping[str, Any]) -> str | None:
-    labels = (spec_data.get("metadata") or {}).get("labels") or {}
-    return labels.get(GROUP_LABEL)
-
-
 def point_of(spec_data: Mapping[str, Any]) -> int | None:
     labels = (spec_data.get("metadata") or {}).get("labels") or {}
     value = labels.get(POINT_LABEL)

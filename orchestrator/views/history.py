@@ -106,15 +106,21 @@ def thin(points: list[Point], limit: int = MAX_POINTS) -> list[Point]:
     return [points[round(i * (len(points) - 1) / (limit - 1))] for i in range(limit)]
 
 
+def history_of(pieces: list[str], truncated: bool) -> History:
+    """The history of a log's pieces (lifecycle.progress.segments), thinned to MAX_POINTS; `truncated`: the log
+    goes on beyond what was read of it."""
+    points = parse_history(pieces)
+    kept = thin(points)
+    return History(tuple(kept), truncated, len(kept) < len(points))
+
+
 @lru_cache(maxsize=512)
 def _cached(path: str, size: int, mtime_ns: int, head: int, tail: int) -> History:
     start, end = _read(path, head, tail)
     pieces = segments(start, False)  # a last piece cut by the read is left out (a whole tqdm bar kept)
     if end is not None:
         pieces += segments(end, True)
-    points = parse_history(pieces)
-    kept = thin(points)
-    return History(tuple(kept), end is not None, len(kept) < len(points))
+    return history_of(pieces, end is not None)
 
 
 def read_history(path: str | None, head: int = HEAD_BYTES, tail: int = TAIL_BYTES) -> History:
@@ -130,5 +136,5 @@ def read_history(path: str | None, head: int = HEAD_BYTES, tail: int = TAIL_BYTE
     return _cached(path, info.st_size, info.st_mtime_ns, head, tail)
 
 
-__all__ = ["EMPTY", "HEAD_BYTES", "MAX_POINTS", "TAIL_BYTES", "History", "Point", "parse_history", "read_history",
-           "thin"]
+__all__ = ["EMPTY", "HEAD_BYTES", "MAX_POINTS", "TAIL_BYTES", "History", "Point", "history_of", "parse_history",
+           "read_history", "thin"]

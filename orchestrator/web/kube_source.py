@@ -33,16 +33,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
-from orchestrator.api.sweep import group_of, point_of
+from orchestrator.api.sweep import point_of
 from orchestrator.errors import ShardctlError, TargetError
 from orchestrator.lifecycle.progress import segments
 from orchestrator.spec.states import JobState, Phase
 from orchestrator.spec.status import AttemptStatus, TrainingJobStatus
+from orchestrator.store.index import group_of
 from orchestrator.targets.kubernetes.target import KubernetesTarget
-from orchestrator.views.history import EMPTY, History, parse_history, thin
+from orchestrator.views.history import EMPTY, History, history_of
 from orchestrator.views.report import FORMAT, attempt_config, max_attempts
 from orchestrator.web.app import AttemptLog
-from orchestrator.web.source import LOG_TAIL_BYTES, JobEntry, JobList
+from orchestrator.web.source import LOG_TAIL_BYTES, JobEntry, JobList, whole_lines
 
 if TYPE_CHECKING:
     from orchestrator.controller.cache import Cache
@@ -97,22 +98,6 @@ def user_client(controller: Any, credential: Credential) -> Any:
     api_client = client.ApiClient(mine)
     api_client.user_agent = USER_AGENT
     return api_client
-
-
-def log_history(text: str, truncated: bool = False) -> History:
-    """The progress history of a log's text, which starts at a whole line (views/history.py's readings, thinned as
-    there; a last line cut by the read is left out). `truncated`: the log goes back further than the text."""
-    points = parse_history(segments(text, False))
-    kept = thin(points)
-    return History(tuple(kept), truncated, len(kept) < len(points))
-
-
-def tail_of(raw: bytes, limit: int) -> str:
-    """The last `limit` bytes of `raw` as text, starting at a whole line (as web/source.read_tail)."""
-    data = raw[-limit:] if limit > 0 else b""
-    if len(raw) > limit and b"\n" in data:
-        data = data[data.find(b"\n") + 1:]
-    return data.decode("utf-8", "replace")
 
 
 def _controlled_by(obj: dict[str, Any], uid: str | None) -> bool:
@@ -437,7 +422,8 @@ def _attempt_log(number: int, pod: str, raw: bytes | None, why: str | None, comm
                 f"those end; `{command}` has all of it")
     # as many lines as asked for: the log may go back further (the curve starts where they do)
     truncated = raw.count(b"\n") >= LOG_LINES
-    return AttemptLog(number, pod, tail_of(raw, LOG_TAIL_BYTES), log_history(text, truncated), note)
+    tail = whole_lines(raw[-LOG_TAIL_BYTES:], len(raw) > LOG_TAIL_BYTES)
+    return AttemptLog(number, pod, tail, history_of(segments(text, False), truncated), note)
 
 
-__all__ = ["Credential", "KubeSource", "entry_of", "job_id", "log_history", "split_id", "tail_of", "user_client"]
+__all__ = ["Credential", "KubeSource", "entry_of", "job_id", "split_id", "user_client"]

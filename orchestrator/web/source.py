@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.api.sweep import group_of, point_of
+from orchestrator.api.sweep import point_of
 from orchestrator.errors import ShardctlError, StoreError
 from orchestrator.spec.states import JobState
+from orchestrator.store.index import group_of
 from orchestrator.store.jobstore import AttemptRecord, JobRecord, Store
 from orchestrator.views.history import EMPTY, History, read_history
 from orchestrator.views.report import job_json, last_progress
@@ -106,8 +107,13 @@ def read_tail(path: str, limit: int) -> str | None:
         return None
     finally:
         os.close(fd)
-    if start > 0:
-        data = data[data.find(b"\n") + 1:] if b"\n" in data else data
+    return whole_lines(data, start > 0)
+
+
+def whole_lines(data: bytes, cut: bool) -> str:
+    """The end of a log as text: from its first whole line where `cut` (it starts mid-line) and it has a line break."""
+    if cut and b"\n" in data:
+        data = data[data.find(b"\n") + 1:]
     return data.decode("utf-8", "replace")
 
 
