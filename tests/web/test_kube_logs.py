@@ -3,7 +3,6 @@ signed-in user's own token, never the controller's, and only when that page is o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from orchestrator.web.kube_auth import KubeGate, Sessions
 from orchestrator.web.kube_source import LOG_BYTES, Credential, KubeSource, user_client
 from tests.fakekube.server import FakeApiServer
 from tests.web.test_kube_source import NS, USERS, StandIn, attempt, bearer, training_job
+from tests.web.test_kube_source import exchange as call
 
 CONTROLLER_TOKEN = "controller-token"
 HOSTILE_LINE = "<script>alert(1)</script> \x1b[31mred\x1b[0m \x1b]0;title\x07done"
@@ -81,32 +81,6 @@ def dashboard(cluster: Cluster) -> Any:
     sessions = Sessions()
     return make_app(source, sessions, actions=False,
                     gate=lambda a: KubeGate(a, StandIn(USERS), sessions, cookie_name="c", actions=False))
-
-
-def call(app: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None,
-         body: bytes = b"") -> tuple[int, dict[str, str], str]:
-    """As tests/web/test_kube_source.py's `call`, with the response's headers."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path.split("?")[0], "raw_path": path.split("?")[0].encode(),
-             "query_string": (path.split("?", 1)[1] if "?" in path else "").encode(),
-             "headers": [(b"host", b"127.0.0.1")]
-             + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    status, got, out = 0, {}, b""
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status, out
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            got.update({k.decode(): v.decode() for k, v in message.get("headers", [])})
-        elif message["type"] == "http.response.body":
-            out += message.get("body", b"")
-
-    asyncio.run(app(scope, receive, send))
-    return status, got, out.decode()
 
 
 def _log_of(page: str) -> str:

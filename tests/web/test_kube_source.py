@@ -87,15 +87,16 @@ def filled_cache() -> Cache:
     return cache
 
 
-def call(app: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None,
-         body: bytes = b"") -> tuple[int, str]:
+def exchange(app: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+             body: bytes = b"") -> tuple[int, dict[str, str], str]:
+    """One request to the ASGI app, as uvicorn makes it: (status, the response's headers, its body as text)."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path.split("?")[0], "raw_path": path.split("?")[0].encode(),
              "query_string": (path.split("?", 1)[1] if "?" in path else "").encode(),
              "headers": [(b"host", b"127.0.0.1")]
              + [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-    status, out = 0, b""
+    status, got, out = 0, {}, b""
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -104,11 +105,18 @@ def call(app: Any, path: str, method: str = "GET", headers: dict[str, str] | Non
         nonlocal status, out
         if message["type"] == "http.response.start":
             status = message["status"]
+            got.update({k.decode(): v.decode() for k, v in message.get("headers", [])})
         elif message["type"] == "http.response.body":
             out += message.get("body", b"")
 
     asyncio.run(app(scope, receive, send))
-    return status, out.decode()
+    return status, got, out.decode()
+
+
+def call(app: Any, path: str, method: str = "GET", headers: dict[str, str] | None = None,
+         body: bytes = b"") -> tuple[int, str]:
+    status, _, text = exchange(app, path, method, headers, body)
+    return status, text
 
 
 def dashboard(cache: Cache | None, actions: bool, reviewer: StandIn) -> tuple[Any, FakeApi]:
