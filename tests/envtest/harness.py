@@ -430,6 +430,12 @@ def make_tenant(cp: ControlPlane, namespace: str, workdir: Path, labels: dict[st
         "metadata": {"name": "trainer"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "trainer"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]})
+    # the API server's RBAC authorizer learns new Roles from a watch: a request at once may still be refused (403)
+    authz = client.AuthorizationV1Api(admin)
+    review = {"spec": {"user": "dev", "resourceAttributes": {"namespace": namespace, "verb": "create",
+                                                             "group": GROUP, "resource": PLURAL}}}
+    wait_for(lambda: authz.create_subject_access_review(review).status.allowed, 30,
+             f"the user's Role in {namespace} to be in force")
     pki = cp.state / "pki"
     tenant.user_kubeconfig = write_kubeconfig(workdir / "user.kubeconfig", cp.server, cp.ca, namespace, "dev",
                                               cert=pki / "dev.crt", key=pki / "dev.key")
